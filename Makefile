@@ -1,0 +1,12 @@
+# The two commands README.md opens with. Both set up everything they need on first use:
+# the free-threaded and GIL interpreters (ci/interpreters.sh) and the venvs (ci/venvs.sh).
+.PHONY: serve test venvs
+
+serve: venvs
+	.venv-ft/bin/flowcat-ft serve $(CONFIG)
+
+test:
+	ci/test.sh
+
+venvs:
+	ci/venvs.sh

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Make (or refresh) the two virtual environments at the repo root:
+#   .venv-ft/   free-threaded CPython 3.13t
+#   .venv-gil/  the GIL build of the same CPython
+# each with flowcat-ft installed editable plus its dev extras. A venv is rebuilt when its
+# interpreter changed or pyproject.toml is newer than its stamp; otherwise this takes seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+eval "$(ci/interpreters.sh)"
+
+make_venv() {  # make_venv DIR PYTHON
+    local dir=$1 python=$2 stamp="$1/.flowcat-stamp" want
+    want="$python $(sha256sum pyproject.toml | cut -c1-16)"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$dir/bin/python" ]; then
+        return
+    fi
+    echo "venvs: creating $dir with $python" >&2
+    rm -rf "$dir"
+    "$python" -m venv "$dir"
+    "$dir/bin/python" -m pip install -q --upgrade pip
+    "$dir/bin/python" -m pip install -q -e ".[dev]"
+    # websockets' C speedups (frame masking) come only from its sdist on cp313t; they keep
+    # the GIL off and cut echo latency tenfold at load (see shared/ENVIRONMENT.md).
+    "$dir/bin/python" -m pip install -q --force-reinstall --no-deps --no-binary websockets websockets
+    echo "$want" > "$stamp"
+}
+
+make_venv .venv-ft "$FLOWCAT_PYTHON_FT"
+make_venv .venv-gil "$FLOWCAT_PYTHON_GIL"
