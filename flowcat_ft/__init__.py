@@ -1,0 +1,80 @@
+"""flowcat-ft: a runtime for real-time voice AI agents on free-threaded CPython 3.13t.
+
+A call's frames flow through a :class:`Pipeline` of :class:`FrameProcessor` objects. Each stage
+of the pipeline runs on a dedicated OS thread shared by every call; stages are linked by
+lock-free single-producer single-consumer rings, and audio travels in preallocated slabs.
+"""
+
+from flowcat_ft.call import Call, CallClosedError
+from flowcat_ft.frames import (
+    AudioRawFrame,
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    CancelFrame,
+    ControlFrame,
+    DataFrame,
+    Direction,
+    EndFrame,
+    ErrorFrame,
+    Frame,
+    InputAudioRawFrame,
+    InterimTranscriptionFrame,
+    InterruptionFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+    OutputAudioRawFrame,
+    StartFrame,
+    SystemFrame,
+    TextFrame,
+    TranscriptionFrame,
+    TTSAudioRawFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+    TTSTextFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
+from flowcat_ft.pipeline import ParallelPipeline, Pipeline
+from flowcat_ft.processor import FrameProcessor
+from flowcat_ft.runtime import Runtime
+from flowcat_ft.slabs import PoolExhaustedError, Slab, SlabPool
+
+__all__ = [
+    "AudioRawFrame",
+    "BotStartedSpeakingFrame",
+    "BotStoppedSpeakingFrame",
+    "Call",
+    "CallClosedError",
+    "CancelFrame",
+    "ControlFrame",
+    "DataFrame",
+    "Direction",
+    "EndFrame",
+    "ErrorFrame",
+    "Frame",
+    "FrameProcessor",
+    "InputAudioRawFrame",
+    "InterimTranscriptionFrame",
+    "InterruptionFrame",
+    "LLMFullResponseEndFrame",
+    "LLMFullResponseStartFrame",
+    "LLMTextFrame",
+    "OutputAudioRawFrame",
+    "ParallelPipeline",
+    "Pipeline",
+    "PoolExhaustedError",
+    "Runtime",
+    "Slab",
+    "SlabPool",
+    "StartFrame",
+    "SystemFrame",
+    "TTSAudioRawFrame",
+    "TTSStartedFrame",
+    "TTSStoppedFrame",
+    "TTSTextFrame",
+    "TextFrame",
+    "TranscriptionFrame",
+    "UserStartedSpeakingFrame",
+    "UserStoppedSpeakingFrame",
+]

@@ -1,0 +1,283 @@
+"""A call: one conversation's frames through a pipeline, and the embedder's handle on it."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from flowcat_ft.frames import (
+    CancelFrame,
+    DataFrame,
+    Direction,
+    EndFrame,
+    ErrorFrame,
+    Frame,
+    InputAudioRawFrame,
+    InterruptionFrame,
+    SystemFrame,
+)
+from flowcat_ft.processor import LIFECYCLE_FRAMES
+from flowcat_ft.rings import SpscRing
+from flowcat_ft.waiting import Doorbell
+
+if TYPE_CHECKING:
+    from flowcat_ft.processor import FrameProcessor
+    from flowcat_ft.runtime import PipelineRunner
+
+logger = logging.getLogger("flowcat_ft")
+
+OutputCallback = Callable[[Frame, Direction], None]
+
+_ids = itertools.count(1)
+
+
+class CallClosedError(RuntimeError):
+    """Frames were pushed into a call that has ended or is ending."""
+
+
+class Call:
+    """One call on a pipeline: push input frames in, get output frames out.
+
+    Made by :meth:`Runtime.open_call <flowcat_ft.runtime.Runtime.open_call>`. Output goes to
+    the ``on_output(frame, direction)`` callback given there, or, without one, to
+    :meth:`frames`. The callback runs on stage threads (downstream output on the last
+    stage's thread, upstream output such as errors on the first's) and must not block.
+
+    Threading contract:
+
+    - :meth:`push` and :meth:`push_audio` may be called by one thread at a time per call
+      (the call's input ring has a single producer);
+    - :meth:`interrupt`, :meth:`end`, :meth:`cancel`, :meth:`wait` and :meth:`frames` may be
+      called from any thread;
+    - ``_scheduled`` is set by the pushing thread and cleared by the first stage thread
+      (see :meth:`flowcat_ft.stage.Stage._drain_entry` for the ordering that keeps a call
+      from being forgotten);
+    - ``_in_epoch[s]``, ``_out_epoch[s]``, ``_done[s]`` and ``dropped[s]`` are written only
+      by stage thread ``s``;
+    - ``_processors`` are created before the call starts and then used only by the stage
+      thread that runs each one;
+    - ``frames_in`` is written by the pushing thread, ``frames_out`` by the stage threads
+      that emit output.
+    """
+
+    def __init__(
+        self,
+        runner: PipelineRunner,
+        processors: list[FrameProcessor],
+        on_output: OutputCallback | None,
+        input_capacity: int,
+        output_capacity: int,
+    ) -> None:
+        self.id = next(_ids)
+        self._runner = runner
+        self._processors = processors
+        stages = len(runner.stages)
+        self._in_epoch = [0] * stages
+        self._out_epoch = [0] * stages
+        self._done = [False] * stages
+        self.dropped = [0] * stages
+        self._input = SpscRing(input_capacity)
+        self._scheduled = False
+        self._end_requested: EndFrame | None = None
+        self._closing = False
+        self.failed = False
+        self._finished = threading.Event()
+        self.end_reason: str | None = None
+        self.frames_in = 0
+        self.frames_out = 0
+        self.started_ns = time.monotonic_ns()
+        if on_output is None:
+            self._output: _OutputQueue | None = _OutputQueue(output_capacity)
+            on_output = self._output.put
+        else:
+            self._output = None
+        self._on_output = on_output
+
+    def __repr__(self) -> str:
+        state = "ended" if self.done else "closing" if self._closing else "open"
+        return f"<Call {self.id} {state}>"
+
+    @property
+    def done(self) -> bool:
+        """True once the call has ended (its end or cancel frame left the pipeline)."""
+        return self._finished.is_set()
+
+    # -- input -----------------------------------------------------------------------------
+
+    def push(self, frame: Frame, timeout: float | None = None) -> None:
+        """Send ``frame`` into the pipeline.
+
+        System frames go ahead of queued input. When the call's input ring is full the
+        caller waits (back-pressure) up to ``timeout`` seconds (for ever if None), then
+        :class:`TimeoutError`. Raises :class:`CallClosedError` once the call is ending.
+        """
+        if self._closing:
+            raise CallClosedError(f"call {self.id} is closed; no more frames can be pushed")
+        if type(frame) in LIFECYCLE_FRAMES:
+            raise ValueError(f"use end(), cancel() or interrupt() rather than pushing {frame!r}")
+        frame._call = self
+        if isinstance(frame, SystemFrame):
+            self._runner.entry.send_system(frame)
+            return
+        if not self._input.push(frame):
+            self._wait_for_room(frame, timeout)
+        self.frames_in += 1
+        if not self._scheduled:
+            self._runner.entry.schedule(self)
+
+    def try_push(self, frame: Frame) -> bool:
+        """Like :meth:`push` but never waits: False if the input ring is full."""
+        try:
+            self.push(frame, timeout=0)
+        except TimeoutError:
+            return False
+        return True
+
+    def push_audio(
+        self, data: bytes, sample_rate: int, num_channels: int = 1, codec: str = "pcm16"
+    ) -> None:
+        """Copy ``data`` into a slab and push it as an :class:`InputAudioRawFrame`."""
+        self.push(
+            InputAudioRawFrame.from_bytes(self._runner.pool, data, sample_rate, num_channels, codec)
+        )
+
+    def _wait_for_room(self, frame: Frame, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 50e-6
+        while not self._input.push(frame):
+            if self._closing:
+                raise CallClosedError(f"call {self.id} closed while waiting to push")
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"call {self.id}: input ring full for {timeout} s")
+            if not self._scheduled:
+                self._runner.entry.schedule(self)
+            time.sleep(pause)
+            pause = min(pause * 2, 2e-3)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def interrupt(self) -> None:
+        """Interrupt the bot: every stage drops this call's queued downstream data frames."""
+        if not self._closing:
+            self._send_system(InterruptionFrame())
+
+    def end(self) -> None:
+        """End the call after every frame pushed so far has been processed."""
+        if not self._closing:
+            self._closing = True
+            self._send_system(EndFrame())
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        """End the call now, dropping whatever is queued."""
+        if not self.done:
+            self._closing = True
+            self._send_system(CancelFrame(reason))
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the call has ended; False if ``timeout`` passed first."""
+        return self._finished.wait(timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """End the call and wait for it; cancel it if it has not ended within ``timeout``."""
+        self.end()
+        if not self.wait(timeout):
+            self.cancel("close timed out")
+            self.wait(timeout)
+
+    def __enter__(self) -> Call:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _send_system(self, frame: Frame) -> None:
+        frame._call = self
+        self._runner.entry.send_system(frame)
+
+    # -- output ----------------------------------------------------------------------------
+
+    def frames(self, timeout: float | None = None) -> Iterator[Frame]:
+        """Iterate over output frames (both directions) until the call ends.
+
+        Only for calls opened without ``on_output``. Raises :class:`TimeoutError` if no frame
+        comes within ``timeout`` seconds.
+        """
+        if self._output is None:
+            raise RuntimeError("this call delivers output to its on_output callback")
+        return self._output.iterate(timeout)
+
+    def _emit(self, frame: Frame, direction: Direction) -> None:
+        """A frame leaving the pipeline (called on the first or last stage thread)."""
+        kind = type(frame)
+        if kind is EndFrame or kind is CancelFrame:
+            if direction is Direction.UPSTREAM:  # a processor asked for the call to end
+                self.end() if kind is EndFrame else self.cancel(frame.reason)
+                return
+            self._closing = True
+            self.end_reason = "ended" if kind is EndFrame else frame.reason
+        elif kind is ErrorFrame and frame.fatal:
+            self.failed = True
+            self.cancel(f"fatal error: {frame.error}")
+        elif kind is InterruptionFrame and direction is Direction.DOWNSTREAM:
+            self._runner.interruption_ns.add(time.perf_counter_ns() - frame.entered_ns)
+        self.frames_out += 1
+        try:
+            self._on_output(frame, direction)
+        except Exception:
+            logger.exception("call %s: on_output raised on %r", self.id, frame)
+        if kind is EndFrame or kind is CancelFrame:
+            self._finished.set()
+            if self._output is not None:
+                self._output.close()
+            self._runner.call_finished(self)
+
+    def _emit_down(self, frame: Frame) -> None:
+        self._emit(frame, Direction.DOWNSTREAM)
+
+    def _emit_up(self, frame: Frame) -> None:
+        self._emit(frame, Direction.UPSTREAM)
+
+
+_CLOSED = object()
+
+
+class _OutputQueue:
+    """Output frames waiting for :meth:`Call.frames`: stage threads put, one reader gets.
+
+    ``_frames`` is a deque (atomic appends and pops from any thread); the reader sleeps on
+    ``_doorbell``, which every put rings. A reader that falls ``capacity`` frames behind
+    loses data frames (counted in ``dropped``), never system or control frames.
+    ``dropped`` is written by the last stage thread only (data frames leave downstream).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._frames: deque[object] = deque()
+        self._doorbell = Doorbell("block")
+        self.capacity = capacity
+        self.dropped = 0
+
+    def put(self, frame: Frame, direction: Direction) -> None:
+        if len(self._frames) >= self.capacity and isinstance(frame, DataFrame):
+            self.dropped += 1
+            return
+        self._frames.append(frame)
+        self._doorbell.ring()
+
+    def close(self) -> None:
+        self._frames.append(_CLOSED)
+        self._doorbell.ring()
+
+    def iterate(self, timeout: float | None) -> Iterator[Frame]:
+        frames = self._frames
+        while True:
+            if not frames and not self._doorbell.wait(lambda: bool(frames), timeout):
+                raise TimeoutError(f"no output frame within {timeout} s")
+            item = frames.popleft()
+            if item is _CLOSED:
+                return
+            yield item

@@ -1,0 +1,46 @@
+"""Handing one frame to one processor: lifecycle hooks, and errors contained to their call."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+
+from flowcat_ft.frames import Direction, Frame
+from flowcat_ft.processor import LIFECYCLE_FRAMES, FrameProcessor
+
+logger = logging.getLogger("flowcat_ft")
+
+
+def deliver(proc: FrameProcessor, direction: Direction, frame: Frame) -> None:
+    """Give ``frame``, travelling in ``direction``, to ``proc``.
+
+    Lifecycle frames run the processor's hook and are forwarded; anything else goes to
+    :meth:`FrameProcessor.process`. (The argument order suits
+    ``functools.partial(deliver, proc, direction)``, the runtime's link between processors.)
+
+    If the processor raises, the error is logged and a fatal :class:`ErrorFrame` goes
+    upstream; when it leaves the pipeline the call is cancelled (see
+    :meth:`Call._emit <flowcat_ft.call.Call._emit>`). Until then the call's frames still
+    flow, and further errors from it are not reported again. The stage thread and every
+    other call carry on.
+    """
+    try:
+        if type(frame) in LIFECYCLE_FRAMES:
+            proc._lifecycle(frame, direction)
+        else:
+            proc.process(frame, direction)
+    except Exception as error:
+        _contain(proc, frame, error)
+
+
+def _contain(proc: FrameProcessor, frame: Frame, error: Exception) -> None:
+    call = proc.call
+    if call is None or call.failed:
+        return
+    call.failed = True
+    where = traceback.extract_tb(error.__traceback__)[-1]
+    message = f"{type(error).__name__}: {error} (in {proc.name}, {where.filename}:{where.lineno})"
+    logger.error("call %s: processor %s raised on %r: %s", call.id, proc.name, frame, message)
+    # Drop the traceback: it would keep this frame (and its slab) alive with the error.
+    error.__traceback__ = None
+    proc.push_error(message, fatal=True)

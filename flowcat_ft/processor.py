@@ -1,0 +1,119 @@
+"""The processor base class: what a pipeline is made of.
+
+A processor sees one call's frames, in order, on the stage thread that runs it. Each call
+gets its own instances, so per-call state lives in plain attributes with no locking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from flowcat_ft.frames import (
+    CancelFrame,
+    Direction,
+    EndFrame,
+    ErrorFrame,
+    Frame,
+    InterruptionFrame,
+    StartFrame,
+)
+
+if TYPE_CHECKING:
+    from flowcat_ft.call import Call
+
+Push = Callable[[Frame], None]
+
+LIFECYCLE_FRAMES = frozenset((StartFrame, EndFrame, CancelFrame, InterruptionFrame))
+"""Frames the runtime handles for every processor (see :class:`FrameProcessor`)."""
+
+
+def _unwired(frame: Frame) -> None:
+    raise RuntimeError("this processor is not part of a running call")
+
+
+class FrameProcessor:
+    """Base class for processors.
+
+    Override :meth:`process` to handle frames and call :meth:`push` to send frames on (in
+    either direction). Lifecycle frames (:class:`~flowcat_ft.frames.StartFrame`,
+    :class:`~flowcat_ft.frames.EndFrame`, :class:`~flowcat_ft.frames.CancelFrame`,
+    :class:`~flowcat_ft.frames.InterruptionFrame`) do not reach :meth:`process`: the runtime
+    calls the matching hook (:meth:`on_start`, :meth:`on_end`, :meth:`on_cancel`,
+    :meth:`on_interruption`) and forwards the frame itself, so a processor cannot stall a
+    call by forgetting to pass one on.
+
+    ``cost`` is a relative CPU weight the runtime uses to fuse cheap neighbours onto one
+    stage thread; a processor that spends real time per frame should raise it.
+
+    Every method runs on the processor's stage thread; a processor must not block it.
+    """
+
+    cost: float = 1.0
+
+    def __init__(self, *, name: str | None = None) -> None:
+        self.name = name or type(self).__name__
+        self.call: Call | None = None
+        self._down: Push = _unwired
+        self._up: Push = _unwired
+
+    # -- override these --------------------------------------------------------------------
+
+    def process(self, frame: Frame, direction: Direction) -> None:
+        """Handle a frame; the default passes it on unchanged."""
+        self.push(frame, direction)
+
+    def on_start(self, frame: StartFrame) -> None:
+        """The call started; ``frame`` carries its audio settings."""
+
+    def on_end(self) -> None:
+        """The call is ending after every earlier frame was processed."""
+
+    def on_cancel(self) -> None:
+        """The call was cancelled; queued frames are being dropped."""
+
+    def on_interruption(self) -> None:
+        """The user interrupted: drop buffered output (audio, text) for this call."""
+
+    # -- call these ------------------------------------------------------------------------
+
+    def push(self, frame: Frame, direction: Direction = Direction.DOWNSTREAM) -> None:
+        """Send ``frame`` to the next processor in ``direction``."""
+        if direction:
+            self._up(frame)
+        else:
+            self._down(frame)
+
+    def push_error(self, message: str, fatal: bool = False) -> None:
+        """Report an error upstream; a fatal one ends the call."""
+        self._up(ErrorFrame(message, fatal=fatal, processor=self.name))
+
+    def interrupt(self) -> None:
+        """Start an interruption from the head of the pipeline (as on a user barge-in)."""
+        if self.call is not None:
+            self.call.interrupt()
+
+    # -- used by the runtime ---------------------------------------------------------------
+
+    def _lifecycle(self, frame: Frame, direction: Direction) -> None:
+        """Run the hook for a lifecycle frame, then forward the frame."""
+        kind = type(frame)
+        if kind is StartFrame:
+            self.on_start(frame)
+        elif kind is InterruptionFrame:
+            self.on_interruption()
+        elif kind is EndFrame:
+            self.on_end()
+        else:
+            self.on_cancel()
+        self.push(frame, direction)
+
+    def _wire(self, call: Call, down: Push, up: Push) -> None:
+        if not hasattr(self, "name"):
+            self.name = type(self).__name__
+        self.call = call
+        self._down = down
+        self._up = up
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {getattr(self, 'name', '?')}>"

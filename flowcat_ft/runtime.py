@@ -1,0 +1,305 @@
+"""The runtime: stage threads for each pipeline, the slab pool, GC policy and metrics.
+
+Embedding from plain threads, no asyncio needed::
+
+    with Runtime() as runtime:
+        call = runtime.open_call(Pipeline([MyProcessor]))
+        call.push_audio(pcm_bytes, sample_rate=16000)
+        call.end()
+        for frame in call.frames(timeout=5):
+            ...
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from functools import partial
+
+from flowcat_ft.call import Call, OutputCallback
+from flowcat_ft.dispatch import deliver
+from flowcat_ft.frames import Direction, StartFrame
+from flowcat_ft.gcpolicy import GcPolicy
+from flowcat_ft.metrics import Histogram
+from flowcat_ft.pipeline import Pipeline, fuse
+from flowcat_ft.processor import FrameProcessor
+from flowcat_ft.slabs import SLAB_BYTES, SlabPool
+from flowcat_ft.stage import Entry, Link, Stage
+from flowcat_ft.waiting import Doorbell
+
+logger = logging.getLogger("flowcat_ft")
+
+
+class RuntimeFullError(RuntimeError):
+    """The runtime already carries its maximum number of calls."""
+
+
+class PipelineRunner:
+    """One pipeline's stage threads, and the calls running on them.
+
+    ``interruption_ns`` (time for an interruption to sweep the pipeline) is written by the
+    last stage thread only.
+    """
+
+    def __init__(self, runtime: Runtime, pipeline: Pipeline, index: int) -> None:
+        self.runtime = runtime
+        self.pipeline = pipeline
+        self.pool = runtime.pool
+        self.interruption_ns = Histogram()
+        groups = fuse(pipeline.costs(), pipeline.threads or runtime.threads)
+        doorbells = [Doorbell(runtime.wait_strategy) for _ in groups]
+        self.entry = Entry(doorbells[0])
+        self.stages = [
+            Stage(
+                f"flowcat-p{index}-s{s}",
+                s,
+                positions,
+                doorbells[s],
+                self.entry if s == 0 else None,
+            )
+            for s, positions in enumerate(groups)
+        ]
+        for left, right in zip(self.stages, self.stages[1:], strict=False):
+            left.out_down = right.in_down = Link(runtime.link_capacity, right.doorbell)
+            right.out_up = left.in_up = Link(runtime.link_capacity, left.doorbell)
+        for stage in self.stages:
+            stage.start()
+
+    def open_call(self, on_output: OutputCallback | None, start_frame: StartFrame) -> Call:
+        processors = []
+        for factory in self.pipeline.factories:
+            proc = factory()
+            if not isinstance(proc, FrameProcessor):
+                raise TypeError(f"{factory!r} made {proc!r}, which is not a FrameProcessor")
+            processors.append(proc)
+        rt = self.runtime
+        call = Call(self, processors, on_output, rt.input_capacity, rt.output_capacity)
+        self._wire(call, processors)
+        call._send_system(start_frame)
+        return call
+
+    def _wire(self, call: Call, processors: list[FrameProcessor]) -> None:
+        last = len(processors) - 1
+        for stage in self.stages:
+            first, end = stage.positions.start, stage.positions.stop - 1
+            for i in stage.positions:
+                if i < end:
+                    down = partial(deliver, processors[i + 1], Direction.DOWNSTREAM)
+                elif i == last:
+                    down = call._emit_down
+                else:
+                    down = partial(stage.send_down, call)
+                if i > first:
+                    up = partial(deliver, processors[i - 1], Direction.UPSTREAM)
+                elif i == 0:
+                    up = call._emit_up
+                else:
+                    up = partial(stage.send_up, call)
+                processors[i]._wire(call, down, up)
+
+    def call_finished(self, call: Call) -> None:
+        self.runtime._call_finished(call)
+
+    def stop(self, timeout: float) -> None:
+        for stage in self.stages:
+            stage.stop()
+        for stage in self.stages:
+            stage.join(timeout)
+
+
+class Runtime:
+    """Runs pipelines for many calls on a few threads.
+
+    ``threads`` is how many stage threads a pipeline gets at most (default: the number of
+    cores this process may use); ``slabs`` is the size of the audio slab pool;
+    ``wait_strategy`` is how idle stage threads wait (see :mod:`flowcat_ft.waiting`);
+    ``gc_policy`` is a :class:`GcPolicy`, or None to leave the garbage collector alone;
+    ``max_calls`` caps concurrent calls (:class:`RuntimeFullError` past it).
+
+    Threading contract: :meth:`open_call`, :meth:`metrics` and :meth:`stop` may be called
+    from any thread; ``_calls`` and ``_runners`` are guarded by ``_lock``.
+    """
+
+    def __init__(
+        self,
+        *,
+        threads: int | None = None,
+        slabs: int = 4096,
+        slab_bytes: int = SLAB_BYTES,
+        wait_strategy: str | None = None,
+        gc_policy: GcPolicy | None = None,
+        max_calls: int | None = None,
+        input_capacity: int = 64,
+        output_capacity: int = 1024,
+        link_capacity: int = 1024,
+        housekeeping_interval: float = 0.5,
+    ) -> None:
+        self.threads = threads or os.process_cpu_count() or 1
+        self.pool = SlabPool(slabs, slab_bytes)
+        self.wait_strategy = wait_strategy
+        Doorbell(wait_strategy)  # validate the name now, not on first use
+        self.gc = gc_policy if gc_policy is not None else GcPolicy()
+        self.max_calls = max_calls
+        self.input_capacity = input_capacity
+        self.output_capacity = output_capacity
+        self.link_capacity = link_capacity
+        self.housekeeping_interval = housekeeping_interval
+        self._lock = threading.Lock()
+        self._runners: dict[int, PipelineRunner] = {}
+        self._calls: dict[int, Call] = {}
+        self._calls_ended = 0
+        self._idle_since = time.monotonic()
+        self._started = False
+        self._stopping = threading.Event()
+        self._housekeeper = threading.Thread(
+            target=self._housekeep, name="flowcat-housekeeper", daemon=True
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> Runtime:
+        """Start the housekeeper and apply the GC policy. Stage threads start per pipeline."""
+        if not self._started:
+            self._started = True
+            self.gc.start()
+            self._housekeeper.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Cancel every call still running, then stop all threads."""
+        with self._lock:
+            calls = list(self._calls.values())
+        for call in calls:
+            call.cancel("runtime stopping")
+        deadline = time.monotonic() + timeout
+        for call in calls:
+            call.wait(max(0.0, deadline - time.monotonic()))
+        self._stopping.set()
+        with self._lock:
+            runners = list(self._runners.values())
+            self._runners.clear()
+        for runner in runners:
+            runner.stop(timeout)
+        if self._housekeeper.is_alive():
+            self._housekeeper.join(timeout)
+        self.gc.stop()
+
+    def __enter__(self) -> Runtime:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- calls -----------------------------------------------------------------------------
+
+    def open_call(
+        self,
+        pipeline: Pipeline,
+        on_output: OutputCallback | None = None,
+        *,
+        start_frame: StartFrame | None = None,
+    ) -> Call:
+        """Start a call on ``pipeline``; see :class:`~flowcat_ft.call.Call` for its use."""
+        if not self._started:
+            self.start()
+        if self._stopping.is_set():
+            raise RuntimeError("the runtime is stopping")
+        with self._lock:
+            if self.max_calls is not None and len(self._calls) >= self.max_calls:
+                raise RuntimeFullError(f"the runtime is at its limit of {self.max_calls} calls")
+            runner = self._runners.get(id(pipeline))
+            if runner is None:
+                runner = PipelineRunner(self, pipeline, len(self._runners))
+                self._runners[id(pipeline)] = runner
+            call = runner.open_call(on_output, start_frame or StartFrame())
+            self._calls[call.id] = call
+        return call
+
+    @property
+    def calls(self) -> list[Call]:
+        """The calls running now."""
+        with self._lock:
+            return list(self._calls.values())
+
+    def _call_finished(self, call: Call) -> None:
+        with self._lock:
+            self._calls.pop(call.id, None)
+            self._calls_ended += 1
+            if not self._calls:
+                self._idle_since = time.monotonic()
+        self.gc.call_ended()
+
+    # -- housekeeping and metrics ------------------------------------------------------------
+
+    def _runners_now(self) -> list[PipelineRunner]:
+        with self._lock:
+            return list(self._runners.values())
+
+    def _stages(self) -> Iterator[Stage]:
+        for runner in self._runners_now():
+            yield from runner.stages
+
+    def _housekeep(self) -> None:
+        last = time.monotonic()
+        counts: dict[Stage, int] = {}
+        while not self._stopping.wait(self.housekeeping_interval):
+            now = time.monotonic()
+            for stage in self._stages():
+                frames = stage.metrics.frames
+                stage.metrics.rate = (frames - counts.get(stage, frames)) / (now - last)
+                counts[stage] = frames
+            last = now
+            with self._lock:
+                active = len(self._calls)
+                idle_for = now - self._idle_since if not active else 0.0
+            self.gc.tick(active, idle_for)
+
+    def metrics(self) -> dict[str, object]:
+        """A snapshot of what the runtime is doing, safe to take while it runs."""
+        pipelines = []
+        for runner in self._runners_now():
+            pipelines.append(
+                {
+                    "processors": len(runner.pipeline),
+                    "interruption": runner.interruption_ns.snapshot(),
+                    "stages": [
+                        {
+                            "thread": stage.name,
+                            "positions": [stage.positions.start, stage.positions.stop],
+                            "queue_depth": stage.queue_depth(),
+                            "frames": stage.metrics.frames,
+                            "frames_per_s": round(stage.metrics.rate, 1),
+                            "dropped_stale": stage.metrics.dropped_stale,
+                            "frame_time": stage.metrics.frame_ns.snapshot(),
+                            "parks": stage.doorbell.parks,
+                            "missed_wakeups": stage.doorbell.missed_wakeups,
+                        }
+                        for stage in runner.stages
+                    ],
+                }
+            )
+        with self._lock:
+            calls = [
+                {
+                    "id": c.id,
+                    "frames_in": c.frames_in,
+                    "frames_out": c.frames_out,
+                    "dropped": sum(c.dropped),
+                }
+                for c in self._calls.values()
+            ]
+            ended = self._calls_ended
+        return {
+            "calls": {"active": len(calls), "ended": ended, "per_call": calls},
+            "slabs": {
+                "capacity": self.pool.capacity,
+                "in_use": self.pool.in_use,
+                "drops": self.pool.drops,
+                "waits": self.pool.waits,
+            },
+            "gc": self.gc.snapshot(),
+            "pipelines": pipelines,
+        }
