@@ -1,0 +1,131 @@
+"""An asyncio adapter: calls whose output arrives on an event loop, for transports.
+
+Stage threads must never block on an event loop, and waking a loop costs a system call, so
+output crosses over in batches: a :class:`LoopBridge` collects frames from any thread in a
+deque and wakes its loop once per batch (``loop.call_soon_threadsafe``), not once per frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+
+from flowcat_ft.call import Call
+from flowcat_ft.frames import CancelFrame, Direction, EndFrame, Frame, StartFrame
+from flowcat_ft.pipeline import Pipeline
+from flowcat_ft.runtime import Runtime
+
+LoopCallback = Callable[[Frame, Direction], None]
+
+
+class LoopBridge:
+    """Hands frames from stage threads to callbacks run on one event loop.
+
+    Threading contract: ``_batch`` is a deque of ``(callback, frame, direction)``, appended
+    by any thread and drained by the loop. ``_scheduled`` is set by a producer that found it
+    clear (and then wakes the loop) and cleared by the loop before it drains; a producer
+    appends before it reads the flag and the loop clears the flag before it reads the deque,
+    so (with 3.13t's sequentially consistent attribute accesses) no batch is left behind.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._batch: deque[tuple[LoopCallback, Frame, Direction]] = deque()
+        self._scheduled = False
+        self.wakeups = 0
+
+    def send(self, callback: LoopCallback, frame: Frame, direction: Direction) -> None:
+        """Run ``callback(frame, direction)`` on the loop soon (callable from any thread)."""
+        self._batch.append((callback, frame, direction))
+        if not self._scheduled:
+            self._scheduled = True
+            try:
+                self.loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # the loop is closed: nobody is left to deliver to
+                self._batch.clear()
+
+    def _drain(self) -> None:
+        self.wakeups += 1
+        self._scheduled = False
+        batch = self._batch
+        while batch:
+            callback, frame, direction = batch.popleft()
+            callback(frame, direction)
+
+
+class AsyncCall:
+    """A :class:`~flowcat_ft.call.Call` seen from an event loop.
+
+    Output goes to ``on_output(frame, direction)`` run on the loop, or, without one, to the
+    async iterator :meth:`frames`. Input never blocks the loop: :meth:`push_nowait` reports
+    a full input ring, and :meth:`push` waits for room asynchronously.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        pipeline: Pipeline,
+        bridge: LoopBridge,
+        on_output: LoopCallback | None = None,
+        start_frame: StartFrame | None = None,
+    ) -> None:
+        self._queue: asyncio.Queue[Frame | None] | None = None
+        if on_output is None:
+            self._queue = asyncio.Queue()
+            on_output = self._enqueue
+        self._on_output = on_output
+        self._ended = asyncio.Event()
+        self.call: Call = runtime.open_call(
+            pipeline, lambda f, d: bridge.send(self._deliver, f, d), start_frame=start_frame
+        )
+
+    @property
+    def id(self) -> int:
+        return self.call.id
+
+    def _deliver(self, frame: Frame, direction: Direction) -> None:
+        self._on_output(frame, direction)
+        if type(frame) in (EndFrame, CancelFrame) and direction is Direction.DOWNSTREAM:
+            self._ended.set()
+            if self._queue is not None:
+                self._queue.put_nowait(None)
+
+    def _enqueue(self, frame: Frame, direction: Direction) -> None:
+        self._queue.put_nowait(frame)
+
+    def push_nowait(self, frame: Frame) -> bool:
+        """Push without waiting; False if the call's input ring is full."""
+        return self.call.try_push(frame)
+
+    async def push(self, frame: Frame, timeout: float | None = None) -> None:
+        """Push, yielding to the loop while the input ring is full."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while not self.call.try_push(frame):
+            if deadline is not None and loop.time() >= deadline:
+                raise TimeoutError(f"call {self.id}: input ring full for {timeout} s")
+            await asyncio.sleep(0.001)
+
+    def interrupt(self) -> None:
+        self.call.interrupt()
+
+    def end(self) -> None:
+        self.call.end()
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        self.call.cancel(reason)
+
+    async def wait(self) -> None:
+        """Wait until the call has ended, without blocking the loop."""
+        await self._ended.wait()
+
+    async def frames(self) -> AsyncIterator[Frame]:
+        """Output frames until the call ends (only without ``on_output``)."""
+        if self._queue is None:
+            raise RuntimeError("this call delivers output to its on_output callback")
+        while (frame := await self._queue.get()) is not None:
+            yield frame
+
+
+__all__ = ["AsyncCall", "LoopBridge"]
