@@ -57,8 +57,10 @@ class Call:
     - ``_scheduled`` is set by the pushing thread and cleared by the first stage thread
       (see :meth:`flowcat_ft.stage.Stage._drain_entry` for the ordering that keeps a call
       from being forgotten);
-    - ``_in_epoch[s]``, ``_out_epoch[s]``, ``_done[s]`` and ``dropped[s]`` are written only
-      by stage thread ``s``;
+    - ``_in_epoch[s]``, ``_out_epoch[s]``, ``_done[s]`` (the call was cancelled there) and
+      ``dropped[s]`` are written only by stage thread ``s``; ``_input_closed`` (the first
+      stage has passed the call's end or cancel and reads no more input) and
+      ``_end_requested`` by the first stage's thread;
     - ``_processors`` are created before the call starts and then used only by the stage
       thread that runs each one;
     - ``frames_in`` is written by the pushing thread, ``frames_out`` by the stage threads
@@ -71,7 +73,7 @@ class Call:
         processors: list[FrameProcessor],
         on_output: OutputCallback | None,
         input_capacity: int,
-        output_capacity: int,
+        output_capacity: int | None,
     ) -> None:
         self.id = next(_ids)
         self._runner = runner
@@ -84,6 +86,7 @@ class Call:
         self._input = SpscRing(input_capacity)
         self._scheduled = False
         self._end_requested: EndFrame | None = None
+        self._input_closed = False
         self._closing = False
         self.failed = False
         self._finished = threading.Event()
@@ -139,12 +142,17 @@ class Call:
         return True
 
     def push_audio(
-        self, data: bytes, sample_rate: int, num_channels: int = 1, codec: str = "pcm16"
+        self,
+        data: bytes,
+        sample_rate: int,
+        num_channels: int = 1,
+        codec: str = "pcm16",
+        timeout: float | None = None,
     ) -> None:
         """Copy ``data`` into a slab and push it as an :class:`InputAudioRawFrame`."""
-        self.push(
-            InputAudioRawFrame.from_bytes(self._runner.pool, data, sample_rate, num_channels, codec)
-        )
+        pool = self._runner.pool
+        frame = InputAudioRawFrame.from_bytes(pool, data, sample_rate, num_channels, codec)
+        self.push(frame, timeout)
 
     def _wait_for_room(self, frame: Frame, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -162,8 +170,11 @@ class Call:
     # -- lifecycle -------------------------------------------------------------------------
 
     def interrupt(self) -> None:
-        """Interrupt the bot: every stage drops this call's queued downstream data frames."""
-        if not self._closing:
+        """Interrupt the bot: every stage drops this call's queued downstream data frames.
+
+        Works while the call drains after :meth:`end` too (the user may barge in on the
+        bot's last words)."""
+        if not self.done:
             self._send_system(InterruptionFrame())
 
     def end(self) -> None:
@@ -250,19 +261,21 @@ class _OutputQueue:
     """Output frames waiting for :meth:`Call.frames`: stage threads put, one reader gets.
 
     ``_frames`` is a deque (atomic appends and pops from any thread); the reader sleeps on
-    ``_doorbell``, which every put rings. A reader that falls ``capacity`` frames behind
-    loses data frames (counted in ``dropped``), never system or control frames.
-    ``dropped`` is written by the last stage thread only (data frames leave downstream).
+    ``_doorbell``, which every put rings. With a ``capacity``, a reader that falls that many
+    frames behind loses data frames (counted in ``dropped``), never system or control
+    frames; without one the queue grows as the reader lags. ``dropped`` is written by the
+    last stage thread only (data frames leave downstream).
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int | None) -> None:
         self._frames: deque[object] = deque()
         self._doorbell = Doorbell("block")
         self.capacity = capacity
         self.dropped = 0
 
     def put(self, frame: Frame, direction: Direction) -> None:
-        if len(self._frames) >= self.capacity and isinstance(frame, DataFrame):
+        capacity = self.capacity
+        if capacity is not None and len(self._frames) >= capacity and isinstance(frame, DataFrame):
             self.dropped += 1
             return
         self._frames.append(frame)

@@ -268,6 +268,8 @@ class AudioRawFrame(DataFrame):
                 f"{len(data)} bytes is not a whole number of {codec} samples "
                 f"for {num_channels} channel(s)"
             )
+        if len(data) > pool.slab_bytes:
+            raise ValueError(f"{len(data)} bytes do not fit a {pool.slab_bytes}-byte slab")
         slab = pool.take()
         slab.write(data)
         return cls(slab, len(data) // (width * num_channels), sample_rate, num_channels, codec)

@@ -117,7 +117,10 @@ class Runtime:
     cores this process may use); ``slabs`` is the size of the audio slab pool;
     ``wait_strategy`` is how idle stage threads wait (see :mod:`flowcat_ft.waiting`);
     ``gc_policy`` is a :class:`GcPolicy`, or None to leave the garbage collector alone;
-    ``max_calls`` caps concurrent calls (:class:`RuntimeFullError` past it).
+    ``max_calls`` caps concurrent calls (:class:`RuntimeFullError` past it);
+    ``input_capacity`` is each call's input ring (frames before :meth:`Call.push` waits);
+    ``output_capacity`` bounds the output a :meth:`Call.frames` reader may leave unread
+    (data frames past it are dropped and counted; None: unbounded).
 
     Threading contract: :meth:`open_call`, :meth:`metrics` and :meth:`stop` may be called
     from any thread; ``_calls`` and ``_runners`` are guarded by ``_lock``.
@@ -133,7 +136,7 @@ class Runtime:
         gc_policy: GcPolicy | None = None,
         max_calls: int | None = None,
         input_capacity: int = 64,
-        output_capacity: int = 1024,
+        output_capacity: int | None = None,
         link_capacity: int = 1024,
         housekeeping_interval: float = 0.5,
     ) -> None:

@@ -48,7 +48,6 @@ if TYPE_CHECKING:
 
 DOWN = Direction.DOWNSTREAM
 UP = Direction.UPSTREAM
-_ENDING = (EndFrame, CancelFrame)
 
 
 class Link:
@@ -201,12 +200,44 @@ class Stage(threading.Thread):
 
     def _run_once(self) -> bool:
         start = time.perf_counter_ns()
-        handled = 0
         out_down, out_up = self.out_down, self.out_up
         for link in (out_down, out_up):
             if link is not None and (link.pending_data or link.pending_system):
                 link.flush()
-        # System frames first: they overtake data.
+        handled = self._handle_system()
+        # Data flowing upstream, unless what we already sent that way is still pending.
+        # A system frame arriving meanwhile is handled before the next data frame.
+        in_up = self.in_up
+        if in_up is not None and not (out_up is not None and out_up.pending_data):
+            for frame in in_up.data.pop_many(self.batch):
+                if len(in_up.system):
+                    handled += self._handle_system()
+                self._from_downstream_stage(frame)
+                handled += 1
+        # Data flowing downstream, likewise.
+        if not (out_down is not None and out_down.pending_data):
+            if self.entry is not None:
+                handled += self._drain_entry()
+            else:
+                in_down = self.in_down
+                for frame in in_down.data.pop_many(self.batch):
+                    if len(in_down.system):
+                        handled += self._handle_system()
+                    self._from_upstream_stage(frame)
+                    handled += 1
+        for link in (out_down, out_up):
+            if link is not None:
+                link.ring_consumer()
+        if handled:
+            metrics = self.metrics
+            metrics.frames += handled
+            metrics.batches += 1
+            metrics.frame_ns.add((time.perf_counter_ns() - start) // handled)
+        return handled > 0
+
+    def _handle_system(self) -> int:
+        """Handle every system frame waiting, from any direction."""
+        handled = 0
         entry = self.entry
         if entry is not None:
             while entry.system:
@@ -220,28 +251,7 @@ class Stage(threading.Thread):
             for frame in self.in_up.system.pop_many(self.batch):
                 self._from_downstream_stage(frame)
                 handled += 1
-        # Data flowing upstream, unless what we already sent that way is still pending.
-        if self.in_up is not None and not (out_up is not None and out_up.pending_data):
-            for frame in self.in_up.data.pop_many(self.batch):
-                self._from_downstream_stage(frame)
-                handled += 1
-        # Data flowing downstream, likewise.
-        if not (out_down is not None and out_down.pending_data):
-            if entry is not None:
-                handled += self._drain_entry()
-            else:
-                for frame in self.in_down.data.pop_many(self.batch):
-                    self._from_upstream_stage(frame)
-                    handled += 1
-        for link in (out_down, out_up):
-            if link is not None:
-                link.ring_consumer()
-        if handled:
-            metrics = self.metrics
-            metrics.frames += handled
-            metrics.batches += 1
-            metrics.frame_ns.add((time.perf_counter_ns() - start) // handled)
-        return handled > 0
+        return handled
 
     # -- frames arriving -----------------------------------------------------------------------
 
@@ -259,7 +269,7 @@ class Stage(threading.Thread):
             call.dropped[s] += 1
             return
         deliver(call._processors[self.positions.start], DOWN, frame)
-        if kind in _ENDING:
+        if kind is CancelFrame:
             call._done[s] = True
 
     def _from_downstream_stage(self, frame: Frame) -> None:
@@ -280,6 +290,7 @@ class Stage(threading.Thread):
                 self.entry.schedule(call)
             return
         if kind is CancelFrame:
+            call._input_closed = True
             _discard(call)
         deliver(call._processors[0], DOWN, frame)
         if kind is CancelFrame:
@@ -287,7 +298,8 @@ class Stage(threading.Thread):
 
     def _drain_entry(self) -> int:
         """Take up to ``quantum`` frames from each ready call, round-robin."""
-        ready = self.entry.ready
+        entry = self.entry
+        ready = entry.ready
         first = self.positions.start
         handled = 0
         out_down = self.out_down
@@ -297,32 +309,33 @@ class Stage(threading.Thread):
             except IndexError:
                 break
             proc = call._processors[first]
-            if call._done[0]:
+            if call._input_closed:
                 _discard(call)
             else:
                 for frame in call._input.pop_many(self.quantum):
                     deliver(proc, DOWN, frame)
                     handled += 1
+            if entry.system:
+                handled += self._handle_system()
             if len(call._input):
                 ready.append(call)
             else:
                 end = call._end_requested
-                if end is not None and not call._done[0]:
-                    call._end_requested = None
+                if end is not None and not call._input_closed:
+                    call._input_closed = True
                     deliver(proc, DOWN, end)
-                    call._done[0] = True
                     handled += 1
                 # Unschedule, then look again: a producer that published just before we
                 # cleared the flag saw it set and did not schedule the call.
                 call._scheduled = False
                 if len(call._input) and not call._scheduled:
-                    self.entry.schedule(call)
+                    entry.schedule(call)
             if out_down is not None and out_down.pending_data:
                 break
         return handled
 
 
 def _discard(call: Call) -> None:
-    """Drop a finished call's queued input (the slabs go back to the pool)."""
+    """Drop a closed call's queued input (the slabs go back to the pool)."""
     while call._input.pop_many(call._input.capacity):
         pass

@@ -1,0 +1,98 @@
+"""Embedding: plain threads with no asyncio (callback or blocking iterator), and the
+asyncio adapter whose output crosses to the loop in batches."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from processors import Raise, Tag
+
+from flowcat_ft import EndFrame, ErrorFrame, Pipeline, TextFrame
+from flowcat_ft.aio import AsyncCall, LoopBridge
+
+
+def test_a_reader_thread_iterates_while_another_thread_pushes(runtime):
+    call = runtime.open_call(Pipeline([Tag] * 3))
+    got: list[str] = []
+
+    def read() -> None:
+        got.extend(f.text for f in call.frames(timeout=10) if isinstance(f, TextFrame))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+
+    def write() -> None:
+        for i in range(500):
+            call.push(TextFrame(str(i)))
+        call.end()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    writer.join(10)
+    reader.join(10)
+    assert got == [f"{i}+++" for i in range(500)]
+
+
+def test_iterating_a_callback_call_is_an_error(runtime):
+    call = runtime.open_call(Pipeline([Tag]), lambda f, d: None)
+    with pytest.raises(RuntimeError, match="on_output"):
+        call.frames()
+    call.close()
+
+
+def test_the_iterator_times_out_when_nothing_comes(runtime):
+    call = runtime.open_call(Pipeline([Tag]))
+    frames = call.frames(timeout=0.05)
+    next(frames)  # the StartFrame
+    with pytest.raises(TimeoutError):
+        next(frames)
+    call.close()
+
+
+def test_errors_reach_the_embedder(runtime):
+    call = runtime.open_call(Pipeline([Raise]))
+    call.push(TextFrame("boom"))
+    errors = [f for f in call.frames(timeout=5) if isinstance(f, ErrorFrame)]
+    assert len(errors) == 1 and call.end_reason.startswith("fatal error")
+
+
+def test_asyncio_adapter_delivers_on_the_loop_in_batches(runtime):
+    async def main() -> tuple[list[str], int, bool]:
+        loop = asyncio.get_running_loop()
+        bridge = LoopBridge(loop)
+        call = AsyncCall(runtime, Pipeline([Tag] * 7), bridge)
+        for i in range(300):
+            await call.push(TextFrame(str(i)))
+        call.end()
+        texts = [f.text async for f in call.frames() if isinstance(f, TextFrame)]
+        await asyncio.wait_for(call.wait(), 5)
+        return texts, bridge.wakeups, call.call.done
+
+    texts, wakeups, done = asyncio.run(main())
+    assert texts == [f"{i}+++++++" for i in range(300)]
+    assert done
+    assert wakeups < 300  # far fewer loop wake-ups than frames
+
+
+def test_asyncio_callbacks_run_on_the_loop_thread(runtime):
+    async def main() -> set[int]:
+        loop_thread = threading.get_ident()
+        threads: set[int] = set()
+        ended = asyncio.Event()
+
+        def on_output(frame, direction) -> None:
+            threads.add(threading.get_ident() == loop_thread)
+            if isinstance(frame, EndFrame):
+                ended.set()
+
+        call = AsyncCall(
+            runtime, Pipeline([Tag, Tag]), LoopBridge(asyncio.get_running_loop()), on_output
+        )
+        assert call.push_nowait(TextFrame("x"))
+        call.end()
+        await asyncio.wait_for(ended.wait(), 5)
+        return threads
+
+    assert asyncio.run(main()) == {True}

@@ -1,0 +1,39 @@
+"""The free-threading promise: importing every module and running a pipeline across
+threads leaves the GIL off on 3.13t."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+
+import pytest
+from conftest import FREE_THREADED
+from processors import Tag
+
+import flowcat_ft
+from flowcat_ft import Pipeline, Runtime, TextFrame
+
+# Modules that turn the GIL on when imported; each is imported only on demand.
+GIL_ENABLING = {"flowcat_ft.profiling"}
+
+
+@pytest.mark.skipif(not FREE_THREADED, reason="the GIL build has no GIL to keep off")
+def test_gil_stays_off_after_importing_everything_and_running_a_pipeline():
+    modules = [
+        m.name
+        for m in pkgutil.walk_packages(flowcat_ft.__path__, "flowcat_ft.")
+        if m.name not in GIL_ENABLING
+    ]
+    for name in modules:
+        importlib.import_module(name)
+    assert len(modules) > 10
+    with Runtime(threads=2) as rt:
+        call = rt.open_call(Pipeline([Tag] * 7))
+        for i in range(1000):
+            call.push(TextFrame(str(i)))
+        call.push_audio(b"\x00\x00" * 160, 8000)
+        call.end()
+        assert len(list(call.frames(timeout=10))) == 1003
+        assert len({s.ident for s in rt._runners_now()[0].stages}) == 2
+    assert sys._is_gil_enabled() is False

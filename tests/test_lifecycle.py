@@ -1,0 +1,157 @@
+"""Call lifecycle: hooks, draining end, cancel, errors contained to their call, and every
+slab back in the pool however a call ends."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from conftest import wait_until
+from processors import Gate, Hooks, Raise, Sleepy, Tag
+
+from flowcat_ft import (
+    CallClosedError,
+    CancelFrame,
+    EndFrame,
+    ErrorFrame,
+    InputAudioRawFrame,
+    Pipeline,
+    TextFrame,
+)
+
+AUDIO = b"\x10\x00" * 160
+
+
+def push_audio(call, n: int) -> None:
+    for _ in range(n):
+        call.push_audio(AUDIO, 8000)
+
+
+def drop_output(frame, direction) -> None:
+    """An on_output that keeps nothing, as a transport that has sent the audio."""
+
+
+def test_hooks_run_once_per_processor_in_order(runtime):
+    class Log(Hooks):
+        log = []
+
+    call = runtime.open_call(Pipeline([Log, Tag, Log], threads=2))
+    call.push(TextFrame("x"))
+    call.end()
+    assert call.wait(5)
+    assert list(Log.events().values()) == [["start", "end"], ["start", "end"]]
+
+
+def test_end_drains_everything_pushed_before_it(runtime):
+    call = runtime.open_call(Pipeline([Sleepy, Tag], threads=2))
+    for i in range(50):
+        call.push(TextFrame(str(i)))
+    call.end()
+    out = list(call.frames(timeout=10))
+    assert [f.text for f in out if isinstance(f, TextFrame)] == [f"{i}+" for i in range(50)]
+    assert isinstance(out[-1], EndFrame) and call.done and call.end_reason == "ended"
+
+
+def test_slabs_come_back_after_a_normal_end(runtime):
+    call = runtime.open_call(Pipeline([Tag] * 7), drop_output)
+    push_audio(call, 300)
+    call.end()
+    assert call.wait(5)
+    assert wait_until(lambda: runtime.pool.in_use == 0)
+
+
+def test_cancel_drops_queued_frames_and_returns_their_slabs(runtime):
+    class Blocked(Gate):
+        opened = threading.Event()
+        entered = threading.Event()
+
+    class Log(Hooks):
+        log = []
+
+    call = runtime.open_call(Pipeline([Log, Blocked], threads=2), drop_output)
+    push_audio(call, 40)
+    assert runtime.pool.in_use > 0
+    call.cancel("caller hung up")
+    Blocked.opened.set()
+    assert call.wait(5)
+    assert call.end_reason == "caller hung up"
+    assert ("cancel" in [e for _, e in Log.log]) and ("end" not in [e for _, e in Log.log])
+    assert wait_until(lambda: runtime.pool.in_use == 0)
+
+
+def test_slabs_come_back_after_an_interruption(runtime):
+    class Blocked(Gate):
+        opened = threading.Event()
+        entered = threading.Event()
+
+    call = runtime.open_call(Pipeline([Tag, Blocked], threads=2), drop_output)
+    push_audio(call, 40)
+    call.interrupt()
+    Blocked.opened.set()
+    call.end()
+    assert call.wait(5)
+    assert wait_until(lambda: runtime.pool.in_use == 0)
+
+
+def test_a_raising_processor_ends_only_its_own_call(runtime):
+    pipeline = Pipeline([Tag, Raise, Tag], threads=2)
+    bad = runtime.open_call(pipeline)
+    good = runtime.open_call(pipeline)
+    push_audio(bad, 20)
+    bad.push(TextFrame("boom"))
+    push_audio(bad, 20)
+    for i in range(100):
+        good.push(TextFrame(str(i)))
+    out = list(bad.frames(timeout=5))
+    errors = [f for f in out if isinstance(f, ErrorFrame)]
+    assert len(errors) == 1 and errors[0].fatal and "ValueError: boom" in errors[0].error
+    assert errors[0].processor == "Raise"
+    assert isinstance(out[-1], CancelFrame) and bad.failed
+    del out, errors
+    good.end()
+    got = [f.text for f in good.frames(timeout=5) if isinstance(f, TextFrame)]
+    assert got == [f"{i}++" for i in range(100)]
+    assert wait_until(lambda: runtime.pool.in_use == 0)
+
+
+def test_pushing_into_a_closed_call_raises(runtime):
+    call = runtime.open_call(Pipeline([Tag]))
+    call.end()
+    with pytest.raises(CallClosedError, match="closed"):
+        call.push(TextFrame("late"))
+    assert call.wait(5)
+    with pytest.raises(CallClosedError):
+        call.push_audio(AUDIO, 8000)
+    assert wait_until(lambda: runtime.pool.in_use == 0)
+
+
+def test_lifecycle_frames_are_not_pushed_directly(runtime):
+    call = runtime.open_call(Pipeline([Tag]))
+    with pytest.raises(ValueError, match="end\\(\\)"):
+        call.push(EndFrame())
+    call.close()
+
+
+def test_stopping_the_runtime_cancels_running_calls():
+    from flowcat_ft import Runtime
+
+    rt = Runtime(threads=2, slabs=64).start()
+    call = rt.open_call(Pipeline([Tag, Tag]), drop_output)
+    push_audio(call, 10)
+    rt.stop()
+    assert call.done and call.end_reason == "runtime stopping"
+    assert rt.pool.in_use == 0
+
+
+def test_close_ends_the_call_as_a_context_manager(runtime):
+    with runtime.open_call(Pipeline([Tag]), drop_output) as call:
+        push_audio(call, 5)
+    assert call.done and call.end_reason == "ended"
+
+
+def test_input_frame_types_survive_the_trip(runtime):
+    call = runtime.open_call(Pipeline([Tag] * 3))
+    call.push_audio(AUDIO, 8000)
+    call.end()
+    audio = [f for f in call.frames(timeout=5) if isinstance(f, InputAudioRawFrame)]
+    assert len(audio) == 1 and audio[0].audio == AUDIO and audio[0].sample_rate == 8000

@@ -1,0 +1,174 @@
+"""Pipelines: order per call, state per call, fusing onto threads, parallel branches, and
+system frames overtaking data."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from conftest import wait_until
+from processors import Counter, Gate, Hooks, Tag
+
+from flowcat_ft import (
+    Direction,
+    EndFrame,
+    FrameProcessor,
+    ParallelPipeline,
+    Pipeline,
+    StartFrame,
+    SystemFrame,
+    TextFrame,
+)
+from flowcat_ft.pipeline import fuse
+
+
+def texts(frames) -> list[str]:
+    return [f.text for f in frames if isinstance(f, TextFrame)]
+
+
+def run_call(runtime, pipeline, inputs: list[str]) -> list:
+    call = runtime.open_call(pipeline)
+    for text in inputs:
+        call.push(TextFrame(text))
+    call.end()
+    return list(call.frames(timeout=10))
+
+
+def test_frames_keep_their_order_through_seven_processors_on_two_threads(runtime):
+    out = run_call(runtime, Pipeline([Tag] * 7), [str(i) for i in range(2000)])
+    assert isinstance(out[0], StartFrame) and isinstance(out[-1], EndFrame)
+    assert texts(out) == [f"{i}+++++++" for i in range(2000)]
+    runner = runtime._runners_now()[0]
+    assert len(runner.stages) == 2
+    assert {s.ident for s in runner.stages} != {threading.get_ident()}
+
+
+def test_each_call_has_its_own_processor_state(runtime):
+    pipeline = Pipeline([Counter, Tag])
+    a = runtime.open_call(pipeline)
+    b = runtime.open_call(pipeline)
+    for i in range(3):
+        a.push(TextFrame(f"a{i}"))
+        b.push(TextFrame(f"b{i}"))
+    a.end()
+    b.end()
+    assert texts(a.frames(timeout=5)) == ["a0#1+", "a1#2+", "a2#3+"]
+    assert texts(b.frames(timeout=5)) == ["b0#1+", "b1#2+", "b2#3+"]
+
+
+def test_many_calls_from_many_threads_all_complete_in_order(runtime):
+    pipeline = Pipeline([Tag] * 7)
+    results: dict[int, list[str]] = {}
+
+    def one_call(n: int) -> None:
+        results[n] = texts(run_call(runtime, pipeline, [f"{n}:{i}" for i in range(200)]))
+
+    threads = [threading.Thread(target=one_call, args=(n,)) for n in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(results) == list(range(40))
+    for n, got in results.items():
+        assert got == [f"{n}:{i}+++++++" for i in range(200)]
+    assert runtime.calls == []
+
+
+@pytest.mark.parametrize(
+    ("costs", "threads", "expected"),
+    [
+        ([1] * 7, 2, [range(0, 4), range(4, 7)]),
+        ([1] * 7, 16, [range(i, i + 1) for i in range(7)]),
+        ([1, 1, 1, 10], 2, [range(0, 3), range(3, 4)]),
+        ([5], 4, [range(0, 1)]),
+        ([1] * 7, 1, [range(0, 7)]),
+    ],
+)
+def test_fuse_splits_into_contiguous_balanced_groups(costs, threads, expected):
+    assert fuse(costs, threads) == expected
+
+
+def test_pipeline_threads_cap_and_default(runtime):
+    run_call(runtime, Pipeline([Tag] * 5, threads=1), ["x"])
+    run_call(runtime, Pipeline([Tag] * 5), ["x"])
+    assert [len(r.stages) for r in runtime._runners_now()] == [1, 2]
+
+
+def test_pipeline_wants_factories_not_instances():
+    with pytest.raises(TypeError, match="is an instance"):
+        Pipeline([Tag()])
+    with pytest.raises(ValueError, match="at least one"):
+        Pipeline([])
+
+
+def test_nested_pipelines_are_flattened(runtime):
+    out = run_call(runtime, Pipeline([Tag, Pipeline([Tag, Tag])]), ["n"])
+    assert texts(out) == ["n+++"]
+
+
+class Upper(FrameProcessor):
+    def process(self, frame, direction):
+        if isinstance(frame, TextFrame):
+            frame = TextFrame(frame.text.upper())
+        self.push(frame, direction)
+
+
+def test_parallel_pipeline_fans_out_merges_and_passes_lifecycle_once(runtime):
+    class BranchHooks(Hooks):
+        log = []
+
+    pipeline = Pipeline([ParallelPipeline([Tag, BranchHooks], [Upper, BranchHooks]), Tag])
+    out = run_call(runtime, pipeline, ["a", "b"])
+    assert texts(out) == ["a++", "A+", "b++", "B+"]
+    assert [type(f).__name__ for f in out].count("StartFrame") == 1
+    assert [type(f).__name__ for f in out].count("EndFrame") == 1
+    assert list(BranchHooks.events().values()) == [["start", "end"], ["start", "end"]]
+
+
+class Ping(SystemFrame):
+    """A system frame of the test's own."""
+
+
+def test_system_frames_overtake_queued_data(runtime):
+    class Blocked(Gate):
+        opened = threading.Event()
+        entered = threading.Event()
+
+    call = runtime.open_call(Pipeline([Tag, Blocked], threads=2))
+    for i in range(20):
+        call.push(TextFrame(str(i)))
+    call.push(Ping())
+    Blocked.opened.set()
+    call.end()
+    kinds = [f.text if isinstance(f, TextFrame) else type(f).__name__ for f in call.frames(5)]
+    # Frame 0 was already inside the gate; the ping overtakes the 19 queued behind it.
+    assert kinds.index("Ping") < kinds.index("5+")
+    assert [k for k in kinds if k.endswith("+")] == [f"{i}+" for i in range(20)]
+
+
+class Echo(FrameProcessor):
+    """Answers text upstream, as a processor reporting back to the input would."""
+
+    def process(self, frame, direction):
+        if isinstance(frame, TextFrame) and direction is Direction.DOWNSTREAM:
+            self.push(TextFrame("re:" + frame.text), Direction.UPSTREAM)
+        self.push(frame, direction)
+
+
+def test_frames_pushed_upstream_leave_at_the_input_end(runtime):
+    seen: list[tuple[str, Direction]] = []
+    done = threading.Event()
+
+    def on_output(frame, direction):
+        if isinstance(frame, TextFrame):
+            seen.append((frame.text, direction))
+        if isinstance(frame, EndFrame):
+            done.set()
+
+    call = runtime.open_call(Pipeline([Tag, Tag, Echo, Tag], threads=2), on_output)
+    call.push(TextFrame("hi"))
+    call.end()
+    assert done.wait(5)
+    assert ("hi+++", Direction.DOWNSTREAM) in seen
+    # The reply travels back on its own: it may still be on its way when the end arrives.
+    assert wait_until(lambda: ("re:hi++", Direction.UPSTREAM) in seen)
