@@ -3,6 +3,7 @@
 # pytest-xdist), then the same suite on the GIL twin. Fails if any part fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+ci/system-packages.sh || exit 1
 ci/venvs.sh || exit 1
 
 status=0

@@ -2,7 +2,7 @@
 # Make (or refresh) the two virtual environments at the repo root:
 #   .venv-ft/   free-threaded CPython 3.13t
 #   .venv-gil/  the GIL build of the same CPython
-# each with flowcat-ft installed editable plus its dev extras. A venv is rebuilt when its
+# each with flowcat-ft installed editable plus its dev, vad and opus extras. A venv is rebuilt when its
 # interpreter changed or pyproject.toml is newer than its stamp; otherwise this takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +18,9 @@ make_venv() {  # make_venv DIR PYTHON
     rm -rf "$dir"
     "$python" -m venv "$dir"
     "$dir/bin/python" -m pip install -q --upgrade pip
-    "$dir/bin/python" -m pip install -q -e ".[dev]"
+    "$dir/bin/python" -m pip install -q -e ".[dev,vad,opus]"
+    # The Silero VAD model ships in this wheel; its own dependency on torch is not needed.
+    "$dir/bin/python" -m pip install -q --no-deps silero-vad
     # websockets' C speedups (frame masking) come only from its sdist on cp313t; they keep
     # the GIL off and cut echo latency tenfold at load (see shared/ENVIRONMENT.md).
     "$dir/bin/python" -m pip install -q --force-reinstall --no-deps --no-binary websockets websockets

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Debian packages the tests use as real peers: espeak-ng (speech to test with) and sox.
+# Installs what is missing when run as root; otherwise says what to install.
+set -euo pipefail
+needed=(espeak-ng sox)
+missing=()
+for pkg in "${needed[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ]; then
+    echo "system-packages: please install: ${missing[*]} (apt-get install ${missing[*]})" >&2
+    exit 1
+fi
+echo "system-packages: installing ${missing[*]}" >&2
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
