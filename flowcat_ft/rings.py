@@ -29,10 +29,17 @@ doorbell a producer rings after publishing.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 _EMPTY: list = []
+
+
+@functools.cache
+def _nones(capacity: int) -> tuple[None, ...]:
+    """One tuple of Nones per capacity, shared by every ring (to clear popped slots)."""
+    return (None,) * capacity
 
 
 class SpscRing:
@@ -56,7 +63,7 @@ class SpscRing:
         self.capacity = capacity
         self._mask = capacity - 1
         self._slots: list[Any] = [None] * capacity
-        self._nones = (None,) * capacity
+        self._nones = _nones(capacity)
         self._head = 0
         self._tail = 0
 
