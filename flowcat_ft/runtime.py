@@ -116,7 +116,8 @@ class Runtime:
     ``threads`` is how many stage threads a pipeline gets at most (default: the number of
     cores this process may use); ``slabs`` is the size of the audio slab pool;
     ``wait_strategy`` is how idle stage threads wait (see :mod:`flowcat_ft.waiting`);
-    ``gc_policy`` is a :class:`GcPolicy`, or None to leave the garbage collector alone;
+    ``gc_policy`` is how garbage is collected (default: a new :class:`GcPolicy`;
+    :class:`~flowcat_ft.gcpolicy.InterpreterGc` leaves the collector as it is);
     ``max_calls`` caps concurrent calls (:class:`RuntimeFullError` past it);
     ``input_capacity`` is each call's input ring (frames before :meth:`Call.push` waits);
     ``output_capacity`` bounds the output a :meth:`Call.frames` reader may leave unread
