@@ -1,15 +1,13 @@
-"""Shared fixtures: a running runtime that is stopped, and checked for leaked slabs, after
-each test."""
+"""Shared fixtures: a running runtime, stopped after each test."""
 
 from __future__ import annotations
 
 import sys
 
 import pytest
+from helpers import FREE_THREADED
 
 from flowcat_ft import Runtime
-
-FREE_THREADED = not sys._is_gil_enabled()
 
 
 def pytest_report_header() -> str:
@@ -24,15 +22,3 @@ def runtime():
         yield rt
     finally:
         rt.stop()
-
-
-def wait_until(predicate, timeout: float = 5.0) -> bool:
-    """Poll ``predicate`` until true or ``timeout`` (for state other threads change)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.002)
-    return predicate()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gc
 
-from conftest import wait_until
+from helpers import wait_until
 
 from flowcat_ft import FrameProcessor, Pipeline, Runtime, TextFrame
 from flowcat_ft.gcpolicy import GcPolicy

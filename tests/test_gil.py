@@ -8,7 +8,7 @@ import pkgutil
 import sys
 
 import pytest
-from conftest import FREE_THREADED
+from helpers import FREE_THREADED
 from processors import Tag
 
 import flowcat_ft

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 
-from conftest import wait_until
+from helpers import wait_until
 from processors import Gate, Hooks, Tag
 
 from flowcat_ft import (
@@ -27,7 +27,7 @@ class Bot(FrameProcessor):
     def process(self, frame, direction):
         if isinstance(frame, TextFrame) and direction is Direction.DOWNSTREAM:
             for _ in range(5):
-                pool = self.call._runner.pool
+                pool = self.pool
                 audio = OutputAudioRawFrame.from_bytes(pool, AUDIO, 8000)
                 self.push(audio)
         self.push(frame, direction)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 
-from conftest import wait_until
+from helpers import wait_until
 from processors import Gate, Tag
 
 from flowcat_ft import Pipeline, Runtime, TextFrame

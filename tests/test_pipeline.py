@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from conftest import wait_until
+from helpers import wait_until
 from processors import Counter, Gate, Hooks, Tag
 
 from flowcat_ft import (

@@ -7,7 +7,7 @@ import random
 import threading
 
 import pytest
-from conftest import FREE_THREADED
+from helpers import FREE_THREADED
 
 from flowcat_ft.rings import SpscRing
 from flowcat_ft.waiting import Doorbell
