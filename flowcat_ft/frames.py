@@ -134,6 +134,19 @@ class ErrorFrame(SystemFrame):
         return f"ErrorFrame({self.error!r}, fatal={self.fatal}, processor={self.processor!r})"
 
 
+class InputDTMFFrame(SystemFrame):
+    """A key the caller pressed (``0``-``9``, ``*``, ``#``, ``A``-``D``)."""
+
+    __slots__ = ("digit",)
+
+    def __init__(self, digit: str) -> None:
+        super().__init__()
+        self.digit = digit
+
+    def __repr__(self) -> str:
+        return f"InputDTMFFrame({self.digit!r})"
+
+
 # -- control frames ------------------------------------------------------------------------
 
 

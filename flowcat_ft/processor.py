@@ -21,6 +21,7 @@ from flowcat_ft.frames import (
 
 if TYPE_CHECKING:
     from flowcat_ft.call import Call
+    from flowcat_ft.slabs import SlabPool
 
 Push = Callable[[Frame], None]
 
@@ -87,6 +88,13 @@ class FrameProcessor:
     def push_error(self, message: str, fatal: bool = False) -> None:
         """Report an error upstream; a fatal one ends the call."""
         self._up(ErrorFrame(message, fatal=fatal, processor=self.name))
+
+    @property
+    def pool(self) -> SlabPool:
+        """The runtime's slab pool, for processors that make audio frames."""
+        if self.call is None:
+            raise RuntimeError("this processor is not part of a running call")
+        return self.call._runner.pool
 
     def interrupt(self) -> None:
         """Start an interruption from the head of the pipeline (as on a user barge-in)."""

@@ -1,0 +1,1 @@
+"""Built-in agents: pipelines ready to serve."""

@@ -1,0 +1,377 @@
+"""A media session: one WebSocket connection carrying one call's audio.
+
+The session runs on its connection's event loop. Incoming messages go through the
+carrier's serializer (:mod:`flowcat_ft.serializers`, Sans-I/O) to become frames: audio is
+decoded from G.711 into a slab at the edge, the one copy on the way in. Outgoing frames
+arrive from the stage threads through the loop's bridge in batches; audio is encoded,
+cut into 20 ms frames and paced (:mod:`flowcat_ft.transports.pacer`).
+
+Bad input closes this connection only, with a close code that says why, and a log line:
+malformed messages (1007/1008, from the serializer), messages over the size limit (1009,
+by the websockets library), a flood of frames faster than real time (1008), a peer that
+stops reading what we send (1008), or silence past the idle timeout (1001). The call is
+cancelled and its slabs go back to the pool; every other call carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from websockets.exceptions import ConnectionClosed
+
+from flowcat_ft.audio import g711
+from flowcat_ft.audio.resample import StreamingResampler
+from flowcat_ft.frames import (
+    AudioRawFrame,
+    CancelFrame,
+    Direction,
+    EndFrame,
+    ErrorFrame,
+    Frame,
+    InputAudioRawFrame,
+    InputDTMFFrame,
+    InterruptionFrame,
+    StartFrame,
+    TTSStoppedFrame,
+)
+from flowcat_ft.serializers import (
+    AudioIn,
+    DtmfIn,
+    MarkPlayed,
+    ProtocolError,
+    Serializer,
+    StreamStarted,
+    StreamStopped,
+)
+from flowcat_ft.slabs import PoolExhaustedError
+from flowcat_ft.transports.pacer import FRAME_SECS, Playout, Ticker
+
+if TYPE_CHECKING:
+    from websockets.asyncio.connection import Connection
+
+    from flowcat_ft.call import Call
+    from flowcat_ft.pipeline import Pipeline
+    from flowcat_ft.runtime import Runtime
+    from flowcat_ft.transports.loops import EventLoopThread
+
+logger = logging.getLogger("flowcat_ft.transports")
+
+_DECODERS = {"mulaw": g711.ulaw_decode, "alaw": g711.alaw_decode}
+_ENCODERS = {"mulaw": g711.ulaw_encode, "alaw": g711.alaw_encode}
+
+
+@dataclass(frozen=True)
+class MediaOptions:
+    """How media sessions behave; shared by every connection of a server or client.
+
+    ``sample_rate``: the rate the pipeline works at (None: the carrier's wire rate; else
+    audio is resampled at the edge). ``decode_input``: decode G.711 into PCM16 at the edge
+    (False hands the pipeline the wire codec, as the echo benchmark's pipeline wants).
+    ``pace_output``: send audio at real time (False sends each frame as it comes).
+    """
+
+    sample_rate: int | None = None
+    decode_input: bool = True
+    pace_output: bool = True
+    lead: float = 0.08
+    max_buffer: float = 20.0
+    idle_timeout: float = 30.0
+    max_frames_per_second: int = 150
+    max_unsent: int = 500
+
+
+class MediaSession:
+    """One connection ↔ one call. Everything here runs on the connection's event loop."""
+
+    def __init__(
+        self,
+        ws: Connection,
+        serializer: Serializer,
+        runtime: Runtime,
+        pipeline: Pipeline,
+        io: EventLoopThread,
+        ticker: Ticker,
+        options: MediaOptions,
+    ) -> None:
+        self.ws = ws
+        self.serializer = serializer
+        self.runtime = runtime
+        self.pipeline = pipeline
+        self.io = io
+        self.options = options
+        self.call: Call | None = None
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self._ticker = ticker
+        self._loop = io.loop
+        self._outbox: deque[str | bytes] = deque()
+        self._outbox_ready = asyncio.Event()
+        self._playout = Playout(self._send, ticker, options.lead, options.max_buffer)
+        self._last_input = self._loop.time()
+        self._window_start = self._last_input
+        self._window_frames = 0
+        self._carry = bytearray()  # outgoing wire bytes short of a whole 20 ms frame
+        self._resample_in: StreamingResampler | None = None
+        self._resample_out: StreamingResampler | None = None
+        self._ending = False
+        self._tasks: set[asyncio.Task] = set()
+        self.frames_in = 0
+        self.dropped_in = 0
+        self.frames_out = 0
+        self.marks_sent = 0
+        self.marks_played = 0
+        self.clears = 0
+
+    # -- the connection's life -------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the connection until it closes, then end the call."""
+        sender = asyncio.create_task(self._send_loop())
+        self._ticker.every_second(self._check_idle)
+        try:
+            async for message in self.ws:
+                if self._ending:
+                    continue  # closing: keep reading so the closing handshake gets through
+                self._last_input = self._loop.time()
+                try:
+                    events = self.serializer.receive(message)
+                except ProtocolError as error:
+                    self._close_soon(error.close_code, str(error))
+                    continue
+                for event in events:
+                    self._handle(event)
+        except ConnectionClosed:
+            pass
+        finally:
+            self._ticker.discard(self._playout, self._check_idle)
+            if self.call is not None and not self.call.done:
+                self.call.cancel(self.close_reason or "connection closed")
+            sender.cancel()
+            if self.close_code is None:
+                self.close_code = self.ws.close_code
+
+    async def _close(self, code: int, reason: str) -> None:
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+            if code not in (1000, 1001):
+                logger.warning("connection %s closed (%d): %s", self._peer(), code, reason)
+        await self.ws.close(code, reason[:120])
+
+    def _close_soon(self, code: int, reason: str) -> None:
+        self._ending = True
+        self._spawn(self._close(code, reason))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` as a task the session keeps a reference to until it is done."""
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _peer(self) -> str:
+        call = f" call {self.call.id}" if self.call is not None else ""
+        return f"{self.ws.remote_address}{call}"
+
+    def _check_idle(self, now: float) -> None:
+        if now - self._last_input > self.options.idle_timeout and not self._ending:
+            self._close_soon(1001, f"idle for {self.options.idle_timeout:g} s")
+
+    # -- input -----------------------------------------------------------------------------
+
+    def _handle(self, event: object) -> None:
+        if isinstance(event, AudioIn):
+            self._audio_in(event.payload)
+        elif isinstance(event, StreamStarted):
+            self._start(event)
+        elif isinstance(event, DtmfIn):
+            if self.call is not None:
+                self.call.push(InputDTMFFrame(event.digit))
+        elif isinstance(event, MarkPlayed):
+            self.marks_played += 1
+        elif isinstance(event, StreamStopped):
+            self._close_soon(1000, event.reason or "stream stopped")
+
+    def _start(self, event: StreamStarted) -> None:
+        if self.call is not None:
+            self._close_soon(1008, "a second start event on one stream")
+            return
+        rate = self.options.sample_rate or event.sample_rate
+        if rate != event.sample_rate:
+            self._resample_in = StreamingResampler(event.sample_rate, rate)
+            self._resample_out = StreamingResampler(rate, event.sample_rate)
+        metadata = {
+            "carrier": self.serializer.name,
+            "call_id": event.call_id,
+            "stream_id": event.stream_id,
+            **event.metadata,
+        }
+        start = StartFrame(rate, rate, metadata)
+        self.call = self.runtime.open_call(
+            self.pipeline, self._from_stage_thread, start_frame=start
+        )
+        logger.info("call %s started: %s %s", self.call.id, self.serializer.name, event.call_id)
+
+    def _audio_in(self, payload: bytes) -> None:
+        call = self.call
+        if call is None:
+            return  # the serializer refuses audio before start where the carrier sends one
+        self.frames_in += 1
+        if self._flooding():
+            return
+        try:
+            frame = self._decode(payload)
+        except PoolExhaustedError:
+            self.dropped_in += 1
+            return
+        except ProtocolError as error:
+            self._close_soon(error.close_code, str(error))
+            return
+        if not call.try_push(frame):
+            self.dropped_in += 1  # the pipeline is behind: drop rather than block the loop
+
+    def _flooding(self) -> bool:
+        now = self._last_input
+        if now - self._window_start >= 1.0:
+            self._window_start, self._window_frames = now, 0
+        self._window_frames += 1
+        if self._window_frames > self.options.max_frames_per_second and not self._ending:
+            self._close_soon(1008, f"flood: over {self.options.max_frames_per_second} frames/s")
+            return True
+        return False
+
+    def _decode(self, payload: bytes) -> AudioRawFrame:
+        """Wire bytes → an input audio frame in a slab (PCM16 unless decoding is off)."""
+        serializer = self.serializer
+        codec, rate = serializer.codec, serializer.sample_rate
+        pool = self.runtime.pool
+        if not self.options.decode_input:
+            return InputAudioRawFrame.from_bytes(pool, payload, rate, 1, codec)
+        if codec == "pcm16":
+            frame = InputAudioRawFrame.from_bytes(pool, payload, rate)
+        else:
+            if len(payload) * 2 > pool.slab_bytes:
+                raise ProtocolError(f"{len(payload)}-byte audio message is too long", 1009)
+            slab = pool.take()
+            n = _DECODERS[codec](np.frombuffer(payload, dtype=np.uint8), slab.pcm)
+            frame = InputAudioRawFrame(slab, n, rate)
+        if self._resample_in is not None:
+            frame = self._resample(frame, self._resample_in, InputAudioRawFrame)
+        return frame
+
+    def _resample(
+        self, frame: AudioRawFrame, resampler: StreamingResampler, kind: type[AudioRawFrame]
+    ) -> AudioRawFrame:
+        slab = self.runtime.pool.take()
+        n = resampler.process(frame.samples, slab.pcm)
+        return kind(slab, n, resampler.out_rate)
+
+    # -- output ----------------------------------------------------------------------------
+
+    def _from_stage_thread(self, frame: Frame, direction: Direction) -> None:
+        """The call's on_output: runs on a stage thread, so only hands over to the loop."""
+        self.io.bridge.send(self._output, frame, direction)
+
+    def _output(self, frame: Frame, direction: Direction) -> None:
+        if direction is Direction.UPSTREAM:
+            if isinstance(frame, ErrorFrame):
+                logger.warning("call %s: %s", frame._call.id if frame._call else "?", frame.error)
+            return
+        if isinstance(frame, AudioRawFrame):
+            self._audio_out(frame)
+        elif type(frame) is InterruptionFrame:
+            self._interrupted()
+        elif type(frame) is TTSStoppedFrame:
+            self._mark()
+        elif type(frame) in (EndFrame, CancelFrame):
+            self._call_ended(frame)
+
+    def _audio_out(self, frame: AudioRawFrame) -> None:
+        serializer = self.serializer
+        wire_codec, wire_rate = serializer.codec, serializer.sample_rate
+        if frame.codec == "pcm16" and frame.sample_rate != wire_rate:
+            if self._resample_out is None or self._resample_out.in_rate != frame.sample_rate:
+                self._resample_out = StreamingResampler(frame.sample_rate, wire_rate)
+            frame = self._resample(frame, self._resample_out, type(frame))
+        if frame.codec == wire_codec:
+            data = frame.samples.tobytes()
+        elif frame.codec == "pcm16" and wire_codec in _ENCODERS:
+            samples = frame.samples
+            out = np.empty(len(samples), dtype=np.uint8)
+            _ENCODERS[wire_codec](samples, out)
+            data = out.tobytes()
+        else:
+            call_id = self.call.id if self.call else "?"
+            logger.warning(
+                "call %s: cannot send %s audio on a %s stream", call_id, frame.codec, wire_codec
+            )
+            return
+        if not self.options.pace_output:
+            self._send(serializer.send_audio(data))
+            return
+        # Whole chunks of the carrier's size (20 ms for most, 100 ms for Exotel).
+        seconds = serializer.audio_chunk_ms / 1000
+        chunk = int(wire_rate * seconds) * (2 if wire_codec == "pcm16" else 1)
+        carry = self._carry
+        carry += data
+        while len(carry) >= chunk:
+            self._playout.play(serializer.send_audio(bytes(carry[:chunk])), seconds)
+            del carry[:chunk]
+
+    def _interrupted(self) -> None:
+        self._carry.clear()
+        self._playout.clear()
+        message = self.serializer.send_clear()
+        if message is not None:
+            self.clears += 1
+            self._send(message)
+
+    def _mark(self) -> None:
+        message = self.serializer.send_mark(f"utterance-{self.marks_sent + 1}")
+        if message is None:
+            return
+        self.marks_sent += 1
+        if self.options.pace_output:
+            self._playout.play(message, duration=0.0)  # after the audio queued before it
+        else:
+            self._send(message)
+
+    def _call_ended(self, frame: Frame) -> None:
+        """The agent ended the call (or it was cancelled): close once queued audio is out."""
+        if self._ending or self.close_code is not None:
+            return
+        self._ending = True
+        reason = "call ended" if type(frame) is EndFrame else frame.reason
+
+        async def close_after_playout() -> None:
+            while self._playout.queued and type(frame) is EndFrame:
+                await asyncio.sleep(FRAME_SECS)
+            await self._close(1000, reason)
+
+        self._spawn(close_after_playout())
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def _send(self, message: str | bytes) -> None:
+        outbox = self._outbox
+        outbox.append(message)
+        self.frames_out += 1
+        if len(outbox) > self.options.max_unsent and not self._ending:
+            outbox.clear()
+            self._close_soon(1008, "peer is not reading")
+        self._outbox_ready.set()
+
+    async def _send_loop(self) -> None:
+        outbox, ready, ws = self._outbox, self._outbox_ready, self.ws
+        try:
+            while True:
+                await ready.wait()
+                ready.clear()
+                while outbox:
+                    await ws.send(outbox.popleft())
+        except ConnectionClosed:
+            pass

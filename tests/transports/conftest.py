@@ -1,0 +1,37 @@
+"""Fixtures for transport tests: a real server on loopback, and carrier messages for real
+websockets clients to send."""
+
+from __future__ import annotations
+
+import pytest
+
+from flowcat_ft import Runtime
+from flowcat_ft.agents.echo import echo_pipeline
+from flowcat_ft.transports.server import WebSocketServer
+from flowcat_ft.transports.session import MediaOptions
+
+
+@pytest.fixture
+def serve():
+    """Start servers on free ports: ``serve(pipeline=..., **server_options)``."""
+    started: list[tuple[Runtime, WebSocketServer]] = []
+
+    def start(
+        pipeline=None, *, slabs: int = 2048, options: MediaOptions | None = None, **kwargs
+    ) -> WebSocketServer:
+        runtime = Runtime(threads=2, slabs=slabs)
+        server = WebSocketServer(
+            runtime,
+            pipeline or echo_pipeline(),
+            port=0,
+            loops=2,
+            options=options or MediaOptions(),
+            **kwargs,
+        )
+        started.append((runtime, server.start()))
+        return server
+
+    yield start
+    for runtime, server in started:
+        server.stop(grace=1)
+        runtime.stop()

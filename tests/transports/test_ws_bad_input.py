@@ -1,0 +1,143 @@
+"""Bad input closes that connection only, with a close code that says why, while another
+call on the same server keeps echoing; every slab comes back."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import socket
+
+import pytest
+import websockets
+from carrier_messages import twilio_dtmf, twilio_media, twilio_start
+from helpers import wait_until
+from websockets.exceptions import ConnectionClosed
+
+from flowcat_ft import InputDTMFFrame, OutputAudioRawFrame, Pipeline
+from flowcat_ft.agents.echo import Echo
+from flowcat_ft.processor import FrameProcessor
+from flowcat_ft.transports.session import MediaOptions
+
+
+async def healthy_call(port: int, stop: asyncio.Event) -> int:
+    """Echo frames until ``stop``; return how many came back."""
+    echoed = 0
+    async with websockets.connect(f"ws://127.0.0.1:{port}/twilio") as ws:
+        await ws.send(twilio_start("MZ-ok", "CA-ok"))
+        n = 0
+        while not stop.is_set():
+            await ws.send(twilio_media(b"\x11" * 160, n, "MZ-ok"))
+            n += 1
+            try:
+                while True:
+                    await asyncio.wait_for(ws.recv(), 0.02)
+                    echoed += 1
+            except TimeoutError:
+                pass
+    return echoed
+
+
+async def bad_call(port: int, messages: list, path: str = "/twilio") -> tuple[int, str]:
+    async with websockets.connect(f"ws://127.0.0.1:{port}{path}", max_size=None) as ws:
+        try:
+            for message in messages:
+                await ws.send(message)
+                await asyncio.sleep(0)
+        except ConnectionClosed:
+            pass
+
+        async def read_until_closed() -> None:
+            try:
+                async for _ in ws:
+                    pass
+            except ConnectionClosed:
+                pass
+
+        await asyncio.wait_for(read_until_closed(), 5)
+        return ws.close_code, ws.close_reason
+
+
+def run_beside_a_healthy_call(port: int, messages: list, path: str = "/twilio"):
+    async def main():
+        stop = asyncio.Event()
+        healthy = asyncio.create_task(healthy_call(port, stop))
+        await asyncio.sleep(0.2)
+        code, reason = await bad_call(port, messages, path)
+        await asyncio.sleep(0.3)
+        stop.set()
+        return code, reason, await healthy
+
+    return asyncio.run(main())
+
+
+MEDIA_OK = twilio_media(b"\x22" * 160, 0)
+
+
+@pytest.mark.parametrize(
+    ("name", "messages", "code", "words"),
+    [
+        ("malformed JSON", [twilio_start(), "{not json"], 1007, "JSON"),
+        ("unknown event", [twilio_start(), json.dumps({"event": "explode"})], 1008, "explode"),
+        (
+            "bad base64",
+            [twilio_start(), MEDIA_OK.replace(base64.b64encode(b"\x22" * 160).decode(), "@@@")],
+            1007,
+            "base64",
+        ),
+        ("audio before start", [MEDIA_OK], 1008, "start"),
+        ("binary on a text protocol", [twilio_start(), b"\x00\x01"], 1003, "binary"),
+        ("oversized message", [twilio_start(), "x" * 70_000], 1009, ""),
+        (
+            "flood",
+            [twilio_start()] + [twilio_media(b"\x22" * 160, i) for i in range(400)],
+            1008,
+            "flood",
+        ),
+    ],
+)
+def test_bad_input_closes_only_that_connection(serve, name, messages, code, words):
+    server = serve()
+    got_code, reason, echoed = run_beside_a_healthy_call(server.port, messages)
+    assert got_code == code, f"{name}: closed with {got_code} ({reason})"
+    assert words.lower() in reason.lower()
+    assert echoed > 10, "the healthy call stopped echoing"
+    assert wait_until(lambda: server.runtime.calls == [])
+    assert wait_until(lambda: server.runtime.pool.in_use == 0)
+
+
+class Firehose(FrameProcessor):
+    """On any key: a minute of 16 kHz audio at once, far more than a socket buffers."""
+
+    def process(self, frame, direction):
+        if isinstance(frame, InputDTMFFrame):
+            pool = self.pool
+            for _ in range(500):  # 120 ms per frame: one minute
+                self.push(OutputAudioRawFrame.from_bytes(pool, b"\x01\x02" * 1920, 16000))
+        self.push(frame, direction)
+
+
+def test_a_peer_that_stops_reading_is_closed(serve):
+    server = serve(
+        Pipeline([Firehose, Echo]), options=MediaOptions(pace_output=False, max_unsent=200)
+    )
+
+    async def main() -> None:
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        async with websockets.connect(
+            f"ws://127.0.0.1:{server.port}/raw", sock=sock, max_queue=1
+        ) as ws:
+            await ws.send(json.dumps({"event": "dtmf", "digit": "1"}))
+            await asyncio.sleep(3)  # not reading
+
+    asyncio.run(main())
+    assert wait_until(lambda: server.close_codes[1008] == 1, 10)
+    assert wait_until(lambda: server.runtime.calls == [], 10)
+    assert wait_until(lambda: server.runtime.pool.in_use == 0)
+
+
+def test_a_garbage_dtmf_digit_is_refused(serve):
+    server = serve()
+    code, reason = asyncio.run(bad_call(server.port, [twilio_start(), twilio_dtmf("X")]))
+    assert code == 1007 and "digit" in reason.lower()

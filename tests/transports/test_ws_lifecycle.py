@@ -1,0 +1,155 @@
+"""Call lifecycle over WebSocket: open starts a call, close or abort cancels it (slabs back),
+the agent can end the call, idle connections time out, and capacity is enforced."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import websockets
+from carrier_messages import twilio_media, twilio_start
+from helpers import wait_until
+from websockets.exceptions import ConnectionClosed
+
+from flowcat_ft import EndFrame, FrameProcessor, InputDTMFFrame, Pipeline
+from flowcat_ft.agents.echo import Echo
+from flowcat_ft.transports.session import MediaOptions
+
+
+async def close_code_of(ws) -> int | None:
+    try:
+        async for _ in ws:
+            pass
+    except ConnectionClosed:
+        pass
+    return ws.close_code
+
+
+def test_closing_the_connection_cancels_the_call_and_returns_slabs(serve):
+    server = serve()
+
+    async def call() -> None:
+        async with websockets.connect(f"ws://127.0.0.1:{server.port}/twilio") as ws:
+            await ws.send(twilio_start())
+            for i in range(20):
+                await ws.send(twilio_media(b"\x33" * 160, i))
+            assert wait_until(lambda: len(server.runtime.calls) == 1)
+
+    asyncio.run(call())
+    assert wait_until(lambda: server.runtime.calls == [])
+    assert wait_until(lambda: server.runtime.pool.in_use == 0)
+
+
+def test_an_aborted_tcp_connection_cancels_the_call(serve):
+    server = serve()
+
+    async def call() -> None:
+        ws = await websockets.connect(f"ws://127.0.0.1:{server.port}/twilio")
+        await ws.send(twilio_start())
+        await ws.send(twilio_media(b"\x33" * 160, 0))
+        assert wait_until(lambda: len(server.runtime.calls) == 1)
+        ws.transport.abort()  # no closing handshake: the peer just vanished
+
+    asyncio.run(call())
+    assert wait_until(lambda: server.runtime.calls == [])
+    assert wait_until(lambda: server.runtime.pool.in_use == 0)
+
+
+def test_a_stop_message_ends_the_connection_normally(serve):
+    server = serve()
+
+    async def call() -> int | None:
+        async with websockets.connect(f"ws://127.0.0.1:{server.port}/twilio") as ws:
+            await ws.send(twilio_start())
+            await ws.send(
+                json.dumps(
+                    {
+                        "event": "stop",
+                        "sequenceNumber": "5",
+                        "streamSid": "MZ1",
+                        "stop": {"accountSid": "AC1", "callSid": "CA1"},
+                    }
+                )
+            )
+            return await asyncio.wait_for(close_code_of(ws), 5)
+
+    assert asyncio.run(call()) == 1000
+    assert wait_until(lambda: server.runtime.calls == [])
+
+
+class HangUpOnKey(FrameProcessor):
+    """The agent ends the call when the caller presses a key."""
+
+    def process(self, frame, direction):
+        self.push(frame, direction)
+        if isinstance(frame, InputDTMFFrame):
+            self.push(EndFrame(), direction.UPSTREAM)  # ask the call to end
+
+
+def test_the_agent_ending_the_call_closes_the_connection(serve):
+    server = serve(Pipeline([HangUpOnKey, Echo]))
+
+    async def call() -> int | None:
+        async with websockets.connect(f"ws://127.0.0.1:{server.port}/raw") as ws:
+            await ws.send(json.dumps({"event": "dtmf", "digit": "#"}))
+            return await asyncio.wait_for(close_code_of(ws), 5)
+
+    assert asyncio.run(call()) == 1000
+    assert wait_until(lambda: server.runtime.calls == [])
+
+
+def test_an_idle_connection_times_out(serve):
+    server = serve(options=MediaOptions(idle_timeout=0.3))
+
+    async def call() -> int | None:
+        async with websockets.connect(f"ws://127.0.0.1:{server.port}/twilio") as ws:
+            await ws.send(twilio_start())
+            return await asyncio.wait_for(close_code_of(ws), 5)
+
+    assert asyncio.run(call()) == 1001
+    assert wait_until(lambda: server.runtime.calls == [])
+
+
+def test_connections_past_max_calls_are_refused_with_1013(serve):
+    server = serve(max_calls=2)
+
+    async def calls() -> list[int | None]:
+        url = f"ws://127.0.0.1:{server.port}/twilio"
+        first = await websockets.connect(url)
+        second = await websockets.connect(url)
+        third = await websockets.connect(url)
+        refused = await asyncio.wait_for(close_code_of(third), 5)
+        await first.close()
+        await second.close()
+        assert wait_until(lambda: server.sessions == [])
+        fourth = await websockets.connect(url)  # room again
+        open_code = fourth.close_code
+        await fourth.close()
+        return [refused, open_code]
+
+    assert asyncio.run(calls()) == [1013, None]
+    assert server.refused == 1
+
+
+def test_an_unknown_path_is_refused(serve):
+    server = serve()
+
+    async def call() -> tuple[int | None, str]:
+        async with websockets.connect(f"ws://127.0.0.1:{server.port}/nowhere") as ws:
+            code = await asyncio.wait_for(close_code_of(ws), 5)
+            return code, ws.close_reason
+
+    code, reason = asyncio.run(call())
+    assert code == 1008 and "/twilio" in reason
+
+
+def test_bad_stream_options_are_refused(serve):
+    server = serve()
+
+    async def call() -> tuple[int | None, str]:
+        async with websockets.connect(f"ws://127.0.0.1:{server.port}/raw?codec=opus") as ws:
+            code = await asyncio.wait_for(close_code_of(ws), 5)
+            return code, ws.close_reason
+
+    code, reason = asyncio.run(call())
+    assert code == 1008 and "codec" in reason

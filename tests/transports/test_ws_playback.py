@@ -1,0 +1,125 @@
+"""What the caller hears: DTMF arrives as frames, bot audio is paced at real time, a mark
+follows each utterance, and an interruption clears what the carrier still holds."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+
+import websockets
+from carrier_messages import receive_until_quiet, twilio_dtmf, twilio_start
+
+from flowcat_ft import (
+    Direction,
+    FrameProcessor,
+    InputDTMFFrame,
+    OutputAudioRawFrame,
+    Pipeline,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+)
+
+
+class KeypadBot(FrameProcessor):
+    """Key 1: speak two seconds of audio. Key 2: interrupt, as a barge-in would."""
+
+    def process(self, frame, direction):
+        if isinstance(frame, InputDTMFFrame) and frame.digit == "1":
+            self.push(TTSStartedFrame())
+            for _ in range(100):  # 100 x 20 ms at 8 kHz, produced at once like a TTS burst
+                self.push(OutputAudioRawFrame.from_bytes(self.pool, b"\x00\x10" * 160, 8000))
+            self.push(TTSStoppedFrame())
+        elif isinstance(frame, InputDTMFFrame) and frame.digit == "2":
+            self.interrupt()
+        self.push(frame, direction)
+
+
+def twilio_events(messages: list) -> list[str]:
+    return [json.loads(m)["event"] for m in messages]
+
+
+def test_bot_audio_is_paced_and_followed_by_a_mark(serve):
+    server = serve(Pipeline([KeypadBot]))
+
+    async def call() -> tuple[list[float], list]:
+        async with websockets.connect(f"ws://127.0.0.1:{server.port}/twilio") as ws:
+            await ws.send(twilio_start())
+            await ws.send(twilio_dtmf("1"))
+            start = time.monotonic()
+            times, messages = [], []
+            while len(messages) < 101:
+                messages.append(await asyncio.wait_for(ws.recv(), 5))
+                times.append(time.monotonic() - start)
+            await ws.send(
+                json.dumps(
+                    {
+                        "event": "mark",
+                        "sequenceNumber": "9",
+                        "streamSid": "MZ1",
+                        "mark": {"name": json.loads(messages[-1])["mark"]["name"]},
+                    }
+                )
+            )
+            await asyncio.sleep(0.1)
+            sessions.extend(server.sessions)
+            return times, messages
+
+    sessions = []
+    times, messages = asyncio.run(call())
+    events = twilio_events(messages)
+    assert events == ["media"] * 100 + ["mark"]
+    payload = base64.b64decode(json.loads(messages[0])["media"]["payload"])
+    assert len(payload) == 160  # 20 ms of 8 kHz µ-law per message
+    # Two seconds of audio take about two seconds to arrive, not a burst: at most the
+    # lead (80 ms) ahead of real time, give or take scheduling.
+    assert times[-2] > 1.7
+    assert times[49] > 0.8
+    assert sessions[0].marks_sent == 1 and sessions[0].marks_played == 1
+
+
+def test_an_interruption_sends_clear_and_stops_the_queued_audio(serve):
+    server = serve(Pipeline([KeypadBot]))
+
+    async def call() -> list:
+        async with websockets.connect(f"ws://127.0.0.1:{server.port}/twilio") as ws:
+            await ws.send(twilio_start())
+            await ws.send(twilio_dtmf("1"))
+            first = [await asyncio.wait_for(ws.recv(), 5) for _ in range(10)]
+            await ws.send(twilio_dtmf("2"))
+            sessions.extend(server.sessions)
+            return first + await receive_until_quiet(ws, 0.5)
+
+    sessions = []
+    events = twilio_events(asyncio.run(call()))
+    assert "clear" in events
+    after_clear = events[events.index("clear") + 1 :]
+    assert after_clear.count("media") <= 2  # only what was already on its way
+    assert events.count("media") < 40
+    assert sessions[0].clears == 1
+
+
+class DtmfLog(FrameProcessor):
+    """Keeps the digits it sees."""
+
+    digits: list[str] = []
+
+    def process(self, frame, direction):
+        if isinstance(frame, InputDTMFFrame) and direction is Direction.DOWNSTREAM:
+            self.digits.append(frame.digit)
+        self.push(frame, direction)
+
+
+def test_dtmf_arrives_as_frames(serve):
+    server = serve(Pipeline([DtmfLog]))
+
+    async def call() -> None:
+        async with websockets.connect(f"ws://127.0.0.1:{server.port}/twilio") as ws:
+            await ws.send(twilio_start())
+            for i, digit in enumerate("12#*9"):
+                await ws.send(twilio_dtmf(digit, i))
+            await asyncio.sleep(0.3)
+
+    asyncio.run(call())
+    assert DtmfLog.digits == list("12#*9")
