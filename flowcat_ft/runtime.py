@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import partial
 
 from flowcat_ft.call import Call, OutputCallback
@@ -24,6 +24,7 @@ from flowcat_ft.dispatch import deliver
 from flowcat_ft.frames import Direction, StartFrame
 from flowcat_ft.gcpolicy import GcPolicy
 from flowcat_ft.metrics import Histogram
+from flowcat_ft.observers import Observed, Observer
 from flowcat_ft.pipeline import Pipeline, fuse
 from flowcat_ft.processor import FrameProcessor
 from flowcat_ft.slabs import SLAB_BYTES, SlabPool
@@ -68,7 +69,12 @@ class PipelineRunner:
         for stage in self.stages:
             stage.start()
 
-    def open_call(self, on_output: OutputCallback | None, start_frame: StartFrame) -> Call:
+    def open_call(
+        self,
+        on_output: OutputCallback | None,
+        start_frame: StartFrame,
+        observers: tuple[Observer, ...] = (),
+    ) -> Call:
         processors = []
         for factory in self.pipeline.factories:
             proc = factory()
@@ -77,11 +83,13 @@ class PipelineRunner:
             processors.append(proc)
         rt = self.runtime
         call = Call(self, processors, on_output, rt.input_capacity, rt.output_capacity)
-        self._wire(call, processors)
+        self._wire(call, processors, observers)
         call._send_system(start_frame)
         return call
 
-    def _wire(self, call: Call, processors: list[FrameProcessor]) -> None:
+    def _wire(
+        self, call: Call, processors: list[FrameProcessor], observers: tuple[Observer, ...]
+    ) -> None:
         last = len(processors) - 1
         for stage in self.stages:
             first, end = stage.positions.start, stage.positions.stop - 1
@@ -98,6 +106,10 @@ class PipelineRunner:
                     up = call._emit_up
                 else:
                     up = partial(stage.send_up, call)
+                if observers:
+                    proc = processors[i]
+                    down = Observed(down, call, proc, Direction.DOWNSTREAM, observers)
+                    up = Observed(up, call, proc, Direction.UPSTREAM, observers)
                 processors[i]._wire(call, down, up)
 
     def call_finished(self, call: Call) -> None:
@@ -205,8 +217,12 @@ class Runtime:
         on_output: OutputCallback | None = None,
         *,
         start_frame: StartFrame | None = None,
+        observers: Sequence[Observer] = (),
     ) -> Call:
-        """Start a call on ``pipeline``; see :class:`~flowcat_ft.call.Call` for its use."""
+        """Start a call on ``pipeline``; see :class:`~flowcat_ft.call.Call` for its use.
+
+        ``observers`` see every frame the call's processors push
+        (:mod:`flowcat_ft.observers`)."""
         if not self._started:
             self.start()
         if self._stopping.is_set():
@@ -218,7 +234,7 @@ class Runtime:
             if runner is None:
                 runner = PipelineRunner(self, pipeline, len(self._runners))
                 self._runners[id(pipeline)] = runner
-            call = runner.open_call(on_output, start_frame or StartFrame())
+            call = runner.open_call(on_output, start_frame or StartFrame(), tuple(observers))
             self._calls[call.id] = call
         return call
 

@@ -90,3 +90,12 @@ class Sleepy(FrameProcessor):
     def process(self, frame: Frame, direction: Direction) -> None:
         time.sleep(self.delay)
         self.push(frame, direction)
+
+
+class Echo(FrameProcessor):
+    """Answers text upstream, as a processor reporting back to the input would."""
+
+    def process(self, frame, direction):
+        if isinstance(frame, TextFrame) and direction is Direction.DOWNSTREAM:
+            self.push(TextFrame("re:" + frame.text), Direction.UPSTREAM)
+        self.push(frame, direction)

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 from helpers import wait_until
-from processors import Counter, Gate, Hooks, Tag
+from processors import Counter, Echo, Gate, Hooks, Tag
 
 from flowcat_ft import (
     Direction,
@@ -144,15 +144,6 @@ def test_system_frames_overtake_queued_data(runtime):
     # Frame 0 was already inside the gate; the ping overtakes the 19 queued behind it.
     assert kinds.index("Ping") < kinds.index("5+")
     assert [k for k in kinds if k.endswith("+")] == [f"{i}+" for i in range(20)]
-
-
-class Echo(FrameProcessor):
-    """Answers text upstream, as a processor reporting back to the input would."""
-
-    def process(self, frame, direction):
-        if isinstance(frame, TextFrame) and direction is Direction.DOWNSTREAM:
-            self.push(TextFrame("re:" + frame.text), Direction.UPSTREAM)
-        self.push(frame, direction)
 
 
 def test_frames_pushed_upstream_leave_at_the_input_end(runtime):
