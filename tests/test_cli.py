@@ -1,0 +1,70 @@
+"""`flowcat-ft serve`, the README's first command: it serves calls, stops cleanly on
+SIGTERM, and says so plainly when its port is taken."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import signal
+import socket
+import subprocess
+import sys
+
+import websockets
+from carrier_messages import twilio_media, twilio_start
+
+
+def start_server(*args: str) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flowcat_ft.cli", "serve", "--host", "127.0.0.1", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in proc.stdout:
+        if "/twilio" in line:
+            return proc, int(line.rsplit(":", 1)[1].split("/")[0])
+    raise AssertionError(f"the server did not start: {proc.stderr.read()}")
+
+
+def test_serve_echoes_a_twilio_call_and_stops_on_sigterm():
+    proc, port = start_server("--port", "0", "--log-level", "WARNING")
+    try:
+
+        async def call() -> list[bytes]:
+            async with websockets.connect(f"ws://127.0.0.1:{port}/twilio") as ws:
+                await ws.send(twilio_start())
+                for i in range(5):
+                    await ws.send(twilio_media(b"\x55" * 160, i))
+                replies = [json.loads(await asyncio.wait_for(ws.recv(), 5)) for _ in range(5)]
+                return [base64.b64decode(r["media"]["payload"]) for r in replies]
+
+        assert asyncio.run(call()) == [b"\x55" * 160] * 5
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+
+
+def test_a_port_in_use_is_a_clear_error():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "flowcat_ft.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
