@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
-from flowcat_ft.call import Call
 from flowcat_ft.frames import CancelFrame, Direction, EndFrame, Frame, StartFrame
-from flowcat_ft.pipeline import Pipeline
-from flowcat_ft.runtime import Runtime
+
+if TYPE_CHECKING:
+    from flowcat_ft.call import Call
+    from flowcat_ft.pipeline import Pipeline
+    from flowcat_ft.runtime import Runtime
 
 LoopCallback = Callable[[Frame, Direction], None]
 

@@ -30,17 +30,19 @@ def deliver(proc: FrameProcessor, direction: Direction, frame: Frame) -> None:
         else:
             proc.process(frame, direction)
     except Exception as error:
-        _contain(proc, frame, error)
+        contain(proc, frame, error)
 
 
-def _contain(proc: FrameProcessor, frame: Frame, error: Exception) -> None:
+def contain(proc: FrameProcessor, frame: Frame | None, error: Exception) -> None:
+    """Report ``proc``'s error as a fatal :class:`ErrorFrame` upstream (once per call)."""
     call = proc.call
     if call is None or call.failed:
         return
     call.failed = True
     where = traceback.extract_tb(error.__traceback__)[-1]
     message = f"{type(error).__name__}: {error} (in {proc.name}, {where.filename}:{where.lineno})"
-    logger.error("call %s: processor %s raised on %r: %s", call.id, proc.name, frame, message)
+    on = f" on {frame!r}" if frame is not None else ""
+    logger.error("call %s: processor %s raised%s: %s", call.id, proc.name, on, message)
     # Drop the traceback: it would keep this frame (and its slab) alive with the error.
     error.__traceback__ = None
     proc.push_error(message, fatal=True)

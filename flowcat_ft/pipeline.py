@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Union
 
 from flowcat_ft.dispatch import deliver
 from flowcat_ft.frames import Direction, Frame
-from flowcat_ft.processor import LIFECYCLE_FRAMES, FrameProcessor, Push
+from flowcat_ft.processor import LIFECYCLE_FRAMES, FrameProcessor, Push, Soon
 
 if TYPE_CHECKING:
     from flowcat_ft.call import Call
@@ -107,8 +107,8 @@ class _Parallel(FrameProcessor):
         super().__init__(name="ParallelPipeline")
         self.branches = branches
 
-    def _wire(self, call: Call, down: Push, up: Push) -> None:
-        super()._wire(call, down, up)
+    def _wire(self, call: Call, down: Push, up: Push, soon: Soon | None = None) -> None:
+        super()._wire(call, down, up, soon)
         for branch in self.branches:
             last = len(branch) - 1
             for i, proc in enumerate(branch):
@@ -117,7 +117,7 @@ class _Parallel(FrameProcessor):
                 else:
                     down = self._merge_down
                 up = partial(deliver, branch[i - 1], Direction.UPSTREAM) if i else self._merge_up
-                proc._wire(call, down, up)
+                proc._wire(call, down, up, soon)
 
     def _merge_down(self, frame: Frame) -> None:
         if type(frame) not in LIFECYCLE_FRAMES:

@@ -21,15 +21,17 @@ from flowcat_ft.frames import (
 
 if TYPE_CHECKING:
     from flowcat_ft.call import Call
+    from flowcat_ft.loops import EventLoopThread
     from flowcat_ft.slabs import SlabPool
 
 Push = Callable[[Frame], None]
+Soon = Callable[["FrameProcessor", Callable[..., object], tuple], None]
 
 LIFECYCLE_FRAMES = frozenset((StartFrame, EndFrame, CancelFrame, InterruptionFrame))
 """Frames the runtime handles for every processor (see :class:`FrameProcessor`)."""
 
 
-def _unwired(frame: Frame) -> None:
+def _unwired(*args: object) -> None:
     raise RuntimeError("this processor is not part of a running call")
 
 
@@ -57,6 +59,7 @@ class FrameProcessor:
         self.call: Call | None = None
         self._down: Push = _unwired
         self._up: Push = _unwired
+        self._soon: Soon = _unwired
 
     # -- override these --------------------------------------------------------------------
 
@@ -116,12 +119,30 @@ class FrameProcessor:
             self.on_cancel()
         self.push(frame, direction)
 
-    def _wire(self, call: Call, down: Push, up: Push) -> None:
+    def call_soon(self, callback: Callable[..., object], *args: object) -> None:
+        """Run ``callback(*args)`` on this processor's stage thread, soon.
+
+        Safe from any thread: this is how work done elsewhere (a service's network I/O on
+        an event loop) comes back to push frames. It is dropped if the call has been
+        cancelled by then; if it raises, the call fails as if :meth:`process` had.
+        """
+        self._soon(self, callback, args)
+
+    @property
+    def event_loop(self) -> EventLoopThread:
+        """An event-loop thread of the runtime, for this processor's network I/O."""
+        if self.call is None:
+            raise RuntimeError("this processor is not part of a running call")
+        return self.call._runner.runtime.event_loop()
+
+    def _wire(self, call: Call, down: Push, up: Push, soon: Soon | None = None) -> None:
         if not hasattr(self, "name"):
             self.name = type(self).__name__
         self.call = call
         self._down = down
         self._up = up
+        if soon is not None:
+            self._soon = soon
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {getattr(self, 'name', '?')}>"

@@ -12,6 +12,7 @@ Embedding from plain threads, no asyncio needed::
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -23,6 +24,7 @@ from flowcat_ft.call import Call, OutputCallback
 from flowcat_ft.dispatch import deliver
 from flowcat_ft.frames import Direction, StartFrame
 from flowcat_ft.gcpolicy import GcPolicy
+from flowcat_ft.loops import EventLoopThread
 from flowcat_ft.metrics import Histogram
 from flowcat_ft.observers import Observed, Observer
 from flowcat_ft.pipeline import Pipeline, fuse
@@ -110,7 +112,7 @@ class PipelineRunner:
                     proc = processors[i]
                     down = Observed(down, call, proc, Direction.DOWNSTREAM, observers)
                     up = Observed(up, call, proc, Direction.UPSTREAM, observers)
-                processors[i]._wire(call, down, up)
+                processors[i]._wire(call, down, up, stage.call_soon)
 
     def call_finished(self, call: Call) -> None:
         self.runtime._call_finished(call)
@@ -135,8 +137,9 @@ class Runtime:
     ``output_capacity`` bounds the output a :meth:`Call.frames` reader may leave unread
     (data frames past it are dropped and counted; None: unbounded).
 
-    Threading contract: :meth:`open_call`, :meth:`metrics` and :meth:`stop` may be called
-    from any thread; ``_calls`` and ``_runners`` are guarded by ``_lock``.
+    Threading contract: :meth:`open_call`, :meth:`event_loop`, :meth:`metrics` and
+    :meth:`stop` may be called from any thread; ``_calls``, ``_runners`` and
+    ``_io_loops`` are guarded by ``_lock``.
     """
 
     def __init__(
@@ -168,6 +171,8 @@ class Runtime:
         self._calls: dict[int, Call] = {}
         self._calls_ended = 0
         self._idle_since = time.monotonic()
+        self._io_loops: list[EventLoopThread] = []
+        self._next_io = itertools.count()
         self._started = False
         self._stopping = threading.Event()
         self._housekeeper = threading.Thread(
@@ -199,6 +204,10 @@ class Runtime:
             self._runners.clear()
         for runner in runners:
             runner.stop(timeout)
+        with self._lock:
+            io_loops, self._io_loops = self._io_loops, []
+        for io in io_loops:
+            io.stop(timeout)
         if self._housekeeper.is_alive():
             self._housekeeper.join(timeout)
         self.gc.stop()
@@ -208,6 +217,14 @@ class Runtime:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def event_loop(self) -> EventLoopThread:
+        """One of the runtime's event-loop threads (one per core, started on first use,
+        handed out in turn), for processors' network I/O."""
+        with self._lock:
+            if not self._io_loops:
+                self._io_loops = [EventLoopThread(f"flowcat-io-{i}") for i in range(self.threads)]
+            return self._io_loops[next(self._next_io) % len(self._io_loops)]
 
     # -- calls -----------------------------------------------------------------------------
 

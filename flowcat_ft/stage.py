@@ -15,6 +15,10 @@ epoch the interruption carried in (``Call._in_epoch``). A data frame arriving wi
 epoch was queued before the interruption and is dropped (its slab goes back to the pool).
 The interruption itself travels on the system ring, ahead of the frames it makes stale.
 
+Other threads hand work to a processor's stage thread with
+:meth:`FrameProcessor.call_soon <flowcat_ft.processor.FrameProcessor.call_soon>`
+(``Stage.soon``: a deque, appended from any thread, popped by the stage).
+
 Back-pressure: a stage never blocks on a full ring. What does not fit waits in the link's
 ``pending`` queue, and while data is pending in one direction the stage stops reading data
 flowing in that direction, so a slow stage slows its producers back to the call's input
@@ -27,9 +31,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from flowcat_ft.dispatch import deliver, logger
+from flowcat_ft.dispatch import contain, deliver, logger
 from flowcat_ft.frames import (
     CancelFrame,
     DataFrame,
@@ -45,6 +50,7 @@ from flowcat_ft.waiting import Doorbell
 
 if TYPE_CHECKING:
     from flowcat_ft.call import Call
+    from flowcat_ft.processor import FrameProcessor
 
 DOWN = Direction.DOWNSTREAM
 UP = Direction.UPSTREAM
@@ -142,6 +148,7 @@ class Stage(threading.Thread):
         self.out_down: Link | None = None
         self.out_up: Link | None = None
         self.metrics = StageMetrics()
+        self.soon: deque[tuple[FrameProcessor, Callable[..., object], tuple]] = deque()
         self._running = True
 
     # -- sending (called by this stage's processors, on this thread) -------------------------
@@ -157,6 +164,11 @@ class Stage(threading.Thread):
     def send_up(self, call: Call, frame: Frame) -> None:
         frame._call = call
         self.out_up.send(frame)
+
+    def call_soon(self, proc: FrameProcessor, callback: Callable[..., object], args: tuple) -> None:
+        """Run ``callback(*args)`` for ``proc`` on this thread soon (from any thread)."""
+        self.soon.append((proc, callback, args))
+        self.doorbell.ring()
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -190,6 +202,8 @@ class Stage(threading.Thread):
     def _has_work(self) -> bool:
         if not self._running:
             return True
+        if self.soon:
+            return True
         entry = self.entry
         if entry is not None and (entry.system or entry.ready):
             return True
@@ -204,7 +218,7 @@ class Stage(threading.Thread):
         for link in (out_down, out_up):
             if link is not None and (link.pending_data or link.pending_system):
                 link.flush()
-        handled = self._handle_system()
+        handled = self._handle_system() + self._run_soon()
         # Data flowing upstream, unless what we already sent that way is still pending.
         # A system frame arriving meanwhile is handled before the next data frame.
         in_up = self.in_up
@@ -252,6 +266,21 @@ class Stage(threading.Thread):
                 self._from_downstream_stage(frame)
                 handled += 1
         return handled
+
+    def _run_soon(self) -> int:
+        """Run the callbacks other threads handed to this stage's processors."""
+        soon = self.soon
+        done = 0
+        while soon:
+            proc, callback, args = soon.popleft()
+            if proc.call._done[self.index]:
+                continue  # cancelled meanwhile
+            try:
+                callback(*args)
+            except Exception as error:
+                contain(proc, None, error)
+            done += 1
+        return done
 
     # -- frames arriving -----------------------------------------------------------------------
 

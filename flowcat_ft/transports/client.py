@@ -17,10 +17,10 @@ from concurrent.futures import Future
 
 from websockets.asyncio.client import connect
 
+from flowcat_ft.loops import EventLoopThread
 from flowcat_ft.pipeline import Pipeline
 from flowcat_ft.runtime import Runtime
 from flowcat_ft.serializers import Serializer
-from flowcat_ft.transports.loops import EventLoopThread
 from flowcat_ft.transports.pacer import Ticker
 from flowcat_ft.transports.session import MediaOptions, MediaSession
 

@@ -21,10 +21,10 @@ from urllib.parse import parse_qsl, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 
+from flowcat_ft.loops import EventLoopThread
 from flowcat_ft.pipeline import Pipeline
 from flowcat_ft.runtime import Runtime
 from flowcat_ft.serializers import Serializer, make_serializer
-from flowcat_ft.transports.loops import EventLoopThread
 from flowcat_ft.transports.pacer import Ticker
 from flowcat_ft.transports.session import MediaOptions, MediaSession
 

@@ -56,9 +56,9 @@ if TYPE_CHECKING:
     from websockets.asyncio.connection import Connection
 
     from flowcat_ft.call import Call
+    from flowcat_ft.loops import EventLoopThread
     from flowcat_ft.pipeline import Pipeline
     from flowcat_ft.runtime import Runtime
-    from flowcat_ft.transports.loops import EventLoopThread
 
 logger = logging.getLogger("flowcat_ft.transports")
 
