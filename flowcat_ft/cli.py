@@ -22,6 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--loops", type=int, default=None, help="event-loop threads")
     serve.add_argument("--max-calls", type=int, default=1000)
     serve.add_argument("--log-level", default="INFO")
+    serve.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="profile stage threads with pyinstrument into DIR (turns the GIL on)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -30,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    runtime = Runtime(max_calls=args.max_calls)
+    runtime = Runtime(max_calls=args.max_calls, profile_dir=args.profile)
     server = WebSocketServer(
         runtime,
         echo_pipeline(),

@@ -69,6 +69,7 @@ class PipelineRunner:
             left.out_down = right.in_down = Link(runtime.link_capacity, right.doorbell)
             right.out_up = left.in_up = Link(runtime.link_capacity, left.doorbell)
         for stage in self.stages:
+            stage.profile_dir = runtime.profile_dir
             stage.start()
 
     def open_call(
@@ -135,7 +136,9 @@ class Runtime:
     ``max_calls`` caps concurrent calls (:class:`RuntimeFullError` past it);
     ``input_capacity`` is each call's input ring (frames before :meth:`Call.push` waits);
     ``output_capacity`` bounds the output a :meth:`Call.frames` reader may leave unread
-    (data frames past it are dropped and counted; None: unbounded).
+    (data frames past it are dropped and counted; None: unbounded);
+    ``profile_dir`` profiles every stage thread with pyinstrument into that directory
+    (this turns the GIL on: see :mod:`flowcat_ft.profiling`).
 
     Threading contract: :meth:`open_call`, :meth:`event_loop`, :meth:`metrics` and
     :meth:`stop` may be called from any thread; ``_calls``, ``_runners`` and
@@ -155,6 +158,7 @@ class Runtime:
         output_capacity: int | None = None,
         link_capacity: int = 1024,
         housekeeping_interval: float = 0.5,
+        profile_dir: str | None = None,
     ) -> None:
         self.threads = threads or os.process_cpu_count() or 1
         self.pool = SlabPool(slabs, slab_bytes)
@@ -166,6 +170,7 @@ class Runtime:
         self.output_capacity = output_capacity
         self.link_capacity = link_capacity
         self.housekeeping_interval = housekeeping_interval
+        self.profile_dir = profile_dir
         self._lock = threading.Lock()
         self._runners: dict[int, PipelineRunner] = {}
         self._calls: dict[int, Call] = {}

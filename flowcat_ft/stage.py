@@ -148,6 +148,7 @@ class Stage(threading.Thread):
         self.out_down: Link | None = None
         self.out_up: Link | None = None
         self.metrics = StageMetrics()
+        self.profile_dir: str | None = None  # set by the runtime to profile this thread
         self.soon: deque[tuple[FrameProcessor, Callable[..., object], tuple]] = deque()
         self._running = True
 
@@ -184,6 +185,15 @@ class Stage(threading.Thread):
         return depth
 
     def run(self) -> None:
+        if self.profile_dir is None:
+            self._loop()
+            return
+        from flowcat_ft.profiling import ThreadProfiler  # turns the GIL on: on demand only
+
+        with ThreadProfiler(self.profile_dir, self.name):
+            self._loop()
+
+    def _loop(self) -> None:
         doorbell = self.doorbell
         has_work = self._has_work
         while self._running:

@@ -1,0 +1,40 @@
+"""Profiling on demand: each stage thread writes its own profile (in a subprocess, since
+importing pyinstrument turns the GIL on for the whole process)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("pyinstrument", reason="the profile extra is not installed")
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from flowcat_ft import FrameProcessor, Pipeline, Runtime, TextFrame
+    with Runtime(threads=2, profile_dir=sys.argv[1]) as runtime:
+        call = runtime.open_call(Pipeline([FrameProcessor] * 4))
+        for i in range(2000):
+            call.push(TextFrame(str(i)))
+        call.end()
+        assert len(list(call.frames(timeout=10))) == 2002
+    """
+)
+
+
+def test_each_stage_thread_writes_a_profile(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [
+        "flowcat-p0-s0.html",
+        "flowcat-p0-s0.txt",
+        "flowcat-p0-s1.html",
+        "flowcat-p0-s1.txt",
+    ]
+    assert "_loop" in (tmp_path / "flowcat-p0-s0.txt").read_text()
