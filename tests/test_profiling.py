@@ -3,13 +3,18 @@ importing pyinstrument turns the GIL on for the whole process)."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-pytest.importorskip("pyinstrument", reason="the profile extra is not installed")
+# Look for pyinstrument without importing it: importing it here would turn the GIL on for
+# every test that runs after this one in the same process.
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("pyinstrument") is None, reason="the profile extra is not installed"
+)
 
 SCRIPT = textwrap.dedent(
     """
