@@ -4,8 +4,8 @@ Three kinds, as in pipecat:
 
 - :class:`SystemFrame` is handled at once: it overtakes the same call's queued data frames
   (start, cancel, interruption, error);
-- :class:`DataFrame` carries content in order (audio, text, transcriptions) and is dropped
-  by an interruption;
+- :class:`DataFrame` carries content in order (audio, text, transcriptions); an
+  interruption drops the queued ones that are output (the caller's own audio and words stay);
 - :class:`ControlFrame` is ordered with data but survives interruptions (speaking events,
   TTS boundaries, and :class:`EndFrame`, which ends a call after what was queued before it).
 
@@ -64,9 +64,12 @@ class SystemFrame(Frame):
 
 
 class DataFrame(Frame):
-    """Content, processed in order; an interruption drops the queued ones."""
+    """Content, processed in order; an interruption drops the queued ones, except what the
+    caller said (``interruptible = False``: input audio, transcriptions)."""
 
     __slots__ = ()
+
+    interruptible = True
 
 
 class ControlFrame(Frame):
@@ -219,6 +222,8 @@ class TranscriptionFrame(TextFrame):
 
     __slots__ = ("language", "timestamp", "user_id")
 
+    interruptible = False
+
     def __init__(
         self, text: str, user_id: str = "", timestamp: str = "", language: str | None = None
     ) -> None:
@@ -316,9 +321,11 @@ class AudioRawFrame(DataFrame):
 
 
 class InputAudioRawFrame(AudioRawFrame):
-    """Audio from the caller."""
+    """Audio from the caller (never dropped by an interruption: it is what barged in)."""
 
     __slots__ = ()
+
+    interruptible = False
 
 
 class OutputAudioRawFrame(AudioRawFrame):

@@ -12,7 +12,8 @@ multi-producer queue for system frames sent from any thread.
 Interruptions: each call keeps, per stage, an epoch stamped on every frame the stage sends
 downstream (``Call._out_epoch``), raised when an interruption crosses the boundary; and the
 epoch the interruption carried in (``Call._in_epoch``). A data frame arriving with an older
-epoch was queued before the interruption and is dropped (its slab goes back to the pool).
+epoch was queued before the interruption and is dropped (its slab goes back to the pool),
+unless it is the caller's own input (``interruptible`` is False).
 The interruption itself travels on the system ring, ahead of the frames it makes stale.
 
 Other threads hand work to a processor's stage thread with
@@ -37,7 +38,6 @@ from typing import TYPE_CHECKING
 from flowcat_ft.dispatch import contain, deliver, logger
 from flowcat_ft.frames import (
     CancelFrame,
-    DataFrame,
     Direction,
     EndFrame,
     Frame,
@@ -303,7 +303,7 @@ class Stage(threading.Thread):
         kind = type(frame)
         if kind is InterruptionFrame:
             call._in_epoch[s] = frame._epoch
-        elif frame._epoch < call._in_epoch[s] and isinstance(frame, DataFrame):
+        elif frame._epoch < call._in_epoch[s] and getattr(frame, "interruptible", False):
             self.metrics.dropped_stale += 1
             call.dropped[s] += 1
             return

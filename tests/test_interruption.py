@@ -15,6 +15,7 @@ from flowcat_ft import (
     OutputAudioRawFrame,
     Pipeline,
     TextFrame,
+    TranscriptionFrame,
     UserStartedSpeakingFrame,
 )
 
@@ -102,3 +103,30 @@ def test_a_processor_can_start_an_interruption(runtime):
     assert wait_until(lambda: any(isinstance(f, InterruptionFrame) for f in out))
     call.end()
     assert call.wait(5)
+
+
+def test_the_callers_own_audio_and_words_survive_an_interruption(runtime):
+    class Blocked(Gate):
+        opened = threading.Event()
+        entered = threading.Event()
+
+    out: list = []
+    pipeline = Pipeline([FrameProcessor, Blocked], threads=2)
+    call = runtime.open_call(pipeline, lambda f, d: out.append(f))
+    call.push(TextFrame("bot words"))  # held in the gate
+    assert Blocked.entered.wait(5)
+    for _ in range(5):
+        call.push_audio(AUDIO, 8000)
+    call.push(TranscriptionFrame("stop please"))
+    call.push(TextFrame("stale bot words"))
+    gated = runtime._runners_now()[0].stages[1]
+    assert wait_until(lambda: len(gated.in_down.data) + len(gated.in_down.pending_data) >= 7)
+    call.interrupt()
+    assert wait_until(lambda: len(gated.in_down.system) > 0)
+    Blocked.opened.set()
+    call.end()
+    assert call.wait(5)
+    kinds = [type(f).__name__ for f in out]
+    assert kinds.count("InputAudioRawFrame") == 5
+    assert [f.text for f in out if type(f) is TranscriptionFrame] == ["stop please"]
+    assert [f.text for f in out if type(f) is TextFrame] == ["bot words"]
