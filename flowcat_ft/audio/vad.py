@@ -1,10 +1,13 @@
-"""Voice activity detection from frame energy, with pipecat's parameters and states.
+"""Voice activity detection: pipecat's parameters and states, and an energy analyzer.
 
-:class:`EnergyVADAnalyzer` needs no model: it calls a frame speech when the frame stands
-well above the background noise and is loud enough, then smooths those per-frame decisions
-into the four :class:`VADState` states with the start/stop hysteresis that pipecat users
-know from ``VADParams``.  It suits clean close-talk audio; a model-based analyzer does
-better in babble or music.
+Every analyzer judges audio one window at a time and hands each window's speech
+confidence and level to a :class:`VADStateMachine`, which smooths the volume, applies the
+thresholds of :class:`VADParams` and moves between the four :class:`VADState` states with
+the start/stop hysteresis that pipecat users know.
+
+:class:`EnergyVADAnalyzer` needs no model: its confidence is how far a frame stands above
+the background noise.  It suits clean close-talk audio; a model-based analyzer
+(:class:`~flowcat_ft.audio.silero.SileroVADAnalyzer`) does better in babble or music.
 """
 
 import enum
@@ -13,25 +16,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["EnergyVADAnalyzer", "VADParams", "VADState"]
+__all__ = ["EnergyVADAnalyzer", "VADParams", "VADState", "VADStateMachine", "level_db"]
 
-# Volume is the frame level mapped linearly from this range of dBFS onto 0..1: the scale of
-# pipecat's loudness-based volume (about -20 to 80 dB above one 16-bit step).
+# Volume is the window level mapped linearly from this range of dBFS onto 0..1: the scale
+# of pipecat's loudness-based volume (about -20 to 80 dB above one 16-bit step).
 _VOLUME_RANGE_DB = (-110.0, -10.0)
 _VOLUME_SMOOTHING_SECS = 0.1  # time constant of the volume's exponential smoothing
-# Confidence grows linearly from 0 at the noise floor to 1 this far above it.
+_SILENCE_POWER = 1e-12  # -120 dBFS, the level given to digital silence
+# Energy analyzer: confidence grows linearly from 0 at the noise floor to 1 this far above
+# it, and the noise floor is the lowest frame level of the last _FLOOR_BLOCKS blocks.
 _FULL_CONFIDENCE_DB = 15.0
-# The noise floor is the lowest frame level of the last _FLOOR_BLOCKS blocks of audio.
 _FLOOR_BLOCK_SECS = 0.25
 _FLOOR_BLOCKS = 8
-_SILENCE_POWER = 1e-12  # -120 dBFS, the level given to digital silence
 
 
 @dataclass(frozen=True, slots=True)
 class VADParams:
     """Thresholds and timings of a voice activity analyzer, as pipecat names them.
 
-    A frame is speech when its confidence reaches *confidence* and the smoothed volume
+    A window is speech when its confidence reaches *confidence* and the smoothed volume
     reaches *min_volume* (both 0..1).  Speech must last *start_secs* to start a turn, and
     non-speech *stop_secs* to end it.
     """
@@ -57,21 +60,19 @@ class VADState(enum.Enum):
     STOPPING = 4
 
 
-class EnergyVADAnalyzer:
-    """Detect speech in one stream of int16 frames from their energy.
+def level_db(power: float) -> float:
+    """Return the level in dBFS of a mean power relative to full scale (1.0 is 0 dBFS)."""
+    return 10.0 * math.log10(max(power, _SILENCE_POWER))
 
-    Each call to :meth:`analyze` judges one frame (20 ms is usual; any length works, but
-    each call is one decision).  The frame's RMS level L, in dBFS, gives:
 
-    - the noise floor F: the lowest level seen over the last 2 seconds or so, so that a
-      steady background, however loud, settles at the floor within that time (the floor
-      starts at the first frame's level, so a stream that opens with speech is heard
-      from its first pause on);
-    - the confidence, ``(L - F) / 15 dB`` clipped to 0..1;
-    - the volume, L mapped from -110..-10 dBFS onto 0..1 and smoothed over about 0.1 s.
+class VADStateMachine:
+    """Decide speech window by window and smooth the decisions into :class:`VADState`.
 
-    The frame is speech when ``confidence >= params.confidence`` and
-    ``volume >= params.min_volume``.  Speech and non-speech frames then drive the state::
+    Each :meth:`update` takes one window of *n* samples: its confidence that it is speech
+    (0..1, from the analyzer) and its level in dBFS.  The level, mapped from -110..-10 dBFS
+    onto 0..1 and smoothed over about 0.1 s, is the volume.  The window is speech when
+    ``confidence >= params.confidence`` and ``volume >= params.min_volume``.  Speech and
+    non-speech windows then drive the state::
 
         QUIET     -- speech -------------------------------------> STARTING
         STARTING  -- speech, lasting start_secs in all ----------> SPEAKING
@@ -80,93 +81,41 @@ class EnergyVADAnalyzer:
         STOPPING  -- speech -------------------------------------> SPEAKING
         STOPPING  -- non-speech, lasting stop_secs in all -------> QUIET
 
-    A frame long enough to complete start_secs (or stop_secs) on its own goes straight
-    through STARTING (or STOPPING).  Every other frame leaves the state as it is.
+    A window long enough to complete start_secs (or stop_secs) on its own goes straight
+    through STARTING (or STOPPING).
 
     Threading: an instance holds one stream's state and is not locked; use it from one
     thread at a time.
     """
 
-    def __init__(self, sample_rate: int, params: VADParams | None = None) -> None:
+    def __init__(self, sample_rate: int, params: VADParams) -> None:
         if sample_rate <= 0:
             raise ValueError(f"sample_rate must be positive, not {sample_rate}")
         self.sample_rate = sample_rate
-        self.params = VADParams() if params is None else params
-        self._start_samples = round(self.params.start_secs * sample_rate)
-        self._stop_samples = round(self.params.stop_secs * sample_rate)
-        self._block_samples = round(_FLOOR_BLOCK_SECS * sample_rate)
-        self._samples = np.zeros(sample_rate // 50)  # the frame as float64, for its energy
+        self.params = params
+        self._start_samples = round(params.start_secs * sample_rate)
+        self._stop_samples = round(params.stop_secs * sample_rate)
         self.reset()
 
     def reset(self) -> None:
-        """Forget the stream: state QUIET, no noise floor, volume 0."""
-        self._state = VADState.QUIET
-        self._confidence = 0.0
-        self._volume = 0.0
-        self._block_minima = [math.inf] * _FLOOR_BLOCKS
-        self._block = 0
-        self._block_filled = 0
+        """Forget the stream: state QUIET, confidence and volume 0."""
+        self.state = VADState.QUIET
+        self.confidence = 0.0
+        self.volume = 0.0
         self._speech_run = 0  # samples of speech without a break
         self._quiet_run = 0  # samples of non-speech without a break
 
-    @property
-    def state(self) -> VADState:
-        """The state after the last frame analysed."""
-        return self._state
-
-    @property
-    def confidence(self) -> float:
-        """The last frame's confidence that it is speech, 0..1."""
-        return self._confidence
-
-    @property
-    def volume(self) -> float:
-        """The smoothed volume after the last frame, 0..1."""
-        return self._volume
-
-    @property
-    def noise_floor_db(self) -> float:
-        """The noise floor in dBFS (infinite before the first frame)."""
-        return min(self._block_minima)
-
-    def analyze(self, pcm: np.ndarray) -> VADState:
-        """Take the next frame of int16 samples and return the state after it."""
-        n = len(pcm)
-        if n == 0:
-            return self._state
-        if n > len(self._samples):
-            self._samples = np.zeros(n)
-        samples = self._samples[:n]
-        samples[:] = pcm
-        power = float(np.dot(samples, samples)) / (n * 32768.0**2)
-        level = 10.0 * math.log10(max(power, _SILENCE_POWER))
-
-        floor = self._track_floor(level, n)
-        self._confidence = min(max((level - floor) / _FULL_CONFIDENCE_DB, 0.0), 1.0)
+    def update(self, confidence: float, level: float, n: int) -> VADState:
+        """Take the next window's confidence and level (dBFS) and return the state after it."""
+        self.confidence = confidence
         low, high = _VOLUME_RANGE_DB
         volume = min(max((level - low) / (high - low), 0.0), 1.0)
         smoothing = 1.0 - math.exp(-n / (_VOLUME_SMOOTHING_SECS * self.sample_rate))
-        self._volume += smoothing * (volume - self._volume)
+        self.volume += smoothing * (volume - self.volume)
+        params = self.params
+        speech = confidence >= params.confidence and self.volume >= params.min_volume
 
-        speech = (
-            self._confidence >= self.params.confidence and self._volume >= self.params.min_volume
-        )
-        return self._advance(speech, n)
-
-    def _track_floor(self, level: float, n: int) -> float:
-        """Add a frame's level to the running minima and return the noise floor."""
-        minima = self._block_minima
-        minima[self._block] = min(minima[self._block], level)
-        self._block_filled += n
-        if self._block_filled >= self._block_samples:
-            self._block = (self._block + 1) % len(minima)
-            minima[self._block] = math.inf
-            self._block_filled = 0
-        return min(minima)
-
-    def _advance(self, speech: bool, n: int) -> VADState:
-        """Move the state machine on by a frame of *n* samples."""
-        state = self._state
+        state = self.state
         if speech:
             self._speech_run += n
             self._quiet_run = 0
@@ -185,5 +134,84 @@ class EnergyVADAnalyzer:
                 state = VADState.STOPPING
             if state is VADState.STOPPING and self._quiet_run >= self._stop_samples:
                 state = VADState.QUIET
-        self._state = state
+        self.state = state
         return state
+
+
+class EnergyVADAnalyzer:
+    """Detect speech in one stream of int16 frames from their energy.
+
+    Each call to :meth:`analyze` judges one frame as one window (20 ms is usual; any length
+    works).  The frame's RMS level L, in dBFS, gives:
+
+    - the noise floor F: the lowest level seen over the last 2 seconds or so, so that a
+      steady background, however loud, settles at the floor within that time (the floor
+      starts at the first frame's level, so a stream that opens with speech is heard
+      from its first pause on);
+    - the confidence, ``(L - F) / 15 dB`` clipped to 0..1;
+
+    and the :class:`VADStateMachine` takes it from there.
+
+    Threading: an instance holds one stream's state and is not locked; use it from one
+    thread at a time.
+    """
+
+    def __init__(self, sample_rate: int, params: VADParams | None = None) -> None:
+        self.params = VADParams() if params is None else params
+        self._machine = VADStateMachine(sample_rate, self.params)
+        self.sample_rate = sample_rate
+        self._block_samples = round(_FLOOR_BLOCK_SECS * sample_rate)
+        self._samples = np.zeros(sample_rate // 50)  # the frame as float64, for its energy
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the stream: state QUIET, no noise floor, volume 0."""
+        self._machine.reset()
+        self._block_minima = [math.inf] * _FLOOR_BLOCKS
+        self._block = 0
+        self._block_filled = 0
+
+    @property
+    def state(self) -> VADState:
+        """The state after the last frame analysed."""
+        return self._machine.state
+
+    @property
+    def confidence(self) -> float:
+        """The last frame's confidence that it is speech, 0..1."""
+        return self._machine.confidence
+
+    @property
+    def volume(self) -> float:
+        """The smoothed volume after the last frame, 0..1."""
+        return self._machine.volume
+
+    @property
+    def noise_floor_db(self) -> float:
+        """The noise floor in dBFS (infinite before the first frame)."""
+        return min(self._block_minima)
+
+    def analyze(self, pcm: np.ndarray) -> VADState:
+        """Take the next frame of int16 samples and return the state after it."""
+        n = len(pcm)
+        if n == 0:
+            return self._machine.state
+        if n > len(self._samples):
+            self._samples = np.zeros(n)
+        samples = self._samples[:n]
+        samples[:] = pcm
+        level = level_db(float(np.dot(samples, samples)) / (n * 32768.0**2))
+        floor = self._track_floor(level, n)
+        confidence = min(max((level - floor) / _FULL_CONFIDENCE_DB, 0.0), 1.0)
+        return self._machine.update(confidence, level, n)
+
+    def _track_floor(self, level: float, n: int) -> float:
+        """Add a frame's level to the running minima and return the noise floor."""
+        minima = self._block_minima
+        minima[self._block] = min(minima[self._block], level)
+        self._block_filled += n
+        if self._block_filled >= self._block_samples:
+            self._block = (self._block + 1) % len(minima)
+            minima[self._block] = math.inf
+            self._block_filled = 0
+        return min(minima)

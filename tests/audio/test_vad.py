@@ -1,9 +1,10 @@
-"""EnergyVADAnalyzer on synthetic silence, noise and voiced bursts."""
+"""The VAD state machine on given window verdicts, and EnergyVADAnalyzer on synthetic
+silence, noise and voiced bursts."""
 
 import numpy as np
 import pytest
 
-from flowcat_ft.audio.vad import EnergyVADAnalyzer, VADParams, VADState
+from flowcat_ft.audio.vad import EnergyVADAnalyzer, VADParams, VADState, VADStateMachine
 
 NOISE_RMS = 30.0  # about -61 dBFS
 
@@ -35,6 +36,27 @@ def first(states, state: VADState, after: float = 0.0) -> float:
 
 def test_params_have_pipecats_defaults():
     assert VADParams() == VADParams(confidence=0.7, start_secs=0.2, stop_secs=0.8, min_volume=0.6)
+
+
+def test_the_state_machine_needs_start_secs_of_speech_and_stop_secs_of_silence():
+    machine = VADStateMachine(16000, VADParams(start_secs=0.1, stop_secs=0.06, min_volume=0.0))
+    verdicts = [1, 1, 0, 1, 1, 1, 1, 1, 0, 1, 0, 0, 0, 0]  # 20 ms windows: speech or not
+    states = [machine.update(float(v), -20.0, 320).name for v in verdicts]
+    expected = (
+        "STARTING STARTING QUIET "  # a blip of 40 ms
+        "STARTING STARTING STARTING STARTING SPEAKING "  # 100 ms of speech
+        "STOPPING SPEAKING "  # a 20 ms pause
+        "STOPPING STOPPING QUIET QUIET"  # 60 ms of silence
+    )
+    assert states == expected.split()
+
+
+def test_the_state_machine_ignores_confident_windows_too_quiet_to_be_speech():
+    machine = VADStateMachine(16000, VADParams(start_secs=0.0))
+    assert machine.update(1.0, -80.0, 320) is VADState.QUIET  # volume 0.3 < min_volume 0.6
+    for _ in range(10):
+        machine.update(1.0, -20.0, 320)  # the smoothed volume rises towards 0.9
+    assert machine.state is VADState.SPEAKING and machine.volume > 0.6
 
 
 def test_silence_is_quiet():

@@ -1,0 +1,88 @@
+"""Turn detection: when the user's turn starts and ends, and when the user barges in."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flowcat_ft.audio.vad import VADState
+from flowcat_ft.audio.vad_processor import VADAnalyzer, VADProcessor
+from flowcat_ft.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    Direction,
+    Frame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
+
+__all__ = ["TurnDetector"]
+
+
+class TurnDetector(VADProcessor):
+    """Take turns from a voice activity analyzer on the caller's audio.
+
+    Like :class:`~flowcat_ft.audio.vad_processor.VADProcessor` it runs the call's analyzer
+    on the caller's audio, but it pushes turn events rather than raw speaking events:
+
+    - the user's turn starts when the analyzer reports speech (SPEAKING):
+      :class:`~flowcat_ft.frames.UserStartedSpeakingFrame`;
+    - it ends after *turn_timeout_secs* of silence, counted from the analyzer leaving
+      SPEAKING (a pause shorter than that continues the turn):
+      :class:`~flowcat_ft.frames.UserStoppedSpeakingFrame`, which here marks the end of
+      the user's turn;
+    - while the bot speaks (from a :class:`~flowcat_ft.frames.BotStartedSpeakingFrame`
+      to a :class:`~flowcat_ft.frames.BotStoppedSpeakingFrame`, travelling either way),
+      speech starts a turn only once the user has spoken for *min_barge_in_secs* in all
+      since the analyzer last was QUIET: then the detector interrupts the bot
+      (:meth:`~flowcat_ft.processor.FrameProcessor.interrupt`) and the turn starts.
+      Shorter speech, such as "mm-hm" under the bot's words, is let go.
+
+    Durations are measured in audio (the input frames' samples), not by the clock, so the
+    decisions do not depend on how the stage thread is scheduled.  The timeout is counted
+    separately from the analyzer's ``stop_secs``; with this detector a short ``stop_secs``
+    (0.2 s) is usual.
+    """
+
+    def __init__(
+        self,
+        analyzer_factory: Callable[[int], VADAnalyzer],
+        *,
+        turn_timeout_secs: float = 0.8,
+        min_barge_in_secs: float = 0.5,
+    ) -> None:
+        super().__init__(analyzer_factory)
+        if turn_timeout_secs < 0 or min_barge_in_secs < 0:
+            raise ValueError("turn_timeout_secs and min_barge_in_secs must not be negative")
+        self.turn_timeout_secs = turn_timeout_secs
+        self.min_barge_in_secs = min_barge_in_secs
+        self.bot_speaking = False
+        self._speech = 0  # samples of speech since the analyzer last was QUIET
+        self._silence = 0  # samples since the analyzer last was SPEAKING
+
+    def process(self, frame: Frame, direction: Direction) -> None:
+        if isinstance(frame, BotStartedSpeakingFrame):
+            self.bot_speaking = True
+        elif isinstance(frame, BotStoppedSpeakingFrame):
+            self.bot_speaking = False
+        super().process(frame, direction)
+
+    def on_vad_state(self, state: VADState, num_samples: int) -> None:
+        rate = self.analyzer.sample_rate
+        if state is VADState.QUIET:
+            self._speech = 0
+        elif state is not VADState.STOPPING:
+            self._speech += num_samples
+        if state is VADState.SPEAKING:
+            self._silence = 0
+            if not self.user_speaking and (
+                not self.bot_speaking or self._speech >= self.min_barge_in_secs * rate
+            ):
+                if self.bot_speaking:
+                    self.interrupt()
+                self.user_speaking = True
+                self.push(UserStartedSpeakingFrame())
+        else:
+            self._silence += num_samples
+            if self.user_speaking and self._silence >= self.turn_timeout_secs * rate:
+                self.user_speaking = False
+                self.push(UserStoppedSpeakingFrame())

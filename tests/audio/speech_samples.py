@@ -1,0 +1,90 @@
+"""Real speech for the audio tests: espeak-ng utterances, cached per test session, laid out
+with silence and noise at a known place so a test knows where the speech is."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import wave
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from flowcat_ft.audio.resample import StreamingResampler
+
+NOISE_RMS = 60.0  # white noise under everything: about -55 dBFS
+SPEECH_DB = -40.0  # a 10 ms stretch of the clean utterance louder than this is speech
+
+
+def espeak(tmp_path_factory: pytest.TempPathFactory, text: str, rate: int) -> np.ndarray:
+    """*text* spoken by espeak-ng, as int16 samples at *rate* (made once per session)."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (ci/system-packages.sh installs it)")
+    cache = tmp_path_factory.getbasetemp() / "espeak"
+    cache.mkdir(exist_ok=True)
+    path = cache / f"{hashlib.sha1(text.encode()).hexdigest()[:16]}.wav"
+    if not path.exists():
+        partial = path.with_suffix(".part")
+        subprocess.run(["espeak-ng", "-w", str(partial), text], check=True)
+        partial.rename(path)
+    with wave.open(str(path)) as wav:
+        in_rate = wav.getframerate()
+        speech = np.frombuffer(wav.readframes(wav.getnframes()), np.int16)
+    resampler = StreamingResampler(in_rate, rate, len(speech))
+    # Feed the resampler's delay in silence after the speech, then cut the delay off.
+    padded = np.concatenate([speech, np.zeros(in_rate // 10, np.int16)])
+    out = np.empty(resampler.out_samples(len(padded)), np.int16)
+    resampler.process(padded, out)
+    start = resampler.delay_samples
+    return out[start : start + len(speech) * rate // in_rate]
+
+
+def speech_bounds(speech: np.ndarray, rate: int) -> tuple[float, float]:
+    """Where the speech in a clean utterance starts and ends, in seconds: the first and last
+    10 ms louder than :data:`SPEECH_DB`."""
+    step = rate // 100
+    blocks = speech[: len(speech) // step * step].reshape(-1, step).astype(np.float64)
+    level = 10 * np.log10(np.maximum(np.mean(blocks**2, axis=1), 1e-12) / 32768.0**2)
+    loud = np.flatnonzero(level > SPEECH_DB)
+    return loud[0] * step / rate, (loud[-1] + 1) * step / rate
+
+
+@dataclass
+class Track:
+    """Utterances between stretches of silence, with noise over all of it."""
+
+    pcm: np.ndarray
+    rate: int
+    segments: list[tuple[float, float]]  # where the speech is, in seconds
+
+    def frames(self, frame_ms: int = 20):
+        """The track in frames of *frame_ms*, each with the time (s) at its end."""
+        n = self.rate * frame_ms // 1000
+        for start in range(0, len(self.pcm) - n + 1, n):
+            yield (start + n) / self.rate, self.pcm[start : start + n]
+
+
+def track(
+    tmp_path_factory: pytest.TempPathFactory,
+    texts: list[str],
+    rate: int,
+    gaps: list[float],
+    seed: int = 0,
+) -> Track:
+    """The utterances *texts*, after ``gaps[0]`` s of silence, separated by ``gaps[1:]``;
+    one more gap than texts."""
+    assert len(gaps) == len(texts) + 1
+    parts = [np.zeros(round(gaps[0] * rate))]
+    segments = []
+    for text, gap in zip(texts, gaps[1:], strict=True):
+        speech = espeak(tmp_path_factory, text, rate)
+        start, end = speech_bounds(speech, rate)
+        now = sum(len(part) for part in parts) / rate
+        segments.append((now + start, now + end))
+        parts += [speech.astype(np.float64), np.zeros(round(gap * rate))]
+    signal = np.concatenate(parts)
+    signal += np.random.default_rng(seed).normal(0.0, NOISE_RMS, len(signal))
+    pcm = np.clip(np.rint(signal), -32768, 32767).astype(np.int16)
+    return Track(pcm, rate, segments)
