@@ -57,8 +57,20 @@ class Pipeline:
     def __len__(self) -> int:
         return len(self.factories)
 
+    def make_processors(self) -> list[FrameProcessor]:
+        """One call's processors, fresh from the factories."""
+        processors = []
+        for factory in self.factories:
+            proc = factory()
+            if not isinstance(proc, FrameProcessor):
+                raise TypeError(f"{factory!r} made {proc!r}, which is not a FrameProcessor")
+            processors.append(proc)
+        return processors
+
     def costs(self) -> list[float]:
-        return [float(getattr(f, "cost", 1.0)) for f in self.factories]
+        """Each processor's ``cost``, read from a set of instances made for the purpose (a
+        factory such as a lambda cannot say what it makes)."""
+        return [float(proc.cost) for proc in self.make_processors()]
 
 
 def fuse(costs: Sequence[float], threads: int) -> list[range]:
@@ -85,16 +97,14 @@ class ParallelPipeline:
     """Branches that each see every frame; what they push is merged, in the order pushed.
 
     Lifecycle frames pass through every branch (so each processor's hooks run) and leave
-    the parallel pipeline once. All branches run on the same stage thread.
+    the parallel pipeline once. All branches run on the same stage thread, so its cost is
+    the sum of theirs.
     """
-
-    cost = 1.0
 
     def __init__(self, *branches: Sequence[Item]) -> None:
         if not branches:
             raise ValueError("a parallel pipeline needs at least one branch")
         self.branches = [Pipeline(branch) for branch in branches]
-        self.cost = sum(sum(b.costs()) for b in self.branches)
 
     def make(self) -> FrameProcessor:
         return _Parallel([[f() for f in b.factories] for b in self.branches])
@@ -106,6 +116,7 @@ class _Parallel(FrameProcessor):
     def __init__(self, branches: list[list[FrameProcessor]]) -> None:
         super().__init__(name="ParallelPipeline")
         self.branches = branches
+        self.cost = sum(proc.cost for branch in branches for proc in branch)
 
     def _wire(self, call: Call, down: Push, up: Push, soon: Soon | None = None) -> None:
         super()._wire(call, down, up, soon)

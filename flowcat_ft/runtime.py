@@ -78,12 +78,7 @@ class PipelineRunner:
         start_frame: StartFrame,
         observers: tuple[Observer, ...] = (),
     ) -> Call:
-        processors = []
-        for factory in self.pipeline.factories:
-            proc = factory()
-            if not isinstance(proc, FrameProcessor):
-                raise TypeError(f"{factory!r} made {proc!r}, which is not a FrameProcessor")
-            processors.append(proc)
+        processors = self.pipeline.make_processors()
         rt = self.runtime
         call = Call(self, processors, on_output, rt.input_capacity, rt.output_capacity)
         self._wire(call, processors, observers)

@@ -163,3 +163,13 @@ def test_frames_pushed_upstream_leave_at_the_input_end(runtime):
     assert ("hi+++", Direction.DOWNSTREAM) in seen
     # The reply travels back on its own: it may still be on its way when the end arrives.
     assert wait_until(lambda: ("re:hi++", Direction.UPSTREAM) in seen)
+
+
+class Heavy(FrameProcessor):
+    cost = 10.0
+
+
+def test_fusing_sees_the_cost_of_what_a_lambda_makes(runtime):
+    run_call(runtime, Pipeline([Tag, Tag, Tag, lambda: Heavy()]), ["x"])
+    runner = runtime._runners_now()[0]
+    assert [s.positions for s in runner.stages] == [range(0, 3), range(3, 4)]
