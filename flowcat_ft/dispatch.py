@@ -7,6 +7,7 @@ import traceback
 
 from flowcat_ft.frames import Direction, Frame
 from flowcat_ft.processor import LIFECYCLE_FRAMES, FrameProcessor
+from flowcat_ft.slabs import PoolExhaustedError
 
 logger = logging.getLogger("flowcat_ft")
 
@@ -18,7 +19,9 @@ def deliver(proc: FrameProcessor, direction: Direction, frame: Frame) -> None:
     :meth:`FrameProcessor.process`. (The argument order suits
     ``functools.partial(deliver, proc, direction)``, the runtime's link between processors.)
 
-    If the processor raises, the error is logged and a fatal :class:`ErrorFrame` goes
+    A processor that finds the slab pool empty loses that one frame (the pool counts the
+    drop): under overload, audio is dropped rather than calls ended. If the processor
+    raises anything else, the error is logged and a fatal :class:`ErrorFrame` goes
     upstream; when it leaves the pipeline the call is cancelled (see
     :meth:`Call._emit <flowcat_ft.call.Call._emit>`). Until then the call's frames still
     flow, and further errors from it are not reported again. The stage thread and every
@@ -29,6 +32,8 @@ def deliver(proc: FrameProcessor, direction: Direction, frame: Frame) -> None:
             proc._lifecycle(frame, direction)
         else:
             proc.process(frame, direction)
+    except PoolExhaustedError:
+        pass  # overload: the frame is dropped, and the pool has counted the drop
     except Exception as error:
         contain(proc, frame, error)
 

@@ -14,6 +14,7 @@ from flowcat_ft import (
     CancelFrame,
     EndFrame,
     ErrorFrame,
+    FrameProcessor,
     InputAudioRawFrame,
     Pipeline,
     TextFrame,
@@ -155,3 +156,31 @@ def test_input_frame_types_survive_the_trip(runtime):
     call.end()
     audio = [f for f in call.frames(timeout=5) if isinstance(f, InputAudioRawFrame)]
     assert len(audio) == 1 and audio[0].audio == AUDIO and audio[0].sample_rate == 8000
+
+
+class Amplify(FrameProcessor):
+    """Copies each audio frame into a new slab, as a DSP processor would."""
+
+    def process(self, frame, direction):
+        if isinstance(frame, InputAudioRawFrame):
+            frame = InputAudioRawFrame.from_bytes(self.pool, frame.audio, frame.sample_rate)
+        self.push(frame, direction)
+
+
+def test_an_empty_pool_drops_frames_but_keeps_the_call():
+    from flowcat_ft import Runtime
+
+    rt = Runtime(threads=1, slabs=8).start()
+    try:
+        kept: list = []
+        call = rt.open_call(Pipeline([Amplify]), lambda f, d: kept.append(f))
+        for _ in range(7):
+            call.push_audio(AUDIO, 8000)  # 7 of 8 slabs held by the input...
+        assert wait_until(lambda: rt.pool.drops > 0)  # ...so copies soon find none free
+        assert not call.done and rt.metrics()["slabs"]["drops"] == rt.pool.drops
+        kept.clear()
+        call.push_audio(AUDIO, 8000)
+        call.end()
+        assert call.wait(5) and call.end_reason == "ended"
+    finally:
+        rt.stop()
