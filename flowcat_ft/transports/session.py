@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from flowcat_ft.audio import g711
 from flowcat_ft.audio.resample import StreamingResampler
@@ -74,6 +75,8 @@ class MediaOptions:
     audio is resampled at the edge). ``decode_input``: decode G.711 into PCM16 at the edge
     (False hands the pipeline the wire codec, as the echo benchmark's pipeline wants).
     ``pace_output``: send audio at real time (False sends each frame as it comes).
+    ``max_frames_per_second`` and ``flood_burst``: the flood limit (see ``_flooding``);
+    ``max_unsent_bytes``: how much may wait for a peer that does not read.
     """
 
     sample_rate: int | None = None
@@ -82,8 +85,9 @@ class MediaOptions:
     lead: float = 0.08
     max_buffer: float = 20.0
     idle_timeout: float = 30.0
-    max_frames_per_second: int = 150
-    max_unsent: int = 500
+    max_frames_per_second: int = 100
+    flood_burst: int = 300
+    max_unsent_bytes: int = 256 * 1024
 
 
 class MediaSession:
@@ -111,11 +115,11 @@ class MediaSession:
         self._ticker = ticker
         self._loop = io.loop
         self._outbox: deque[str | bytes] = deque()
-        self._outbox_ready = asyncio.Event()
+        self._flush_pending = False
         self._playout = Playout(self._send, ticker, options.lead, options.max_buffer)
         self._last_input = self._loop.time()
-        self._window_start = self._last_input
-        self._window_frames = 0
+        self._tokens = float(options.flood_burst)
+        self._tokens_at = self._last_input
         self._carry = bytearray()  # outgoing wire bytes short of a whole 20 ms frame
         self._resample_in: StreamingResampler | None = None
         self._resample_out: StreamingResampler | None = None
@@ -132,7 +136,6 @@ class MediaSession:
 
     async def run(self) -> None:
         """Serve the connection until it closes, then end the call."""
-        sender = asyncio.create_task(self._send_loop())
         self._ticker.every_second(self._check_idle)
         try:
             async for message in self.ws:
@@ -152,7 +155,6 @@ class MediaSession:
             self._ticker.discard(self._playout, self._check_idle)
             if self.call is not None and not self.call.done:
                 self.call.cancel(self.close_reason or "connection closed")
-            sender.cancel()
             if self.close_code is None:
                 self.close_code = self.ws.close_code
 
@@ -235,12 +237,19 @@ class MediaSession:
             self.dropped_in += 1  # the pipeline is behind: drop rather than block the loop
 
     def _flooding(self) -> bool:
+        """A token bucket: frames may come at up to ``max_frames_per_second`` on average,
+        with bursts of up to ``flood_burst`` frames (what a client that paces correctly
+        sends at once after a stall of the network or of this server)."""
+        options = self.options
         now = self._last_input
-        if now - self._window_start >= 1.0:
-            self._window_start, self._window_frames = now, 0
-        self._window_frames += 1
-        if self._window_frames > self.options.max_frames_per_second and not self._ending:
-            self._close_soon(1008, f"flood: over {self.options.max_frames_per_second} frames/s")
+        self._tokens = min(
+            options.flood_burst,
+            self._tokens + (now - self._tokens_at) * options.max_frames_per_second,
+        )
+        self._tokens_at = now
+        self._tokens -= 1
+        if self._tokens < 0 and not self._ending:
+            self._close_soon(1008, f"flood: over {options.max_frames_per_second} frames/s")
             return True
         return False
 
@@ -357,21 +366,42 @@ class MediaSession:
     # -- sending ---------------------------------------------------------------------------
 
     def _send(self, message: str | bytes) -> None:
-        outbox = self._outbox
-        outbox.append(message)
+        """Queue ``message``; everything queued in one loop turn is written at once."""
+        self._outbox.append(message)
         self.frames_out += 1
-        if len(outbox) > self.options.max_unsent and not self._ending:
-            outbox.clear()
-            self._close_soon(1008, "peer is not reading")
-        self._outbox_ready.set()
+        if not self._flush_pending:
+            self._flush_pending = True
+            self._loop.call_soon(self._flush)
 
-    async def _send_loop(self) -> None:
-        outbox, ready, ws = self._outbox, self._outbox_ready, self.ws
-        try:
-            while True:
-                await ready.wait()
-                ready.clear()
-                while outbox:
-                    await ws.send(outbox.popleft())
-        except ConnectionClosed:
-            pass
+    def _flush(self) -> None:
+        """Write the queued messages through the connection's Sans-I/O protocol object.
+
+        An ``await ws.send()`` per frame costs more than the frame's whole trip through the
+        pipeline (see shared/ENVIRONMENT.md); this does what websockets' ``send()`` does
+        inside its send context (frame the message with ``ws.protocol``, then
+        ``ws.send_data()`` writes the bytes) for a whole batch, with one transport write.
+        Flow control: a peer that lets more than ``max_unsent_bytes`` pile up in the
+        transport is not reading, and is closed.
+        """
+        self._flush_pending = False
+        outbox, ws = self._outbox, self.ws
+        protocol = ws.protocol
+        if protocol.state is not State.OPEN:
+            outbox.clear()
+            return
+        while outbox:
+            message = outbox.popleft()
+            if type(message) is str:
+                protocol.send_text(message.encode())
+            else:
+                protocol.send_binary(message)
+        ws.send_data()
+        unsent = ws.transport.get_write_buffer_size()
+        if unsent > self.options.max_unsent_bytes and self.close_code is None:
+            # A closing handshake would queue behind what the peer is not reading: drop
+            # the connection at once (the close code is recorded, not delivered).
+            self._ending = True
+            self.close_code, self.close_reason = 1008, f"peer is not reading ({unsent} bytes)"
+            logger.warning("connection %s closed (1008): %s", self._peer(), self.close_reason)
+            outbox.clear()
+            ws.transport.abort()

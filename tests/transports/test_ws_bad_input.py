@@ -107,20 +107,19 @@ def test_bad_input_closes_only_that_connection(serve, name, messages, code, word
 
 
 class Firehose(FrameProcessor):
-    """On any key: a minute of 16 kHz audio at once, far more than a socket buffers."""
+    """On any key: six minutes of 16 kHz audio at once, far more than sockets buffer."""
 
     def process(self, frame, direction):
         if isinstance(frame, InputDTMFFrame):
             pool = self.pool
-            for _ in range(500):  # 120 ms per frame: one minute
+            for _ in range(3000):  # 120 ms per frame
                 self.push(OutputAudioRawFrame.from_bytes(pool, b"\x01\x02" * 1920, 16000))
         self.push(frame, direction)
 
 
 def test_a_peer_that_stops_reading_is_closed(serve):
-    server = serve(
-        Pipeline([Firehose, Echo]), options=MediaOptions(pace_output=False, max_unsent=200)
-    )
+    options = MediaOptions(pace_output=False, max_unsent_bytes=64 * 1024)
+    server = serve(Pipeline([Firehose, Echo]), slabs=4096, options=options)
 
     async def main() -> None:
         sock = socket.create_connection(("127.0.0.1", server.port))
