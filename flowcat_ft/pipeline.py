@@ -27,12 +27,15 @@ Item = Union[ProcessorFactory, "Pipeline", "ParallelPipeline"]
 class Pipeline:
     """A chain of processors, from the transport's input to its output.
 
-    ``threads`` caps how many stage threads the pipeline gets (default: one per core, and
-    never more than it has processors); neighbouring processors are fused onto a thread
-    in order, balanced by their ``cost``.
+    The runtime runs ``shards`` copies of the pipeline (default: one per core, divided by
+    ``threads``), each call on one of them; each copy runs on ``threads`` stage threads
+    (default 1, never more than there are processors), neighbouring processors fused onto
+    a thread in order, balanced by their ``cost``.
     """
 
-    def __init__(self, items: Sequence[Item], *, threads: int | None = None) -> None:
+    def __init__(
+        self, items: Sequence[Item], *, threads: int | None = None, shards: int | None = None
+    ) -> None:
         self.factories: list[ProcessorFactory] = []
         for item in items:
             if isinstance(item, Pipeline):
@@ -50,9 +53,10 @@ class Pipeline:
                 raise TypeError(f"{item!r} is not a processor factory or pipeline")
         if not self.factories:
             raise ValueError("a pipeline needs at least one processor")
-        if threads is not None and threads < 1:
-            raise ValueError("threads must be at least 1")
+        if (threads is not None and threads < 1) or (shards is not None and shards < 1):
+            raise ValueError("threads and shards must be at least 1")
         self.threads = threads
+        self.shards = shards
 
     def __len__(self) -> int:
         return len(self.factories)

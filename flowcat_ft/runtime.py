@@ -41,23 +41,26 @@ class RuntimeFullError(RuntimeError):
 
 
 class PipelineRunner:
-    """One pipeline's stage threads, and the calls running on them.
+    """One shard of a pipeline: a chain of stage threads, and the calls running on them.
 
     ``interruption_ns`` (time for an interruption to sweep the pipeline) is written by the
-    last stage thread only.
+    last stage thread only; ``active`` (calls running here) under the runtime's lock.
     """
 
-    def __init__(self, runtime: Runtime, pipeline: Pipeline, index: int) -> None:
+    def __init__(
+        self, runtime: Runtime, pipeline: Pipeline, groups: list[range], name: str
+    ) -> None:
         self.runtime = runtime
         self.pipeline = pipeline
+        self.name = name
         self.pool = runtime.pool
         self.interruption_ns = Histogram()
-        groups = fuse(pipeline.costs(), pipeline.threads or runtime.threads)
+        self.active = 0
         doorbells = [Doorbell(runtime.wait_strategy) for _ in groups]
         self.entry = Entry(doorbells[0])
         self.stages = [
             Stage(
-                f"flowcat-p{index}-s{s}",
+                f"{name}-s{s}",
                 s,
                 positions,
                 doorbells[s],
@@ -123,8 +126,9 @@ class PipelineRunner:
 class Runtime:
     """Runs pipelines for many calls on a few threads.
 
-    ``threads`` is how many stage threads a pipeline gets at most (default: the number of
-    cores this process may use); ``slabs`` is the size of the audio slab pool;
+    ``threads`` is how many threads a pipeline gets (default: the number of cores this
+    process may use), as shards of one or more stages each (see :meth:`_start_shards`);
+    ``slabs`` is the size of the audio slab pool;
     ``wait_strategy`` is how idle stage threads wait (see :mod:`flowcat_ft.waiting`);
     ``gc_policy`` is how garbage is collected (default: a new :class:`GcPolicy`;
     :class:`~flowcat_ft.gcpolicy.InterpreterGc` leaves the collector as it is);
@@ -167,7 +171,7 @@ class Runtime:
         self.housekeeping_interval = housekeeping_interval
         self.profile_dir = profile_dir
         self._lock = threading.Lock()
-        self._runners: dict[int, PipelineRunner] = {}
+        self._runners: dict[int, list[PipelineRunner]] = {}  # a pipeline's shards
         self._calls: dict[int, Call] = {}
         self._calls_ended = 0
         self._idle_since = time.monotonic()
@@ -200,7 +204,7 @@ class Runtime:
             call.wait(max(0.0, deadline - time.monotonic()))
         self._stopping.set()
         with self._lock:
-            runners = list(self._runners.values())
+            runners = [runner for shards in self._runners.values() for runner in shards]
             self._runners.clear()
         for runner in runners:
             runner.stop(timeout)
@@ -247,13 +251,32 @@ class Runtime:
         with self._lock:
             if self.max_calls is not None and len(self._calls) >= self.max_calls:
                 raise RuntimeFullError(f"the runtime is at its limit of {self.max_calls} calls")
-            runner = self._runners.get(id(pipeline))
-            if runner is None:
-                runner = PipelineRunner(self, pipeline, len(self._runners))
-                self._runners[id(pipeline)] = runner
+            shards = self._runners.get(id(pipeline))
+            if shards is None:
+                shards = self._runners[id(pipeline)] = self._start_shards(pipeline)
+            runner = min(shards, key=lambda shard: shard.active)
             call = runner.open_call(on_output, start_frame or StartFrame(), tuple(observers))
+            runner.active += 1
             self._calls[call.id] = call
         return call
+
+    def _start_shards(self, pipeline: Pipeline) -> list[PipelineRunner]:
+        """Start a pipeline's threads: ``shards`` copies of a chain of ``threads`` stages.
+
+        By default a pipeline runs whole on one thread per shard, one shard per core: a
+        call stays on its shard, so its frames cross no thread on the way through, and
+        calls spread over the cores. Splitting a shard into stages (``threads``) pays a
+        hand-off per stage per frame; it wins where one stage is heavy, or where a stage
+        batches work across the calls it sees (Silero VAD).
+        """
+        stages = pipeline.threads or 1
+        shards = pipeline.shards or max(1, self.threads // stages)
+        groups = fuse(pipeline.costs(), stages)
+        index = len(self._runners)
+        return [
+            PipelineRunner(self, pipeline, groups, f"flowcat-p{index}.{shard}")
+            for shard in range(shards)
+        ]
 
     @property
     def calls(self) -> list[Call]:
@@ -263,7 +286,8 @@ class Runtime:
 
     def _call_finished(self, call: Call) -> None:
         with self._lock:
-            self._calls.pop(call.id, None)
+            if self._calls.pop(call.id, None) is not None:
+                call._runner.active -= 1
             self._calls_ended += 1
             if not self._calls:
                 self._idle_since = time.monotonic()
@@ -273,7 +297,7 @@ class Runtime:
 
     def _runners_now(self) -> list[PipelineRunner]:
         with self._lock:
-            return list(self._runners.values())
+            return [runner for shards in self._runners.values() for runner in shards]
 
     def _stages(self) -> Iterator[Stage]:
         for runner in self._runners_now():
@@ -300,6 +324,8 @@ class Runtime:
         for runner in self._runners_now():
             pipelines.append(
                 {
+                    "shard": runner.name,
+                    "calls": runner.active,
                     "processors": len(runner.pipeline),
                     "interruption": runner.interruption_ns.snapshot(),
                     "stages": [

@@ -25,11 +25,15 @@ def test_gil_stays_off_after_importing_everything_and_running_a_pipeline():
         importlib.import_module(name)
     assert len(modules) > 10
     with Runtime(threads=2) as rt:
-        call = rt.open_call(Pipeline([Tag] * 7))
-        for i in range(1000):
-            call.push(TextFrame(str(i)))
-        call.push_audio(b"\x00\x00" * 160, 8000)
-        call.end()
-        assert len(list(call.frames(timeout=10))) == 1003
-        assert len({s.ident for s in rt._runners_now()[0].stages}) == 2
+        pipeline = Pipeline([Tag] * 7)
+        calls = [rt.open_call(pipeline) for _ in range(2)]  # one on each shard's thread
+        for call in calls:
+            for i in range(500):
+                call.push(TextFrame(str(i)))
+            call.push_audio(b"\x00\x00" * 160, 8000)
+            call.end()
+        for call in calls:
+            assert len(list(call.frames(timeout=10))) == 503
+        threads = {stage.ident for runner in rt._runners_now() for stage in runner.stages}
+        assert len(threads) == 2
     assert sys._is_gil_enabled() is False

@@ -35,7 +35,7 @@ def run_call(runtime, pipeline, inputs: list[str]) -> list:
 
 
 def test_frames_keep_their_order_through_seven_processors_on_two_threads(runtime):
-    out = run_call(runtime, Pipeline([Tag] * 7), [str(i) for i in range(2000)])
+    out = run_call(runtime, Pipeline([Tag] * 7, threads=2), [str(i) for i in range(2000)])
     assert isinstance(out[0], StartFrame) and isinstance(out[-1], EndFrame)
     assert texts(out) == [f"{i}+++++++" for i in range(2000)]
     runner = runtime._runners_now()[0]
@@ -88,10 +88,30 @@ def test_fuse_splits_into_contiguous_balanced_groups(costs, threads, expected):
     assert fuse(costs, threads) == expected
 
 
-def test_pipeline_threads_cap_and_default(runtime):
-    run_call(runtime, Pipeline([Tag] * 5, threads=1), ["x"])
-    run_call(runtime, Pipeline([Tag] * 5), ["x"])
-    assert [len(r.stages) for r in runtime._runners_now()] == [1, 2]
+def test_threads_and_shards(runtime):
+    """Runtime(threads=2): by default two shards of one thread; threads=2 makes one shard
+    of two stages; shards may be set too."""
+    for pipeline in (
+        Pipeline([Tag] * 5),
+        Pipeline([Tag] * 5, threads=2),
+        Pipeline([Tag] * 5, shards=3),
+    ):
+        run_call(runtime, pipeline, ["x"])
+    shapes = [[len(r.stages) for r in shards] for shards in runtime._runners.values()]
+    assert shapes == [[1, 1], [2], [1, 1, 1]]
+
+
+def test_calls_spread_over_shards_and_keep_to_theirs(runtime):
+    pipeline = Pipeline([Counter, Tag])
+    calls = [runtime.open_call(pipeline) for _ in range(4)]
+    assert sorted(r.active for r in runtime._runners[id(pipeline)]) == [2, 2]
+    for call in calls:
+        for i in range(50):
+            call.push(TextFrame(str(i)))
+        call.end()
+    for call in calls:  # per-call order and state, whichever shard ran the call
+        assert texts(call.frames(timeout=5)) == [f"{i}#{i + 1}+" for i in range(50)]
+    assert [r.active for r in runtime._runners[id(pipeline)]] == [0, 0]
 
 
 def test_pipeline_wants_factories_not_instances():
@@ -170,6 +190,6 @@ class Heavy(FrameProcessor):
 
 
 def test_fusing_sees_the_cost_of_what_a_lambda_makes(runtime):
-    run_call(runtime, Pipeline([Tag, Tag, Tag, lambda: Heavy()]), ["x"])
+    run_call(runtime, Pipeline([Tag, Tag, Tag, lambda: Heavy()], threads=2), ["x"])
     runner = runtime._runners_now()[0]
     assert [s.positions for s in runner.stages] == [range(0, 3), range(3, 4)]

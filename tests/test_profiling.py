@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent(
     import sys
     from flowcat_ft import FrameProcessor, Pipeline, Runtime, TextFrame
     with Runtime(threads=2, profile_dir=sys.argv[1]) as runtime:
-        call = runtime.open_call(Pipeline([FrameProcessor] * 4))
+        call = runtime.open_call(Pipeline([FrameProcessor] * 4, threads=2))
         for i in range(2000):
             call.push(TextFrame(str(i)))
         call.end()
@@ -37,9 +37,9 @@ def test_each_stage_thread_writes_a_profile(tmp_path):
     assert result.returncode == 0, result.stderr
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == [
-        "flowcat-p0-s0.html",
-        "flowcat-p0-s0.txt",
-        "flowcat-p0-s1.html",
-        "flowcat-p0-s1.txt",
+        "flowcat-p0.0-s0.html",
+        "flowcat-p0.0-s0.txt",
+        "flowcat-p0.0-s1.html",
+        "flowcat-p0.0-s1.txt",
     ]
-    assert "_loop" in (tmp_path / "flowcat-p0-s0.txt").read_text()
+    assert "_loop" in (tmp_path / "flowcat-p0.0-s0.txt").read_text()
