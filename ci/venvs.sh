@@ -21,6 +21,8 @@ make_venv() {  # make_venv DIR PYTHON
     "$dir/bin/python" -m pip install -q -e ".[dev,vad,opus]"
     # The Silero VAD model ships in this wheel; its own dependency on torch is not needed.
     "$dir/bin/python" -m pip install -q --no-deps silero-vad
+    # PocketSphinx runs in a worker process on the GIL twin (it would turn the GIL on here).
+    if [ "$dir" = .venv-gil ]; then "$dir/bin/python" -m pip install -q -e ".[stt]"; fi
     # websockets' C speedups (frame masking) come only from its sdist on cp313t; they keep
     # the GIL off and cut echo latency tenfold at load (see shared/ENVIRONMENT.md).
     "$dir/bin/python" -m pip install -q --force-reinstall --no-deps --no-binary websockets websockets

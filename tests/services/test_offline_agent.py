@@ -1,0 +1,232 @@
+"""The offline agent end to end: espeak-ng speech in, the turn detector, PocketSphinx, the
+conversation graph, espeak-ng out at real time, for a scripted conversation of several
+turns with a barge-in that cuts the bot off; each full reply is transcribed back by the
+same PocketSphinx worker. Also the playout that paces the bot and says when it speaks, and
+the transcript of what the caller heard."""
+
+from __future__ import annotations
+
+import sys
+import sysconfig
+import threading
+import time
+
+import numpy as np
+from helpers import wait_until
+from offline_speech import need_espeak, need_worker_python, say, with_noise
+
+from flowcat_ft import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    CallClosedError,
+    Direction,
+    InterruptionFrame,
+    LLMFullResponseStartFrame,
+    OutputAudioRawFrame,
+    Pipeline,
+    StartFrame,
+    TranscriptionFrame,
+    TTSAudioRawFrame,
+    TTSTextFrame,
+)
+from flowcat_ft.services.offline import (
+    DEFAULT_GRAPH,
+    BotPlayout,
+    SphinxWorker,
+    TranscriptRecorder,
+    load_graph,
+    offline_agent_pipeline,
+)
+from flowcat_ft.services.offline.sphinx_stt import Grammar
+from flowcat_ft.services.offline.sphinx_worker import words
+from flowcat_ft.services.offline.transcript import Turn
+
+# -- the playout and the transcript ----------------------------------------------------------
+
+
+def tone_frames(runtime, seconds, rate=16000):
+    n = rate // 50
+    for _ in range(round(seconds * 50)):
+        tone = np.full(n, 1000, np.int16).tobytes()
+        yield OutputAudioRawFrame.from_bytes(runtime.pool, tone, rate)
+
+
+def test_the_playout_lets_audio_out_at_real_time_and_says_when_the_bot_speaks(runtime):
+    # Timing bounds are one-sided where a loaded machine could only make things later.
+    lead = 0.08
+    out = []
+    started = time.monotonic()
+    call = runtime.open_call(
+        Pipeline([lambda: BotPlayout(lead)]),
+        lambda f, d: out.append((time.monotonic() - started, f, d)),
+    )
+    for frame in tone_frames(runtime, 1.0):
+        call.push(frame)
+    call.push(TTSTextFrame("one second of tone"))
+    assert wait_until(lambda: any(type(f) is BotStoppedSpeakingFrame for _, f, _ in out))
+    times = {type(f): t for t, f, d in out if d is Direction.DOWNSTREAM}
+    audio = [t for t, f, _ in out if isinstance(f, OutputAudioRawFrame)]
+    assert len(audio) == 50 and audio[-1] - audio[0] >= 1.0 - 0.02 - lead
+    assert times[BotStartedSpeakingFrame] <= audio[0]
+    assert audio[-1] <= times[TTSTextFrame] < times[BotStoppedSpeakingFrame]
+    assert times[BotStoppedSpeakingFrame] - audio[0] >= 1.0
+    upstream = [type(f) for _, f, d in out if d is Direction.UPSTREAM]
+    assert upstream == [BotStartedSpeakingFrame, BotStoppedSpeakingFrame]
+
+    # An interruption drops the audio still waiting, and the bot stops at once.
+    out.clear()
+    for frame in tone_frames(runtime, 2.0):
+        call.push(frame)
+    assert wait_until(lambda: any(type(f) is BotStartedSpeakingFrame for _, f, _ in out))
+    time.sleep(0.3)
+    call.interrupt()
+    assert wait_until(lambda: any(type(f) is BotStoppedSpeakingFrame for _, f, _ in out))
+    time.sleep(0.2)
+    first = next(t for t, f, _ in out if isinstance(f, OutputAudioRawFrame))
+    cut = next(t for t, f, _ in out if type(f) is InterruptionFrame)
+    audio = [t for t, f, _ in out if isinstance(f, OutputAudioRawFrame)]
+    assert all(t <= cut for t in audio)
+    assert len(audio) * 0.02 <= cut - first + lead + 0.04  # no more than had played by then
+    assert len(audio) < 100
+    out.clear()
+    del frame
+    call.close()
+    assert wait_until(lambda: runtime.pool.in_use == 0)
+
+
+def test_the_transcript_holds_what_was_heard_and_where_it_was_cut(runtime):
+    call = runtime.open_call(Pipeline([TranscriptRecorder]), lambda f, d: None)
+    for frame in [
+        TTSTextFrame("Hello."),
+        TTSTextFrame("How can I help?"),
+        TranscriptionFrame("what time is it"),
+        TTSTextFrame("It is noon."),
+    ]:
+        call.push(frame)
+    time.sleep(0.05)
+    call.interrupt()
+    call.push(TranscriptionFrame("thanks"))
+    call.close()
+    assert call._processors[0].transcript.turns == [
+        Turn("assistant", "Hello. How can I help?"),
+        Turn("user", "what time is it"),
+        Turn("assistant", "It is noon.", interrupted=True),
+        Turn("user", "thanks"),
+    ]
+
+
+# -- end to end ----------------------------------------------------------------------------
+
+
+class Caller:
+    """Plays the caller: a line's noise, 20 ms at a time at real time, and speech on cue.
+    Records what comes out of the call, and the bot's audio of each reply."""
+
+    def __init__(self, runtime, pipeline, metadata):
+        self.lock = threading.Lock()
+        self.frames = []  # everything but audio, in order
+        self.replies = []  # the bot's audio, one array list per reply
+        self.rng = np.random.default_rng(1)
+        self.clock = time.monotonic()
+        self.call = runtime.open_call(
+            pipeline, self._output, start_frame=StartFrame(metadata=metadata)
+        )
+
+    def _output(self, frame, direction):
+        with self.lock:
+            if isinstance(frame, TTSAudioRawFrame):
+                self.replies[-1].append(frame.samples.copy())
+            elif direction is Direction.DOWNSTREAM:
+                if isinstance(frame, LLMFullResponseStartFrame):
+                    self.replies.append([])
+                self.frames.append(frame)
+
+    def count(self, kind):
+        with self.lock:
+            return sum(type(f) is kind for f in self.frames)
+
+    def _push(self, pcm):
+        for start in range(0, len(pcm) - 319, 320):
+            try:
+                self.call.push_audio(pcm[start : start + 320].tobytes(), 16000)
+            except CallClosedError:
+                return False
+            self.clock += 0.02
+            time.sleep(max(0.0, self.clock - time.monotonic()))
+        return True
+
+    def say(self, text):
+        self._push(with_noise(say(text), seed=int(self.rng.integers(1 << 30))))
+
+    def wait(self, seconds=None, until=None, timeout=20.0):
+        """Stay on the line, silent, for *seconds* or until *until()*."""
+        deadline = time.monotonic() + (seconds if seconds is not None else timeout)
+        while time.monotonic() < deadline and not (until and until()):
+            if not self._push(with_noise(np.zeros(320), seed=int(self.rng.integers(1 << 30)))):
+                return
+        assert seconds is not None or until(), "timed out waiting for the bot"
+
+
+def test_a_scripted_conversation_with_a_barge_in(runtime):
+    need_espeak()
+    need_worker_python()
+    tools = {"time_of_day": lambda slots: "ten past three"}
+    caller = Caller(
+        runtime, offline_agent_pipeline(tools=tools, turn_timeout_secs=0.6), {"caller": "Alice"}
+    )
+    stopped = lambda n: lambda: caller.count(BotStoppedSpeakingFrame) >= n  # noqa: E731
+
+    # The bot greets; the caller cuts in after its first sentence.
+    caller.wait(until=lambda: caller.count(BotStartedSpeakingFrame) >= 1)
+    caller.wait(1.2)
+    caller.say("what time is it")
+    caller.wait(until=stopped(2))
+    caller.wait(0.3)
+    caller.say("please tell me the weather")
+    caller.wait(until=stopped(3))
+    caller.wait(0.3)
+    caller.say("goodbye")
+    caller.wait(until=lambda: caller.call.done)  # the agent hangs up
+
+    call = caller.call
+    assert call.wait(10) and call.end_reason == "ended"
+    frames = caller.frames
+    heard = [f.text for f in frames if type(f) is TranscriptionFrame]
+    assert heard == ["what time is it", "please tell me the weather", "goodbye"]
+    graph = load_graph(DEFAULT_GRAPH, tools)
+    slots = {**graph.slots, "caller": "Alice", "time_of_day": "ten past three"}
+    expected = [
+        graph.nodes[name].reply.format_map(slots)
+        for name in ("welcome", "time", "weather", "goodbye")
+    ]
+    spoken = [f.text for f in frames if type(f) is TTSTextFrame]
+    assert spoken == ["Hello Alice!", *expected[1:]]  # sentence by sentence, as heard
+
+    # The barge-in cut the greeting short; the other replies were heard to the end.
+    assert sum(type(f) is InterruptionFrame for f in frames) == 1
+    durations = [sum(map(len, reply)) / 16000 for reply in caller.replies]
+    assert 1.0 < durations[0] < 3.0, durations
+
+    # Each full reply, transcribed back by the same worker, says what the graph said.
+    worker = SphinxWorker.shared(runtime)
+    replies = Grammar.from_phrases(
+        [node.reply.format_map(slots) for node in graph.nodes.values() if node.reply]
+        + [graph.fallback]
+    )
+    for reply, text in zip(caller.replies[1:], expected[1:], strict=True):
+        pcm = with_noise(np.concatenate(reply))
+        assert worker.transcribe(pcm.tobytes(), replies).text == " ".join(words(text))
+
+    # The transcript holds what the caller heard: the greeting up to where they cut in.
+    turns = call._processors[-1].transcript.turns
+    assert turns == [
+        Turn("assistant", "Hello Alice!", interrupted=True),
+        Turn("user", "what time is it"),
+        Turn("assistant", expected[1]),
+        Turn("user", "please tell me the weather"),
+        Turn("assistant", expected[2]),
+        Turn("user", "goodbye"),
+        Turn("assistant", expected[3]),
+    ]
+    if sysconfig.get_config_var("Py_GIL_DISABLED"):
+        assert not sys._is_gil_enabled()
