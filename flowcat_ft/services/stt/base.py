@@ -1,0 +1,85 @@
+"""The STT service: the caller's audio in, interim and final transcripts out.
+
+An STT service listens for the whole call: an interruption (the caller barging in on the
+bot) does not cancel what it is doing, since that is when it matters most. Audio frames go
+on downstream after the service has taken its copy. Transcripts are pushed as they come:
+:class:`~flowcat_ft.frames.InterimTranscriptionFrame` (may still change) and
+:class:`~flowcat_ft.frames.TranscriptionFrame` (final).
+
+``ttfb`` here is the time from the end of the user's speech (a
+:class:`~flowcat_ft.frames.UserStoppedSpeakingFrame` passing the service) to the next
+final transcript: how long the rest of the pipeline waits on speech recognition.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from flowcat_ft.frames import (
+    Direction,
+    Frame,
+    InputAudioRawFrame,
+    InterimTranscriptionFrame,
+    StartFrame,
+    TranscriptionFrame,
+    UserStoppedSpeakingFrame,
+)
+from flowcat_ft.services.net.service import CloudService
+
+__all__ = ["STTService", "now_iso"]
+
+
+def now_iso() -> str:
+    """The time now, as the ``timestamp`` of a transcription frame."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class STTService(CloudService):
+    """Base of the STT services; subclasses implement :meth:`send_audio` (on the stage
+    thread: hand the bytes to the loop, never block) and push transcripts with
+    :meth:`transcript` (from any thread)."""
+
+    cost = 0.5
+
+    def __init__(self, *, user_id: str = "", name: str | None = None) -> None:
+        super().__init__(name=name)
+        self.user_id = user_id
+        self.sample_rate = 16000
+        self._stopped_ns: int | None = None
+
+    def on_start(self, frame: StartFrame) -> None:
+        self.sample_rate = frame.audio_in_sample_rate
+
+    def process(self, frame: Frame, direction: Direction) -> None:
+        if direction is Direction.DOWNSTREAM:
+            if isinstance(frame, InputAudioRawFrame):
+                self.send_audio(frame)
+            elif isinstance(frame, UserStoppedSpeakingFrame):
+                self._stopped_ns = time.perf_counter_ns()
+                self.user_stopped()
+        self.push(frame, direction)
+
+    def send_audio(self, frame: InputAudioRawFrame) -> None:
+        """Send the caller's audio to the provider."""
+        raise NotImplementedError
+
+    def user_stopped(self) -> None:
+        """The user stopped speaking (a hint: finalize now, where the protocol can)."""
+
+    def transcript(self, text: str, final: bool, language: str | None = None) -> None:
+        """Push a transcript (from any thread)."""
+        kind = TranscriptionFrame if final else InterimTranscriptionFrame
+        frame = kind(text, self.user_id, now_iso(), language)
+        self.call_soon(self._push_transcript, frame)
+
+    def _push_transcript(self, frame: TranscriptionFrame) -> None:
+        if type(frame) is TranscriptionFrame:
+            self.usage["transcripts"] += 1
+            if self._stopped_ns is not None:
+                self.ttfb.add(time.perf_counter_ns() - self._stopped_ns)
+                self._stopped_ns = None
+        self.push(frame)
+
+    def on_interruption(self) -> None:
+        """Keep listening: the caller's barge-in is what this service is for."""

@@ -1,0 +1,293 @@
+"""Deepgram-style live transcription over a WebSocket: audio up, JSON results down.
+
+Wire format (https://developers.deepgram.com/reference/speech-to-text-api/listen-streaming,
+https://developers.deepgram.com/docs/interim-results,
+https://developers.deepgram.com/docs/understand-endpointing-interim-results,
+https://developers.deepgram.com/docs/keep-alive and
+https://developers.deepgram.com/docs/close-stream): connect to
+``wss://api.deepgram.com/v1/listen`` with the options as query parameters (``model``,
+``language``, ``encoding=linear16``, ``sample_rate``, ``channels``, ``interim_results``,
+``endpointing`` in ms, ``smart_format``, ``punctuate``, ``vad_events``...) and
+``Authorization: Token <key>``. Raw audio goes up as binary messages. Text messages go up
+as ``{"type": "KeepAlive"}`` (within every 10 s without audio, or the server closes with
+``NET-0001``), ``{"type": "Finalize"}`` (flush what is buffered) and ``{"type":
+"CloseStream"}`` (finish, send the last results and a ``Metadata`` message, close).
+
+Down come ``{"type": "Results", "channel_index", "duration", "start", "is_final",
+"speech_final", "channel": {"alternatives": [{"transcript", "confidence", "words",
+"languages"}]}, ...}``: interim results (``is_final: false``) are revised until a final one
+(``is_final: true``) settles that stretch of audio; ``speech_final: true`` marks the end of
+an utterance (endpointing). Also ``Metadata``, ``SpeechStarted``, ``UtteranceEnd``
+(ignored here), and errors, sent as ``{"type": "Error", "description"/"message"}`` or
+given as the close frame's reason.
+
+The Sans-I/O part is :func:`listen_url`, the control messages and :func:`parse_message`;
+:class:`DeepgramSTTService` is the I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
+
+from flowcat_ft.frames import InputAudioRawFrame, StartFrame
+from flowcat_ft.services.net.auth import Secret
+from flowcat_ft.services.net.auth import api_key as find_api_key
+from flowcat_ft.services.net.errors import ProviderError, ProviderProtocolError
+from flowcat_ft.services.net.retry import RetryPolicy
+from flowcat_ft.services.net.ws import close_quietly, connect_ws
+from flowcat_ft.services.stt.base import STTService
+
+__all__ = [
+    "CLOSE_STREAM",
+    "FINALIZE",
+    "KEEP_ALIVE",
+    "DeepgramSTTService",
+    "Ignored",
+    "Transcript",
+    "listen_url",
+    "parse_message",
+]
+
+KEEP_ALIVE = json.dumps({"type": "KeepAlive"})
+FINALIZE = json.dumps({"type": "Finalize"})
+CLOSE_STREAM = json.dumps({"type": "CloseStream"})
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    text: str
+    is_final: bool
+    speech_final: bool
+    start: float
+    duration: float
+    language: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    kind: str
+
+
+def listen_url(base: str, **options: Any) -> str:
+    """The listen URL with ``options`` as query parameters (booleans as true/false)."""
+    query = {
+        k: ("true" if v is True else "false" if v is False else v)
+        for k, v in options.items()
+        if v is not None
+    }
+    return f"{base}?{urlencode(query)}"
+
+
+def parse_message(message: str | bytes) -> Transcript | Ignored:
+    """One server message. Raises :class:`ProviderError` for an error message,
+    :class:`ProviderProtocolError` for a malformed one."""
+    if isinstance(message, bytes):
+        raise ProviderProtocolError(f"a {len(message)}-byte binary message (expected JSON)")
+    try:
+        payload = json.loads(message)
+    except ValueError:
+        raise ProviderProtocolError(f"a message that is not JSON: {message[:60]!r}") from None
+    if not isinstance(payload, dict):
+        raise ProviderProtocolError(f"a message that is not an object: {message[:60]!r}")
+    kind = payload.get("type")
+    if kind in ("Error", "error") or ("err_code" in payload and "err_msg" in payload):
+        detail = payload.get("description") or payload.get("message") or payload.get("err_msg")
+        raise ProviderError(f"the STT reported an error: {detail}")
+    if kind != "Results":
+        return Ignored(str(kind))
+    try:
+        alternative = payload["channel"]["alternatives"][0]
+        text = alternative["transcript"]
+        languages = alternative.get("languages") or []
+        return Transcript(
+            str(text),
+            bool(payload.get("is_final")),
+            bool(payload.get("speech_final")),
+            float(payload.get("start") or 0.0),
+            float(payload.get("duration") or 0.0),
+            languages[0] if languages else None,
+        )
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise ProviderProtocolError(f"a malformed Results message: {message[:80]!r}") from None
+
+
+class DeepgramSTTService(STTService):
+    """Deepgram's live transcription (see the module docstring). The connection opens when
+    the call starts and again, up to ``max_reconnects`` times, if it drops; up to
+    ``buffer_secs`` of audio waits while it connects. ``options`` add to or override the
+    query parameters."""
+
+    def __init__(
+        self,
+        *,
+        model: str = "nova-3",
+        language: str = "en",
+        url: str = "wss://api.deepgram.com/v1/listen",
+        api_key: str | Secret | None = None,
+        api_key_env: str = "DEEPGRAM_API_KEY",
+        interim_results: bool = True,
+        endpointing_ms: int | None = 300,
+        options: dict[str, Any] | None = None,
+        keepalive_secs: float = 5.0,
+        buffer_secs: float = 2.0,
+        max_reconnects: int = 3,
+        retry: RetryPolicy | None = None,
+        user_id: str = "",
+        name: str | None = None,
+    ) -> None:
+        super().__init__(user_id=user_id, name=name)
+        self.model = model
+        self.language = language
+        self.url = url
+        self._key = find_api_key(api_key_env, api_key)
+        self.interim_results = interim_results
+        self.endpointing_ms = endpointing_ms
+        self.options = dict(options or {})
+        self.keepalive_secs = keepalive_secs
+        self.buffer_secs = buffer_secs
+        self.max_reconnects = max_reconnects
+        self.retry = retry or RetryPolicy()
+        # On the loop only:
+        self._ws: ClientConnection | None = None
+        self._outbox: deque[str | bytes] = deque()
+        self._outbox_bytes = 0
+        self._wake = asyncio.Event()
+        self._last_sent = 0.0
+        self._closing = False
+
+    def query(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "language": self.language,
+            "encoding": "linear16",
+            "sample_rate": self.sample_rate,
+            "channels": 1,
+            "interim_results": self.interim_results,
+            "endpointing": self.endpointing_ms if self.endpointing_ms is not None else False,
+            "smart_format": True,
+            "punctuate": True,
+            **self.options,
+        }
+
+    def on_start(self, frame: StartFrame) -> None:
+        super().on_start(frame)
+        self.run_background(self._run())
+
+    # -- audio up (stage thread → loop) ----------------------------------------------------
+
+    def send_audio(self, frame: InputAudioRawFrame) -> None:
+        data = frame.audio  # a copy: the frame (and its slab) goes on downstream
+        self.event_loop.bridge.send(self._queue_on_loop, data, None)
+
+    def user_stopped(self) -> None:
+        self.event_loop.bridge.send(self._queue_on_loop, FINALIZE, None)
+
+    def _queue_on_loop(self, message: str | bytes, _: object) -> None:
+        """Queue a message for the sender (audio waits here while the connection opens, up
+        to ``buffer_secs``; control messages are dropped while it is closed)."""
+        if isinstance(message, str) and self._ws is None:
+            return
+        self._outbox.append(message)
+        if isinstance(message, bytes):
+            self._outbox_bytes += len(message)
+            limit = int(self.buffer_secs * self.sample_rate * 2)
+            while self._outbox_bytes > limit:
+                old = self._outbox.popleft()
+                if isinstance(old, bytes):
+                    self._outbox_bytes -= len(old)
+        self._wake.set()
+
+    async def _sender(self, ws: ClientConnection) -> None:
+        loop = asyncio.get_running_loop()
+        outbox = self._outbox
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while outbox:
+                message = outbox.popleft()
+                if isinstance(message, bytes):
+                    self._outbox_bytes -= len(message)
+                try:
+                    await ws.send(message)
+                except ConnectionClosed:
+                    return  # the receive loop sees the close and reconnects
+                self._last_sent = loop.time()
+
+    # -- the connection --------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        reconnects = 0
+        auth = {"Authorization": Secret(f"Token {self._key.reveal()}")}
+        while not self._closing:
+            ws = await connect_ws(listen_url(self.url, **self.query()), auth, retry=self.retry)
+            self._ws = ws
+            self._wake.set()  # send what queued up while connecting
+            sender = asyncio.ensure_future(self._sender(ws))
+            keepalive = asyncio.ensure_future(self._keepalive(ws))
+            try:
+                clean = await self._receive(ws)
+            finally:
+                sender.cancel()
+                keepalive.cancel()
+                self._ws = None
+            if clean or self._closing:
+                return
+            reconnects += 1
+            if reconnects > self.max_reconnects:
+                raise ProviderProtocolError(
+                    f"the STT connection dropped {reconnects} times; giving up"
+                )
+
+    async def _receive(self, ws: ClientConnection) -> bool:
+        """Hand out transcripts until the connection closes; True if it closed cleanly."""
+        try:
+            async for message in ws:
+                try:
+                    event = parse_message(message)
+                except (ProviderProtocolError, ProviderError) as error:
+                    self.report_error(str(error))
+                    continue
+                if isinstance(event, Transcript) and event.text.strip():
+                    self.transcript(event.text, event.is_final, event.language)
+        except ConnectionClosedOK:
+            return True
+        except ConnectionClosed as closed:
+            reason = closed.rcvd.reason if closed.rcvd is not None else "no close frame"
+            self.report_error(f"the STT connection closed: {reason or closed}")
+            return False
+        return self._closing
+
+    async def _keepalive(self, ws: ClientConnection) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.keepalive_secs / 2)
+            if loop.time() - self._last_sent >= self.keepalive_secs:
+                self._queue_on_loop(KEEP_ALIVE, None)
+
+    async def _finish(self, wait: float) -> None:
+        """Ask for the last results (CloseStream), give them ``wait`` seconds to arrive,
+        then stop."""
+        self._closing = True
+        ws = self._ws
+        if ws is not None:
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(CLOSE_STREAM)
+            try:  # the last results arrive, then the server closes
+                await asyncio.wait_for(ws.wait_closed(), wait)
+            except TimeoutError:
+                await close_quietly(ws)
+        self._stop_background()
+
+    def on_end(self) -> None:
+        self.cancel_work()
+        if self._io is not None:
+            self._io.submit(self._finish(1.0))

@@ -1,0 +1,149 @@
+"""A cloud agent's turns end to end, against local providers: the user's transcripts become
+a user message, the LLM answers, the TTS speaks, and the context records what the caller
+heard, cut at a barge-in; metrics from the end of the user's speech to the first bot
+audio."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from fake_providers import FakeCartesia, FakeHTTPServer, Recorder, openai_chunks, sse_handler
+from helpers import wait_until
+
+from flowcat_ft import (
+    LLMFullResponseEndFrame,
+    Pipeline,
+    TranscriptionFrame,
+    TTSAudioRawFrame,
+    TTSTextFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
+from flowcat_ft.frames import InterimTranscriptionFrame
+from flowcat_ft.services.aggregators import (
+    AssistantContextAggregator,
+    LLMContextAggregatorPair,
+)
+from flowcat_ft.services.llm import OpenAILLMService
+from flowcat_ft.services.net.http import Timeouts
+from flowcat_ft.services.net.retry import RetryPolicy
+from flowcat_ft.services.tts import CartesiaTTSService
+
+FAST = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.05)
+LONG = " ".join(f"w{i}" for i in range(30)) + "."
+
+
+@pytest.fixture
+def providers():
+    http, cartesia = FakeHTTPServer(), FakeCartesia(word_secs=0.1, chunk_secs=0.1)
+    yield http, cartesia
+    http.close()
+    cartesia.close()
+
+
+def agent(http, cartesia, **pair_options):
+    pair = LLMContextAggregatorPair(system_prompt="You are a test agent.", **pair_options)
+    llm = lambda: OpenAILLMService(  # noqa: E731
+        model="m",
+        base_url=http.url + "/v1",
+        api_key="sk-agent-1",
+        retry=FAST,
+        timeouts=Timeouts(1, 1, 1),
+    )
+    tts = lambda: CartesiaTTSService(  # noqa: E731
+        voice_id="v", url=cartesia.url, api_key="ck-agent-1", sample_rate=16000, retry=FAST
+    )
+    return Pipeline([pair.user, llm, tts, pair.assistant])
+
+
+def user_says(call, text):
+    call.push(UserStartedSpeakingFrame())
+    call.push(InterimTranscriptionFrame(text.split()[0]))
+    call.push(UserStoppedSpeakingFrame())
+    time.sleep(0.05)  # the final transcript lags the end of speech, as it does from an STT
+    call.push(TranscriptionFrame(text))
+
+
+def assistant_messages(context):
+    return [m["content"] for m in context.messages if m["role"] == "assistant"]
+
+
+def test_a_turn_is_heard_in_full_and_recorded(runtime, providers):
+    http, cartesia = providers
+    http.routes["/v1/chat/completions"] = sse_handler(openai_chunks(["Hi", " there", "."]))
+    out = Recorder()
+    call = runtime.open_call(agent(http, cartesia), out)
+    user_says(call, "hello agent")
+    assert wait_until(lambda: out.of(LLMFullResponseEndFrame))
+    request = http.requests[0].json()
+    assert request["messages"] == [
+        {"role": "system", "content": "You are a test agent."},
+        {"role": "user", "content": "hello agent"},
+    ]
+    user, assistant = call._processors[0], call._processors[-1]
+    assert assistant_messages(user.context) == []  # not yet: the audio is still playing
+    assert wait_until(lambda: assistant_messages(user.context) == ["Hi there."], timeout=3)
+    assert assistant.response_latency.count == 1
+    assert 0 < assistant.response_latency.max < 2e9
+    call.close()
+
+
+def test_a_barge_in_leaves_only_the_words_heard_in_the_context(runtime, providers):
+    http, cartesia = providers
+    http.routes["/v1/chat/completions"] = [
+        sse_handler(openai_chunks([LONG])),
+        sse_handler(openai_chunks(["Sure."])),
+    ]
+    out = Recorder()
+    call = runtime.open_call(agent(http, cartesia), out)
+    user_says(call, "tell me everything")
+    assert wait_until(lambda: out.of(TTSAudioRawFrame))
+    # The TTS sends 3 s of audio far faster than real time; the caller hears it at 1x.
+    assert wait_until(lambda: len(out.of(TTSTextFrame)) == 30)
+    first_audio = time.monotonic()
+    time.sleep(0.5)
+    call.interrupt()
+    heard_for = time.monotonic() - first_audio
+    user_says(call, "stop")
+    assert wait_until(lambda: len(http.requests) == 2)
+    user = call._processors[0]
+    [heard] = assistant_messages(user.context)[:1]
+    words = heard.split()
+    assert words == LONG.split()[: len(words)]  # a prefix of what was said...
+    assert 3 <= len(words) <= heard_for * 10 + 2  # ...about as much as had played
+    second = http.requests[1].json()["messages"]
+    assert second[2] == {"role": "assistant", "content": heard}  # the LLM knows what was heard
+    assert second[3] == {"role": "user", "content": "stop"}
+    call.close()
+
+
+def test_without_pacing_text_counts_as_heard_as_it_passes(runtime):
+    from flowcat_ft import LLMFullResponseStartFrame
+    from flowcat_ft.services.llm.frames import LLMMessagesAppendFrame
+
+    out = Recorder()
+    call = runtime.open_call(Pipeline([lambda: AssistantContextAggregator(paced=False)]), out)
+    call.push(LLMFullResponseStartFrame())
+    call.push(TTSTextFrame("Hello"))
+    call.push(TTSTextFrame("world."))
+    call.push(LLMFullResponseEndFrame())
+    assert wait_until(lambda: out.of(LLMMessagesAppendFrame))
+    [appended] = out.of(LLMMessagesAppendFrame)
+    assert appended.messages == [{"role": "assistant", "content": "Hello world."}]
+    call.close()
+
+
+def test_transcripts_without_voice_activity_end_the_turn_after_a_pause(runtime, providers):
+    http, cartesia = providers
+    http.routes["/v1/chat/completions"] = sse_handler(openai_chunks(["Yes."]))
+    out = Recorder()
+    call = runtime.open_call(agent(http, cartesia, aggregation_timeout=0.2), out)
+    call.push(TranscriptionFrame("is it"))
+    call.push(TranscriptionFrame("open today"))
+    assert wait_until(lambda: http.requests)
+    assert http.requests[0].json()["messages"][-1] == {
+        "role": "user",
+        "content": "is it open today",
+    }
+    call.close()
