@@ -1,0 +1,379 @@
+"""Echo benchmark: flowcat-ft on 3.13t against its GIL twin, pipecat and a bare floor.
+
+A native load generator (``bench/loadgen/loadgen.c``) opens N calls to each server, each
+sending 160-byte µ-law frames at 50 fps, and measures every echo's round trip. Every point
+(10, 50, 100, 200, 300, 400, 500 calls, then more while any server holds) runs for every
+server, interleaved: at each point the servers take turns, in an order rotated from point
+to point, so noise from the rest of the machine falls on all of them. A server whose p99
+passes 100 ms, or that loses over 2% of the frames, is not loaded further.
+
+Besides round trips, each run records the server's CPU (all its processes) per echoed frame
+and the CPU that others on the machine used meanwhile; each server's RSS per idle session
+is measured once, after its first point. The full run first picks flowcat-ft's best
+configuration on each build (1 or 2 event-loop threads x 1 or 2 stage threads) by
+measurement, and ends with 60 s at 10 calls on flowcat-ft for the tail-latency target. It writes
+``bench/results/DATE-Nc-echo.{json,md,png}``. ``--quick`` runs 50 and 200 calls, 5 s each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench._common import ROOT, cores, finish, header, parser, python_of, table
+from bench.echo import loadgen, report, servers
+from bench.echo.loadgen import Load
+from bench.echo.servers import Running, Server
+
+POINTS = (10, 50, 100, 200, 300, 400, 500)
+MORE_POINTS = (600, 800, 1000, 1200, 1500)
+QUICK_POINTS = (50, 200)
+SATURATED_P99_MS = 100.0
+SATURATED_THROUGHPUT = 0.98
+CONFIGS = ((1, 1), (1, 2), (2, 1), (2, 2))
+"""(event-loop threads, stage threads) tried for flowcat-ft on each build."""
+TUNING_POINTS = (200, 400)
+QUICK_CONFIGS = {"ft": (cores(), cores()), "gil": (1, 1)}
+"""What ``--quick`` runs: the default on 3.13t (one of each per core), and one loop and one
+stage thread on the GIL build (two threads contend for its one GIL)."""
+LONG_RUN = Load(10, "raw", seconds=60.0)
+RESULTS = ROOT / "bench" / "results"
+LOGS = RESULTS / "tmp"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of every table: a server under test loaded with one message format."""
+
+    key: str
+    label: str
+    server: str
+    mode: str
+
+
+ROWS = (
+    Row(report.FLOOR, "floor (3.13t)", "floor", "raw"),
+    Row(report.FLOWCAT, "flowcat-ft (3.13t)", "flowcat-ft", "raw"),
+    Row(report.FLOWCAT_GIL, "flowcat-ft (GIL)", "flowcat-gil", "raw"),
+    Row(report.PIPECAT, "pipecat websockets", "pipecat", "raw"),
+    Row("pipecat-fastapi", "pipecat FastAPI+Twilio", "pipecat-fastapi", "twilio"),
+    Row("flowcat-ft-twilio", "flowcat-ft Twilio (3.13t)", "flowcat-ft", "twilio"),
+)
+QUICK_ROWS = tuple(row.key for row in ROWS[:5])
+
+
+# -- one measurement -------------------------------------------------------------------------
+
+
+def measure(running: Running, load: Load) -> dict[str, Any]:
+    """Run ``load`` against a server; the load generator's report plus the server's CPU
+    over the measured window (cores, and µs per echoed frame) and everyone else's."""
+    marks: dict[str, tuple[float, float, tuple[float, float]]] = {}
+
+    def on_progress(line: str) -> None:
+        if line in ("measure", "measured"):
+            marks[line] = (time.monotonic(), running.cpu_seconds(), servers.machine_busy())
+
+    result = loadgen.run(running.port, load, on_progress)
+    (t0, cpu0, (busy0, all0)), (t1, cpu1, (busy1, all1)) = marks["measure"], marks["measured"]
+    server_cores = (cpu1 - cpu0) / (t1 - t0)
+    machine_cores = (busy1 - busy0) / max(all1 - all0, 1e-9) * (os.cpu_count() or 1)
+    loadgen_cores = result["loadgen_cpu_percent"] / 100
+    received = result["received"]
+    return {
+        **result,
+        "server_cpu_cores": round(server_cores, 3),
+        "cpu_us_per_frame": round((cpu1 - cpu0) / received * 1e6, 1) if received else None,
+        "other_cpu_cores": round(max(0.0, machine_cores - server_cores - loadgen_cores), 3),
+    }
+
+
+def idle_memory(running: Running, mode: str, calls: int) -> dict[str, Any]:
+    """RSS growth of the server per idle session: ``calls`` connections that each sent one
+    frame (so the call exists), sampled 1 s after the last opened."""
+    before = running.rss_bytes()
+    sample: dict[str, int] = {}
+
+    def on_progress(line: str) -> None:
+        if line.startswith("open "):
+            time.sleep(1.0)
+            sample["rss"] = running.rss_bytes()
+
+    result = loadgen.run(running.port, Load(calls, mode, seconds=1.5, idle=True), on_progress)
+    opened = result["opened"]
+    grown = sample["rss"] - before
+    return {
+        "calls": calls,
+        "opened": opened,
+        "rss_before": before,
+        "bytes_per_session": round(grown / opened) if opened else None,
+    }
+
+
+def saturated(run: dict[str, Any]) -> bool:
+    p99 = run["rtt_ms"]["p99"]
+    return p99 is None or p99 > SATURATED_P99_MS or (run["throughput"] or 0) < SATURATED_THROUGHPUT
+
+
+def describe(run: dict[str, Any], label: str) -> str:
+    rtt = run["rtt_ms"]
+    p99 = "-" if rtt["p99"] is None else f"{rtt['p99']:.2f}"
+    return (
+        f"  {run['calls']:>5} calls  {label:<26} p99 {p99:>8} ms  "
+        f"throughput {run['throughput'] or 0:.4f}  server {run['server_cpu_cores']:.2f} cores"
+    )
+
+
+# -- the servers -----------------------------------------------------------------------------
+
+
+def start(named: dict[str, Server]) -> dict[str, Running]:
+    """Start every server side by side and wait until all are ready."""
+    running = {key: Running(server, LOGS / f"echo-{key}.log") for key, server in named.items()}
+    try:
+        for r in running.values():
+            print(f"  {r.server.name}: {r.wait_ready()} on port {r.port}", flush=True)
+    except BaseException:
+        for r in running.values():
+            r.stop()
+        raise
+    return running
+
+
+def tune(build: str, seconds: float, warmup: float) -> tuple[tuple[int, int], list[dict]]:
+    """Load flowcat-ft on ``build`` in each of :data:`CONFIGS` at :data:`TUNING_POINTS`; the
+    configuration that held the most calls at p99 ≤ 5 ms (then: the lowest p99 at the first
+    point) wins. Returns it and every trial."""
+    trials = []
+    for loops, threads in CONFIGS:
+        server = servers.flowcat(build, loops, threads)
+        with start({build: server})[build] as running:
+            for calls in TUNING_POINTS:
+                servers.wait_quiet(running)
+                run = measure(running, Load(calls, "raw", seconds, warmup))
+                trials.append({"build": build, "loops": loops, "threads": threads, **run})
+                print(describe(run, f"{build} {loops} loops, {threads} threads"), flush=True)
+
+    def score(config: tuple[int, int]) -> tuple[int, float]:
+        mine = [t for t in trials if (t["loops"], t["threads"]) == config]
+        held = max((t["calls"] for t in mine if report.held(t, 5.0)), default=0)
+        first = mine[0]["rtt_ms"]["p99"]
+        return held, -(first if first is not None else float("inf"))
+
+    return max(CONFIGS, key=score), trials
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+def sweep(
+    rows: Sequence[Row],
+    running: dict[str, Running],
+    points: Sequence[int],
+    seconds: float,
+    warmup: float,
+) -> list[dict[str, Any]]:
+    """Every point for every row still holding, the rows' order rotated at each point."""
+    runs: list[dict[str, Any]] = []
+    stopped: set[str] = set()
+    for index, calls in enumerate(points):
+        active = [row for row in rows if row.key not in stopped]
+        if not active:
+            break
+        turn = index % len(active)
+        for row in active[turn:] + active[:turn]:
+            r = running[row.server]
+            servers.wait_quiet(r)
+            run = {"server": row.key, **measure(r, Load(calls, row.mode, seconds, warmup))}
+            runs.append(run)
+            print(describe(run, row.label), flush=True)
+            if saturated(run):
+                stopped.add(row.key)
+    return runs
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one invocation runs."""
+
+    rows: list[Row]
+    points: list[int]
+    seconds: float
+    warmup: float
+    idle_calls: int
+    quick: bool
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    keys = args.servers.split(",") if args.servers else QUICK_ROWS if args.quick else None
+    points = [int(p) for p in args.points.split(",")] if args.points else None
+    return Plan(
+        rows=[row for row in ROWS if keys is None or row.key in keys],
+        points=points or list(QUICK_POINTS if args.quick else POINTS + MORE_POINTS),
+        seconds=args.seconds or (5.0 if args.quick else 10.0),
+        warmup=1.0 if args.quick else 2.0,
+        idle_calls=args.idle_calls or (100 if args.quick else 500),
+        quick=args.quick,
+    )
+
+
+def choose_configs(
+    plan: Plan, given: dict[str, tuple[int, int] | None]
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """flowcat-ft's (loops, threads) on each build the plan runs: given, the quick default,
+    or chosen by :func:`tune`. Returns them (with how each was picked) and the trials."""
+    configs: dict[str, dict[str, Any]] = {}
+    trials: list[dict[str, Any]] = []
+    for build in ("ft", "gil"):
+        if not any(row.server == f"flowcat-{build}" for row in plan.rows):
+            continue
+        chosen = given[build] is None and not plan.quick
+        if chosen:
+            print(f"choosing flowcat-ft's configuration on {build}", flush=True)
+            (loops, threads), tried = tune(build, plan.seconds, plan.warmup)
+            trials += tried
+        else:
+            loops, threads = given[build] or QUICK_CONFIGS[build]
+        configs[build] = {"loops": loops, "threads": threads, "chosen": chosen}
+    return configs, trials
+
+
+def run_servers(
+    plan: Plan, named: dict[str, Server]
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]], dict[str, Any] | None]:
+    """Start the plan's servers; run the first point, the idle-memory runs, the other points
+    and (full runs) the long run on flowcat-ft. Returns runs, memory by server, long run."""
+    needed = {row.server: named[row.server] for row in plan.rows}
+    print(f"starting {len(needed)} servers", flush=True)
+    running = start(needed)
+    try:
+        print(f"{plan.points[0]} calls, then memory per idle session", flush=True)
+        runs = sweep(plan.rows, running, plan.points[:1], plan.seconds, plan.warmup)
+        memory: dict[str, dict[str, Any]] = {}
+        for row in plan.rows:
+            if row.server not in memory:
+                servers.wait_quiet(running[row.server])
+                memory[row.server] = idle_memory(running[row.server], row.mode, plan.idle_calls)
+        runs += sweep(plan.rows, running, plan.points[1:], plan.seconds, plan.warmup)
+        long_run = None
+        if not plan.quick and "flowcat-ft" in running:
+            print(f"{LONG_RUN.seconds:g} s at {LONG_RUN.calls} calls on flowcat-ft", flush=True)
+            servers.wait_quiet(running["flowcat-ft"])
+            long_run = measure(running["flowcat-ft"], LONG_RUN)
+    finally:
+        for r in running.values():
+            r.stop()
+    return runs, memory, long_run
+
+
+def main(args: argparse.Namespace) -> None:
+    header("echo", args)
+    loadgen.build()
+    plan = make_plan(args)
+    uses_pipecat = any(row.server.startswith("pipecat") for row in plan.rows)
+    pipecat_version = servers.ensure_pipecat_venv() if uses_pipecat else None
+    configs, tuning = choose_configs(plan, {"ft": args.ft_config, "gil": args.gil_config})
+
+    def flowcat(build: str) -> Server:
+        config = configs.get(build, {})
+        return servers.flowcat(build, config.get("loops"), config.get("threads"))
+
+    named = {
+        "floor": servers.floor(),
+        "flowcat-ft": flowcat("ft"),
+        "flowcat-gil": flowcat("gil"),
+        "pipecat": servers.pipecat("websockets"),
+        "pipecat-fastapi": servers.pipecat("fastapi"),
+    }
+    runs, memory, long_run = run_servers(plan, named)
+
+    first_row = {row.server: row for row in reversed(plan.rows)}
+    result: dict[str, Any] = {
+        "bench": "echo",
+        "date": time.strftime("%Y-%m-%d"),
+        "quick": plan.quick,
+        "command": " ".join(["python -m bench.echo", *sys.argv[1:]]),
+        "cores": cores(),
+        "seconds": plan.seconds,
+        "warmup": plan.warmup,
+        "points": plan.points,
+        "pipecat": pipecat_version,
+        "labels": {row.key: row.label for row in plan.rows},
+        "servers": {
+            row.key: {
+                "mode": row.mode,
+                "description": named[row.server].description,
+                "python": str(named[row.server].python.relative_to(ROOT)),
+                "module": named[row.server].module,
+                "args": list(named[row.server].args),
+                **({"idle": memory[row.server]} if first_row[row.server] is row else {}),
+            }
+            for row in plan.rows
+        },
+        "configs": configs,
+        "tuning": tuning,
+        "runs": runs,
+        "long_run": long_run,
+    }
+    print()
+    print(table(report.HEADERS, report.rows(runs, result["labels"])))
+    print()
+    print(table(("server", "idle sessions", "RSS per session, B"), report.memory_rows(result)))
+    print()
+    for target, shown, met in report.targets(result):
+        print(f"  {({True: 'met', False: 'MISSED', None: 'n/a'})[met]:>6}  {target}: {shown}")
+    if not plan.quick:
+        write(result)
+    finish(result, args)
+
+
+def write(result: dict[str, Any]) -> None:
+    """``bench/results/DATE-Nc-echo.json``, ``.md`` and (with matplotlib) ``.png``."""
+    stem = RESULTS / f"{result['date']}-{result['cores']}c-echo"
+    json_path = stem.with_suffix(".json")
+    json_path.write_text(json.dumps(result, indent=1) + "\n")
+    plotted = plot(json_path, stem.with_suffix(".png"))
+    stem.with_suffix(".md").write_text(report.markdown(result, plotted))
+    print(f"wrote {stem}.json, .md" + (", .png" if plotted else ""), flush=True)
+
+
+def plot(json_path: Path, png: Path) -> str | None:
+    """Draw the plot with matplotlib on the GIL venv (installed there if missing and a
+    wheel exists); the PNG's file name, or None if it could not be drawn."""
+    python = python_of("gil")
+    has = subprocess.run([python, "-c", "import matplotlib"], capture_output=True, check=False)
+    if has.returncode != 0:
+        pip = [python, "-m", "pip", "install", "-q", "--only-binary", ":all:", "matplotlib"]
+        if subprocess.run(pip, check=False).returncode != 0:
+            print("no plot: matplotlib does not install on the GIL venv", flush=True)
+            return None
+    done = subprocess.run(
+        [python, "-m", "bench.echo.plot", str(json_path), str(png)], cwd=ROOT, check=False
+    )
+    return png.name if done.returncode == 0 else None
+
+
+if __name__ == "__main__":
+    p = parser(__doc__)
+    p.add_argument("--points", help="comma-separated call counts (default: the full ladder)")
+    p.add_argument("--seconds", type=float, help="measured seconds per point (10; quick: 5)")
+    p.add_argument(
+        "--servers", help=f"comma-separated rows (default: all): {','.join(r.key for r in ROWS)}"
+    )
+    for build, quick in QUICK_CONFIGS.items():
+        p.add_argument(
+            f"--{build}-config",
+            type=lambda s: tuple(int(v) for v in s.split(",")),
+            help=f"LOOPS,THREADS for flowcat-ft on {build} (default: chosen by measurement; "
+            f"quick: {quick[0]},{quick[1]})",
+        )
+    p.add_argument("--idle-calls", type=int, help="idle sessions for RSS (500; quick: 100)")
+    main(p.parse_args())

@@ -1,0 +1,66 @@
+"""flowcat-ft's echo server for the benchmark: WebSocket in → µ-law decode → pass-through
+→ echo → µ-law encode → WebSocket out, 7 processors on the runtime's stage threads.
+
+The transport hands the pipeline the wire's µ-law (``decode_input=False``), so decoding is
+a stage (:class:`~flowcat_ft.audio.processors.G711Decoder`), and so is encoding; replies
+go out as they come (``pace_output=False``), so a round trip measures the runtime, not a
+playout clock. Serves ``/raw?codec=mulaw&sample_rate=8000`` (binary µ-law) and ``/twilio``.
+Run by the kit in ``.venv-ft`` or ``.venv-gil``; :func:`start` also serves a test in-process.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from bench.echo._serving import arguments, raise_fd_limit, serve_until_stopped
+from flowcat_ft import Pipeline, Runtime
+from flowcat_ft.agents.echo import echo_pipeline
+from flowcat_ft.audio.processors import G711Decoder, G711Encoder
+from flowcat_ft.transports.server import WebSocketServer
+from flowcat_ft.transports.session import MediaOptions
+
+PROCESSORS = 7
+"""Processors in the benchmark's pipeline, as in the published comparison."""
+
+MAX_CALLS = 5000
+
+
+def bench_pipeline() -> Pipeline:
+    """µ-law decode, 4 pass-through processors, echo, µ-law encode."""
+    return Pipeline([G711Decoder, echo_pipeline(PROCESSORS - 2), G711Encoder])
+
+
+def start(port: int, loops: int | None = None, threads: int | None = None) -> WebSocketServer:
+    """Start the echo server on 127.0.0.1:``port`` (0: a free one) with ``loops`` event-loop
+    threads and ``threads`` stage threads (default: one of each per core). Stop it with
+    ``server.stop()`` then ``server.runtime.stop()``."""
+    runtime = Runtime(threads=threads, slabs=4 * MAX_CALLS, max_calls=MAX_CALLS)
+    server = WebSocketServer(
+        runtime,
+        bench_pipeline(),
+        host="127.0.0.1",
+        port=port,
+        loops=loops,
+        options=MediaOptions(decode_input=False, pace_output=False),
+        max_calls=MAX_CALLS,
+    )
+    return server.start()
+
+
+def main() -> None:
+    p = arguments(__doc__)
+    p.add_argument("--loops", type=int, default=None, help="event-loop threads (one per core)")
+    p.add_argument("--threads", type=int, default=None, help="stage threads (one per core)")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    raise_fd_limit()
+    server = start(args.port, args.loops, args.threads)
+    try:
+        serve_until_stopped(f"flowcat-ft {server.loop_count} loops")
+    finally:
+        server.stop(grace=2)
+        server.runtime.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Build and run the native load generator, ``bench/loadgen/loadgen.c``.
+
+The binary is built on the machine by :func:`build` (``cc -O2``, nothing prebuilt is
+committed) into ``bench/loadgen/build/``, again whenever the source is newer. :func:`run`
+runs it against a server on 127.0.0.1 and returns its JSON report; the progress lines it
+writes on stderr (``open N``, ``measure``, ``measured``) are handed to a callback as they
+come, so the caller can sample the server at the edges of the measured window.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench._common import ROOT
+
+SOURCE = ROOT / "bench" / "loadgen" / "loadgen.c"
+BINARY = ROOT / "bench" / "loadgen" / "build" / "loadgen"
+
+PATHS = {"raw": "/raw?codec=mulaw&sample_rate=8000", "twilio": "/twilio"}
+"""The URL path a server under test serves each message format on."""
+
+
+def compiler() -> str | None:
+    """The C compiler the load generator is built with, or None if there is none."""
+    return shutil.which(os.environ.get("CC", "cc"))
+
+
+def build() -> Path:
+    """Compile the load generator if it is missing or older than its source; its path.
+
+    The binary is written under a temporary name and renamed, so concurrent builds (tests
+    run in parallel) never see a half-written file.
+    """
+    if BINARY.exists() and BINARY.stat().st_mtime >= SOURCE.stat().st_mtime:
+        return BINARY
+    cc = compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler (cc) to build the load generator")
+    BINARY.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=BINARY.parent, prefix=".loadgen-")
+    os.close(fd)
+    try:
+        subprocess.run(
+            [cc, "-O2", "-Wall", "-Wextra", "-o", tmp, str(SOURCE), "-lm"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        os.replace(tmp, BINARY)
+    except subprocess.CalledProcessError as error:
+        raise RuntimeError(f"building {SOURCE.name} failed:\n{error.stderr}") from error
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return BINARY
+
+
+@dataclass(frozen=True)
+class Load:
+    """One run of the load generator: ``calls`` connections sending ``mode`` messages
+    (``"raw"`` binary µ-law or ``"twilio"`` JSON), opened over ``ramp`` s, then ``warmup``
+    s of traffic, then ``seconds`` s measured, then up to ``grace`` s for the last echoes.
+    ``idle``: each call sends one frame, then the connections are held for ``seconds``."""
+
+    calls: int
+    mode: str = "raw"
+    seconds: float = 10.0
+    warmup: float = 2.0
+    grace: float = 2.0
+    idle: bool = False
+
+    @property
+    def ramp(self) -> float:
+        """Connections open at 500 per second, spread evenly."""
+        return max(0.2, self.calls / 500)
+
+    def argv(self, binary: Path, port: int) -> list[str]:
+        argv = [str(binary), "--port", str(port), "--path", PATHS[self.mode]]
+        argv += ["--calls", str(self.calls), "--ramp", f"{self.ramp:g}"]
+        argv += ["--warmup", f"{self.warmup:g}", "--seconds", f"{self.seconds:g}"]
+        argv += ["--grace", f"{self.grace:g}"]
+        if self.mode == "twilio":
+            argv.append("--twilio")
+        if self.idle:
+            argv.append("--idle")
+        return argv
+
+    @property
+    def longest(self) -> float:
+        """Seconds the load generator may take at most (it gives up 30 s past its plan)."""
+        return self.ramp + self.warmup + self.seconds + self.grace + 35
+
+
+def run(
+    port: int, load: Load, on_progress: Callable[[str], None] | None = None
+) -> dict[str, object]:
+    """Run ``load`` against 127.0.0.1:``port``; return the load generator's JSON report.
+
+    ``on_progress`` gets each progress line as it comes, on this thread.
+    """
+    proc = subprocess.Popen(
+        load.argv(build(), port), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    watchdog = threading.Timer(load.longest + 10, proc.kill)
+    watchdog.start()
+    try:
+        assert proc.stderr is not None and proc.stdout is not None
+        for line in proc.stderr:
+            if on_progress is not None:
+                on_progress(line.strip())
+        out = proc.stdout.read()
+        code = proc.wait()
+    finally:
+        watchdog.cancel()
+    if code != 0 or not out.strip():
+        raise RuntimeError(f"the load generator failed (exit {code}): {out}")
+    return json.loads(out.strip().splitlines()[-1])

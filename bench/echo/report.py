@@ -1,0 +1,221 @@
+"""The echo benchmark's tables and its verdict on the issue's targets, from a result dict.
+
+One set of rows feeds both the plain-text table printed by the run
+(:func:`bench._common.table`) and the markdown written beside the JSON.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+Run = dict[str, Any]
+
+FLOWCAT = "flowcat-ft"
+FLOWCAT_GIL = "flowcat-gil"
+FLOOR = "floor"
+PIPECAT = "pipecat"
+
+HEADERS = (
+    "calls",
+    "server",
+    "p50 ms",
+    "p90 ms",
+    "p99 ms",
+    "p99.9 ms",
+    "max ms",
+    "throughput",
+    "failed/closed",
+    "server cores",
+    "CPU µs/frame",
+    "loadgen %",
+    "others cores",
+)
+
+
+def held(run: Run, p99_ms: float, throughput: float = 0.999) -> bool:
+    """Whether ``run`` kept every frame coming back (to ``throughput``) at p99 ≤ ``p99_ms``."""
+    p99 = run["rtt_ms"]["p99"]
+    return p99 is not None and p99 <= p99_ms and (run["throughput"] or 0) >= throughput
+
+
+def rows(runs: Sequence[Run], labels: dict[str, str]) -> list[tuple[object, ...]]:
+    """One row per run, by calls then in the order the servers are listed in ``labels``."""
+    order = {key: i for i, key in enumerate(labels)}
+    out = []
+    for run in sorted(runs, key=lambda r: (r["calls"], order.get(r["server"], 99))):
+        rtt = run["rtt_ms"]
+        out.append(
+            (
+                run["calls"],
+                labels.get(run["server"], run["server"]),
+                *(_ms(rtt[p]) for p in ("p50", "p90", "p99", "p99.9", "max")),
+                f"{run['throughput']:.4f}" if run["throughput"] is not None else "-",
+                f"{run['failed']}/{run['closed']}",
+                _num(run["server_cpu_cores"], 2),
+                _num(run["cpu_us_per_frame"], 0),
+                _num(run["loadgen_cpu_percent"], 0),
+                _num(run["other_cpu_cores"], 2),
+            )
+        )
+    return out
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if value < 100 else f"{value:,.0f}"
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:,.{digits}f}"
+
+
+def markdown_table(headers: Sequence[str], body: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def _by(runs: Sequence[Run], server: str) -> dict[int, Run]:
+    return {r["calls"]: r for r in runs if r["server"] == server}
+
+
+def pipeline_cost(runs: Sequence[Run]) -> list[tuple[int, float, float, float]]:
+    """(calls, p99 flowcat-ft, p99 floor, difference) at every point both ran."""
+    ours, floor = _by(runs, FLOWCAT), _by(runs, FLOOR)
+    out = []
+    for calls in sorted(ours.keys() & floor.keys()):
+        a, b = ours[calls]["rtt_ms"]["p99"], floor[calls]["rtt_ms"]["p99"]
+        if a is not None and b is not None:
+            out.append((calls, a, b, a - b))
+    return out
+
+
+def capacity(runs: Sequence[Run], server: str, p99_ms: float) -> int:
+    """The most calls ``server`` held at p99 ≤ ``p99_ms`` before its first miss (0: none)."""
+    best = 0
+    for calls, run in sorted(_by(runs, server).items()):
+        if not held(run, p99_ms):
+            break
+        best = calls
+    return best
+
+
+def targets(result: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    """(target, what this run shows, met? — None where the run cannot tell)."""
+    runs: list[Run] = result["runs"]
+    ours, pipecat = _by(runs, FLOWCAT), _by(runs, PIPECAT)
+    out: list[tuple[str, str, bool | None]] = []
+
+    at400 = ours.get(400)
+    if at400 is None:
+        out.append(("100% throughput and p99 ≤ 3 ms at 400 calls", "not run", None))
+    else:
+        shown = f"p99 {_ms(at400['rtt_ms']['p99'])} ms, throughput {at400['throughput']:.4f}"
+        out.append(("100% throughput and p99 ≤ 3 ms at 400 calls", shown, held(at400, 3.0)))
+
+    if 200 in ours and 200 in pipecat:
+        a, b = ours[200]["rtt_ms"]["p99"], pipecat[200]["rtt_ms"]["p99"]
+        ratio = b / a if a and b else math.nan
+        shown = f"pipecat {_ms(b)} ms / flowcat-ft {_ms(a)} ms = {ratio:.1f}x"
+        out.append(("p99 ≥ 20x lower than pipecat's at 200 calls", shown, ratio >= 20))
+    else:
+        out.append(("p99 ≥ 20x lower than pipecat's at 200 calls", "not run", None))
+
+    below = [r for r in ours.values() if held(r, 100.0)]
+    worst = max(below, key=lambda r: r["rtt_ms"]["p99.9"] / r["rtt_ms"]["p99"], default=None)
+    if worst is None:
+        out.append(("p99.9 ≤ 3x p99 below saturation", "no point below saturation", None))
+    else:
+        ratio = worst["rtt_ms"]["p99.9"] / worst["rtt_ms"]["p99"]
+        shown = f"worst {ratio:.1f}x (at {worst['calls']} calls)"
+        out.append(("p99.9 ≤ 3x p99 below saturation", shown, ratio <= 3))
+
+    long = result.get("long_run")
+    if long is None:
+        out.append(("max ≤ 20 ms at 10 calls over 60 s", "not run (full run only)", None))
+    else:
+        out.append(
+            (
+                "max ≤ 20 ms at 10 calls over 60 s",
+                f"max {_ms(long['rtt_ms']['max'])} ms over {long['seconds']:g} s",
+                long["rtt_ms"]["max"] is not None and long["rtt_ms"]["max"] <= 20,
+            )
+        )
+
+    if ours and _by(runs, FLOWCAT_GIL):
+        ft, gil = capacity(runs, FLOWCAT, 5.0), capacity(runs, FLOWCAT_GIL, 5.0)
+        shown = f"flowcat-ft {ft} calls, GIL twin {gil} calls (largest point run)"
+        met = ft > 0 and ft >= 1.5 * gil
+        out.append(("≥ 1.5x the calls of the GIL twin at p99 ≤ 5 ms", shown, met))
+    else:
+        out.append(("≥ 1.5x the calls of the GIL twin at p99 ≤ 5 ms", "not run", None))
+    return out
+
+
+def memory_rows(result: dict[str, Any]) -> list[tuple[str, int, str]]:
+    """(server, idle sessions, RSS growth per session) for each server measured."""
+    return [
+        (result["labels"][key], s["idle"]["opened"], _num(s["idle"]["bytes_per_session"], 0))
+        for key, s in result["servers"].items()
+        if s.get("idle")
+    ]
+
+
+def markdown(result: dict[str, Any], plot_name: str | None) -> str:
+    """The whole report: setup, results table, pipeline cost, idle memory, targets."""
+    labels: dict[str, str] = result["labels"]
+    lines = [
+        f"# Echo benchmark, {result['date']}, {result['cores']} cores"
+        + (" (quick)" if result["quick"] else ""),
+        "",
+        f"`{result['command']}`: {result['seconds']:g} s measured per point, "
+        f"{result['warmup']:g} s warm-up; µ-law 160-byte frames at 50 fps per call; "
+        "round trip = load generator send → echo back. Runtime overhead, not "
+        "conversational latency; the load generator shares the machine "
+        "(its CPU, and other processes' in *others cores*, are in the table).",
+        "",
+        "## Servers",
+        "",
+    ]
+    for key, server in result["servers"].items():
+        lines.append(f"- **{labels[key]}** ({server['mode']} messages): {server['description']}")
+    for build, config in result["configs"].items():
+        how = "chosen by measurement" if config["chosen"] else "given, not tuned"
+        lines.append(
+            f"- flowcat-ft on {build}: {config['loops']} event-loop thread(s), "
+            f"{config['threads']} stage thread(s) ({how})"
+        )
+    lines += ["", "## Round trips", "", markdown_table(HEADERS, rows(result["runs"], labels))]
+    if plot_name:
+        lines += ["", f"![p99 and p99.9 round trip, and throughput, against calls]({plot_name})"]
+    cost = pipeline_cost(result["runs"])
+    if cost:
+        lines += [
+            "",
+            "## The pipeline's own cost: p99(flowcat-ft) - p99(floor)",
+            "",
+            markdown_table(
+                ("calls", "flowcat-ft p99 ms", "floor p99 ms", "difference ms"),
+                [(c, _ms(a), _ms(b), f"{d:+.2f}") for c, a, b, d in cost],
+            ),
+        ]
+    lines += [
+        "",
+        "## Memory per idle session",
+        "",
+        markdown_table(("server", "idle sessions", "RSS per session, B"), memory_rows(result)),
+        "",
+        "## Targets (issue 8)",
+        "",
+        markdown_table(
+            ("target", "this run", "met"),
+            [
+                (t, shown, {True: "yes", False: "no", None: "-"}[met])
+                for t, shown, met in targets(result)
+            ],
+        ),
+    ]
+    return "\n".join(lines) + "\n"

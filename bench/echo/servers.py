@@ -1,0 +1,250 @@
+"""The servers under test: what runs each, on which interpreter, and a handle on a running
+one that reads its CPU time and memory from ``/proc``.
+
+Each server runs as a subprocess of the kit, from the repo root, on a free port of
+127.0.0.1; it is ready once it prints a line starting with ``ready`` (see
+:mod:`bench.echo._serving`). The pipecat venv is made here on first use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench._common import ROOT, cores, python_of
+
+PIPECAT_VENV = ROOT / ".venv-pipecat"
+PIPECAT_REQUIREMENT = "pipecat-ai[websocket]==1.14.*"
+PIPECAT_EXTRAS = ("uvicorn",)
+PAGE = os.sysconf("SC_PAGE_SIZE")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Server:
+    """How to start one server under test: ``python -m module --port P *args``."""
+
+    name: str
+    python: Path
+    module: str
+    args: tuple[str, ...] = ()
+    description: str = ""
+
+    def command(self, port: int) -> list[str]:
+        return [str(self.python), "-m", self.module, "--port", str(port), *self.args]
+
+
+def flowcat(build: str, loops: int | None = None, threads: int | None = None) -> Server:
+    """flowcat-ft's echo server on the ``"ft"`` or ``"gil"`` venv (default: one event-loop
+    thread and one stage thread per core)."""
+    args: tuple[str, ...] = ()
+    if loops is not None:
+        args += ("--loops", str(loops))
+    if threads is not None:
+        args += ("--threads", str(threads))
+    label = "3.13t" if build == "ft" else "GIL"
+    shape = f"{loops or cores()} loops, {threads or cores()} stage threads"
+    return Server(
+        f"flowcat-ft {label}",
+        python_of(build),
+        "bench.echo.flowcat_server",
+        args,
+        f"flowcat-ft 7-processor echo pipeline on {label} ({shape})",
+    )
+
+
+def floor(loops: int = 2) -> Server:
+    return Server(
+        "floor 3.13t",
+        python_of("ft"),
+        "bench.echo.floor_server",
+        ("--loops", str(loops)),
+        f"bare websockets echo, µ-law decode and encode only, on 3.13t ({loops} loops)",
+    )
+
+
+def pipecat(shape: str) -> Server:
+    name = {"websockets": "pipecat websockets", "fastapi": "pipecat FastAPI"}[shape]
+    what = {
+        "websockets": "websockets + a PipelineWorker per call, 7 processors",
+        "fastapi": "FastAPIWebsocketTransport + TwilioFrameSerializer, 7 processors",
+    }[shape]
+    return Server(
+        name,
+        PIPECAT_VENV / "bin" / "python",
+        "bench.echo.pipecat_server",
+        ("--shape", shape, "--workers", str(cores())),
+        f"pipecat 1.14 on GIL CPython, {cores()} worker processes: {what}",
+    )
+
+
+# -- the pipecat venv ------------------------------------------------------------------------
+
+
+def pipecat_version() -> str | None:
+    """pipecat's version in ``.venv-pipecat``, or None if it is not there."""
+    python = PIPECAT_VENV / "bin" / "python"
+    if not python.exists():
+        return None
+    probe = "import importlib.metadata as m; print(m.version('pipecat-ai'))"
+    done = subprocess.run([python, "-c", probe], capture_output=True, text=True, check=False)
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def ensure_pipecat_venv() -> str:
+    """Make ``.venv-pipecat`` (GIL CPython from ``ci/interpreters.sh``, pipecat-ai 1.14
+    pinned) unless it already holds pipecat 1.14; returns pipecat's version."""
+    version = pipecat_version()
+    if version is not None and version.startswith("1.14."):
+        return version
+    print(f"making {PIPECAT_VENV.name} with {PIPECAT_REQUIREMENT} (once)", flush=True)
+    found = subprocess.run(
+        ["bash", "ci/interpreters.sh"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assignments = dict(word.split("=", 1) for word in shlex.split(found.stdout) if "=" in word)
+    gil_python = assignments["FLOWCAT_PYTHON_GIL"]
+    subprocess.run([gil_python, "-m", "venv", "--clear", PIPECAT_VENV], check=True)
+    pip = [PIPECAT_VENV / "bin" / "python", "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, PIPECAT_REQUIREMENT, *PIPECAT_EXTRAS], check=True)
+    version = pipecat_version()
+    if version is None:
+        raise RuntimeError(f"pipecat did not install into {PIPECAT_VENV}")
+    return version
+
+
+# -- a running server ----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stat(pid: int) -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the command name (state is field 0)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                children.setdefault(int(_stat(int(entry))[1]), []).append(int(entry))
+            except (OSError, IndexError):
+                continue  # gone meanwhile
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo.extend(children.get(p, ()))
+    return found
+
+
+class Running:
+    """A server under test, started on a free port; a context manager that stops it.
+
+    Starting returns at once (so several servers can start side by side); :meth:`wait_ready`
+    waits for the ``ready`` line. The server's stderr goes to ``log``.
+    ``cpu_seconds()`` and ``rss_bytes()`` add up the server's whole process tree (pipecat
+    runs one worker process per core), read from ``/proc``.
+    """
+
+    def __init__(self, server: Server, log: Path) -> None:
+        self.server = server
+        self.log = log
+        self.port = free_port()
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("w") as err:
+            self.proc = subprocess.Popen(
+                server.command(self.port), cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True
+            )
+        self.pids = [self.proc.pid]
+
+    def wait_ready(self, timeout: float = 120.0) -> str:
+        """The server's ``ready ...`` line; raises if it exits or is silent too long."""
+        assert self.proc.stdout is not None
+        timer = threading.Timer(timeout, self.proc.kill)
+        timer.start()
+        try:
+            for line in self.proc.stdout:
+                if line.startswith("ready"):
+                    self.pids = descendants(self.proc.pid)
+                    # Keep draining stdout, or a chatty server would block on it.
+                    threading.Thread(target=self.proc.stdout.read, daemon=True).start()
+                    return line.strip()
+        finally:
+            timer.cancel()
+        self.proc.wait()
+        raise RuntimeError(
+            f"{self.server.name} did not start (exit {self.proc.returncode}); see {self.log}"
+        )
+
+    def cpu_seconds(self) -> float:
+        total = 0
+        for pid in self.pids:
+            try:
+                fields = _stat(pid)
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / TICK
+
+    def rss_bytes(self) -> int:
+        total = 0
+        for pid in self.pids:
+            try:
+                with open(f"/proc/{pid}/statm") as f:
+                    total += int(f.read().split()[1]) * PAGE
+            except OSError:
+                continue
+        return total
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM, then SIGKILL (to the whole tree) if it has not exited in ``timeout``."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                for pid in self.pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def __enter__(self) -> Running:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from ``/proc/stat``."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle, iowait
+    return (sum(values) - idle) / TICK, sum(values) / TICK
+
+
+def wait_quiet(running: Running, seconds: float = 1.0, limit: float = 10.0) -> None:
+    """Let a server drain what a previous run left it (until it uses under 5% of a core
+    for ``seconds``, ``limit`` s at most)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        before = running.cpu_seconds()
+        time.sleep(seconds)
+        if running.cpu_seconds() - before < 0.05 * seconds:
+            return

@@ -1,0 +1,698 @@
+/*
+ * loadgen: the echo benchmark's native WebSocket load generator (see bench/echo/README.md).
+ *
+ * N calls on ws://127.0.0.1:PORT/PATH, each sending a 160-byte µ-law frame every 20 ms
+ * (50 fps) on an absolute CLOCK_MONOTONIC schedule, either as binary messages (raw mode) or
+ * as Twilio Media Streams JSON (twilio mode: "connected" and "start" first, then "media"
+ * with a base64 payload). The first 8 bytes of every payload carry the frame's send time,
+ * 7 bits per byte with the top bit set, so they survive a µ-law -> PCM -> µ-law round trip
+ * (only 0x7F does not); the next byte says whether the frame was due in the measured window.
+ * Each echo that comes back gives one round trip.
+ *
+ * One thread: epoll, a timerfd armed at the next due send, non-blocking sockets, and no
+ * library beyond libc. Calls' send times are spread evenly over the 20 ms period.
+ *
+ * Phases: connections open evenly over --ramp s; frames flow for --warmup s; the next
+ * --seconds s are the measured window (frames sent in it are expected back); then sending
+ * stops and echoes are awaited for up to --grace s; then every connection is closed
+ * (close frame, then up to 1 s for the server's).  --idle instead sends one frame per call
+ * (so each call starts) and holds the connections open for --seconds once all are open.
+ *
+ * Output: one JSON object on stdout at the end. Progress on stderr, one line each:
+ * "open N" once every connection is open or has failed, "measure" when the window opens,
+ * "measured" when it closes.
+ *
+ * Build: cc -O2 -o loadgen loadgen.c (bench/echo/loadgen.py does it).
+ */
+
+#define _GNU_SOURCE
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#define FRAME_BYTES 160       /* 20 ms of µ-law at 8 kHz */
+#define STAMP_BYTES 8         /* send time, 7 bits per byte, top bit set */
+#define IN_WINDOW 0x81        /* the byte after the stamp: 0x81 if due in the window, else 0x80 */
+#define READ_BUF (16 * 1024)  /* per connection; a message never comes near it */
+#define MAX_PENDING (256 * 1024) /* unsent bytes per connection before frames are dropped */
+#define MIN_GAP_NS 500000LL   /* at most one timer wake-up per 0.5 ms */
+#define TIMER_ID UINT32_MAX
+#define MAX_CODES 16
+
+enum state { IDLE, CONNECTING, HANDSHAKE, OPEN, CLOSING, DONE };
+
+struct conn {
+    int fd;
+    enum state state;
+    int opened;          /* the handshake completed at some point */
+    uint32_t mask_seed;  /* xorshift state for the client's masking keys */
+    uint64_t frames_sent;
+    char *rbuf;
+    size_t rlen;
+    char *wbuf;          /* bytes the socket did not take yet, sent when it is writable */
+    size_t wlen, woff;
+};
+
+struct options {
+    int port;
+    const char *path;
+    int twilio;
+    int calls;
+    double ramp, warmup, seconds, grace;
+    int fps;
+    int idle;
+};
+
+static struct options opt = {
+    .port = 0, .path = "/raw?codec=mulaw&sample_rate=8000", .twilio = 0, .calls = 10,
+    .ramp = 1.0, .warmup = 1.0, .seconds = 10.0, .grace = 2.0, .fps = 50, .idle = 0,
+};
+
+/* -- counters and round trips -------------------------------------------------------- */
+
+static struct conn *conns;
+static int epfd, timerfd;
+static int64_t t0, m0 = INT64_MAX, m1 = INT64_MAX; /* start, measured window [m0, m1) */
+static uint64_t expected, sent, received, corrupt, dropped, other_messages;
+static uint64_t *rtts;
+static size_t rtt_count, rtt_cap;
+static int opened_count, resolved_count, closed_early;
+static int collecting = 1; /* round trips are recorded until the grace period ends */
+static int codes[MAX_CODES], code_counts[MAX_CODES], code_kinds;
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static double cpu_seconds(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec +
+           (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+static void progress(const char *line) {
+    fprintf(stderr, "%s\n", line);
+    fflush(stderr);
+}
+
+static void count_close(int code) {
+    for (int i = 0; i < code_kinds; i++)
+        if (codes[i] == code) { code_counts[i]++; return; }
+    if (code_kinds < MAX_CODES) { codes[code_kinds] = code; code_counts[code_kinds++] = 1; }
+}
+
+static void record_rtt(uint64_t ns) {
+    if (rtt_count == rtt_cap) {
+        rtt_cap = rtt_cap ? rtt_cap * 2 : 65536;
+        rtts = realloc(rtts, rtt_cap * sizeof *rtts);
+        if (!rtts) { perror("loadgen: realloc"); exit(1); }
+    }
+    rtts[rtt_count++] = ns;
+}
+
+/* -- base64 ----------------------------------------------------------------------------- */
+
+static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+static size_t b64_encode(const uint8_t *in, size_t n, char *out) {
+    size_t o = 0;
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16;
+        if (i + 1 < n) v |= (uint32_t)in[i + 1] << 8;
+        if (i + 2 < n) v |= in[i + 2];
+        out[o++] = B64[(v >> 18) & 63];
+        out[o++] = B64[(v >> 12) & 63];
+        out[o++] = i + 1 < n ? B64[(v >> 6) & 63] : '=';
+        out[o++] = i + 2 < n ? B64[v & 63] : '=';
+    }
+    return o;
+}
+
+static int b64_value(char c) {
+    const char *p = c ? strchr(B64, c) : NULL;
+    return p ? (int)(p - B64) : -1;
+}
+
+/* Decode the first `groups` 4-character groups of `in` (no padding expected there). */
+static int b64_decode_prefix(const char *in, size_t avail, int groups, uint8_t *out) {
+    if (avail < (size_t)groups * 4) return -1;
+    for (int g = 0; g < groups; g++) {
+        uint32_t v = 0;
+        for (int k = 0; k < 4; k++) {
+            int d = b64_value(in[g * 4 + k]);
+            if (d < 0) return -1;
+            v = v << 6 | (uint32_t)d;
+        }
+        out[g * 3] = v >> 16;
+        out[g * 3 + 1] = v >> 8;
+        out[g * 3 + 2] = v;
+    }
+    return 0;
+}
+
+/* -- the time stamp in the payload --------------------------------------------------------- */
+
+static void stamp(uint8_t *payload, uint64_t t) {
+    for (int i = 0; i < STAMP_BYTES; i++) payload[i] = 0x80 | ((t >> (7 * i)) & 0x7F);
+}
+
+static int unstamp(const uint8_t *payload, uint64_t *t) {
+    uint64_t v = 0;
+    for (int i = 0; i < STAMP_BYTES; i++) {
+        if (!(payload[i] & 0x80)) return -1;
+        v |= (uint64_t)(payload[i] & 0x7F) << (7 * i);
+    }
+    *t = v;
+    return 0;
+}
+
+/* -- sending ------------------------------------------------------------------------------ */
+
+static void close_conn(int i, int early);
+
+static void want_write(int i, int on) {
+    struct epoll_event ev = {.events = EPOLLIN | (on ? EPOLLOUT : 0), .data.u32 = (uint32_t)i};
+    epoll_ctl(epfd, EPOLL_CTL_MOD, conns[i].fd, &ev);
+}
+
+/* Queue bytes on connection i: write now if nothing is pending, keep the rest for later.
+ * Returns 0, or -1 if the connection's backlog is full (the server stopped reading). */
+static int send_bytes(int i, const char *data, size_t n) {
+    struct conn *c = &conns[i];
+    if (c->wlen == c->woff) {
+        c->wlen = c->woff = 0;
+        ssize_t w = write(c->fd, data, n);
+        if (w == (ssize_t)n) return 0;
+        if (w < 0 && errno != EAGAIN) { close_conn(i, 1); return -1; }
+        if (w > 0) { data += w; n -= (size_t)w; }
+    }
+    if (!c->wbuf && !(c->wbuf = malloc(MAX_PENDING))) { perror("loadgen: malloc"); exit(1); }
+    if (c->wlen + n > MAX_PENDING && c->woff) {
+        memmove(c->wbuf, c->wbuf + c->woff, c->wlen - c->woff);
+        c->wlen -= c->woff;
+        c->woff = 0;
+    }
+    if (c->wlen + n > MAX_PENDING) return -1;
+    memcpy(c->wbuf + c->wlen, data, n);
+    c->wlen += n;
+    want_write(i, 1);
+    return 0;
+}
+
+static void flush_pending(int i) {
+    struct conn *c = &conns[i];
+    while (c->woff < c->wlen) {
+        ssize_t w = write(c->fd, c->wbuf + c->woff, c->wlen - c->woff);
+        if (w < 0) {
+            if (errno != EAGAIN) close_conn(i, 1);
+            return;
+        }
+        c->woff += (size_t)w;
+    }
+    c->wlen = c->woff = 0;
+    want_write(i, 0);
+}
+
+/* Send one client (masked) WebSocket frame. */
+static int send_ws(int i, int opcode, const void *payload, size_t n) {
+    char frame[14 + 512];
+    size_t h = 0;
+    if (n > 512) return -1;
+    frame[h++] = (char)(0x80 | opcode);
+    if (n < 126) {
+        frame[h++] = (char)(0x80 | n);
+    } else {
+        frame[h++] = (char)(0x80 | 126);
+        frame[h++] = (char)(n >> 8);
+        frame[h++] = (char)n;
+    }
+    uint32_t s = conns[i].mask_seed;
+    s ^= s << 13; s ^= s >> 17; s ^= s << 5;
+    conns[i].mask_seed = s;
+    uint8_t key[4] = {s >> 24, s >> 16, s >> 8, s};
+    memcpy(frame + h, key, 4);
+    h += 4;
+    const uint8_t *p = payload;
+    for (size_t k = 0; k < n; k++) frame[h + k] = (char)(p[k] ^ key[k & 3]);
+    return send_bytes(i, frame, h + n);
+}
+
+static void send_text(int i, const char *text) { send_ws(i, 0x1, text, strlen(text)); }
+
+static void send_twilio_preamble(int i) {
+    char msg[512];
+    send_text(i, "{\"event\":\"connected\",\"protocol\":\"Call\",\"version\":\"1.0.0\"}");
+    snprintf(msg, sizeof msg,
+             "{\"event\":\"start\",\"sequenceNumber\":\"1\",\"start\":{\"accountSid\":\"AC0\","
+             "\"streamSid\":\"MZ%d\",\"callSid\":\"CA%d\",\"tracks\":[\"inbound\"],"
+             "\"customParameters\":{},\"mediaFormat\":{\"encoding\":\"audio/x-mulaw\","
+             "\"sampleRate\":8000,\"channels\":1}},\"streamSid\":\"MZ%d\"}",
+             i, i, i);
+    send_text(i, msg);
+}
+
+/* Send frame number k of connection i, stamped now. */
+static int send_frame(int i, uint64_t k, int in_window) {
+    uint8_t payload[FRAME_BYTES];
+    int64_t t = now_ns();
+    stamp(payload, (uint64_t)(t - t0));
+    payload[STAMP_BYTES] = in_window ? IN_WINDOW : 0x80;
+    for (int b = STAMP_BYTES + 1; b < FRAME_BYTES; b++) payload[b] = 0x80 | ((b * 5 + k) & 0x7F);
+    if (!opt.twilio) return send_ws(i, 0x2, payload, FRAME_BYTES);
+    char b64[4 * (FRAME_BYTES + 2) / 3 + 1];
+    b64[b64_encode(payload, FRAME_BYTES, b64)] = 0;
+    char msg[512];
+    int n = snprintf(msg, sizeof msg,
+                     "{\"event\":\"media\",\"sequenceNumber\":\"%llu\",\"media\":{\"track\":"
+                     "\"inbound\",\"chunk\":\"%llu\",\"timestamp\":\"%llu\",\"payload\":\"%s\"},"
+                     "\"streamSid\":\"MZ%d\"}",
+                     (unsigned long long)k + 2, (unsigned long long)k + 1,
+                     (unsigned long long)k * 1000 / (uint64_t)opt.fps, b64, i);
+    return send_ws(i, 0x1, msg, (size_t)n);
+}
+
+/* -- connecting ---------------------------------------------------------------------------- */
+
+static void resolve(int ok) {
+    opened_count += ok;
+    if (++resolved_count == opt.calls) {
+        char line[64];
+        snprintf(line, sizeof line, "open %d", opened_count);
+        progress(line);
+        if (opt.idle) {
+            m0 = now_ns();
+            m1 = m0 + (int64_t)(opt.seconds * 1e9);
+        }
+    }
+}
+
+static void close_conn(int i, int early) {
+    struct conn *c = &conns[i];
+    if (c->state == DONE) return;
+    if (!c->opened && c->state != IDLE) resolve(0);
+    if (early && c->opened) closed_early++;
+    epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    close(c->fd);
+    c->state = DONE;
+}
+
+static void start_connect(int i) {
+    struct conn *c = &conns[i];
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(opt.port)};
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    c->state = CONNECTING;
+    if (c->fd < 0) { c->state = DONE; resolve(0); return; }
+    int one = 1;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    struct epoll_event ev = {.events = EPOLLOUT, .data.u32 = (uint32_t)i};
+    epoll_ctl(epfd, EPOLL_CTL_ADD, c->fd, &ev);
+    if (connect(c->fd, (struct sockaddr *)&addr, sizeof addr) < 0 && errno != EINPROGRESS)
+        close_conn(i, 0);
+}
+
+static void send_handshake(int i) {
+    struct conn *c = &conns[i];
+    int err = 0;
+    socklen_t len = sizeof err;
+    getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+    if (err) { close_conn(i, 0); return; }
+    uint8_t nonce[16];
+    for (int k = 0; k < 16; k++) nonce[k] = (uint8_t)(c->mask_seed >> (k % 4 * 8)) ^ (uint8_t)k;
+    char key[25];
+    key[b64_encode(nonce, 16, key)] = 0;
+    char req[512];
+    int n = snprintf(req, sizeof req,
+                     "GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
+                     "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+                     "Sec-WebSocket-Version: 13\r\n\r\n",
+                     opt.path, opt.port, key);
+    if (write(c->fd, req, (size_t)n) != n) { close_conn(i, 0); return; }
+    c->state = HANDSHAKE;
+    want_write(i, 0);
+}
+
+/* The server's response to the upgrade: 101, or the connection failed. The accept key is
+ * not checked: the server is ours, on loopback. */
+static void read_handshake(int i) {
+    struct conn *c = &conns[i];
+    char *end = memmem(c->rbuf, c->rlen, "\r\n\r\n", 4);
+    if (!end) {
+        if (c->rlen == READ_BUF) close_conn(i, 0);
+        return;
+    }
+    if (c->rlen < 12 || memcmp(c->rbuf, "HTTP/1.1 101", 12) != 0) { close_conn(i, 0); return; }
+    size_t header = (size_t)(end + 4 - c->rbuf);
+    memmove(c->rbuf, c->rbuf + header, c->rlen - header);
+    c->rlen -= header;
+    c->state = OPEN;
+    c->opened = 1;
+    resolve(1);
+    if (opt.twilio) send_twilio_preamble(i);
+}
+
+/* -- receiving ------------------------------------------------------------------------------ */
+
+/* An echoed audio payload (µ-law bytes) came back at time `t`. */
+static void echo_arrived(const uint8_t *payload, size_t n, int64_t t) {
+    uint64_t sent_at;
+    if (n <= STAMP_BYTES || unstamp(payload, &sent_at) < 0) { corrupt++; return; }
+    if (!collecting || payload[STAMP_BYTES] != IN_WINDOW) return; /* only the window's frames */
+    received++;
+    record_rtt((uint64_t)(t - (t0 + (int64_t)sent_at)));
+}
+
+/* Find the base64 payload in a Twilio-style media message and pass its first bytes on. */
+static void json_arrived(const char *text, size_t n, int64_t t) {
+    const char *p = memmem(text, n, "\"payload\"", 9);
+    if (!p) { other_messages++; return; }
+    p += 9;
+    const char *end = text + n;
+    while (p < end && (*p == ' ' || *p == ':')) p++;
+    if (p >= end || *p != '"') { corrupt++; return; }
+    p++;
+    uint8_t head[9];
+    if (b64_decode_prefix(p, (size_t)(end - p), 3, head) < 0) { corrupt++; return; }
+    echo_arrived(head, sizeof head, t);
+}
+
+/* Parse whole server frames out of the read buffer. */
+static void read_frames(int i, int64_t t) {
+    struct conn *c = &conns[i];
+    size_t off = 0;
+    while (c->state != DONE && c->rlen - off >= 2) {
+        uint8_t *f = (uint8_t *)c->rbuf + off;
+        size_t avail = c->rlen - off, h = 2;
+        int opcode = f[0] & 0x0F, fin = f[0] & 0x80, masked = f[1] & 0x80;
+        uint64_t n = f[1] & 0x7F;
+        if (n == 126) {
+            if (avail < 4) break;
+            n = (uint64_t)f[2] << 8 | f[3];
+            h = 4;
+        } else if (n == 127) {
+            if (avail < 10) break;
+            n = 0;
+            for (int k = 0; k < 8; k++) n = n << 8 | f[2 + k];
+            h = 10;
+        }
+        if (masked) h += 4;
+        if (h + n > READ_BUF) { close_conn(i, 1); return; }
+        if (avail < h + n) break;
+        uint8_t *payload = f + h;
+        if (masked)
+            for (uint64_t k = 0; k < n; k++) payload[k] ^= f[h - 4 + (k & 3)];
+        off += h + (size_t)n;
+        if (!fin || opcode == 0x0) {
+            other_messages++; /* fragments: the servers under test never send them */
+        } else if (opcode == 0x2) {
+            echo_arrived(payload, (size_t)n, t);
+        } else if (opcode == 0x1) {
+            json_arrived((const char *)payload, (size_t)n, t);
+        } else if (opcode == 0x9) {
+            send_ws(i, 0xA, payload, (size_t)n); /* ping -> pong */
+        } else if (opcode == 0x8) {
+            int code = n >= 2 ? payload[0] << 8 | payload[1] : 1005;
+            if (c->state == CLOSING) {
+                close_conn(i, 0);
+            } else {
+                count_close(code);
+                send_ws(i, 0x8, payload, n >= 2 ? 2 : 0);
+                close_conn(i, 1);
+            }
+            return;
+        }
+    }
+    if (c->state == DONE) return;
+    memmove(c->rbuf, c->rbuf + off, c->rlen - off);
+    c->rlen -= off;
+}
+
+static void on_readable(int i) {
+    struct conn *c = &conns[i];
+    if (!c->rbuf && !(c->rbuf = malloc(READ_BUF))) { perror("loadgen: malloc"); exit(1); }
+    ssize_t r = read(c->fd, c->rbuf + c->rlen, READ_BUF - c->rlen);
+    int64_t t = now_ns();
+    if (r <= 0) {
+        if (r < 0 && errno == EAGAIN) return;
+        if (c->state == OPEN) count_close(1006);
+        close_conn(i, c->state == OPEN);
+        return;
+    }
+    c->rlen += (size_t)r;
+    if (c->state == HANDSHAKE) read_handshake(i);
+    if (c->state == OPEN || c->state == CLOSING) read_frames(i, t);
+}
+
+static void on_event(uint32_t i, uint32_t events) {
+    struct conn *c = &conns[i];
+    if (c->state == CONNECTING) {
+        send_handshake(i);
+        return;
+    }
+    if (events & EPOLLOUT) flush_pending(i);
+    if (c->state != DONE && (events & (EPOLLIN | EPOLLHUP | EPOLLERR))) on_readable(i);
+}
+
+/* -- the schedule ------------------------------------------------------------------------------ */
+
+static int64_t period_ns;
+
+/* Slot g is frame g / N of connection g % N; the calls' frames are spread over the period. */
+static int64_t slot_time(uint64_t g) {
+    uint64_t n = (uint64_t)opt.calls;
+    return t0 + (int64_t)(g / n) * period_ns + (int64_t)((g % n) * (uint64_t)period_ns / n);
+}
+
+static int64_t open_time(int i) {
+    return t0 + (int64_t)(opt.ramp * 1e9 * i / opt.calls);
+}
+
+static void send_slot(uint64_t g, int64_t due) {
+    int i = (int)(g % (uint64_t)opt.calls);
+    struct conn *c = &conns[i];
+    int in_window = !opt.idle && due >= m0 && due < m1;
+    expected += in_window;
+    if (c->state != OPEN || (opt.idle && c->frames_sent > 0)) {
+        dropped += in_window;
+        return;
+    }
+    if (send_frame(i, g / (uint64_t)opt.calls, in_window) < 0) {
+        dropped += in_window;
+        return;
+    }
+    c->frames_sent++;
+    sent += in_window;
+}
+
+static void arm_timer(int64_t at) {
+    static int64_t armed;
+    if (at == armed) return; /* still armed for that time: no system call */
+    armed = at;
+    struct itimerspec its = {0};
+    its.it_value.tv_sec = at / 1000000000LL;
+    its.it_value.tv_nsec = at % 1000000000LL;
+    timerfd_settime(timerfd, TFD_TIMER_ABSTIME, &its, NULL);
+}
+
+/* Close every open connection cleanly, waiting up to 1 s for the servers' close frames. */
+static void close_all(void) {
+    static const uint8_t normal[2] = {0x03, 0xE8}; /* 1000 */
+    int open = 0;
+    for (int i = 0; i < opt.calls; i++) {
+        if (conns[i].state == OPEN) {
+            conns[i].state = CLOSING;
+            send_ws(i, 0x8, normal, 2);
+            open += conns[i].state == CLOSING;
+        } else if (conns[i].state != DONE) {
+            close_conn(i, 0);
+        }
+    }
+    int64_t deadline = now_ns() + 1000000000LL;
+    struct epoll_event events[256];
+    while (open > 0 && now_ns() < deadline) {
+        int n = epoll_wait(epfd, events, 256, 50);
+        for (int e = 0; e < n; e++) {
+            uint32_t i = events[e].data.u32;
+            if (i == TIMER_ID) continue;
+            on_event(i, events[e].events);
+        }
+        open = 0;
+        for (int i = 0; i < opt.calls; i++) open += conns[i].state == CLOSING;
+    }
+    for (int i = 0; i < opt.calls; i++)
+        if (conns[i].state != DONE) close_conn(i, 0);
+}
+
+/* -- the report --------------------------------------------------------------------------------- */
+
+static int by_value(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static double percentile_ms(double p) {
+    if (!rtt_count) return NAN;
+    size_t rank = (size_t)ceil(p / 100.0 * (double)rtt_count);
+    return rtts[(rank ? rank : 1) - 1] / 1e6;
+}
+
+static void print_ms(const char *name, double v, const char *sep) {
+    if (isnan(v)) printf("\"%s\":null%s", name, sep);
+    else printf("\"%s\":%.3f%s", name, v, sep);
+}
+
+static void report(double window_cpu, double window_s) {
+    qsort(rtts, rtt_count, sizeof *rtts, by_value);
+    printf("{\"calls\":%d,\"mode\":\"%s\",\"idle\":%s,\"fps\":%d,\"seconds\":%.3f,", opt.calls,
+           opt.twilio ? "twilio" : "raw", opt.idle ? "true" : "false", opt.fps, opt.seconds);
+    printf("\"opened\":%d,\"failed\":%d,\"closed\":%d,\"close_codes\":{", opened_count,
+           opt.calls - opened_count, closed_early);
+    for (int k = 0; k < code_kinds; k++)
+        printf("%s\"%d\":%d", k ? "," : "", codes[k], code_counts[k]);
+    printf("},\"expected\":%llu,\"sent\":%llu,\"received\":%llu,\"dropped\":%llu,",
+           (unsigned long long)expected, (unsigned long long)sent,
+           (unsigned long long)received, (unsigned long long)dropped);
+    printf("\"corrupt\":%llu,\"other_messages\":%llu,", (unsigned long long)corrupt,
+           (unsigned long long)other_messages);
+    if (expected) printf("\"throughput\":%.6f,", (double)received / (double)expected);
+    else printf("\"throughput\":null,");
+    printf("\"rtt_ms\":{");
+    print_ms("p50", percentile_ms(50), ",");
+    print_ms("p90", percentile_ms(90), ",");
+    print_ms("p99", percentile_ms(99), ",");
+    print_ms("p99.9", percentile_ms(99.9), ",");
+    print_ms("max", rtt_count ? rtts[rtt_count - 1] / 1e6 : NAN, "},");
+    printf("\"loadgen_cpu_s\":%.3f,\"loadgen_cpu_percent\":%.2f}\n", cpu_seconds(),
+           window_s > 0 ? window_cpu / window_s * 100 : 0.0);
+}
+
+/* -- main ------------------------------------------------------------------------------------------ */
+
+static void usage(void) {
+    fprintf(stderr,
+            "usage: loadgen --port P [--path PATH] [--twilio] [--calls N] [--ramp S]\n"
+            "               [--warmup S] [--seconds S] [--grace S] [--fps N] [--idle]\n");
+    exit(2);
+}
+
+static void parse(int argc, char **argv) {
+    static struct option longs[] = {
+        {"port", 1, 0, 'p'},   {"path", 1, 0, 'P'},    {"twilio", 0, 0, 't'},
+        {"calls", 1, 0, 'n'},  {"ramp", 1, 0, 'r'},    {"warmup", 1, 0, 'w'},
+        {"seconds", 1, 0, 's'}, {"grace", 1, 0, 'g'},  {"fps", 1, 0, 'f'},
+        {"idle", 0, 0, 'i'},   {0, 0, 0, 0},
+    };
+    int ch;
+    while ((ch = getopt_long(argc, argv, "", longs, NULL)) != -1) {
+        switch (ch) {
+        case 'p': opt.port = atoi(optarg); break;
+        case 'P': opt.path = optarg; break;
+        case 't': opt.twilio = 1; break;
+        case 'n': opt.calls = atoi(optarg); break;
+        case 'r': opt.ramp = atof(optarg); break;
+        case 'w': opt.warmup = atof(optarg); break;
+        case 's': opt.seconds = atof(optarg); break;
+        case 'g': opt.grace = atof(optarg); break;
+        case 'f': opt.fps = atoi(optarg); break;
+        case 'i': opt.idle = 1; break;
+        default: usage();
+        }
+    }
+    if (opt.port <= 0 || opt.port > 65535 || opt.calls < 1 || opt.calls > 100000 ||
+        opt.fps < 1 || opt.fps > 1000 || opt.seconds <= 0 || opt.seconds > 3600 ||
+        opt.ramp < 0 || opt.ramp > 600 || opt.warmup < 0 || opt.warmup > 600 ||
+        opt.grace < 0 || opt.grace > 60 || strlen(opt.path) > 256 || opt.path[0] != '/')
+        usage();
+}
+
+int main(int argc, char **argv) {
+    parse(argc, argv);
+    struct rlimit lim;
+    if (getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < lim.rlim_max) {
+        lim.rlim_cur = lim.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &lim);
+    }
+    conns = calloc((size_t)opt.calls, sizeof *conns);
+    epfd = epoll_create1(0);
+    timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK);
+    if (!conns || epfd < 0 || timerfd < 0) { perror("loadgen"); return 1; }
+    struct epoll_event tev = {.events = EPOLLIN, .data.u32 = TIMER_ID};
+    epoll_ctl(epfd, EPOLL_CTL_ADD, timerfd, &tev);
+
+    period_ns = 1000000000LL / opt.fps;
+    t0 = now_ns();
+    for (int i = 0; i < opt.calls; i++) conns[i].mask_seed = 2463534242u ^ (uint32_t)(i * 2654435761u);
+    if (!opt.idle) {
+        m0 = t0 + (int64_t)((opt.ramp + opt.warmup) * 1e9);
+        m1 = m0 + (int64_t)(opt.seconds * 1e9);
+    }
+    int64_t deadline = t0 + (int64_t)((opt.ramp + opt.warmup + opt.seconds + opt.grace + 30) * 1e9);
+    int next_open = 0, measuring = 0;
+    uint64_t next_slot = 0;
+    double cpu_at_m0 = 0, window_cpu = 0, window_s = 0;
+    struct epoll_event events[256];
+
+    for (;;) {
+        int64_t now = now_ns();
+        while (next_open < opt.calls && open_time(next_open) <= now) start_connect(next_open++);
+        while (slot_time(next_slot) <= now && slot_time(next_slot) < m1)
+            send_slot(next_slot, slot_time(next_slot)), next_slot++;
+        if (!measuring && now >= m0) {
+            measuring = 1;
+            cpu_at_m0 = cpu_seconds();
+            progress("measure");
+        }
+        if (measuring == 1 && now >= m1) {
+            measuring = 2;
+            window_cpu = cpu_seconds() - cpu_at_m0;
+            window_s = (double)(now - m0) / 1e9;
+            progress("measured");
+        }
+        if (measuring == 2 && (opt.idle || received >= sent || now >= m1 + (int64_t)(opt.grace * 1e9)))
+            break;
+        if (now >= deadline) {
+            progress("loadgen: deadline passed; giving up");
+            break;
+        }
+        int64_t wake = m1 + (int64_t)(opt.grace * 1e9);
+        if (next_open < opt.calls && open_time(next_open) < wake) wake = open_time(next_open);
+        if (slot_time(next_slot) < m1 && slot_time(next_slot) < wake) wake = slot_time(next_slot);
+        if (!measuring && m0 < wake) wake = m0;
+        if (measuring == 1 && m1 < wake) wake = m1;
+        if (wake > deadline) wake = deadline;
+        if (wake < now + MIN_GAP_NS) wake = now + MIN_GAP_NS;
+        arm_timer(wake);
+        int n = epoll_wait(epfd, events, 256, -1);
+        if (n < 0 && errno != EINTR) { perror("loadgen: epoll_wait"); return 1; }
+        for (int e = 0; e < n; e++) {
+            uint32_t i = events[e].data.u32;
+            if (i == TIMER_ID) {
+                uint64_t ticks;
+                if (read(timerfd, &ticks, sizeof ticks) < 0 && errno != EAGAIN) return 1;
+                continue;
+            }
+            if (conns[i].state != DONE) on_event(i, events[e].events);
+        }
+    }
+    collecting = 0;
+    while (next_open < opt.calls) conns[next_open].state = DONE, resolve(0), next_open++;
+    close_all();
+    report(window_cpu, window_s);
+    return 0;
+}
