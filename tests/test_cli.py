@@ -29,7 +29,7 @@ def start_server(*args: str) -> tuple[subprocess.Popen, int]:
 
 
 def test_serve_echoes_a_twilio_call_and_stops_on_sigterm():
-    proc, port = start_server("--port", "0", "--log-level", "WARNING")
+    proc, port = start_server("--agent", "echo", "--port", "0", "--log-level", "WARNING")
     try:
 
         async def call() -> list[bytes]:
@@ -68,3 +68,40 @@ def test_a_port_in_use_is_a_clear_error():
         )
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_the_default_offline_agent_greets_a_caller():
+    proc, port = start_server("--port", "0", "--log-level", "WARNING")
+    try:
+
+        async def call() -> int:
+            heard = 0
+            url = f"ws://127.0.0.1:{port}/raw?codec=pcm16&sample_rate=16000"
+            async with websockets.connect(url) as ws:
+                silence = b"\x00\x00" * 320
+                for _ in range(150):  # three seconds of the caller listening
+                    await ws.send(silence)
+                    try:
+                        message = await asyncio.wait_for(ws.recv(), 0.02)
+                        heard += len(message) if isinstance(message, bytes) else 0
+                    except TimeoutError:
+                        pass
+            return heard
+
+        assert asyncio.run(call()) > 16000  # over half a second of speech came back
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+
+
+def test_a_bad_graph_stops_start_up_naming_the_file(tmp_path):
+    graph = tmp_path / "agent.yaml"
+    graph.write_text("start: greet\nnodes:\n  greet: [not, a, node]\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "flowcat_ft.cli", "serve", "--graph", str(graph), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert str(graph) in result.stderr
