@@ -38,20 +38,22 @@ TOP_SITES = 6
 class StartCounter:
     """Sets ``all_started`` once ``expected`` start frames have left the pipeline.
 
-    Threading contract: start frames leave on the last stage thread only, the single writer
-    of ``count``.
+    Threading contract: start frames leave on the last stage thread of each of the
+    pipeline's shards, so ``count`` is written under ``_lock``.
     """
 
     def __init__(self, expected: int) -> None:
         self.expected = expected
         self.count = 0
         self.all_started = threading.Event()
+        self._lock = threading.Lock()
 
     def on_output(self, frame: Frame, direction: Direction) -> None:
         if type(frame) is StartFrame:
-            self.count += 1
-            if self.count >= self.expected:
-                self.all_started.set()
+            with self._lock:
+                self.count += 1
+                if self.count >= self.expected:
+                    self.all_started.set()
 
 
 def open_idle(runtime: Runtime, pipeline: Pipeline, count: int) -> list[Call]:

@@ -32,14 +32,15 @@ class PassThrough(FrameProcessor):
 class Sink:
     """Counts text frames leaving the pipeline; ``done`` is set once ``target`` have.
 
-    Threading contract: :meth:`on_output` runs on the last stage thread only (text frames
-    leave downstream), so ``count`` has a single writer.
+    Threading contract: :meth:`on_output` runs on the last stage thread of each of the
+    pipeline's shards, so ``count`` is written under ``_lock``.
     """
 
     def __init__(self) -> None:
         self.count = 0
         self.target = 0
         self.done = threading.Event()
+        self._lock = threading.Lock()
 
     def expect(self, frames: int) -> None:
         """Reset for a run of ``frames`` frames (call while nothing is in flight)."""
@@ -48,9 +49,10 @@ class Sink:
 
     def on_output(self, frame: Frame, direction: Direction) -> None:
         if type(frame) is TextFrame:
-            self.count += 1
-            if self.count >= self.target:
-                self.done.set()
+            with self._lock:
+                self.count += 1
+                if self.count >= self.target:
+                    self.done.set()
 
 
 def feed(calls: list[Call], frames: list[TextFrame], start: threading.Barrier) -> None:
