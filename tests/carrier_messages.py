@@ -60,3 +60,96 @@ async def receive_until_quiet(ws, quiet: float = 0.5) -> list:
             got.append(await asyncio.wait_for(ws.recv(), quiet))
     except TimeoutError:
         return got
+
+
+# -- every carrier: a start message and a way to wrap audio, as each one sends them --------
+
+
+def _b64(payload: bytes) -> str:
+    return base64.b64encode(payload).decode()
+
+
+def telnyx_session(frames: list[bytes]) -> list[str | bytes]:
+    stream = "32DE0DEA-53CB-4B21-89A4-9E1819C043BC"
+    start = {
+        "event": "start",
+        "sequence_number": "1",
+        "stream_id": stream,
+        "start": {
+            "call_control_id": "v3:call",
+            "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1},
+        },
+    }
+    media = [
+        {
+            "event": "media",
+            "sequence_number": str(i + 2),
+            "stream_id": stream,
+            "media": {
+                "track": "inbound",
+                "chunk": str(i + 1),
+                "timestamp": str(20 * i),
+                "payload": _b64(p),
+            },
+        }
+        for i, p in enumerate(frames)
+    ]
+    return [json.dumps(m) for m in [{"event": "connected", "version": "1.0.0"}, start, *media]]
+
+
+def plivo_session(frames: list[bytes]) -> list[str | bytes]:
+    stream = "87654321-4321-4321-4321-cba987654321"
+    start = {
+        "event": "start",
+        "sequenceNumber": 1,
+        "start": {
+            "callId": "12345678-1234-1234-1234-123456789abc",
+            "streamId": stream,
+            "tracks": ["inbound"],
+            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000},
+        },
+    }
+    media = [
+        {
+            "event": "media",
+            "sequenceNumber": i + 2,
+            "streamId": stream,
+            "media": {"track": "inbound", "timestamp": str(20 * i), "chunk": i, "payload": _b64(p)},
+        }
+        for i, p in enumerate(frames)
+    ]
+    return [json.dumps(m) for m in [start, *media]]
+
+
+def exotel_session(frames: list[bytes]) -> list[str | bytes]:
+    stream = "MZa1b2c3d4e5f6a7b8c9d0e1f2a3"
+    start = {
+        "event": "start",
+        "sequence_number": "1",
+        "stream_sid": stream,
+        "start": {
+            "stream_sid": stream,
+            "call_sid": "CAexotel",
+            "account_sid": "ACexotel",
+            "media_format": {"encoding": "audio/x-raw", "sample_rate": "8000", "bit_rate": "16"},
+        },
+    }
+    media = [
+        {
+            "event": "media",
+            "sequence_number": str(i + 2),
+            "stream_sid": stream,
+            "media": {"chunk": str(i), "timestamp": str(100 * i), "payload": _b64(p)},
+        }
+        for i, p in enumerate(frames)
+    ]
+    return [json.dumps(m) for m in [{"event": "connected"}, start, *media]]
+
+
+def vonage_session(frames: list[bytes]) -> list[str | bytes]:
+    connected = {"event": "websocket:connected", "content-type": "audio/l16;rate=16000"}
+    return [json.dumps(connected), *frames]
+
+
+def twilio_session(frames: list[bytes]) -> list[str | bytes]:
+    return [twilio_start()] + [twilio_media(p, i) for i, p in enumerate(frames)]
