@@ -49,7 +49,7 @@ from flowcat_ft.services.llm.frames import (
 )
 from flowcat_ft.services.net.auth import Secret
 from flowcat_ft.services.net.errors import ProviderError, ProviderProtocolError
-from flowcat_ft.services.net.http import HTTPClient, Timeouts
+from flowcat_ft.services.net.http import Timeouts
 from flowcat_ft.services.net.retry import RetryPolicy
 from flowcat_ft.services.net.service import CloudService
 from flowcat_ft.services.net.sse import SSEEvent, SSEParser
@@ -280,7 +280,6 @@ class HTTPStreamingLLMService(LLMService):
         super().__init__(**kwargs)
         self.timeouts = timeouts or Timeouts(connect=5.0, head=15.0, read=15.0)
         self.retry = retry or RetryPolicy()
-        self._http: HTTPClient | None = None
 
     async def _post_stream(
         self,
@@ -292,9 +291,7 @@ class HTTPStreamingLLMService(LLMService):
         """POST ``body`` (with retries) and hand each event of the stream to ``on_event``
         until it returns True (the stream is complete) or the stream ends. Cancelling this
         closes the connection."""
-        if self._http is None:
-            self._http = HTTPClient(timeouts=self.timeouts, retry=self.retry)
-        http = self._http
+        http = self.http_client()
         before = http.retries
         try:
             response = await http.request("POST", url, headers=headers, json=body)
@@ -309,19 +306,6 @@ class HTTPStreamingLLMService(LLMService):
                         await response.finish()
                         return
             events.close()
-
-    def on_end(self) -> None:
-        super().on_end()
-        self._close_http()
-
-    def on_cancel(self) -> None:
-        super().on_cancel()
-        self._close_http()
-
-    def _close_http(self) -> None:
-        http, self._http = self._http, None
-        if http is not None and self._io is not None:
-            self._io.submit(http.aclose())
 
 
 def _loads_or_none(text: str) -> Any:

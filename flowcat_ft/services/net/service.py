@@ -31,6 +31,7 @@ from flowcat_ft.frames import Direction, ErrorFrame
 from flowcat_ft.services.base import AsyncService
 from flowcat_ft.services.llm.frames import MetricsFrame, TTSSpeakFrame
 from flowcat_ft.services.net.auth import get_logger, redact
+from flowcat_ft.services.net.http import HTTPClient
 
 if TYPE_CHECKING:
     from flowcat_ft.loops import EventLoopThread
@@ -88,6 +89,7 @@ class CloudService(AsyncService):
         self.fallback_text = fallback_text
         self.usage: Counter[str] = Counter()
         self._io: EventLoopThread | None = None
+        self._http: HTTPClient | None = None
         self._background: set[asyncio.Task] = set()
 
     @property
@@ -163,10 +165,24 @@ class CloudService(AsyncService):
 
     # -- hooks ---------------------------------------------------------------------------------
 
+    def http_client(self) -> HTTPClient:
+        """This service's HTTP client, made on first use (on its event loop) with the
+        service's ``timeouts`` and ``retry``, and closed when the call ends."""
+        if self._http is None:
+            self._http = HTTPClient(timeouts=self.timeouts, retry=self.retry)
+        return self._http
+
+    def _close_http(self) -> None:
+        http, self._http = self._http, None
+        if http is not None and self._io is not None:
+            self._io.submit(http.aclose())
+
     def on_end(self) -> None:
         self.cancel_work()
         self._stop_background()
+        self._close_http()
 
     def on_cancel(self) -> None:
         super().on_cancel()
         self._stop_background()
+        self._close_http()

@@ -35,7 +35,7 @@ from flowcat_ft.frames import (
 )
 from flowcat_ft.services.net.auth import Secret, optional_api_key
 from flowcat_ft.services.net.errors import ProviderProtocolError
-from flowcat_ft.services.net.http import HTTPClient, Timeouts
+from flowcat_ft.services.net.http import Timeouts
 from flowcat_ft.services.net.retry import RetryPolicy
 from flowcat_ft.services.stt.base import STTService
 
@@ -131,7 +131,6 @@ class OpenAISTTService(STTService):
         self._segment = bytearray()
         self._preroll: deque[bytes] = deque()
         self._preroll_bytes = 0
-        self._http: HTTPClient | None = None
         self._order: asyncio.Lock | None = None
 
     def process(self, frame: Frame, direction: Direction) -> None:
@@ -161,9 +160,9 @@ class OpenAISTTService(STTService):
             self._preroll_bytes -= len(self._preroll.popleft())
 
     async def _transcribe(self, pcm: bytes, sample_rate: int) -> None:
-        if self._http is None:
-            self._http = HTTPClient(timeouts=self.timeouts, retry=self.retry)
+        if self._order is None:
             self._order = asyncio.Lock()
+        http = self.http_client()
         fields = {"model": self.model, "response_format": "json"}
         if self.language:
             fields["language"] = self.language
@@ -176,7 +175,7 @@ class OpenAISTTService(STTService):
         if self._key is not None:
             headers["Authorization"] = Secret(f"Bearer {self._key.reveal()}")
         async with self._order:  # one segment at a time, so transcripts keep their order
-            response = await self._http.request(
+            response = await http.request(
                 "POST", f"{self.base_url}/audio/transcriptions", headers=headers, content=body
             )
             result = await response.json()
@@ -185,16 +184,3 @@ class OpenAISTTService(STTService):
         text = result["text"].strip()
         if text:
             self.transcript(text, True, self.language)
-
-    def on_end(self) -> None:
-        super().on_end()
-        self._close_http()
-
-    def on_cancel(self) -> None:
-        super().on_cancel()
-        self._close_http()
-
-    def _close_http(self) -> None:
-        http, self._http = self._http, None
-        if http is not None and self._io is not None:
-            self._io.submit(http.aclose())

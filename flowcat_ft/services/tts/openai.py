@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from flowcat_ft.services.net.auth import Secret, optional_api_key
-from flowcat_ft.services.net.http import HTTPClient, Timeouts
+from flowcat_ft.services.net.http import Timeouts
 from flowcat_ft.services.net.retry import RetryPolicy
 from flowcat_ft.services.tts.base import TextFeed, TTSService, TurnAudio
 
@@ -71,11 +71,9 @@ class OpenAITTSService(TTSService):
         self.speed = speed
         self.timeouts = timeouts or Timeouts(connect=5.0, head=10.0, read=10.0)
         self.retry = retry or RetryPolicy()
-        self._http: HTTPClient | None = None
 
     async def _synthesize(self, generation: int, feed: TextFeed, turn: TurnAudio) -> None:
-        if self._http is None:
-            self._http = HTTPClient(timeouts=self.timeouts, retry=self.retry)
+        http = self.http_client()
         headers: dict[str, str | Secret] = {}
         if self._key is not None:
             headers["Authorization"] = Secret(f"Bearer {self._key.reveal()}")
@@ -88,22 +86,9 @@ class OpenAITTSService(TTSService):
                 speed=self.speed,
             )
             turn.words.add([(turn.chunker.seconds, text)])
-            response = await self._http.request(
+            response = await http.request(
                 "POST", f"{self.base_url}/audio/speech", headers=headers, json=body
             )
             async with response:
                 async for data in response.aiter_bytes():
                     await self.audio(generation, turn, data)
-
-    def on_end(self) -> None:
-        super().on_end()
-        self._close_http()
-
-    def on_cancel(self) -> None:
-        super().on_cancel()
-        self._close_http()
-
-    def _close_http(self) -> None:
-        http, self._http = self._http, None
-        if http is not None and self._io is not None:
-            self._io.submit(http.aclose())
