@@ -6,6 +6,7 @@ import base64
 import json
 
 import pytest
+from serializer_helpers import edited, receive_all
 from websockets.frames import CloseCode
 
 from flowcat_ft.serializers import (
@@ -51,21 +52,6 @@ STOP = {
     "stream_sid": STREAM,
     "stop": {"call_sid": CALL, "account_sid": "ACexotel", "reason": "callended"},
 }
-DELETE = object()
-
-
-def edited(message: dict, path: str, value=DELETE) -> dict:
-    """A copy of ``message`` with the field at dotted ``path`` set to ``value``, or deleted."""
-    message = json.loads(json.dumps(message))
-    *parents, key = path.split(".")
-    inner = message
-    for parent in parents:
-        inner = inner[parent]
-    if value is DELETE:
-        del inner[key]
-    else:
-        inner[key] = value
-    return message
 
 
 def media(payload: bytes, chunk: int) -> dict:
@@ -79,10 +65,6 @@ def media(payload: bytes, chunk: int) -> dict:
             "payload": base64.b64encode(payload).decode(),
         },
     }
-
-
-def receive_all(serializer: ExotelSerializer, *messages: dict) -> list:
-    return [event for message in messages for event in serializer.receive(json.dumps(message))]
 
 
 def started(start: dict = START) -> ExotelSerializer:

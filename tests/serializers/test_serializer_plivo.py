@@ -6,6 +6,7 @@ import base64
 import json
 
 import pytest
+from serializer_helpers import edited, receive_all
 from websockets.frames import CloseCode
 
 from flowcat_ft.serializers import (
@@ -39,21 +40,6 @@ ULAW = bytes(range(40, 200))
 DTMF = {"event": "dtmf", "sequenceNumber": 5, "streamId": STREAM, "dtmf": {"digit": "9"}}
 PLAYED = {"event": "playedStream", "streamId": STREAM, "name": "customer greeting audio"}
 CLEARED = {"sequenceNumber": 0, "event": "clearedAudio", "streamId": STREAM}
-DELETE = object()
-
-
-def edited(message: dict, path: str, value=DELETE) -> dict:
-    """A copy of ``message`` with the field at dotted ``path`` set to ``value``, or deleted."""
-    message = json.loads(json.dumps(message))
-    *parents, key = path.split(".")
-    inner = message
-    for parent in parents:
-        inner = inner[parent]
-    if value is DELETE:
-        del inner[key]
-    else:
-        inner[key] = value
-    return message
 
 
 def media(payload: bytes, chunk: int, track: str = "inbound") -> dict:
@@ -69,10 +55,6 @@ def media(payload: bytes, chunk: int, track: str = "inbound") -> dict:
         },
         "extra_headers": "userId=12345;sessionId=abc-xyz",
     }
-
-
-def receive_all(serializer: PlivoSerializer, *messages: dict) -> list:
-    return [event for message in messages for event in serializer.receive(json.dumps(message))]
 
 
 def started(start: dict = START) -> PlivoSerializer:

@@ -6,6 +6,7 @@ import base64
 import json
 
 import pytest
+from serializer_helpers import edited, receive_all
 from websockets.frames import CloseCode
 
 from flowcat_ft.serializers import (
@@ -59,21 +60,6 @@ STOP = {
     "stop": {"user_id": USER, "call_control_id": CALL},
     "stream_id": STREAM,
 }
-DELETE = object()
-
-
-def edited(message: dict, path: str, value=DELETE) -> dict:
-    """A copy of ``message`` with the field at dotted ``path`` set to ``value``, or deleted."""
-    message = json.loads(json.dumps(message))
-    *parents, key = path.split(".")
-    inner = message
-    for parent in parents:
-        inner = inner[parent]
-    if value is DELETE:
-        del inner[key]
-    else:
-        inner[key] = value
-    return message
 
 
 def media(payload: bytes, chunk: int, track: str = "inbound") -> dict:
@@ -88,10 +74,6 @@ def media(payload: bytes, chunk: int, track: str = "inbound") -> dict:
         },
         "stream_id": STREAM,
     }
-
-
-def receive_all(serializer: TelnyxSerializer, *messages: dict) -> list:
-    return [event for message in messages for event in serializer.receive(json.dumps(message))]
 
 
 def started(start: dict = START) -> TelnyxSerializer:

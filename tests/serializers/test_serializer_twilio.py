@@ -5,6 +5,7 @@ import base64
 import json
 
 import pytest
+from serializer_helpers import edited, receive_all
 from websockets.frames import CloseCode
 
 from flowcat_ft.serializers import (
@@ -66,27 +67,6 @@ STOP = {
     "stop": {"accountSid": ACCOUNT, "callSid": CALL},
     "streamSid": STREAM,
 }
-
-
-DELETE = object()
-
-
-def edited(message: dict, path: str, value=DELETE) -> dict:
-    """A copy of ``message`` with the field at dotted ``path`` set to ``value``, or deleted."""
-    message = json.loads(json.dumps(message))
-    *parents, key = path.split(".")
-    inner = message
-    for parent in parents:
-        inner = inner[parent]
-    if value is DELETE:
-        del inner[key]
-    else:
-        inner[key] = value
-    return message
-
-
-def receive_all(serializer: TwilioSerializer, *messages: dict) -> list:
-    return [event for message in messages for event in serializer.receive(json.dumps(message))]
 
 
 def started() -> TwilioSerializer:
