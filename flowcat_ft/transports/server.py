@@ -2,7 +2,9 @@
 
 Connections are spread over several event-loop threads (one per core by default), each
 with its own listening socket on the same port (``SO_REUSEPORT``: the kernel balances
-new connections). The URL path picks the carrier's serializer. Usable from plain threads::
+new connections). The URL path picks the carrier's serializer; ``/health``, ``/ready`` and
+``/metrics`` answer plain HTTP (:mod:`flowcat_ft.transports.ops`). Usable from plain
+threads::
 
     server = WebSocketServer(runtime, pipeline, port=8765).start()
     ...
@@ -17,14 +19,17 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
+from http import HTTPStatus
 from urllib.parse import parse_qsl, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
 
 from flowcat_ft.loops import EventLoopThread
 from flowcat_ft.pipeline import Pipeline
 from flowcat_ft.runtime import Runtime
 from flowcat_ft.serializers import Serializer, make_serializer
+from flowcat_ft.transports.ops import prometheus_text
 from flowcat_ft.transports.pacer import Ticker
 from flowcat_ft.transports.session import MediaOptions, MediaSession
 
@@ -59,7 +64,7 @@ class WebSocketServer:
 
     Threading contract: :meth:`start` and :meth:`stop` from any one thread; ``_active``
     (the sessions open now, across all loops), ``close_codes`` and ``refused`` are written
-    under ``_lock``.
+    under ``_lock``; ``_stopping`` is set once by :meth:`stop` and read by the loops.
     """
 
     def __init__(
@@ -90,6 +95,7 @@ class WebSocketServer:
         self._active: set[MediaSession] = set()
         self._loops: list[EventLoopThread] = []
         self._servers: list[Server] = []
+        self._stopping = False
 
     @property
     def sessions(self) -> list[MediaSession]:
@@ -121,7 +127,36 @@ class WebSocketServer:
             reuse_port=True,
             max_size=self.max_message_bytes,
             compression=None,
+            process_request=self._http,
         )
+
+    def _http(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Answer the operations endpoints (:mod:`flowcat_ft.transports.ops`); anything
+        else goes on to the WebSocket handshake."""
+        path = urlsplit(request.path).path
+        if path == "/health":
+            return connection.respond(HTTPStatus.OK, "ok\n")
+        if path == "/ready":
+            with self._lock:
+                full = self.max_calls is not None and len(self._active) >= self.max_calls
+            if self._stopping or full:
+                return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "not ready\n")
+            return connection.respond(HTTPStatus.OK, "ready\n")
+        if path == "/metrics":
+            text = prometheus_text(self.runtime.metrics(), self.stats())
+            response = connection.respond(HTTPStatus.OK, text)
+            response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
+            return response
+        return None
+
+    def stats(self) -> dict[str, object]:
+        """Connections open now, refused, and closed by close code."""
+        with self._lock:
+            return {
+                "connections": len(self._active),
+                "refused": self.refused,
+                "close_codes": dict(self.close_codes),
+            }
 
     async def _serve(self, ws: ServerConnection, io: EventLoopThread, ticker: Ticker) -> None:
         url = urlsplit(ws.request.path)
@@ -156,6 +191,7 @@ class WebSocketServer:
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop accepting, end live calls (cancelled after ``grace`` s), stop the loops."""
+        self._stopping = True
         for io, server in zip(self._loops, self._servers, strict=True):
             io.submit(_close_server(server, grace)).result(grace + 10)
         for io in self._loops:
