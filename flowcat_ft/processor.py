@@ -60,6 +60,7 @@ class FrameProcessor:
         self._down: Push = _unwired
         self._up: Push = _unwired
         self._soon: Soon = _unwired
+        self._io: EventLoopThread | None = None  # see event_loop; stage thread only
 
     # -- override these --------------------------------------------------------------------
 
@@ -130,10 +131,14 @@ class FrameProcessor:
 
     @property
     def event_loop(self) -> EventLoopThread:
-        """An event-loop thread of the runtime, for this processor's network I/O."""
-        if self.call is None:
-            raise RuntimeError("this processor is not part of a running call")
-        return self.call._runner.runtime.event_loop()
+        """The runtime event-loop thread this processor's network I/O runs on: chosen on
+        first use and kept, so the coroutines it submits run in the order submitted."""
+        io = getattr(self, "_io", None)  # a subclass may not have called __init__
+        if io is None:
+            if self.call is None:
+                raise RuntimeError("this processor is not part of a running call")
+            io = self._io = self.call._runner.runtime.event_loop()
+        return io
 
     def _wire(self, call: Call, down: Push, up: Push, soon: Soon | None = None) -> None:
         if not hasattr(self, "name"):

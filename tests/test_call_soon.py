@@ -56,3 +56,10 @@ def test_a_failing_callback_fails_its_call_only(runtime):
     assert bad.wait(5) and bad.end_reason.startswith("fatal error")
     assert not good.done
     good.close()
+
+
+def test_a_processor_keeps_one_event_loop(runtime):
+    call = runtime.open_call(Pipeline([Lookup]), lambda f, d: None)
+    proc = call._processors[0]
+    assert {id(proc.event_loop) for _ in range(5)} == {id(proc.event_loop)}
+    call.close()

@@ -34,7 +34,6 @@ from flowcat_ft.services.net.auth import get_logger, redact
 from flowcat_ft.services.net.http import HTTPClient
 
 if TYPE_CHECKING:
-    from flowcat_ft.loops import EventLoopThread
     from flowcat_ft.processor import FrameProcessor
 
 __all__ = ["CloudService", "call_later"]
@@ -88,16 +87,8 @@ class CloudService(AsyncService):
         super().__init__(name=name)
         self.fallback_text = fallback_text
         self.usage: Counter[str] = Counter()
-        self._io: EventLoopThread | None = None
         self._http: HTTPClient | None = None
         self._background: set[asyncio.Task] = set()
-
-    @property
-    def event_loop(self) -> EventLoopThread:
-        """The event-loop thread this service's I/O runs on (chosen once, then kept)."""
-        if self._io is None:
-            self._io = super().event_loop
-        return self._io
 
     # -- work that outlives a turn ------------------------------------------------------------
 
