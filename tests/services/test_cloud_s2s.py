@@ -104,6 +104,8 @@ def test_a_barge_in_cancels_the_response_and_truncates_at_what_was_played(runtim
     sent_ms = audio_secs(out) * 1000
     assert 0 <= cut["audio_end_ms"] <= sent_ms + 1
     assert realtime.of_type("response.cancel")
+    # The server may hear the truncate before the interruption has left the pipeline.
+    assert wait_until(lambda: out.of(InterruptionFrame))
     frames = [f for f, _ in out.frames]
     index = next(i for i, f in enumerate(frames) if isinstance(f, InterruptionFrame))
     assert not [f for f in frames[index:] if isinstance(f, TTSAudioRawFrame)]
