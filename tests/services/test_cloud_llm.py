@@ -196,6 +196,7 @@ def test_an_interruption_closes_the_stream(runtime, http):
     sent = http.events_sent
     time.sleep(0.2)
     assert http.events_sent <= sent + 1
+    assert wait_until(lambda: out.of(InterruptionFrame))  # it may still be on its way out
     frames = [f for f, _ in out.frames]
     cut = next(i for i, f in enumerate(frames) if isinstance(f, InterruptionFrame))
     assert not [f for f in frames[cut:] if isinstance(f, LLMTextFrame)]

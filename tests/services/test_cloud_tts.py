@@ -156,6 +156,7 @@ def test_cartesia_interruption_cancels_the_context_and_drops_the_audio(runtime, 
     assert cartesia.wait_for(lambda: len(cartesia.cancelled) == 1)
     assert cartesia.cancelled[0] == cartesia.requests[0]["context_id"]
     time.sleep(0.2)
+    assert wait_until(lambda: out.of(InterruptionFrame))  # it may still be on its way out
     frames = [f for f, _ in out.frames]
     cut = next(i for i, f in enumerate(frames) if isinstance(f, InterruptionFrame))
     assert not [f for f in frames[cut:] if isinstance(f, TTSAudioRawFrame | TTSTextFrame)]
@@ -264,6 +265,7 @@ def test_elevenlabs_interruption_closes_the_connection(runtime, elevenlabs):
     assert wait_until(lambda: len(out.of(TTSAudioRawFrame)) >= 2)
     call.interrupt()
     assert elevenlabs.wait_for(lambda: elevenlabs.cut_before_final == 1)
+    assert wait_until(lambda: out.of(InterruptionFrame))  # it may still be on its way out
     frames = [f for f, _ in out.frames]
     cut = next(i for i, f in enumerate(frames) if isinstance(f, InterruptionFrame))
     assert not [f for f in frames[cut:] if isinstance(f, TTSAudioRawFrame)]
