@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
-from flowcat_ft.audio.vad import VADParams, VADState, VADStateMachine, level_db
+from flowcat_ft.audio.vad import StateMachineAnalyzer, VADParams, VADState, level_db
 
 __all__ = [
     "BATCH_ROWS",
@@ -177,7 +177,7 @@ def _thread_batch(sample_rate: int) -> _Batch:
     return batch
 
 
-class SileroVADAnalyzer:
+class SileroVADAnalyzer(StateMachineAnalyzer):
     """Detect speech in one stream of int16 frames with the Silero VAD model.
 
     Frames of any length go to :meth:`analyze`; the analyzer cuts them into the model's
@@ -199,10 +199,8 @@ class SileroVADAnalyzer:
     ) -> None:
         if sample_rate not in SAMPLE_RATES:
             raise ValueError(f"Silero VAD takes {SAMPLE_RATES} Hz, not {sample_rate}")
-        self.sample_rate = sample_rate
-        self.params = VADParams() if params is None else params
+        super().__init__(sample_rate, params)
         self.batched = batched
-        self._machine = VADStateMachine(sample_rate, self.params)
         self._context = _CONTEXT[sample_rate]
         self._size = _WINDOW[sample_rate]
         # The model's input: the previous window's last samples, then this window's.
@@ -222,21 +220,6 @@ class SileroVADAnalyzer:
         self._window[:] = 0.0
         self._model_state[:] = 0.0
         self._filled = 0  # samples of the current window received so far
-
-    @property
-    def state(self) -> VADState:
-        """The state after the last window the model has judged."""
-        return self._machine.state
-
-    @property
-    def confidence(self) -> float:
-        """The last judged window's probability of speech, 0..1."""
-        return self._machine.confidence
-
-    @property
-    def volume(self) -> float:
-        """The smoothed volume after the last judged window, 0..1."""
-        return self._machine.volume
 
     def analyze(self, pcm: np.ndarray) -> VADState:
         """Take the next frame of int16 samples and return the state after the windows

@@ -138,7 +138,32 @@ class VADStateMachine:
         return state
 
 
-class EnergyVADAnalyzer:
+class StateMachineAnalyzer:
+    """What the analyzers share: their parameters, and the :class:`VADStateMachine` their
+    per-window verdicts drive (subclasses feed it in ``analyze``)."""
+
+    def __init__(self, sample_rate: int, params: VADParams | None) -> None:
+        self.sample_rate = sample_rate
+        self.params = VADParams() if params is None else params
+        self._machine = VADStateMachine(sample_rate, self.params)
+
+    @property
+    def state(self) -> VADState:
+        """The state after the last window judged."""
+        return self._machine.state
+
+    @property
+    def confidence(self) -> float:
+        """The last judged window's confidence that it is speech, 0..1."""
+        return self._machine.confidence
+
+    @property
+    def volume(self) -> float:
+        """The smoothed volume after the last judged window, 0..1."""
+        return self._machine.volume
+
+
+class EnergyVADAnalyzer(StateMachineAnalyzer):
     """Detect speech in one stream of int16 frames from their energy.
 
     Each call to :meth:`analyze` judges one frame as one window (20 ms is usual; any length
@@ -157,9 +182,7 @@ class EnergyVADAnalyzer:
     """
 
     def __init__(self, sample_rate: int, params: VADParams | None = None) -> None:
-        self.params = VADParams() if params is None else params
-        self._machine = VADStateMachine(sample_rate, self.params)
-        self.sample_rate = sample_rate
+        super().__init__(sample_rate, params)
         self._block_samples = round(_FLOOR_BLOCK_SECS * sample_rate)
         self._samples = np.zeros(sample_rate // 50)  # the frame as float64, for its energy
         self.reset()
@@ -170,21 +193,6 @@ class EnergyVADAnalyzer:
         self._block_minima = [math.inf] * _FLOOR_BLOCKS
         self._block = 0
         self._block_filled = 0
-
-    @property
-    def state(self) -> VADState:
-        """The state after the last frame analysed."""
-        return self._machine.state
-
-    @property
-    def confidence(self) -> float:
-        """The last frame's confidence that it is speech, 0..1."""
-        return self._machine.confidence
-
-    @property
-    def volume(self) -> float:
-        """The smoothed volume after the last frame, 0..1."""
-        return self._machine.volume
 
     @property
     def noise_floor_db(self) -> float:
