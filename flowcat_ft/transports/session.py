@@ -121,6 +121,8 @@ class MediaSession:
         self._tokens = float(options.flood_burst)
         self._tokens_at = self._last_input
         self._carry = bytearray()  # outgoing wire bytes short of a whole 20 ms frame
+        # G.711 output of one slab's worth of PCM16 samples, reused frame after frame.
+        self._encoded = np.empty(runtime.pool.slab_bytes // 2, dtype=np.uint8)
         self._resample_in: StreamingResampler | None = None
         self._resample_out: StreamingResampler | None = None
         self._ending = False
@@ -310,9 +312,8 @@ class MediaSession:
             data = frame.samples.tobytes()
         elif frame.codec == "pcm16" and wire_codec in _ENCODERS:
             samples = frame.samples
-            out = np.empty(len(samples), dtype=np.uint8)
-            _ENCODERS[wire_codec](samples, out)
-            data = out.tobytes()
+            n = _ENCODERS[wire_codec](samples, self._encoded)
+            data = self._encoded[:n].tobytes()
         else:
             call_id = self.call.id if self.call else "?"
             logger.warning(
