@@ -553,6 +553,9 @@ class FakeDeepgram(FakeWSServer):
                 continue
             kind = json.loads(message).get("type")
             self.controls.append(kind)
+            if kind == "Finalize" and heard > 0:  # flush the final for the audio so far
+                await ws.send(self._results(" ".join(self.words), True, 0.0))
+                heard = -(10**12)
             self.notify()
             if kind == "CloseStream":
                 await ws.send(json.dumps({"type": "Metadata", "request_id": "r1", "duration": 1.0}))

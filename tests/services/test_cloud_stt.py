@@ -119,6 +119,7 @@ def test_deepgram_interim_then_final_transcripts(runtime, deepgram):
 
 
 def test_deepgram_keepalive_finalize_and_an_interruption_that_does_not_stop_it(runtime, deepgram):
+    deepgram.final_after = 10.0  # the final comes on Finalize, after the end of speech
     out = Recorder()
     call = runtime.open_call(Pipeline([deepgram_stt(deepgram, keepalive_secs=0.2)]), out)
     assert deepgram.wait_for(lambda: "KeepAlive" in deepgram.controls, timeout=2)
