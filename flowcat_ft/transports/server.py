@@ -2,8 +2,10 @@
 
 Connections are spread over several event-loop threads (one per core by default), each
 with its own listening socket on the same port (``SO_REUSEPORT``: the kernel balances
-new connections). The URL path picks the carrier's serializer; ``/health``, ``/ready`` and
-``/metrics`` answer plain HTTP (:mod:`flowcat_ft.transports.ops`). Usable from plain
+new connections). The URL path picks the carrier's serializer. The same port answers plain
+HTTP (:mod:`flowcat_ft.transports.http`): ``/health``, ``/ready`` and ``/metrics``
+(:mod:`flowcat_ft.transports.ops`) and any pages the application adds; other WebSocket
+endpoints (signalling, live feeds) can be added beside the media streams. Usable from plain
 threads::
 
     server = WebSocketServer(runtime, pipeline, port=8765).start()
@@ -14,21 +16,25 @@ threads::
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import threading
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from email.utils import formatdate
 from http import HTTPStatus
 from urllib.parse import parse_qsl, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from flowcat_ft.loops import EventLoopThread
 from flowcat_ft.pipeline import Pipeline
 from flowcat_ft.runtime import Runtime
 from flowcat_ft.serializers import Serializer, make_serializer
+from flowcat_ft.transports.http import HttpConnection, HttpRequest, HttpResponse, PageHandler
 from flowcat_ft.transports.ops import prometheus_text
 from flowcat_ft.transports.pacer import Ticker
 from flowcat_ft.transports.session import MediaOptions, MediaSession
@@ -37,6 +43,9 @@ logger = logging.getLogger("flowcat_ft.transports")
 
 SerializerFactory = Callable[[Mapping[str, str]], Serializer]
 """Makes a connection's serializer from its URL's query parameters."""
+
+SocketHandler = Callable[[ServerConnection], Awaitable[None]]
+"""Serves a WebSocket endpoint that is not a media stream, for as long as it is open."""
 
 CARRIERS = ("twilio", "telnyx", "plivo", "exotel", "vonage", "raw")
 
@@ -60,7 +69,9 @@ class WebSocketServer:
 
     ``loops``: event-loop threads (default: one per core); ``max_calls``: connections past
     it are refused with close code 1013 (try again later); ``max_message_bytes``: larger
-    messages close the connection with 1009; ``options``: see :class:`MediaOptions`.
+    messages close the connection with 1009; ``options``: see :class:`MediaOptions`;
+    ``pages``: plain HTTP endpoints by path, added to the operations endpoints;
+    ``sockets``: WebSocket endpoints by path that are not media streams.
 
     Threading contract: :meth:`start` and :meth:`stop` from any one thread; ``_active``
     (the sessions open now, across all loops), ``close_codes`` and ``refused`` are written
@@ -79,6 +90,8 @@ class WebSocketServer:
         options: MediaOptions | None = None,
         max_calls: int | None = None,
         max_message_bytes: int = 64 * 1024,
+        pages: Mapping[str, PageHandler] | None = None,
+        sockets: Mapping[str, SocketHandler] | None = None,
     ) -> None:
         self.runtime = runtime
         self.pipeline = pipeline
@@ -89,6 +102,13 @@ class WebSocketServer:
         self.options = options or MediaOptions()
         self.max_calls = max_calls
         self.max_message_bytes = max_message_bytes
+        self.pages: dict[str, PageHandler] = {
+            "/health": self._health,
+            "/ready": self._ready,
+            "/metrics": self._metrics,
+            **(pages or {}),
+        }
+        self.sockets = dict(sockets or {})
         self.refused = 0
         self.close_codes: Counter[int] = Counter()  # how connections ended, by close code
         self._lock = threading.Lock()
@@ -128,26 +148,49 @@ class WebSocketServer:
             max_size=self.max_message_bytes,
             compression=None,
             process_request=self._http,
+            create_connection=HttpConnection,
         )
 
-    def _http(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Answer the operations endpoints (:mod:`flowcat_ft.transports.ops`); anything
-        else goes on to the WebSocket handshake."""
-        path = urlsplit(request.path).path
-        if path == "/health":
-            return connection.respond(HTTPStatus.OK, "ok\n")
-        if path == "/ready":
-            with self._lock:
-                full = self.max_calls is not None and len(self._active) >= self.max_calls
-            if self._stopping or full:
-                return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "not ready\n")
-            return connection.respond(HTTPStatus.OK, "ready\n")
-        if path == "/metrics":
-            text = prometheus_text(self.runtime.metrics(), self.stats())
-            response = connection.respond(HTTPStatus.OK, text)
-            response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
-            return response
-        return None
+    async def _http(self, connection: HttpConnection, request: Request) -> Response | None:
+        """Answer a page; anything else goes on to the WebSocket handshake."""
+        url = urlsplit(request.path)
+        page = self.pages.get(url.path)
+        if page is None:
+            upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+            if connection.method == "GET" and (upgrade or url.path in self.routes):
+                return None  # the handshake (or websockets' 426 for a plain GET)
+            return connection.respond(HTTPStatus.NOT_FOUND, f"nothing at {url.path}\n")
+        if connection.body_error is not None:
+            answer = HttpResponse.error(connection.body_error, connection.body_error.phrase)
+        else:
+            query = dict(parse_qsl(url.query))
+            http_request = HttpRequest(
+                connection.method, url.path, query, request.headers, connection.body
+            )
+            try:
+                answer = page(http_request)
+                if inspect.isawaitable(answer):
+                    answer = await answer
+            except Exception:
+                logger.exception("page %s failed", url.path)
+                answer = HttpResponse.error(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
+        return _to_websockets(answer)
+
+    # -- the operations endpoints (see flowcat_ft.transports.ops) --------------------------
+
+    def _health(self, request: HttpRequest) -> HttpResponse:
+        return HttpResponse(HTTPStatus.OK, "ok\n")
+
+    def _ready(self, request: HttpRequest) -> HttpResponse:
+        with self._lock:
+            full = self.max_calls is not None and len(self._active) >= self.max_calls
+        if self._stopping or full:
+            return HttpResponse(HTTPStatus.SERVICE_UNAVAILABLE, "not ready\n")
+        return HttpResponse(HTTPStatus.OK, "ready\n")
+
+    def _metrics(self, request: HttpRequest) -> HttpResponse:
+        text = prometheus_text(self.runtime.metrics(), self.stats())
+        return HttpResponse(HTTPStatus.OK, text, "text/plain; version=0.0.4; charset=utf-8")
 
     def stats(self) -> dict[str, object]:
         """Connections open now, refused, and closed by close code."""
@@ -160,6 +203,10 @@ class WebSocketServer:
 
     async def _serve(self, ws: ServerConnection, io: EventLoopThread, ticker: Ticker) -> None:
         url = urlsplit(ws.request.path)
+        socket_handler = self.sockets.get(url.path)
+        if socket_handler is not None:
+            await socket_handler(ws)
+            return
         factory = self.routes.get(url.path)
         if factory is None:
             await ws.close(1008, f"no media stream at {url.path}; try one of {sorted(self.routes)}")
@@ -198,6 +245,18 @@ class WebSocketServer:
             io.stop()
         self._loops.clear()
         self._servers.clear()
+
+
+def _to_websockets(answer: HttpResponse) -> Response:
+    body = answer.body.encode() if isinstance(answer.body, str) else answer.body
+    headers = Headers(
+        Date=formatdate(usegmt=True),
+        Connection="close",
+        **{"Content-Length": str(len(body)), "Content-Type": answer.content_type},
+    )
+    headers.update(answer.headers)
+    status = HTTPStatus(answer.status)
+    return Response(status.value, status.phrase, headers, body)
 
 
 async def _close_server(server: Server, grace: float) -> None:
