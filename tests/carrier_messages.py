@@ -7,7 +7,7 @@ import base64
 import json
 
 
-def twilio_start(stream: str = "MZ1", call: str = "CA1") -> str:
+def twilio_start(stream: str = "MZ1", call: str = "CA1", parameters: dict | None = None) -> str:
     return json.dumps(
         {
             "event": "start",
@@ -18,7 +18,7 @@ def twilio_start(stream: str = "MZ1", call: str = "CA1") -> str:
                 "accountSid": "AC1",
                 "callSid": call,
                 "tracks": ["inbound"],
-                "customParameters": {},
+                "customParameters": parameters or {},
                 "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
             },
         }

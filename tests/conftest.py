@@ -1,4 +1,4 @@
-"""Shared fixtures: a running runtime, stopped after each test."""
+"""Shared fixtures: a running runtime, and real servers on loopback, stopped after each test."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import pytest
 from helpers import FREE_THREADED
 
 from flowcat_ft import Runtime
+from flowcat_ft.agents.echo import echo_pipeline
+from flowcat_ft.transports.server import WebSocketServer
+from flowcat_ft.transports.session import MediaOptions
 
 
 def pytest_report_header() -> str:
@@ -22,3 +25,29 @@ def runtime():
         yield rt
     finally:
         rt.stop()
+
+
+@pytest.fixture
+def serve():
+    """Start servers on free ports: ``serve(pipeline=..., **server_options)``."""
+    started: list[tuple[Runtime, WebSocketServer]] = []
+
+    def start(
+        pipeline=None, *, slabs: int = 2048, options: MediaOptions | None = None, **kwargs
+    ) -> WebSocketServer:
+        runtime = Runtime(threads=2, slabs=slabs)
+        server = WebSocketServer(
+            runtime,
+            pipeline or echo_pipeline(),
+            port=0,
+            loops=2,
+            options=options or MediaOptions(),
+            **kwargs,
+        )
+        started.append((runtime, server.start()))
+        return server
+
+    yield start
+    for runtime, server in started:
+        server.stop(grace=1)
+        runtime.stop()

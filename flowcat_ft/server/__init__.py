@@ -1,0 +1,1 @@
+"""The server: config, agent assembly, web pages."""

@@ -1,0 +1,126 @@
+"""Carrier webhook answers, and a Twilio-protocol call placed through one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.parse
+import urllib.request
+import xml.etree.ElementTree as ET
+
+import pytest
+import websockets
+from carrier_messages import receive_until_quiet, twilio_media, twilio_start
+from websockets.datastructures import Headers
+
+from flowcat_ft.agents.echo import Echo
+from flowcat_ft.frames import StartFrame
+from flowcat_ft.pipeline import Pipeline
+from flowcat_ft.server.webhooks import answer_pages, stream_url
+from flowcat_ft.transports.http import HttpRequest
+from flowcat_ft.transports.server import CARRIERS
+
+FORM = {"CallSid": "CA9", "From": "+15550001111", "To": "+15550002222"}
+
+
+def webhook(method: str = "POST", form=FORM, **headers) -> HttpRequest:
+    body = urllib.parse.urlencode(form).encode() if method == "POST" else b""
+    query = dict(form) if method == "GET" else {}
+    return HttpRequest(method, "/x/answer", query, Headers(Host="agent.test:8765", **headers), body)
+
+
+def answer(carrier: str, request: HttpRequest, public_url: str | None = None):
+    return answer_pages([carrier], public_url)[f"/{carrier}/answer"](request)
+
+
+def test_every_carrier_but_raw_has_an_answer():
+    assert sorted(answer_pages(CARRIERS)) == [
+        f"/{name}/answer" for name in sorted(set(CARRIERS) - {"raw"})
+    ]
+
+
+def test_stream_url_follows_the_proxy_or_the_public_url():
+    assert stream_url(webhook(), "/twilio") == "ws://agent.test:8765/twilio"
+    proxied = webhook(**{"X-Forwarded-Proto": "https", "X-Forwarded-Host": "abc.ngrok.app"})
+    assert stream_url(proxied, "/twilio") == "wss://abc.ngrok.app/twilio"
+    assert stream_url(webhook(), "/plivo", "https://voice.example.com") == (
+        "wss://voice.example.com/plivo"
+    )
+
+
+@pytest.mark.parametrize("method", ["POST", "GET"])
+def test_twiml_connects_a_bidirectional_stream_with_the_callers_numbers(method):
+    response = answer("twilio", webhook(method), "https://voice.example.com")
+    assert response.content_type.startswith("application/xml")
+    root = ET.fromstring(response.body)
+    stream = root.find("./Connect/Stream")
+    assert stream.get("url") == "wss://voice.example.com/twilio"
+    parameters = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
+    assert parameters == {"call_sid": "CA9", "from": "+15550001111", "to": "+15550002222"}
+
+
+def test_answers_escape_what_the_caller_controls():
+    form = {"CallSid": "CA1", "From": '"><Hangup/><x a="'}
+    root = ET.fromstring(answer("twilio", webhook(form=form)).body)
+    assert root.find(".//Hangup") is None
+    assert root.find(".//Parameter[@name='from']").get("value") == form["From"]
+
+
+def test_telnyx_plivo_vonage_and_exotel_answers():
+    texml = ET.fromstring(answer("telnyx", webhook()).body)
+    stream = texml.find("./Start/Stream")
+    assert (stream.get("url"), stream.get("bidirectionalMode")) == (
+        "ws://agent.test:8765/telnyx",
+        "rtp",
+    )
+    assert texml.find("./Pause") is not None  # keeps the call up while it streams
+
+    plivo_form = {"CallUUID": "u1", "From": "15550001111", "To": "15550002222"}
+    plivo = ET.fromstring(answer("plivo", webhook(form=plivo_form)).body).find("./Stream")
+    assert plivo.text == "ws://agent.test:8765/plivo"
+    assert plivo.get("bidirectional") == "true"
+    assert plivo.get("extraHeaders") == "call_uuid=u1,from=15550001111,to=15550002222"
+
+    vonage_form = {"uuid": "v1", "from": "447700900000", "to": "447700900001"}
+    ncco = json.loads(answer("vonage", webhook("GET", vonage_form)).body)
+    endpoint = ncco[0]["endpoint"][0]
+    assert ncco[0]["action"] == "connect"
+    assert endpoint["uri"] == "ws://agent.test:8765/vonage"
+    assert endpoint["content-type"] == "audio/l16;rate=16000"
+    assert endpoint["headers"] == {"uuid": "v1", "from": "447700900000", "to": "447700900001"}
+
+    assert json.loads(answer("exotel", webhook()).body) == {"url": "ws://agent.test:8765/exotel"}
+
+
+class RecordStart(Echo):
+    """The echo, remembering each call's start metadata."""
+
+    starts: list[dict] = []
+
+    def on_start(self, frame: StartFrame) -> None:
+        self.starts.append(frame.metadata)
+
+
+def test_a_twilio_call_placed_through_the_webhook(serve):
+    """What Twilio does: post the webhook, follow the TwiML to the stream, stream audio."""
+    RecordStart.starts = []
+    server = serve(Pipeline([RecordStart]), pages=answer_pages(CARRIERS))
+    form = urllib.parse.urlencode(FORM).encode()
+    url = f"http://127.0.0.1:{server.port}/twilio/answer"
+    with urllib.request.urlopen(urllib.request.Request(url, form), timeout=5) as reply:
+        twiml = ET.fromstring(reply.read())
+    stream = twiml.find("./Connect/Stream")
+    parameters = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
+
+    async def call() -> list:
+        async with websockets.connect(stream.get("url")) as ws:
+            await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1"}))
+            await ws.send(twilio_start(call=parameters["call_sid"], parameters=parameters))
+            for n in range(10):
+                await ws.send(twilio_media(bytes([n]) * 160, n))
+            return await receive_until_quiet(ws)
+
+    echoed = [json.loads(m) for m in asyncio.run(call())]
+    assert [m["event"] for m in echoed].count("media") == 10
+    assert RecordStart.starts[0]["call_id"] == "CA9"
+    assert RecordStart.starts[0]["parameters"]["from"] == "+15550001111"
