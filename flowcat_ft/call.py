@@ -240,7 +240,7 @@ class Call:
         try:
             self._on_output(frame, direction)
         except Exception:
-            logger.exception("call %s: on_output raised on %r", self.id, frame)
+            logger.exception("on_output raised on %r", frame, extra={"call_id": self.id})
         if kind is EndFrame or kind is CancelFrame:
             self._finished.set()
             if self._output is not None:

@@ -47,7 +47,7 @@ def contain(proc: FrameProcessor, frame: Frame | None, error: Exception) -> None
     where = traceback.extract_tb(error.__traceback__)[-1]
     message = f"{type(error).__name__}: {error} (in {proc.name}, {where.filename}:{where.lineno})"
     on = f" on {frame!r}" if frame is not None else ""
-    logger.error("call %s: processor %s raised%s: %s", call.id, proc.name, on, message)
+    logger.error("processor %s raised%s: %s", proc.name, on, message, extra={"call_id": call.id})
     # Drop the traceback: it would keep this frame (and its slab) alive with the error.
     error.__traceback__ = None
     proc.push_error(message, fatal=True)

@@ -117,7 +117,7 @@ class MediaSession:
         self._outbox: deque[str | bytes] = deque()
         self._flush_pending = False
         self._playout = Playout(self._send, ticker, options.lead, options.max_buffer)
-        self._last_input = self._loop.time()
+        self.opened_at = self._last_input = self._loop.time()
         self._tokens = float(options.flood_burst)
         self._tokens_at = self._last_input
         self._carry = bytearray()  # outgoing wire bytes short of a whole 20 ms frame
@@ -159,12 +159,21 @@ class MediaSession:
                 self.call.cancel(self.close_reason or "connection closed")
             if self.close_code is None:
                 self.close_code = self.ws.close_code
+            if self.call is not None:
+                logger.info(
+                    "call ended: %s after %.1f s, %d frames in, %d out",
+                    self.close_reason or "connection closed",
+                    self._loop.time() - self.opened_at,
+                    self.frames_in,
+                    self.frames_out,
+                    extra=self.log_context(close_code=self.close_code),
+                )
 
     async def _close(self, code: int, reason: str) -> None:
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
             if code not in (1000, 1001):
-                logger.warning("connection %s closed (%d): %s", self._peer(), code, reason)
+                logger.warning("closing: %s", reason, extra=self.log_context(close_code=code))
         await self.ws.close(code, reason[:120])
 
     def _close_soon(self, code: int, reason: str) -> None:
@@ -177,9 +186,15 @@ class MediaSession:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _peer(self) -> str:
-        call = f" call {self.call.id}" if self.call is not None else ""
-        return f"{self.ws.remote_address}{call}"
+    def log_context(self, **fields: object) -> dict[str, object]:
+        """The ``extra`` for a log line about this session (see flowcat_ft.server.logs)."""
+        context: dict[str, object] = {"peer": _address(self.ws.remote_address)}
+        if self.call is not None:
+            context["call_id"] = self.call.id
+            context["carrier"] = self.serializer.name
+            if self.serializer.stream is not None and self.serializer.stream.call_id:
+                context["carrier_call_id"] = self.serializer.stream.call_id
+        return context | fields
 
     def _check_idle(self, now: float) -> None:
         if now - self._last_input > self.options.idle_timeout and not self._ending:
@@ -218,7 +233,7 @@ class MediaSession:
         self.call = self.runtime.open_call(
             self.pipeline, self._from_stage_thread, start_frame=start
         )
-        logger.info("call %s started: %s %s", self.call.id, self.serializer.name, event.call_id)
+        logger.info("call started", extra=self.log_context())
 
     def _audio_in(self, payload: bytes) -> None:
         call = self.call
@@ -290,7 +305,7 @@ class MediaSession:
     def _output(self, frame: Frame, direction: Direction) -> None:
         if direction is Direction.UPSTREAM:
             if isinstance(frame, ErrorFrame):
-                logger.warning("call %s: %s", frame._call.id if frame._call else "?", frame.error)
+                logger.warning("error: %s", frame.error, extra=self.log_context())
             return
         if isinstance(frame, AudioRawFrame):
             self._audio_out(frame)
@@ -315,9 +330,11 @@ class MediaSession:
             n = _ENCODERS[wire_codec](samples, self._encoded)
             data = self._encoded[:n].tobytes()
         else:
-            call_id = self.call.id if self.call else "?"
             logger.warning(
-                "call %s: cannot send %s audio on a %s stream", call_id, frame.codec, wire_codec
+                "cannot send %s audio on a %s stream",
+                frame.codec,
+                wire_codec,
+                extra=self.log_context(),
             )
             return
         if not self.options.pace_output:
@@ -403,6 +420,15 @@ class MediaSession:
             # the connection at once (the close code is recorded, not delivered).
             self._ending = True
             self.close_code, self.close_reason = 1008, f"peer is not reading ({unsent} bytes)"
-            logger.warning("connection %s closed (1008): %s", self._peer(), self.close_reason)
+            logger.warning(
+                "closing: %s", self.close_reason, extra=self.log_context(close_code=1008)
+            )
             outbox.clear()
             ws.transport.abort()
+
+
+def _address(address: object) -> str:
+    """``host:port`` of a peer's socket address."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}"
+    return str(address)
