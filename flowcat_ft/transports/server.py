@@ -20,7 +20,7 @@ import inspect
 import logging
 import os
 import threading
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping
 from email.utils import formatdate
 from http import HTTPStatus
@@ -37,7 +37,7 @@ from flowcat_ft.serializers import Serializer, make_serializer
 from flowcat_ft.transports.http import HttpConnection, HttpRequest, HttpResponse, PageHandler
 from flowcat_ft.transports.ops import prometheus_text
 from flowcat_ft.transports.pacer import Ticker
-from flowcat_ft.transports.session import MediaOptions, MediaSession
+from flowcat_ft.transports.session import MediaOptions, MediaSession, Turn
 
 logger = logging.getLogger("flowcat_ft.transports")
 
@@ -111,6 +111,9 @@ class WebSocketServer:
         self.sockets = dict(sockets or {})
         self.refused = 0
         self.close_codes: Counter[int] = Counter()  # how connections ended, by close code
+        # Every call's answered turns, newest last: appended by the loops (deque appends
+        # are atomic), read by copying (list(self.turns)) from any thread.
+        self.turns: deque[Turn] = deque(maxlen=1000)
         self._lock = threading.Lock()
         self._active: set[MediaSession] = set()
         self._loops: list[EventLoopThread] = []
@@ -217,7 +220,7 @@ class WebSocketServer:
             await ws.close(1008, f"bad stream options: {error}"[:120])
             return
         session = MediaSession(
-            ws, serializer, self.runtime, self.pipeline, io, ticker, self.options
+            ws, serializer, self.runtime, self.pipeline, io, ticker, self.options, self.turns
         )
         with self._lock:
             full = self.max_calls is not None and len(self._active) >= self.max_calls

@@ -4,7 +4,8 @@ The session runs on its connection's event loop. Incoming messages go through th
 carrier's serializer (:mod:`flowcat_ft.serializers`, Sans-I/O) to become frames: audio is
 decoded from G.711 into a slab at the edge, the one copy on the way in. Outgoing frames
 arrive from the stage threads through the loop's bridge in batches; audio is encoded,
-cut into 20 ms frames and paced (:mod:`flowcat_ft.transports.pacer`).
+cut into 20 ms frames and paced (:mod:`flowcat_ft.transports.pacer`); other frames
+become the serializer's messages where its protocol has some (``Serializer.send_frame``).
 
 Bad input closes this connection only, with a close code that says why, and a log line:
 malformed messages (1007/1008, from the serializer), messages over the size limit (1009,
@@ -17,10 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from websockets.exceptions import ConnectionClosed
@@ -40,6 +42,7 @@ from flowcat_ft.frames import (
     InterruptionFrame,
     StartFrame,
     TTSStoppedFrame,
+    UserStoppedSpeakingFrame,
 )
 from flowcat_ft.serializers import (
     AudioIn,
@@ -50,6 +53,7 @@ from flowcat_ft.serializers import (
     StreamStarted,
     StreamStopped,
 )
+from flowcat_ft.services.llm.frames import MetricsFrame
 from flowcat_ft.slabs import PoolExhaustedError
 from flowcat_ft.transports.pacer import FRAME_SECS, Playout, Ticker
 
@@ -65,6 +69,15 @@ logger = logging.getLogger("flowcat_ft.transports")
 
 _DECODERS = {"mulaw": g711.ulaw_decode, "alaw": g711.alaw_decode}
 _ENCODERS = {"mulaw": g711.ulaw_encode, "alaw": g711.alaw_encode}
+
+
+class Turn(NamedTuple):
+    """One answered turn: when (wall clock, s), and the response latency: from the user's
+    end of speech (the :class:`UserStoppedSpeakingFrame`'s pts) to the first bot audio
+    reaching the transport, in ms."""
+
+    at: float
+    latency_ms: float
 
 
 @dataclass(frozen=True)
@@ -102,6 +115,7 @@ class MediaSession:
         io: EventLoopThread,
         ticker: Ticker,
         options: MediaOptions,
+        turn_log: deque[Turn] | None = None,
     ) -> None:
         self.ws = ws
         self.serializer = serializer
@@ -133,6 +147,10 @@ class MediaSession:
         self.marks_sent = 0
         self.marks_played = 0
         self.clears = 0
+        # Response latency per turn: the last few here, every call's in the server's log.
+        self.turns: deque[Turn] = deque(maxlen=20)
+        self._turn_log = turn_log
+        self._user_stopped_ns = 0  # pts of the user's last end of speech, until answered
 
     # -- the connection's life -------------------------------------------------------------
 
@@ -313,10 +331,17 @@ class MediaSession:
             self._interrupted()
         elif type(frame) is TTSStoppedFrame:
             self._mark()
+        elif type(frame) is UserStoppedSpeakingFrame:
+            self._user_stopped_ns = frame.pts
+            self._frame_out(frame)
         elif type(frame) in (EndFrame, CancelFrame):
             self._call_ended(frame)
+        else:
+            self._frame_out(frame)
 
     def _audio_out(self, frame: AudioRawFrame) -> None:
+        if self._user_stopped_ns:
+            self._answered()
         serializer = self.serializer
         wire_codec, wire_rate = serializer.codec, serializer.sample_rate
         if frame.codec == "pcm16" and frame.sample_rate != wire_rate:
@@ -348,6 +373,21 @@ class MediaSession:
         while len(carry) >= chunk:
             self._playout.play(serializer.send_audio(bytes(carry[:chunk])), seconds)
             del carry[:chunk]
+
+    def _answered(self) -> None:
+        """The first bot audio since the user stopped speaking: log the turn's latency."""
+        turn = Turn(time.time(), (time.monotonic_ns() - self._user_stopped_ns) / 1e6)
+        self._user_stopped_ns = 0
+        self.turns.append(turn)
+        if self._turn_log is not None:
+            self._turn_log.append(turn)
+        self._frame_out(MetricsFrame("transport", {"turn_latency_ms": turn.latency_ms}))
+
+    def _frame_out(self, frame: Frame) -> None:
+        """Any other frame: the serializer's message for it, if its protocol has one."""
+        message = self.serializer.send_frame(frame)
+        if message is not None:
+            self._send(message)
 
     def _interrupted(self) -> None:
         self._carry.clear()

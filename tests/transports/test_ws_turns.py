@@ -1,0 +1,46 @@
+"""The transport measures each turn's response latency: end of user speech to bot audio."""
+
+from __future__ import annotations
+
+import asyncio
+
+import websockets
+from carrier_messages import receive_until_quiet, twilio_media, twilio_start
+from helpers import wait_until
+
+from flowcat_ft.agents.echo import Echo
+from flowcat_ft.frames import InputAudioRawFrame, UserStoppedSpeakingFrame
+from flowcat_ft.pipeline import Pipeline
+
+
+class TurnEveryFiveFrames(Echo):
+    """Says the user stopped speaking before every fifth frame of audio it echoes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def process(self, frame, direction):
+        if type(frame) is InputAudioRawFrame:
+            if self.count % 5 == 0:
+                self.push(UserStoppedSpeakingFrame(), direction)
+            self.count += 1
+        super().process(frame, direction)
+
+
+def test_each_answered_turn_is_logged_once(serve):
+    server = serve(Pipeline([TurnEveryFiveFrames]))
+
+    async def call() -> None:
+        async with websockets.connect(f"ws://127.0.0.1:{server.port}/twilio") as ws:
+            await ws.send(twilio_start())
+            for n in range(10):
+                await ws.send(twilio_media(b"\xff" * 160, n))
+            await receive_until_quiet(ws)
+            assert wait_until(lambda: len(server.sessions[0].turns) == 2)
+
+    asyncio.run(call())
+    turns = list(server.turns)
+    assert len(turns) == 2
+    assert all(turn.latency_ms >= 0 for turn in turns)
+    assert turns[0].at <= turns[1].at
