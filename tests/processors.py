@@ -6,6 +6,8 @@ import threading
 import time
 
 from flowcat_ft import Direction, Frame, FrameProcessor, StartFrame, TextFrame
+from flowcat_ft.agents.echo import Echo as AudioEcho
+from flowcat_ft.frames import InputAudioRawFrame, UserStoppedSpeakingFrame
 
 
 class Tag(FrameProcessor):
@@ -99,3 +101,18 @@ class Echo(FrameProcessor):
         if isinstance(frame, TextFrame) and direction is Direction.DOWNSTREAM:
             self.push(TextFrame("re:" + frame.text), Direction.UPSTREAM)
         self.push(frame, direction)
+
+
+class TurnEveryFiveFrames(AudioEcho):
+    """Says the user stopped speaking before every fifth frame of audio it echoes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def process(self, frame, direction):
+        if type(frame) is InputAudioRawFrame:
+            if self.count % 5 == 0:
+                self.push(UserStoppedSpeakingFrame(), direction)
+            self.count += 1
+        super().process(frame, direction)

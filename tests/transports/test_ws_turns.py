@@ -7,25 +7,9 @@ import asyncio
 import websockets
 from carrier_messages import receive_until_quiet, twilio_media, twilio_start
 from helpers import wait_until
+from processors import TurnEveryFiveFrames
 
-from flowcat_ft.agents.echo import Echo
-from flowcat_ft.frames import InputAudioRawFrame, UserStoppedSpeakingFrame
 from flowcat_ft.pipeline import Pipeline
-
-
-class TurnEveryFiveFrames(Echo):
-    """Says the user stopped speaking before every fifth frame of audio it echoes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def process(self, frame, direction):
-        if type(frame) is InputAudioRawFrame:
-            if self.count % 5 == 0:
-                self.push(UserStoppedSpeakingFrame(), direction)
-            self.count += 1
-        super().process(frame, direction)
 
 
 def test_each_answered_turn_is_logged_once(serve):

@@ -1,0 +1,107 @@
+"""The live status page: calls, stages, the slab pool, gc, and a chart of turn latency.
+
+``GET /status`` is a page that polls ``GET /status.json`` once a second; the JSON is a
+snapshot any monitoring script can read too. Building it only reads counters the runtime
+and the server publish for other threads (see their threading contracts).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Mapping
+from importlib import resources
+
+from flowcat_ft.runtime import Runtime
+from flowcat_ft.transports.http import HttpRequest, HttpResponse, PageHandler
+from flowcat_ft.transports.server import WebSocketServer
+
+__all__ = ["TURN_WINDOW_SECS", "snapshot", "status_pages"]
+
+TURN_WINDOW_SECS = 300.0
+"""How far back the latency chart goes."""
+
+
+def snapshot(
+    server: WebSocketServer,
+    runtime: Runtime,
+    started_at: float,
+    extras: Mapping[str, Callable[[], object]] | None = None,
+) -> dict[str, object]:
+    """What the server is doing now, as plain JSON-able data; ``extras`` adds sections
+    (such as ``"webrtc"``: the WebRTC gateway's status)."""
+    metrics = runtime.metrics()
+    now = time.time()
+    calls = []
+    for session in server.sessions:
+        call, stream = session.call, session.serializer.stream
+        if call is None:
+            continue
+        turns = list(session.turns)
+        calls.append(
+            {
+                "id": call.id,
+                "carrier": session.serializer.name,
+                "carrier_call_id": stream.call_id if stream else "",
+                "transport": (stream.metadata.get("parameters") or {}).get("transport", "")
+                if stream
+                else "",
+                "seconds": round(session.io.loop.time() - session.opened_at, 1),
+                "frames_in": session.frames_in,
+                "frames_out": session.frames_out,
+                "dropped_in": session.dropped_in,
+                "interruptions": session.clears,
+                "last_latency_ms": round(turns[-1].latency_ms, 1) if turns else None,
+            }
+        )
+    stages = [
+        {
+            "thread": stage["thread"],
+            "calls": pipeline["calls"],
+            "queue_depth": stage["queue_depth"],
+            "frames_per_s": stage["frames_per_s"],
+            "p99_us": stage["frame_time"]["p99_us"],
+            "max_us": stage["frame_time"]["max_us"],
+        }
+        for pipeline in metrics["pipelines"]
+        for stage in pipeline["stages"]
+    ]
+    gc = metrics["gc"]
+    return {
+        "server": {
+            "python": sys.version.split()[0],
+            "gil_enabled": sys._is_gil_enabled(),
+            "uptime_s": round(now - started_at),
+            "port": server.port,
+            "loops": server.loop_count,
+        },
+        "connections": server.stats(),
+        "calls": sorted(calls, key=lambda c: c["id"]),
+        "stages": stages,
+        "slabs": metrics["slabs"],
+        "gc": {"collections": gc["collections"], "pause": gc["pause"]},
+        "turns": [
+            [round(t.at, 3), round(t.latency_ms, 1)]
+            for t in list(server.turns)
+            if now - t.at <= TURN_WINDOW_SECS
+        ],
+        **{name: report() for name, report in (extras or {}).items()},
+    }
+
+
+def status_pages(
+    server: WebSocketServer,
+    runtime: Runtime,
+    extras: Mapping[str, Callable[[], object]] | None = None,
+) -> dict[str, PageHandler]:
+    """``/status`` (the page) and ``/status.json`` (its data)."""
+    started_at = time.time()
+    page = resources.files(__package__).joinpath("status.html").read_bytes()
+
+    def status(request: HttpRequest) -> HttpResponse:
+        return HttpResponse(body=page, content_type="text/html; charset=utf-8")
+
+    def status_json(request: HttpRequest) -> HttpResponse:
+        return HttpResponse.json(snapshot(server, runtime, started_at, extras))
+
+    return {"/status": status, "/status.json": status_json}

@@ -1,0 +1,56 @@
+"""The live status page and its JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+
+import websockets
+from carrier_messages import receive_until_quiet, twilio_media, twilio_start
+from helpers import FREE_THREADED, wait_until
+from processors import TurnEveryFiveFrames
+
+from flowcat_ft.pipeline import Pipeline
+from flowcat_ft.server.status import status_pages
+
+
+def get(port: int, path: str) -> tuple[str, bytes]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
+        return reply.headers["Content-Type"], reply.read()
+
+
+def test_status_json_shows_live_calls_stages_and_turns(serve):
+    server = serve(Pipeline([TurnEveryFiveFrames]))
+    server.pages.update(
+        status_pages(server, server.runtime, {"webrtc": lambda: {"running": False}})
+    )
+
+    async def call() -> dict:
+        async with websockets.connect(f"ws://127.0.0.1:{server.port}/twilio") as ws:
+            await ws.send(twilio_start(call="CA7"))
+            for n in range(10):
+                await ws.send(twilio_media(b"\xff" * 160, n))
+            await receive_until_quiet(ws)
+            assert wait_until(lambda: len(server.turns) == 2)
+            _, body = await asyncio.to_thread(get, server.port, "/status.json")
+            return json.loads(body)
+
+    status = asyncio.run(call())
+    assert status["server"]["gil_enabled"] is (not FREE_THREADED)
+    [live] = status["calls"]
+    assert (live["carrier"], live["carrier_call_id"], live["frames_in"]) == ("twilio", "CA7", 10)
+    assert live["last_latency_ms"] is not None
+    assert len(status["turns"]) == 2
+    assert {stage["thread"] for stage in status["stages"]} >= {"flowcat-p0.0-s0"}
+    assert status["slabs"]["capacity"] > 0
+    assert status["webrtc"] == {"running": False}
+    assert wait_until(lambda: json.loads(get(server.port, "/status.json")[1])["calls"] == [])
+
+
+def test_status_page_is_html_that_polls_the_json(serve):
+    server = serve()
+    server.pages.update(status_pages(server, server.runtime))
+    kind, page = get(server.port, "/status")
+    assert kind == "text/html; charset=utf-8"
+    assert b'fetch("/status.json"' in page
