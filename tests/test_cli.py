@@ -14,6 +14,8 @@ import sys
 import websockets
 from carrier_messages import twilio_media, twilio_start
 
+SERVE = [sys.executable, "-m", "flowcat_ft.cli", "serve"]
+
 
 def start_server(*args: str) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen(
@@ -68,6 +70,24 @@ def test_a_port_in_use_is_a_clear_error():
         )
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_a_second_server_on_the_same_port_is_refused():
+    """SO_REUSEPORT would let it share the first one's port (and calls) silently."""
+    proc, port = start_server("--agent", "echo", "--port", "0", "--log-level", "WARNING")
+    try:
+        second = subprocess.run(
+            [*SERVE, "--agent", "echo", "--host", "127.0.0.1", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert second.returncode == 1
+        assert f"cannot listen on 127.0.0.1:{port}" in second.stderr
+        assert "already answers" in second.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
 
 
 def test_the_default_offline_agent_greets_a_caller():

@@ -16,9 +16,11 @@ threads::
 from __future__ import annotations
 
 import asyncio
+import errno
 import inspect
 import logging
 import os
+import socket
 import threading
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -126,18 +128,38 @@ class WebSocketServer:
             return list(self._active)
 
     def start(self) -> WebSocketServer:
-        """Listen on every loop; returns once all are accepting connections."""
+        """Listen on every loop; returns once all are accepting connections.
+
+        Raises ``OSError`` if the port is taken, by anything: ``SO_REUSEPORT`` would let a
+        second flowcat-ft quietly share the port (and its calls) with the first.
+        """
+        self._refuse_a_port_in_use()
         self.runtime.start()
-        for i in range(self.loop_count):
-            io = EventLoopThread(f"flowcat-ws-{i}")
-            self._loops.append(io)
-            ticker = Ticker(io.loop)
-            server = io.submit(self._listen(io, ticker)).result(10)
-            self._servers.append(server)
-            if self.port == 0:  # the first loop picked a free port; the others share it
-                self.port = server.sockets[0].getsockname()[1]
+        try:
+            for i in range(self.loop_count):
+                io = EventLoopThread(f"flowcat-ws-{i}")
+                self._loops.append(io)
+                ticker = Ticker(io.loop)
+                server = io.submit(self._listen(io, ticker)).result(10)
+                self._servers.append(server)
+                if self.port == 0:  # the first loop picked a free port; the others share it
+                    self.port = server.sockets[0].getsockname()[1]
+        except OSError:
+            self.stop(grace=0)
+            raise
         logger.info("listening on ws://%s:%d (%d loops)", self.host, self.port, self.loop_count)
         return self
+
+    def _refuse_a_port_in_use(self) -> None:
+        if self.port == 0:
+            return
+        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        try:
+            with socket.create_connection((host, self.port), timeout=1):
+                pass
+        except OSError:
+            return  # nobody answers: the port is free (or bind() will say why not)
+        raise OSError(errno.EADDRINUSE, f"something already answers on {host}:{self.port}")
 
     async def _listen(self, io: EventLoopThread, ticker: Ticker) -> Server:
         async def handler(ws: ServerConnection) -> None:
