@@ -10,7 +10,9 @@ last 64 (32) samples of the window before it, and carries a recurrent state of s
 :class:`SileroVADAnalyzer`.  It needs that context: fed bare windows, its probability of
 speech stayed under 0.12 on clear 16 kHz speech.  The model's output, the window's
 probability of speech, goes with the window's level to the
-:class:`~flowcat_ft.audio.vad.VADStateMachine` shared with the energy analyzer.
+:class:`~flowcat_ft.audio.vad.VADStateMachine` shared with the energy analyzer.  That
+probability trails the end of speech (by up to 4 windows of bare background); the state
+machine ends speech where the level falls back to the noise floor instead.
 
 Batching: one run of the model over B windows, each with its own state, costs much less
 than B runs over one.  On 3.13t, one thread (``python -m bench.audio``, 2 cores): a call's

@@ -1,6 +1,8 @@
 """The VAD state machine on given window verdicts, and EnergyVADAnalyzer on synthetic
 silence, noise and voiced bursts."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -41,7 +43,7 @@ def test_params_have_pipecats_defaults():
 def test_the_state_machine_needs_start_secs_of_speech_and_stop_secs_of_silence():
     machine = VADStateMachine(16000, VADParams(start_secs=0.1, stop_secs=0.06, min_volume=0.0))
     verdicts = [1, 1, 0, 1, 1, 1, 1, 1, 0, 1, 0, 0, 0, 0]  # 20 ms windows: speech or not
-    states = [machine.update(float(v), -20.0, 320).name for v in verdicts]
+    states = [machine.update(float(v), -20.0 if v else -60.0, 320).name for v in verdicts]
     expected = (
         "STARTING STARTING QUIET "  # a blip of 40 ms
         "STARTING STARTING STARTING STARTING SPEAKING "  # 100 ms of speech
@@ -55,8 +57,37 @@ def test_the_state_machine_ignores_confident_windows_too_quiet_to_be_speech():
     machine = VADStateMachine(16000, VADParams(start_secs=0.0))
     assert machine.update(1.0, -80.0, 320) is VADState.QUIET  # volume 0.3 < min_volume 0.6
     for _ in range(10):
-        machine.update(1.0, -20.0, 320)  # the smoothed volume rises towards 0.9
+        machine.update(1.0, -20.0, 320)  # the volume rises to 0.9
     assert machine.state is VADState.SPEAKING and machine.volume > 0.6
+
+
+def test_the_volume_rises_at_once_and_falls_over_a_tenth_of_a_second():
+    machine = VADStateMachine(16000, VADParams())
+    machine.update(0.0, -90.0, 320)
+    assert machine.volume == pytest.approx(0.2)
+    machine.update(0.0, -20.0, 320)
+    assert machine.volume == pytest.approx(0.9)
+    machine.update(0.0, -90.0, 1600)  # 0.1 s: falls 1 - 1/e of the way back
+    assert machine.volume == pytest.approx(0.2 + 0.7 / math.e)
+
+
+def test_once_speaking_a_window_near_the_noise_floor_is_not_speech_however_confident():
+    machine = VADStateMachine(16000, VADParams(start_secs=0.0, stop_secs=0.1, min_volume=0.0))
+    machine.update(0.0, -60.0, 320)  # the background
+    assert machine.update(1.0, -20.0, 320) is VADState.SPEAKING
+    assert machine.noise_floor_db == -60.0
+    # Confident windows of background (a model's verdict trailing the audio) end speech ...
+    assert machine.update(1.0, -59.0, 320) is VADState.STOPPING
+    assert machine.update(1.0, -55.0, 320) is VADState.STOPPING
+    # ... and 6 dB over the floor is speech again.
+    assert machine.update(1.0, -54.0, 320) is VADState.SPEAKING
+
+
+def test_speech_heard_before_any_background_starts_speech():
+    # The floor is then the speech's own level: it does not hold the start back.
+    machine = VADStateMachine(16000, VADParams(start_secs=0.04, min_volume=0.0))
+    assert machine.update(1.0, -20.0, 320) is VADState.STARTING
+    assert machine.update(1.0, -21.0, 320) is VADState.SPEAKING
 
 
 def test_silence_is_quiet():
