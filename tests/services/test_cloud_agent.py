@@ -21,6 +21,7 @@ from flowcat_ft import (
     UserStoppedSpeakingFrame,
 )
 from flowcat_ft.frames import InterimTranscriptionFrame
+from flowcat_ft.services.agent import cloud_agent_pipeline
 from flowcat_ft.services.aggregators import (
     AssistantContextAggregator,
     LLMContextAggregatorPair,
@@ -43,7 +44,9 @@ def providers():
 
 
 def agent(http, cartesia, **pair_options):
-    pair = LLMContextAggregatorPair(system_prompt="You are a test agent.", **pair_options)
+    """The cloud agent without turns or STT (the tests push those frames) or a playout
+    (the tests read the TTS's output as it comes)."""
+    context = LLMContextAggregatorPair(system_prompt="You are a test agent.", **pair_options)
     llm = lambda: OpenAILLMService(  # noqa: E731
         model="m",
         base_url=http.url + "/v1",
@@ -54,7 +57,7 @@ def agent(http, cartesia, **pair_options):
     tts = lambda: CartesiaTTSService(  # noqa: E731
         voice_id="v", url=cartesia.url, api_key="ck-agent-1", sample_rate=16000, retry=FAST
     )
-    return Pipeline([pair.user, llm, tts, pair.assistant])
+    return cloud_agent_pipeline(llm, tts, context=context, playout=False)
 
 
 def user_says(call, text):

@@ -54,16 +54,31 @@ VAD_PARAMS = VADParams(stop_secs=0.2)
 """A short stop: the turn detector's own timeout decides when the caller has finished."""
 
 
-def vad_analyzer(params: VADParams = VAD_PARAMS) -> Callable[[int], VADAnalyzer]:
-    """An analyzer factory: Silero VAD if its model and onnxruntime are installed, else
-    the energy VAD."""
-    try:
-        from flowcat_ft.audio.silero import SileroVADAnalyzer, model_path
+def vad_analyzer(
+    params: VADParams = VAD_PARAMS, engine: str = "auto"
+) -> Callable[[int], VADAnalyzer]:
+    """An analyzer factory. *engine* ``"silero"``: Silero VAD (ImportError if its model or
+    onnxruntime is not installed); ``"energy"``: the energy VAD; ``"auto"``: Silero where
+    it is installed and takes the call's rate, else the energy VAD."""
+    if engine not in ("auto", "silero", "energy"):
+        raise ValueError(f"unknown VAD engine {engine!r}")
+    silero = None
+    if engine != "energy":
+        try:
+            from flowcat_ft.audio.silero import SAMPLE_RATES, SileroVADAnalyzer, model_path
 
-        model_path()
-    except ImportError:
-        return lambda rate: EnergyVADAnalyzer(rate, params)
-    return lambda rate: SileroVADAnalyzer(rate, params, batched=True)
+            model_path()
+            silero = SileroVADAnalyzer
+        except ImportError:
+            if engine == "silero":
+                raise
+
+    def make(rate: int) -> VADAnalyzer:
+        if silero is not None and (engine == "silero" or rate in SAMPLE_RATES):
+            return silero(rate, params, batched=True)
+        return EnergyVADAnalyzer(rate, params)
+
+    return make
 
 
 def offline_agent_pipeline(
@@ -71,25 +86,40 @@ def offline_agent_pipeline(
     *,
     tools: Mapping[str, Callable] | None = None,
     voice: str = "en-us",
+    rate_wpm: int = 175,
     turn_timeout_secs: float = 0.8,
+    min_barge_in_secs: float = 0.5,
+    analyzer: Callable[[int], VADAnalyzer] | None = None,
+    dictation: bool = False,
+    echo: bool = False,
 ) -> Pipeline:
     """The offline agent, for 16 kHz mono PCM in and out.
 
     The caller's audio goes through a turn detector (a VAD processor that also handles
-    barge-in), PocketSphinx listening for the phrases of the graph in *graph_path* (the
-    default agent when None; *tools* adds to its tools), the graph, espeak-ng, and the
-    playout that lets the bot's audio out at real time and tells the turn detector when
+    barge-in; *analyzer* makes each call's analyzer, :func:`vad_analyzer` by default),
+    PocketSphinx listening for the phrases of the graph in *graph_path* (the default agent
+    when None; *tools* adds to its tools), the graph, espeak-ng (*voice*, *rate_wpm*), and
+    the playout that lets the bot's audio out at real time and tells the turn detector when
     the bot speaks. The last stage records the conversation as the caller heard it.
+    *dictation*: PocketSphinx takes any words, not only the graph's phrases. *echo*: the
+    :class:`EchoLLM` answers in place of a graph, with what it heard (taken by dictation).
     """
-    graph = load_graph(graph_path or DEFAULT_GRAPH, tools)
-    analyzer = vad_analyzer()
-    phrases = graph.phrases
+    if echo:
+        phrases, llm = None, EchoLLM
+    else:
+        graph = load_graph(graph_path or DEFAULT_GRAPH, tools)
+        phrases, llm = None if dictation else graph.phrases, lambda: GraphLLM(graph)
+    analyzer = analyzer or vad_analyzer()
     return Pipeline(
         [
-            lambda: TurnDetector(analyzer, turn_timeout_secs=turn_timeout_secs),
+            lambda: TurnDetector(
+                analyzer,
+                turn_timeout_secs=turn_timeout_secs,
+                min_barge_in_secs=min_barge_in_secs,
+            ),
             lambda: SphinxSTT(phrases),
-            lambda: GraphLLM(graph),
-            lambda: EspeakTTS(voice),
+            llm,
+            lambda: EspeakTTS(voice, rate_wpm),
             BotPlayout,
             TranscriptRecorder,
         ]
