@@ -1,88 +1,116 @@
-"""The ``flowcat-ft`` command."""
+"""The ``flowcat-ft`` command: ``flowcat-ft serve [agent.yaml]``."""
 
 from __future__ import annotations
 
 import argparse
-import logging
+import dataclasses
 import signal
 import sys
 import threading
+from pathlib import Path
 
-from flowcat_ft.agents.echo import echo_pipeline
-from flowcat_ft.runtime import Runtime
-from flowcat_ft.transports.server import CARRIERS, WebSocketServer
-from flowcat_ft.transports.session import MediaOptions
+from flowcat_ft.server.app import AgentServer
+from flowcat_ft.server.config import Config, ConfigError, GraphLLMConfig, load_config
+from flowcat_ft.server.logs import configure_logging
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="flowcat-ft", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="serve calls over WebSocket media streams")
+    serve = commands.add_parser(
+        "serve",
+        help="serve an agent to callers and browsers",
+        description="Serve the agent CONFIG describes (the offline agent without one); "
+        "the options below override the file.",
+    )
+    serve.add_argument("config", nargs="?", help="agent YAML (see examples/agent.yaml)")
     serve.add_argument(
         "--agent",
         choices=("offline", "echo"),
-        default="offline",
-        help="offline: a talking agent that needs no network (default); echo: hear yourself",
+        help="offline: a talking agent that needs no network; echo: hear yourself",
     )
     serve.add_argument("--graph", help="conversation graph YAML for the offline agent")
-    serve.add_argument("--host", default="0.0.0.0", help="address to listen on")
-    serve.add_argument("--port", type=int, default=8765)
-    serve.add_argument("--loops", type=int, default=None, help="event-loop threads")
-    serve.add_argument("--max-calls", type=int, default=1000)
-    serve.add_argument("--log-level", default="INFO")
+    serve.add_argument("--host", help="address to listen on (default 0.0.0.0)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8765)")
+    serve.add_argument("--loops", type=int, help="event-loop threads (default: one per core)")
+    serve.add_argument("--max-calls", type=int)
+    serve.add_argument("--log-level", help="DEBUG, INFO (default), WARNING...")
+    serve.add_argument("--log-format", choices=("text", "json"))
     serve.add_argument(
         "--profile",
         metavar="DIR",
         help="profile stage threads with pyinstrument into DIR (turns the GIL on)",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    return _serve(args)
-
-
-def _serve(args: argparse.Namespace) -> int:
-    if args.agent == "offline":
-        from flowcat_ft.services.offline import GraphError, offline_agent_pipeline
-
-        try:
-            pipeline = offline_agent_pipeline(args.graph)
-        except (GraphError, OSError) as error:
-            print(f"flowcat-ft: {error}", file=sys.stderr)
-            return 2
-        options = MediaOptions(sample_rate=16000)  # the agent works at 16 kHz
-    else:
-        pipeline, options = echo_pipeline(), MediaOptions()
-    runtime = Runtime(max_calls=args.max_calls, profile_dir=args.profile)
-    server = WebSocketServer(
-        runtime,
-        pipeline,
-        options=options,
-        host=args.host,
-        port=args.port,
-        loops=args.loops,
-        max_calls=args.max_calls,
-    )
     try:
-        server.start()
-    except OSError as error:
-        print(f"flowcat-ft: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
-        runtime.stop()
-        return 1
-    free = "free-threaded" if not sys._is_gil_enabled() else "GIL"
-    version = sys.version.split()[0]
-    print(f"flowcat-ft serving the {args.agent} agent on {version} ({free} build)")
-    for name in CARRIERS:
-        print(f"  {name:7} ws://{args.host}:{server.port}/{name}")
-    print("Ctrl-C to stop.", flush=True)
+        config = _with_options(load_config(args.config), args)
+    except ConfigError as error:
+        print(f"flowcat-ft: {error}", file=sys.stderr)
+        return 2
+    configure_logging(config.logging.level, config.logging.format)
+    return _serve(config, args.profile)
+
+
+def _with_options(config: Config, args: argparse.Namespace) -> Config:
+    """The configuration with the command line's options in place of the file's."""
+    server = {"host": args.host, "port": args.port, "loops": args.loops}
+    limits = {"max_calls": args.max_calls}
+    logging = {"level": args.log_level and args.log_level.upper(), "format": args.log_format}
+    agent = {"kind": args.agent}
+    if args.graph is not None:
+        if not isinstance(config.agent.llm, GraphLLMConfig):
+            raise config.error("agent.llm", "--graph needs the graph engine (llm.engine: graph)")
+        graph = Path(args.graph)
+        if not graph.is_file():
+            raise ConfigError(args.graph, None, "", "no such graph file")
+        agent["llm"] = dataclasses.replace(config.agent.llm, graph=graph)
+    config = dataclasses.replace(
+        config,
+        server=_replace(config.server, server),
+        limits=_replace(config.limits, limits),
+        logging=_replace(config.logging, logging),
+        agent=_replace(config.agent, agent),
+    )
+    if args.agent == "echo":  # at the carrier's own rate, as the echo agent wants
+        config = dataclasses.replace(
+            config, agent=dataclasses.replace(config.agent, sample_rate=None)
+        )
+    return config
+
+
+def _replace(section, options: dict[str, object]):
+    given = {name: value for name, value in options.items() if value is not None}
+    return dataclasses.replace(section, **given) if given else section
+
+
+def _serve(config: Config, profile_dir: str | None) -> int:
+    def progress(step: str) -> None:
+        print(f"  {step}", flush=True)
+
+    # Handlers first: a signal during start-up stops the server once it has started.
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
-    stopping.wait()
-    print("stopping: letting calls finish...", flush=True)
-    server.stop(grace=5.0)
-    runtime.stop()
+    server = AgentServer(config, progress=progress, profile_dir=profile_dir)
+    print(f"{server.describe()}: starting the {config.agent.kind} agent", flush=True)
+    try:
+        server.start()
+    except ConfigError as error:
+        print(f"flowcat-ft: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        where = f"{config.server.host}:{config.server.port}"
+        print(f"flowcat-ft: cannot listen on {where}: {error}", file=sys.stderr)
+        return 1
+    for name, url in server.urls().items():
+        print(f"  {name:10} {url}")
+    print("Ctrl-C to stop.", flush=True)
+    # Python runs signal handlers on the main thread, but the kernel may deliver the
+    # signal to any thread, leaving a main thread blocked in wait() asleep: wake it often.
+    while not stopping.wait(0.25):
+        pass
+    print(f"stopping: letting calls finish ({config.limits.shutdown_grace:g} s)...", flush=True)
+    server.stop()
     return 0
 
 

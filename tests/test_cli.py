@@ -125,3 +125,36 @@ def test_a_bad_graph_stops_start_up_naming_the_file(tmp_path):
     )
     assert result.returncode == 2
     assert str(graph) in result.stderr
+
+
+def test_serve_takes_an_agent_config_and_reports_set_up(tmp_path):
+    config = tmp_path / "agent.yaml"
+    config.write_text("agent:\n  kind: echo\nlimits:\n  max_calls: 3\n")
+    proc = subprocess.Popen(
+        [*SERVE, str(config), "--host", "127.0.0.1", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line.strip())
+            if line.startswith("Ctrl-C"):
+                break
+        assert lines[0].startswith("flowcat-ft on Python")
+        assert "building the echo agent" in lines
+        assert any(line.startswith("ready in") for line in lines)
+        assert any(line.startswith("status ") for line in lines)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+
+
+def test_a_config_mistake_stops_start_up_naming_file_line_and_field(tmp_path):
+    config = tmp_path / "agent.yaml"
+    config.write_text("server:\n  port: 8765\n  prot: 1\nagent:\n  vad:\n    stop_secs: soon\n")
+    result = subprocess.run([*SERVE, str(config)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert f"{config}:3: server.prot: unknown field (did you mean 'port'?)" in result.stderr
+    assert f"{config}:6: agent.vad.stop_secs: " in result.stderr

@@ -23,7 +23,7 @@ import os
 import socket
 import threading
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from email.utils import formatdate
 from http import HTTPStatus
 from urllib.parse import parse_qsl, urlsplit
@@ -52,10 +52,10 @@ SocketHandler = Callable[[ServerConnection], Awaitable[None]]
 CARRIERS = ("twilio", "telnyx", "plivo", "exotel", "vonage", "raw")
 
 
-def default_routes() -> dict[str, SerializerFactory]:
-    """``/twilio``, ``/telnyx``, ... ``/raw``: one path per serializer; query parameters
-    (``?codec=mulaw&sample_rate=8000``) become the serializer's options."""
-    return {f"/{name}": _by_name(name) for name in CARRIERS}
+def default_routes(carriers: Iterable[str] = CARRIERS) -> dict[str, SerializerFactory]:
+    """``/twilio``, ``/telnyx``, ... ``/raw``: one path per serializer (of ``carriers``);
+    query parameters (``?codec=mulaw&sample_rate=8000``) become the serializer's options."""
+    return {f"/{name}": _by_name(name) for name in carriers}
 
 
 def _by_name(name: str) -> SerializerFactory:

@@ -1,0 +1,128 @@
+"""``flowcat-ft serve``: an agent from a configuration, behind every transport, with pages.
+
+:class:`AgentServer` puts the pieces together: the runtime, the agent
+(:mod:`flowcat_ft.server.agent`), the WebSocket server with one media route per carrier,
+the carriers' webhook answers (:mod:`~flowcat_ft.server.webhooks`), the status page
+(:mod:`~flowcat_ft.server.status`), the browser playground and WebRTC through its
+companion process. It is what the command line runs, and works the same embedded::
+
+    server = AgentServer(load_config("agent.yaml")).start()
+    ...
+    server.stop()
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+
+from flowcat_ft.runtime import Runtime
+from flowcat_ft.server.agent import build_agent
+from flowcat_ft.server.config import Config, SphinxSTTConfig
+from flowcat_ft.server.status import status_pages
+from flowcat_ft.server.webhooks import answer_pages
+from flowcat_ft.services.offline import SphinxWorker
+from flowcat_ft.transports.server import WebSocketServer, default_routes
+
+__all__ = ["AgentServer"]
+
+
+class AgentServer:
+    """The configured agent, served.
+
+    ``progress`` is told each step of start-up as it happens (the command line prints
+    them: building the agent and warming its workers can take seconds).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        progress: Callable[[str], None] = lambda step: None,
+        profile_dir: str | None = None,
+    ) -> None:
+        self.config = config
+        self._progress = progress
+        self._profile_dir = profile_dir
+        self.runtime: Runtime | None = None
+        self.server: WebSocketServer | None = None
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None, "not started"
+        return self.server.port
+
+    def start(self) -> AgentServer:
+        """Build the agent and listen. Raises ``ConfigError`` (the agent cannot be built on
+        this machine) or ``OSError`` (the port is taken), having started nothing."""
+        config = self.config
+        started = time.monotonic()
+        self._step(f"building the {config.agent.kind} agent")
+        agent = build_agent(config)
+        runtime = Runtime(max_calls=config.limits.max_calls, profile_dir=self._profile_dir)
+        carriers = config.transports.carriers
+        server = WebSocketServer(
+            runtime,
+            agent.pipeline,
+            host=config.server.host,
+            port=config.server.port,
+            loops=config.server.loops,
+            routes=default_routes(carriers),
+            options=agent.options,
+            max_calls=config.limits.max_calls,
+            pages=answer_pages(carriers, config.server.public_url),
+        )
+        server.pages.update(status_pages(server, runtime))
+        try:
+            server.start()
+        except OSError:
+            runtime.stop()
+            raise
+        self.runtime, self.server = runtime, server
+        self._step(f"listening on {config.server.host}:{server.port}")
+        self._warm_up(runtime)
+        self._step(f"ready in {time.monotonic() - started:.1f} s")
+        return self
+
+    def urls(self) -> dict[str, str]:
+        """What a person or a carrier connects to, by name."""
+        assert self.server is not None, "not started"
+        host = self.config.server.host
+        base = f"{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{self.port}"
+        urls = {"status": f"http://{base}/status"}
+        for name in self.config.transports.carriers:
+            urls[name] = f"ws://{base}/{name}"
+            if f"/{name}/answer" in self.server.pages:
+                urls[name] += f"  (webhook answer: http://{base}/{name}/answer)"
+        return urls
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop accepting calls, let live ones finish for ``grace`` seconds (the config's
+        ``limits.shutdown_grace`` by default), then cancel them."""
+        if self.server is not None:
+            self.server.stop(self.config.limits.shutdown_grace if grace is None else grace)
+        if self.runtime is not None:
+            self.runtime.stop()
+        self.server = self.runtime = None
+
+    def _step(self, message: str) -> None:
+        self._progress(message)
+
+    def _warm_up(self, runtime: Runtime) -> None:
+        """Start the agent's worker processes now, so the first caller does not wait."""
+        if isinstance(self.config.agent.stt, SphinxSTTConfig) and self.config.agent.kind != "echo":
+            began = time.monotonic()
+            self._step("speech recognition: starting the PocketSphinx worker")
+            worker = SphinxWorker.shared(runtime)
+            try:
+                worker.start().result(worker.start_timeout)
+            except Exception as error:  # the worker restarts on the first call's request
+                self._step(f"speech recognition: worker not ready ({error}); retried per call")
+            else:
+                self._step(f"speech recognition: ready in {time.monotonic() - began:.1f} s")
+
+    def describe(self) -> str:
+        """One line about the interpreter serving."""
+        build = "GIL" if sys._is_gil_enabled() else "free-threaded, GIL off"
+        return f"flowcat-ft on Python {sys.version.split()[0]} ({build})"
