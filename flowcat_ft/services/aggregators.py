@@ -13,9 +13,11 @@ Two processors, as in pipecat, placed around the LLM and TTS::
   :class:`~flowcat_ft.frames.UserStoppedSpeakingFrame` (and the final transcript that
   arrives just after: speech-to-text lags voice activity), adds them as one user message
   and sends the LLM an :class:`~flowcat_ft.services.llm.frames.LLMContextFrame`. Without
-  voice activity frames, a pause of ``aggregation_timeout`` between transcripts ends the
-  turn. It also records what travels upstream to it: the function calls and their results
-  from the LLM, and the assistant's messages from the assistant aggregator.
+  voice activity frames, the STT's
+  :class:`~flowcat_ft.services.llm.frames.UtteranceEndFrame` ends the turn, or else a
+  pause of ``aggregation_timeout`` between transcripts. It also records what travels
+  upstream to it: the function calls and their results from the LLM, and the assistant's
+  messages from the assistant aggregator.
 - :class:`AssistantContextAggregator` sits at the output and records what the caller
   *heard*: the :class:`~flowcat_ft.frames.TTSTextFrame`\\ s the TTS placed just before the
   audio that speaks them, each counted as heard once the audio before it has played. The
@@ -64,6 +66,7 @@ from flowcat_ft.services.llm.frames import (
     LLMMessagesAppendFrame,
     LLMMessagesUpdateFrame,
     LLMRunFrame,
+    UtteranceEndFrame,
 )
 from flowcat_ft.services.net.service import call_later
 from flowcat_ft.services.tools import ToolRegistry
@@ -131,6 +134,11 @@ class UserContextAggregator(FrameProcessor):
                     self._finish()
                 else:
                     self._start_timer()
+            return
+        elif kind is UtteranceEndFrame:
+            self.push(frame, direction)
+            if not self._speaking and self._parts:
+                self._finish()  # the STT heard the turn end: no pause to wait out
             return
         elif isinstance(frame, LLMMessagesAppendFrame):
             self.context.add_messages(frame.messages)

@@ -3,7 +3,8 @@
 Each runs on 127.0.0.1 (port 0) on an event-loop thread of its own, records what clients
 sent, and can misbehave on demand: garbage, a close mid-stream, a stall, an error message,
 a 429 with Retry-After. What a test wants of a server is set on its attributes before
-(or while) the client talks to it.
+(or while) the client talks to it. Given a server-side ``ssl_context``, the HTTP and
+WebSocket servers speak TLS (``https``/``wss`` URLs).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import base64
 import contextlib
 import json
 import math
+import ssl
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -189,23 +191,24 @@ class FakeHTTPServer(_Threaded):
     """HTTP/1.1 on 127.0.0.1 with keep-alive. ``routes[path]`` is a handler, or a list of
     handlers taken one per request (the last one repeats)."""
 
-    def __init__(self) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
         super().__init__("fake-http")
         self.routes: dict[str, Handler | list[Handler]] = {}
         self.requests: list[HTTPRequest] = []
         self.connections = 0
         self.disconnects = 0
         self.events_sent = 0
+        self._ssl = ssl_context
         self._server: asyncio.AbstractServer | None = None
         self.port = self.run(self._start())
 
     async def _start(self) -> int:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self._ssl)
         return self._server.sockets[0].getsockname()[1]
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self._ssl else 'http'}://127.0.0.1:{self.port}"
 
     def close(self) -> None:
         if self.io.loop.is_closed():
@@ -435,18 +438,24 @@ class FakeWSServer(_Threaded):
     """A websockets server; subclasses implement :meth:`session`. ``reject`` (a status and
     headers) refuses the next handshakes, one per entry."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, ssl_context: ssl.SSLContext | None = None) -> None:
         super().__init__(name)
         self.handshakes: list[dict[str, str]] = []
         self.reject: deque[tuple[int, dict[str, str]]] = deque()
         self.connections = 0
         self.closed_by_client = 0
+        self._ssl = ssl_context
         self._server: Server | None = None
         self.port = self.run(self._start())
 
     async def _start(self) -> int:
         self._server = await serve(
-            self._handle, "127.0.0.1", 0, process_request=self._process_request, compression=None
+            self._handle,
+            "127.0.0.1",
+            0,
+            process_request=self._process_request,
+            compression=None,
+            ssl=self._ssl,
         )
         return self._server.sockets[0].getsockname()[1]
 
@@ -464,7 +473,7 @@ class FakeWSServer(_Threaded):
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
+        return f"{'wss' if self._ssl else 'ws'}://127.0.0.1:{self.port}"
 
     async def _handle(self, ws: ServerConnection) -> None:
         self.connections += 1
@@ -498,15 +507,25 @@ class FakeWSServer(_Threaded):
 class FakeDeepgram(FakeWSServer):
     """Deepgram live: interim results as audio arrives, a final (is_final, speech_final)
     once ``final_after`` seconds of audio came or on Finalize; KeepAlive, Finalize and
-    CloseStream recorded. ``mode``: "normal", "garbage" (a non-JSON message first),
-    "error" (an Error message first), "drop" (close with 1011 after the first result)."""
+    CloseStream recorded. With ``utterance_end``, the final is not ``speech_final`` and an
+    ``UtteranceEnd`` message follows it (as when noise keeps endpointing from firing).
+    ``mode``: "normal", "garbage" (a non-JSON message first), "error" (an Error message
+    first), "drop" (close with 1011 after the first result), "silent" (take the audio,
+    answer nothing, until the mode changes)."""
 
-    def __init__(self, words: list[str], final_after: float = 0.3, rate: int = 16000) -> None:
-        super().__init__("fake-deepgram")
+    def __init__(
+        self,
+        words: list[str],
+        final_after: float = 0.3,
+        rate: int = 16000,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        super().__init__("fake-deepgram", ssl_context)
         self.words = words
         self.final_after = final_after
         self.rate = rate
         self.mode = "normal"
+        self.utterance_end = False
         self.audio_bytes = 0
         self.controls: list[str] = []
 
@@ -518,13 +537,20 @@ class FakeDeepgram(FakeWSServer):
                 "duration": 0.5,
                 "start": start,
                 "is_final": final,
-                "speech_final": final,
+                "speech_final": final and not self.utterance_end,
                 "channel": {
                     "alternatives": [{"transcript": text, "confidence": 0.98, "words": []}]
                 },
                 "metadata": {"request_id": "r1", "model_info": {"name": "fake"}},
             }
         )
+
+    async def _final(self, ws: ServerConnection) -> None:
+        await ws.send(self._results(" ".join(self.words), True, 0.0))
+        if self.utterance_end:
+            await ws.send(
+                json.dumps({"type": "UtteranceEnd", "channel": [0, 1], "last_word_end": 0.4})
+            )
 
     async def session(self, ws: ServerConnection) -> None:
         mode = self.mode
@@ -538,6 +564,9 @@ class FakeDeepgram(FakeWSServer):
         async for message in ws:
             if isinstance(message, bytes):
                 self.audio_bytes += len(message)
+                if self.mode == "silent":
+                    self.notify()
+                    continue
                 heard += len(message)
                 while heard >= step * (shown + 1) and shown < len(self.words):
                     shown += 1
@@ -547,14 +576,14 @@ class FakeDeepgram(FakeWSServer):
                         await ws.close(1011, "NET-0000 internal error")
                         return
                 if heard >= self.final_after * self.rate * 2 and shown >= 0:
-                    await ws.send(self._results(" ".join(self.words), True, 0.0))
+                    await self._final(ws)
                     heard = -(10**12)  # one final per connection
                 self.notify()
                 continue
             kind = json.loads(message).get("type")
             self.controls.append(kind)
             if kind == "Finalize" and heard > 0:  # flush the final for the audio so far
-                await ws.send(self._results(" ".join(self.words), True, 0.0))
+                await self._final(ws)
                 heard = -(10**12)
             self.notify()
             if kind == "CloseStream":
@@ -744,11 +773,13 @@ class FakeElevenLabs(FakeWSServer):
 
 
 class FakeRealtime(FakeWSServer):
-    """OpenAI Realtime: after ``speech_after`` seconds of appended audio (24 kHz), server
-    VAD events, a transcription, then a response: ``chunks`` audio deltas of ``chunk_secs``
-    sent ``delay`` apart with transcript deltas, then response.done. With ``function_call``
-    set, the first response is that call; its output and response.create bring a spoken
-    answer. Records every client event."""
+    """OpenAI Realtime: with server VAD, after ``speech_after`` seconds of audio appended
+    (24 kHz) in a session, VAD events, a commit and a transcription, then a response:
+    ``chunks`` audio deltas of ``chunk_secs`` sent ``delay`` apart with transcript deltas,
+    then response.done. With ``turn_detection`` null, ``input_audio_buffer.commit`` commits
+    (an error if nothing was appended) and ``response.create`` answers. With
+    ``function_call`` set, the first response is that call; its output and response.create
+    bring a spoken answer. :meth:`drop` cuts the connection. Records every client event."""
 
     def __init__(
         self,
@@ -764,16 +795,65 @@ class FakeRealtime(FakeWSServer):
         self.speech_after = speech_after
         self.events: list[dict] = []
         self.audio_bytes = 0
+        self.responses = 0
         self.function_call: dict | None = None
         self.send_error = False
         self.send_garbage = False
+        self._current: ServerConnection | None = None
 
     def of_type(self, kind: str) -> list[dict]:
         return [e for e in self.events if e.get("type") == kind]
 
+    def drop(self) -> None:
+        """Close the current connection as a server failing would (1011)."""
+
+        async def close() -> None:
+            await self._current.close(1011, "server error")
+
+        self.run(close())
+
+    async def _heard(self, ws: ServerConnection, item: str, vad: bool) -> None:
+        if vad:
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "input_audio_buffer.speech_started",
+                        "audio_start_ms": 0,
+                        "item_id": item,
+                    }
+                )
+            )
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "input_audio_buffer.speech_stopped",
+                        "audio_end_ms": 200,
+                        "item_id": item,
+                    }
+                )
+            )
+        await ws.send(json.dumps({"type": "input_audio_buffer.committed", "item_id": item}))
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "conversation.item.input_audio_transcription.completed",
+                    "item_id": item,
+                    "content_index": 0,
+                    "transcript": "what is the weather",
+                }
+            )
+        )
+
+    def _start_response(self, ws: ServerConnection, call: dict | None) -> asyncio.Task:
+        self.responses += 1
+        return asyncio.ensure_future(self._respond(ws, self.responses, call))
+
     async def session(self, ws: ServerConnection) -> None:
+        self._current = ws
         await ws.send(json.dumps({"type": "session.created", "session": {"id": "s1"}}))
         responding: asyncio.Task | None = None
+        server_vad = True
+        buffered = 0  # bytes appended since the last commit
         triggered = False
         async for message in ws:
             event = json.loads(message)
@@ -782,6 +862,7 @@ class FakeRealtime(FakeWSServer):
                 self.notify()
             kind = event["type"]
             if kind == "session.update":
+                server_vad = event["session"].get("turn_detection") is not None
                 await ws.send(json.dumps({"type": "session.updated", "session": event["session"]}))
                 if self.send_error:
                     await ws.send(
@@ -799,32 +880,29 @@ class FakeRealtime(FakeWSServer):
                 if self.send_garbage:
                     await ws.send("{not json")
             elif kind == "input_audio_buffer.append":
-                self.audio_bytes += len(base64.b64decode(event["audio"]))
+                size = len(base64.b64decode(event["audio"]))
+                self.audio_bytes += size
+                buffered += size
                 self.notify()
-                if not triggered and self.audio_bytes >= self.speech_after * 24000 * 2:
+                if server_vad and not triggered and buffered >= self.speech_after * 24000 * 2:
                     triggered = True
-                    for e in (
-                        {
-                            "type": "input_audio_buffer.speech_started",
-                            "audio_start_ms": 0,
-                            "item_id": "u1",
-                        },
-                        {
-                            "type": "input_audio_buffer.speech_stopped",
-                            "audio_end_ms": 200,
-                            "item_id": "u1",
-                        },
-                        {
-                            "type": "conversation.item.input_audio_transcription.completed",
-                            "item_id": "u1",
-                            "content_index": 0,
-                            "transcript": "what is the weather",
-                        },
-                    ):
-                        await ws.send(json.dumps(e))
-                    responding = asyncio.ensure_future(self._respond(ws, 1, self.function_call))
+                    buffered = 0
+                    await self._heard(ws, f"u{self.responses + 1}", vad=True)
+                    responding = self._start_response(ws, self.function_call)
+            elif kind == "input_audio_buffer.commit":
+                if not buffered:
+                    error = {
+                        "type": "invalid_request_error",
+                        "code": "input_audio_buffer_commit_empty",
+                        "message": "buffer too small",
+                    }
+                    await ws.send(json.dumps({"type": "error", "error": error}))
+                    continue
+                buffered = 0
+                await self._heard(ws, f"u{self.responses + 1}", vad=False)
             elif kind == "response.create":
-                responding = asyncio.ensure_future(self._respond(ws, 2, None))
+                call = self.function_call if not server_vad and not self.responses else None
+                responding = self._start_response(ws, call)
             elif kind == "response.cancel" and responding is not None:
                 responding.cancel()
                 await ws.send(

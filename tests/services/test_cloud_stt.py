@@ -24,10 +24,12 @@ from flowcat_ft import (
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
+from flowcat_ft.services.aggregators import LLMContextAggregatorPair
+from flowcat_ft.services.llm.frames import LLMContextFrame, UtteranceEndFrame
 from flowcat_ft.services.net.http import Timeouts
 from flowcat_ft.services.net.retry import RetryPolicy
 from flowcat_ft.services.stt import DeepgramSTTService, OpenAISTTService
-from flowcat_ft.services.stt.deepgram import Ignored, parse_message
+from flowcat_ft.services.stt.deepgram import Ignored, UtteranceEnd, parse_message
 from flowcat_ft.services.stt.openai import multipart_body, wav_bytes
 
 FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05)
@@ -70,6 +72,8 @@ def test_deepgram_messages_parse_per_the_docs():
         "en",
     )
     assert parse_message('{"type": "SpeechStarted", "timestamp": 1.0}') == Ignored("SpeechStarted")
+    utterance_end = {"type": "UtteranceEnd", "channel": [0, 1], "last_word_end": 2.395}
+    assert parse_message(json.dumps(utterance_end)) == UtteranceEnd(2.395)
 
 
 # -- Deepgram -------------------------------------------------------------------------------
@@ -169,6 +173,82 @@ def test_deepgram_retries_a_rate_limited_handshake(runtime, deepgram):
     assert wait_until(lambda: finals(out))
     assert len(deepgram.handshakes) == 2 and not errors(out)
     call.close()
+
+
+def kinds(out: Recorder) -> list[type]:
+    return [type(f) for f, d in list(out.frames) if d is Direction.DOWNSTREAM]
+
+
+def test_deepgram_speech_final_marks_the_end_of_the_utterance(runtime, deepgram):
+    out = Recorder()
+    call = runtime.open_call(Pipeline([deepgram_stt(deepgram)]), out)
+    push_speech(call, 0.5)
+    assert wait_until(lambda: out.of(UtteranceEndFrame))
+    assert "utterance_end_ms=1000" in deepgram.handshakes[0]["path"]
+    texts = [k for k in kinds(out) if k in (TranscriptionFrame, UtteranceEndFrame)]
+    assert texts == [TranscriptionFrame, UtteranceEndFrame]  # right after the final
+    call.close()
+    assert len(out.of(UtteranceEndFrame)) == 1
+
+
+def test_deepgram_utterance_end_ends_the_user_turn_without_waiting(runtime, deepgram):
+    # Endpointing never fires (say, background noise): the final is not speech_final, and
+    # UtteranceEnd follows. The aggregator would wait a minute for more words without it.
+    deepgram.utterance_end = True
+    pair = LLMContextAggregatorPair(aggregation_timeout=60.0)
+    out = Recorder()
+    call = runtime.open_call(Pipeline([deepgram_stt(deepgram), pair.user]), out)
+    push_speech(call, 0.5)
+    assert wait_until(lambda: out.of(LLMContextFrame))
+    [ask] = out.of(LLMContextFrame)
+    assert ask.context.messages[-1] == {"role": "user", "content": "turn on the lights"}
+    assert len(out.of(UtteranceEndFrame)) == 1
+    call.close()
+
+
+def test_deepgram_that_goes_silent_is_reported_and_reconnected(runtime, deepgram):
+    deepgram.mode = "silent"
+    out = Recorder()
+    stt = deepgram_stt(deepgram, stall_timeout=0.3, keepalive_secs=60)
+    call = runtime.open_call(Pipeline([stt]), out)
+    push_speech(call, 0.5)
+    assert wait_until(lambda: errors(out))
+    [error] = errors(out)
+    assert "no reply from the STT for 0.3 s" in error.error and not error.fatal
+    assert deepgram.wait_for(lambda: deepgram.connections == 2)
+    deepgram.mode = "normal"
+    push_speech(call, 0.5)
+    assert wait_until(lambda: finals(out) == ["turn on the lights"])
+    assert len(errors(out)) == 1
+    call.close()
+    assert call.end_reason == "ended"
+
+
+def test_deepgram_that_stays_silent_ends_the_call_rather_than_hang(runtime, deepgram):
+    deepgram.mode = "silent"
+    out = Recorder()
+    stt = deepgram_stt(deepgram, stall_timeout=0.2, max_reconnects=1, keepalive_secs=60)
+    call = runtime.open_call(Pipeline([stt]), out)
+    push_speech(call, 0.3)
+    assert deepgram.wait_for(lambda: deepgram.connections == 2)
+    push_speech(call, 0.3)
+    assert call.wait(5)
+    *stalls, last = errors(out)
+    assert len(stalls) == 2  # the first connection, then the one reopened
+    assert all("no reply" in e.error and not e.fatal for e in stalls)
+    assert "failed 2 times in a row; giving up" in last.error and last.fatal
+    assert call.end_reason.startswith("fatal error")
+    assert not finals(out)
+
+
+def test_deepgram_that_cannot_be_reached_ends_the_call(runtime, deepgram):
+    deepgram.reject.extend([(503, {})] * 3)  # every attempt FAST allows
+    out = Recorder()
+    call = runtime.open_call(Pipeline([deepgram_stt(deepgram)]), out)
+    assert call.wait(5)
+    [error] = errors(out)
+    assert "could not connect to the STT" in error.error and "503" in error.error
+    assert error.fatal and len(deepgram.handshakes) == 3
 
 
 # -- OpenAI transcription ---------------------------------------------------------------------

@@ -23,6 +23,7 @@ from helpers import wait_until
 
 from flowcat_ft import (
     Direction,
+    EndFrame,
     ErrorFrame,
     InterruptionFrame,
     LLMFullResponseEndFrame,
@@ -215,6 +216,76 @@ def test_a_tts_speak_frame_is_its_own_utterance(runtime, cartesia):
     assert wait_until(lambda: out.of(TTSStoppedFrame))
     assert [f.text for f in out.of(TTSTextFrame)] == ["Please", "hold."]
     call.close()
+
+
+def test_an_end_waits_for_the_reply_being_synthesised(runtime, cartesia):
+    cartesia.delay = 0.03  # 24 chunks: the reply is still streaming when the call ends
+    out = Recorder()
+    call = runtime.open_call(Pipeline([cartesia_tts(cartesia)]), out)
+    respond(call)
+    call.end()
+    assert call.wait(10) and call.end_reason == "ended"
+    assert audio_secs(out) == pytest.approx(len(WORDS) * 0.1, abs=0.02)  # none of it cut
+    assert [f.text for f in out.of(TTSTextFrame)] == WORDS
+    assert kinds(out)[-3:] == [TTSStoppedFrame, LLMFullResponseEndFrame, EndFrame]
+    assert not errors(out) and not cartesia.cancelled
+
+
+def test_an_end_speaks_text_that_came_without_its_response_end(runtime, cartesia):
+    out = Recorder()
+    call = runtime.open_call(Pipeline([cartesia_tts(cartesia)]), out)
+    call.push(LLMFullResponseStartFrame())
+    for token in ["Hello", " there.", " Last", " words"]:  # no end frame, no full stop
+        call.push(LLMTextFrame(token))
+    call.end()
+    assert call.wait(10) and call.end_reason == "ended"
+    assert [f.text for f in out.of(TTSTextFrame)] == ["Hello", "there.", "Last", "words"]
+    assert kinds(out)[-2:] == [TTSStoppedFrame, EndFrame]
+
+
+def test_a_barge_in_while_the_call_ends_cuts_the_reply_and_ends_it(runtime, cartesia):
+    cartesia.delay = 0.05
+    out = Recorder()
+    call = runtime.open_call(Pipeline([cartesia_tts(cartesia)]), out)
+    respond(call)
+    call.end()
+    assert wait_until(lambda: len(out.of(TTSAudioRawFrame)) >= 2)
+    call.interrupt()
+    assert call.wait(5) and call.end_reason == "ended"
+    assert audio_secs(out) < len(WORDS) * 0.1
+    frames = [f for f, _ in out.frames]
+    cut = next(i for i, f in enumerate(frames) if isinstance(f, InterruptionFrame))
+    assert not [f for f in frames[cut:] if isinstance(f, TTSAudioRawFrame)]
+    assert isinstance(frames[-1], EndFrame)
+
+
+def test_a_cancel_drops_the_reply_at_once(runtime, cartesia):
+    cartesia.delay = 0.05
+    out = Recorder()
+    call = runtime.open_call(Pipeline([cartesia_tts(cartesia)]), out)
+    respond(call)
+    assert wait_until(lambda: len(out.of(TTSAudioRawFrame)) >= 2)
+    call.cancel("hung up")
+    assert call.wait(5) and call.end_reason == "hung up"
+    assert audio_secs(out) < len(WORDS) * 0.1 and not out.of(EndFrame)
+
+
+def test_an_end_gives_a_stalled_reply_end_timeout_seconds(runtime, cartesia):
+    cartesia.mode = "stall"  # the first chunk, then nothing, for an hour
+
+    def tts():
+        service = cartesia_tts(cartesia, read_timeout=3600)()
+        service.end_timeout = 0.2
+        return service
+
+    out = Recorder()
+    call = runtime.open_call(Pipeline([tts]), out)
+    respond(call, ["Hello there."])
+    assert wait_until(lambda: out.of(TTSAudioRawFrame))
+    call.end()
+    assert call.wait(5) and call.end_reason == "ended"
+    [error] = errors(out)
+    assert "still running 0.2 s after the end" in error.error and not error.fatal
 
 
 # -- ElevenLabs -----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from helpers import wait_until
 from offline_speech import need_espeak
 
 from flowcat_ft import (
+    EndFrame,
     InterruptionFrame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
@@ -184,6 +185,32 @@ def test_an_interruption_kills_espeak_and_drops_what_was_left(runtime):
     assert [f.text for f in after if isinstance(f, TTSTextFrame)] == ["After."]
     assert kinds(out)[:cut].count(TTSStoppedFrame) == 1  # the bot stopped at the cut
     call.close()
+
+
+def test_an_end_waits_until_the_reply_has_been_spoken(runtime):
+    pieces = ["One two three. Four", " five six. Seven"]  # no end frame, no full stop
+    frames = [LLMFullResponseStartFrame(), *(LLMTextFrame(p) for p in pieces)]
+    call, out = run_tts(runtime, frames, max_ahead_secs=60)
+    call.end()
+    assert call.wait(15) and call.end_reason == "ended"
+    said = [f.text for f in out if isinstance(f, TTSTextFrame)]
+    assert said == ["One two three.", "Four five six.", "Seven"]
+    assert kinds(out)[-2:] == [TTSStoppedFrame, EndFrame]  # after all of its audio
+    audio = [f for f in out if isinstance(f, TTSAudioRawFrame)]
+    assert len(audio) * 0.02 > 1.5
+    audio.clear()
+    out.clear()
+    assert wait_until(lambda: runtime.pool.in_use == 0)
+
+
+def test_a_cancel_kills_espeak_and_drops_the_reply_at_once(runtime):
+    long = " ".join(["this sentence goes on and on without a stop"] * 25) + "."
+    call, out = run_tts(runtime, [TextFrame(long), TextFrame("Never said.")], rate=16000)
+    assert wait_until(lambda: any(isinstance(f, TTSAudioRawFrame) for f in out), 5)
+    call.cancel("hung up")
+    assert call.wait(5) and call.end_reason == "hung up"
+    assert wait_until(lambda: not espeak_children())
+    assert EndFrame not in kinds(out) and TTSTextFrame not in kinds(out)
 
 
 def test_a_missing_espeak_is_a_clear_error():

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,8 +115,12 @@ class LLMService(CloudService):
         tool_error_text: str | None = None,
         fallback_text: str | None = None,
         name: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
     ) -> None:
-        super().__init__(name=name, fallback_text=fallback_text)
+        super().__init__(
+            name=name, fallback_text=fallback_text, ssl_context=ssl_context, ca_file=ca_file
+        )
         self.tools = tools
         self.max_tool_rounds = max_tool_rounds
         self.tool_error_text = tool_error_text

@@ -13,6 +13,8 @@ Named as in pipecat, where a pipecat user looks for them. Which way each travels
   downstream (for observers) and, the started and result frames, upstream to the context
   aggregator, which records them.
 - :class:`TTSSpeakFrame` asks a TTS service to say a text as it is.
+- :class:`UtteranceEndFrame` goes down from an STT service whose provider detects the end
+  of the user's utterance: the final transcripts before it complete the user's turn.
 - :class:`MetricsFrame` carries a service's measurements (TTFB, usage).
 """
 
@@ -37,6 +39,7 @@ __all__ = [
     "LLMRunFrame",
     "MetricsFrame",
     "TTSSpeakFrame",
+    "UtteranceEndFrame",
 ]
 
 
@@ -183,6 +186,14 @@ class TTSSpeakFrame(DataFrame):
 
     def __repr__(self) -> str:
         return f"TTSSpeakFrame({self.text!r})"
+
+
+class UtteranceEndFrame(ControlFrame):
+    """The STT's provider heard the user's utterance end (Deepgram's ``speech_final`` or
+    ``UtteranceEnd``): the final transcripts pushed before this frame are the whole turn,
+    with no more to wait for."""
+
+    __slots__ = ()
 
 
 class MetricsFrame(SystemFrame):

@@ -10,9 +10,13 @@ What it adds to :class:`AsyncService`:
   cancel, such as the receive loop of a provider's WebSocket that carries every turn of the
   call. The end or cancellation of the call cancels them.
 - **Timers** (:func:`call_later`): run a callback on the stage thread after a delay.
-- **Usage counters** (:attr:`usage`) and :meth:`report_error`, which sends a non-fatal error
-  frame upstream from any thread and, if the service was given a ``fallback_text``, asks
-  the TTS downstream to say it.
+- **Usage counters** (:attr:`usage`) and :meth:`report_error`, which sends an error frame
+  upstream from any thread (non-fatal unless the service gave up on its provider) and, if
+  the service was given a ``fallback_text``, asks the TTS downstream to say it.
+- **TLS settings** for its provider's ``https``/``wss`` connections: certificates are
+  verified against the system's CAs unless the service is given ``ssl_context`` (an
+  :class:`ssl.SSLContext` of the application's own) or ``ca_file`` (a PEM bundle of the
+  CAs to trust instead, e.g. a private gateway's or a test server's).
 
 Threading contract: as :class:`AsyncService`. ``usage`` is written on the stage thread only
 (:meth:`count`, from a coroutine, goes through :meth:`call_soon`); ``_background`` is
@@ -22,70 +26,47 @@ written on the service's event loop only.
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
+import ssl
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flowcat_ft.frames import Direction, ErrorFrame
-from flowcat_ft.services.base import AsyncService
+from flowcat_ft.services.base import AsyncService, call_later
 from flowcat_ft.services.llm.frames import MetricsFrame, TTSSpeakFrame
 from flowcat_ft.services.net.auth import get_logger, redact
 from flowcat_ft.services.net.http import HTTPClient
-
-if TYPE_CHECKING:
-    from flowcat_ft.processor import FrameProcessor
 
 __all__ = ["CloudService", "call_later"]
 
 logger = get_logger("flowcat_ft.services")
 
 
-def call_later(
-    processor: FrameProcessor, delay: float, callback: Callable[..., object], *args: object
-) -> Callable[[], None]:
-    """Run ``callback(*args)`` on ``processor``'s stage thread after ``delay`` seconds.
-
-    Returns a function that cancels the timer (call it from the stage thread; a timer
-    already due may still run, so callbacks check their own state). The timer runs on one
-    of the runtime's event loops; it is dropped if the call has ended by then.
-    """
-    loop = processor.event_loop.loop
-    handle: list[asyncio.TimerHandle] = []
-    cancelled = False
-
-    def arm() -> None:
-        if not cancelled:
-            handle.append(loop.call_later(delay, fire))
-
-    def fire() -> None:
-        if not cancelled:
-            processor.call_soon(run)
-
-    def run() -> None:
-        if not cancelled:
-            callback(*args)
-
-    def cancel() -> None:
-        nonlocal cancelled
-        cancelled = True
-        if handle:
-            loop.call_soon_threadsafe(handle[0].cancel)
-
-    loop.call_soon_threadsafe(arm)
-    return cancel
-
-
 class CloudService(AsyncService):
     """A service that talks to a provider over the network (see the module docstring).
 
     ``fallback_text``: what the TTS should say when this service fails a turn (None: the
-    error frame only).
+    error frame only). ``ssl_context`` or ``ca_file``: how to verify the provider's TLS
+    certificate (see the module docstring; at most one of them).
     """
 
-    def __init__(self, *, name: str | None = None, fallback_text: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        fallback_text: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
+    ) -> None:
         super().__init__(name=name)
+        if ssl_context is not None and ca_file is not None:
+            raise ValueError("give ssl_context or ca_file, not both")
         self.fallback_text = fallback_text
+        self.ssl_context = _trusting(os.fspath(ca_file)) if ca_file is not None else ssl_context
+        """Verifies the provider's certificate; None: the system's CAs."""
         self.usage: Counter[str] = Counter()
         self._http: HTTPClient | None = None
         self._background: set[asyncio.Task] = set()
@@ -125,22 +106,32 @@ class CloudService(AsyncService):
     # -- errors, usage ---------------------------------------------------------------------
 
     def report_error(
-        self, message: str, *, generation: int | None = None, fallback: bool = True
+        self,
+        message: str,
+        *,
+        generation: int | None = None,
+        fallback: bool = True,
+        fatal: bool = False,
     ) -> None:
         """Send an error frame upstream (from any thread), and the fallback text down.
 
         With a ``generation``, nothing is reported if that work was cancelled meanwhile.
+        ``fatal``: the service gave up (its provider stayed unreachable), and the call ends
+        rather than go on without it (no fallback is said).
         """
         message = redact(message)
         logger.warning("%s: %s", self.name, message)
-        self.call_soon(self._report_now, generation, message, fallback)
+        self.call_soon(self._report_now, generation, message, fallback, fatal)
 
-    def _report_now(self, generation: int | None, message: str, fallback: bool) -> None:
+    def _report_now(
+        self, generation: int | None, message: str, fallback: bool, fatal: bool
+    ) -> None:
         if generation is not None and generation != self._generation:
             return
         self.usage["errors"] += 1
-        self.push(ErrorFrame(f"{self.name}: {message}", processor=self.name), Direction.UPSTREAM)
-        if fallback and self.fallback_text:
+        error = ErrorFrame(f"{self.name}: {message}", fatal=fatal, processor=self.name)
+        self.push(error, Direction.UPSTREAM)
+        if fallback and self.fallback_text and not fatal:
             self.push(TTSSpeakFrame(self.fallback_text))
 
     def count(self, **amounts: int) -> None:
@@ -158,9 +149,11 @@ class CloudService(AsyncService):
 
     def http_client(self) -> HTTPClient:
         """This service's HTTP client, made on first use (on its event loop) with the
-        service's ``timeouts`` and ``retry``, and closed when the call ends."""
+        service's ``timeouts``, ``retry`` and TLS settings, and closed when the call ends."""
         if self._http is None:
-            self._http = HTTPClient(timeouts=self.timeouts, retry=self.retry)
+            self._http = HTTPClient(
+                timeouts=self.timeouts, retry=self.retry, ssl_context=self.ssl_context
+            )
         return self._http
 
     def _close_http(self) -> None:
@@ -177,3 +170,10 @@ class CloudService(AsyncService):
         super().on_cancel()
         self._stop_background()
         self._close_http()
+
+
+@functools.lru_cache(maxsize=16)
+def _trusting(ca_file: str) -> ssl.SSLContext:
+    """A client context that verifies certificates (and host names) against ``ca_file``,
+    made once per file: every call's services share it."""
+    return ssl.create_default_context(cafile=ca_file)

@@ -2,15 +2,17 @@
 
 The ``websockets`` library (asyncio API) does the protocol; this module opens a connection
 with a provider's headers, retries connect errors, 429 and 5xx handshake refusals per a
-:class:`~flowcat_ft.services.net.retry.RetryPolicy`, and gives the library a logger whose
-records are scrubbed of secrets (``websockets`` logs handshake headers and frames at DEBUG
-level).
+:class:`~flowcat_ft.services.net.retry.RetryPolicy`, verifies a ``wss`` server's
+certificate with the given :class:`ssl.SSLContext` (the system's CAs by default), and gives
+the library a logger whose records are scrubbed of secrets (``websockets`` logs handshake
+headers and frames at DEBUG level).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Mapping
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -33,12 +35,16 @@ async def connect_ws(
     max_size: int | None = 16 << 20,
     ping_interval: float | None = 20.0,
     on_retry=None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> ClientConnection:
-    """Open a WebSocket to ``url`` (headers may hold :class:`Secret` values)."""
+    """Open a WebSocket to ``url`` (headers may hold :class:`Secret` values).
+    ``ssl_context`` verifies a ``wss`` server (None: the system's CAs); a ``ws`` URL
+    ignores it."""
     plain = {
         name: value.reveal() if isinstance(value, Secret) else value
         for name, value in (headers or {}).items()
     }
+    tls = {"ssl": ssl_context} if ssl_context is not None and url.startswith("wss:") else {}
 
     async def attempt() -> ClientConnection:
         return await connect(
@@ -50,6 +56,7 @@ async def connect_ws(
             ping_interval=ping_interval,
             logger=ws_logger,
             proxy=None,
+            **tls,
         )
 
     return await retrying(

@@ -190,12 +190,16 @@ class EspeakTTS(AsyncService):
 
     An interruption kills the running espeak-ng and drops the sentences waiting (control
     frames waiting among them go on at once). An :class:`~flowcat_ft.frames.EndFrame`
-    does not wait for speech in progress: end a call once the bot has stopped speaking.
+    waits until the text received before it has been spoken (its unfinished last sentence
+    included), then goes on after the audio; a :class:`~flowcat_ft.frames.CancelFrame`
+    drops it all at once.
 
     Threading contract: ``_text``, ``_queue``, ``_busy``, ``_speaking`` and ``_until``
     are used on the stage thread only; the synthesis coroutines (one at a time) see only
     their arguments and hand frames, and their clock, back through :meth:`call_soon`.
     """
+
+    drain_on_end = True
 
     def __init__(
         self,
@@ -280,10 +284,6 @@ class EspeakTTS(AsyncService):
             self._until = until
             self._pump()
 
-    def _emit_all(self, generation: int, frames: list[Frame]) -> None:
-        for frame in frames:
-            self._emit(generation, frame, Direction.DOWNSTREAM)
-
     # -- synthesis, on an event loop --------------------------------------------------------
 
     async def _speak(self, generation: int, text: str, until: float) -> None:
@@ -310,7 +310,7 @@ class EspeakTTS(AsyncService):
                 if not len(samples):
                     continue
                 frames = framer.push(samples)
-                self.call_soon(self._emit_all, generation, frames)
+                self.emit_many(generation, frames)
                 now = time.monotonic()
                 until = max(until, now) + len(frames) * FRAME_MS / 1000
                 if until - now > self.max_ahead_secs:  # let the caller catch up
@@ -320,7 +320,7 @@ class EspeakTTS(AsyncService):
                 error = (await process.stderr.read()).decode(errors="replace").strip()
                 raise RuntimeError(f"espeak-ng failed (exit code {code}): {error}")
             frames = framer.finish()
-            self.call_soon(self._emit_all, generation, [*frames, TTSTextFrame(text)])
+            self.emit_many(generation, [*frames, TTSTextFrame(text)])
             until = max(until, time.monotonic()) + len(frames) * FRAME_MS / 1000
         finally:
             if process is not None and process.returncode is None:
@@ -328,7 +328,14 @@ class EspeakTTS(AsyncService):
                 await process.wait()
             self.call_soon(self._spoken, generation, until)
 
-    # -- interruptions ----------------------------------------------------------------------
+    # -- the end, interruptions ---------------------------------------------------------------
+
+    def drain(self) -> None:
+        self._flush_text()
+        self._pump()
+
+    def has_pending_work(self) -> bool:
+        return self._busy or bool(self._queue)
 
     def on_interruption(self) -> None:
         self.cancel_work()

@@ -4,7 +4,9 @@ An STT service listens for the whole call: an interruption (the caller barging i
 bot) does not cancel what it is doing, since that is when it matters most. Audio frames go
 on downstream after the service has taken its copy. Transcripts are pushed as they come:
 :class:`~flowcat_ft.frames.InterimTranscriptionFrame` (may still change) and
-:class:`~flowcat_ft.frames.TranscriptionFrame` (final).
+:class:`~flowcat_ft.frames.TranscriptionFrame` (final). Where the provider detects the end
+of an utterance, an :class:`~flowcat_ft.services.llm.frames.UtteranceEndFrame` follows the
+final transcript that ends it.
 
 ``ttfb`` here is the time from the end of the user's speech (a
 :class:`~flowcat_ft.frames.UserStoppedSpeakingFrame` passing the service) to the next
@@ -13,6 +15,8 @@ final transcript: how long the rest of the pipeline waits on speech recognition.
 
 from __future__ import annotations
 
+import os
+import ssl
 import time
 from datetime import UTC, datetime
 
@@ -25,6 +29,7 @@ from flowcat_ft.frames import (
     TranscriptionFrame,
     UserStoppedSpeakingFrame,
 )
+from flowcat_ft.services.llm.frames import UtteranceEndFrame
 from flowcat_ft.services.net.service import CloudService
 
 __all__ = ["STTService", "now_iso"]
@@ -42,8 +47,15 @@ class STTService(CloudService):
 
     cost = 0.5
 
-    def __init__(self, *, user_id: str = "", name: str | None = None) -> None:
-        super().__init__(name=name)
+    def __init__(
+        self,
+        *,
+        user_id: str = "",
+        name: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
+    ) -> None:
+        super().__init__(name=name, ssl_context=ssl_context, ca_file=ca_file)
         self.user_id = user_id
         self.sample_rate = 16000
         self._stopped_ns: int | None = None
@@ -73,6 +85,11 @@ class STTService(CloudService):
         frame = kind(text, self.user_id, now_iso(), language)
         self.call_soon(self._push_transcript, frame)
 
+    def utterance_end(self) -> None:
+        """Push an :class:`UtteranceEndFrame` after the transcripts pushed so far: the
+        provider heard the user's utterance end (from any thread)."""
+        self.call_soon(self._push_utterance_end)
+
     def _push_transcript(self, frame: TranscriptionFrame) -> None:
         if type(frame) is TranscriptionFrame:
             self.usage["transcripts"] += 1
@@ -80,6 +97,10 @@ class STTService(CloudService):
                 self.ttfb.add(time.perf_counter_ns() - self._stopped_ns)
                 self._stopped_ns = None
         self.push(frame)
+
+    def _push_utterance_end(self) -> None:
+        self.usage["utterances"] += 1
+        self.push(UtteranceEndFrame())
 
     def on_interruption(self) -> None:
         """Keep listening: the caller's barge-in is what this service is for."""

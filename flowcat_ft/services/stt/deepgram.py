@@ -3,23 +3,38 @@
 Wire format (https://developers.deepgram.com/reference/speech-to-text-api/listen-streaming,
 https://developers.deepgram.com/docs/interim-results,
 https://developers.deepgram.com/docs/understand-endpointing-interim-results,
+https://developers.deepgram.com/docs/utterance-end,
 https://developers.deepgram.com/docs/keep-alive and
 https://developers.deepgram.com/docs/close-stream): connect to
 ``wss://api.deepgram.com/v1/listen`` with the options as query parameters (``model``,
 ``language``, ``encoding=linear16``, ``sample_rate``, ``channels``, ``interim_results``,
-``endpointing`` in ms, ``smart_format``, ``punctuate``, ``vad_events``...) and
-``Authorization: Token <key>``. Raw audio goes up as binary messages. Text messages go up
-as ``{"type": "KeepAlive"}`` (within every 10 s without audio, or the server closes with
-``NET-0001``), ``{"type": "Finalize"}`` (flush what is buffered) and ``{"type":
-"CloseStream"}`` (finish, send the last results and a ``Metadata`` message, close).
+``endpointing`` in ms, ``utterance_end_ms``, ``smart_format``, ``punctuate``,
+``vad_events``...) and ``Authorization: Token <key>``. Raw audio goes up as binary
+messages. Text messages go up as ``{"type": "KeepAlive"}`` (within every 10 s without
+audio, or the server closes with ``NET-0001``), ``{"type": "Finalize"}`` (flush what is
+buffered) and ``{"type": "CloseStream"}`` (finish, send the last results and a
+``Metadata`` message, close).
 
 Down come ``{"type": "Results", "channel_index", "duration", "start", "is_final",
 "speech_final", "channel": {"alternatives": [{"transcript", "confidence", "words",
 "languages"}]}, ...}``: interim results (``is_final: false``) are revised until a final one
 (``is_final: true``) settles that stretch of audio; ``speech_final: true`` marks the end of
-an utterance (endpointing). Also ``Metadata``, ``SpeechStarted``, ``UtteranceEnd``
-(ignored here), and errors, sent as ``{"type": "Error", "description"/"message"}`` or
-given as the close frame's reason.
+an utterance (endpointing: that much silence after speech). ``{"type": "UtteranceEnd",
+"channel": [0, 1], "last_word_end": 2.395}`` (with ``utterance_end_ms``, which needs
+interim results) says the same from the gap after the last word, where background noise
+keeps endpointing from firing; after a ``speech_final`` it is redundant. Also
+``Metadata``, ``SpeechStarted`` (ignored here), and errors, sent as ``{"type": "Error",
+"description"/"message"}`` or given as the close frame's reason.
+
+The end of an utterance (``speech_final``, or an ``UtteranceEnd`` not already covered by
+one) after final words is pushed as an
+:class:`~flowcat_ft.services.llm.frames.UtteranceEndFrame` following their transcript.
+
+A silent provider is caught: while audio is going up, a connection that sends nothing back
+(no results, no metadata) for ``stall_timeout`` seconds is reported, closed and reopened,
+like one that drops; after ``max_reconnects`` failed connections in a row (or once
+connecting fails for good, per the retry policy) the service gives up with a fatal error,
+which ends the call: a call that cannot hear the caller must not hang.
 
 The Sans-I/O part is :func:`listen_url`, the control messages and :func:`parse_message`;
 :class:`DeepgramSTTService` is the I/O.
@@ -30,6 +45,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import ssl
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +70,7 @@ __all__ = [
     "DeepgramSTTService",
     "Ignored",
     "Transcript",
+    "UtteranceEnd",
     "listen_url",
     "parse_message",
 ]
@@ -73,6 +91,11 @@ class Transcript:
 
 
 @dataclass(frozen=True, slots=True)
+class UtteranceEnd:
+    last_word_end: float
+
+
+@dataclass(frozen=True, slots=True)
 class Ignored:
     kind: str
 
@@ -87,7 +110,7 @@ def listen_url(base: str, **options: Any) -> str:
     return f"{base}?{urlencode(query)}"
 
 
-def parse_message(message: str | bytes) -> Transcript | Ignored:
+def parse_message(message: str | bytes) -> Transcript | UtteranceEnd | Ignored:
     """One server message. Raises :class:`ProviderError` for an error message,
     :class:`ProviderProtocolError` for a malformed one."""
     if isinstance(message, bytes):
@@ -102,6 +125,11 @@ def parse_message(message: str | bytes) -> Transcript | Ignored:
     if kind in ("Error", "error") or ("err_code" in payload and "err_msg" in payload):
         detail = payload.get("description") or payload.get("message") or payload.get("err_msg")
         raise ProviderError(f"the STT reported an error: {detail}")
+    if kind == "UtteranceEnd":
+        try:
+            return UtteranceEnd(float(payload.get("last_word_end") or 0.0))
+        except (TypeError, ValueError):
+            raise ProviderProtocolError(f"a malformed UtteranceEnd: {message[:80]!r}") from None
     if kind != "Results":
         return Ignored(str(kind))
     try:
@@ -122,9 +150,13 @@ def parse_message(message: str | bytes) -> Transcript | Ignored:
 
 class DeepgramSTTService(STTService):
     """Deepgram's live transcription (see the module docstring). The connection opens when
-    the call starts and again, up to ``max_reconnects`` times, if it drops; up to
-    ``buffer_secs`` of audio waits while it connects. ``options`` add to or override the
-    query parameters."""
+    the call starts and again if it drops or stalls, after a backoff from ``retry`` (which
+    also governs each connect), up to ``max_reconnects`` times in a row (a connection that
+    delivered results resets the count); up to
+    ``buffer_secs`` of audio waits while it connects. ``utterance_end_ms`` asks for
+    ``UtteranceEnd`` messages (with interim results only; None: not at all);
+    ``stall_timeout``: how long audio may go unanswered (None: for ever). ``options`` add
+    to or override the query parameters."""
 
     def __init__(
         self,
@@ -136,24 +168,30 @@ class DeepgramSTTService(STTService):
         api_key_env: str = "DEEPGRAM_API_KEY",
         interim_results: bool = True,
         endpointing_ms: int | None = 300,
+        utterance_end_ms: int | None = 1000,
         options: dict[str, Any] | None = None,
         keepalive_secs: float = 5.0,
         buffer_secs: float = 2.0,
+        stall_timeout: float | None = 10.0,
         max_reconnects: int = 3,
         retry: RetryPolicy | None = None,
         user_id: str = "",
         name: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
     ) -> None:
-        super().__init__(user_id=user_id, name=name)
+        super().__init__(user_id=user_id, name=name, ssl_context=ssl_context, ca_file=ca_file)
         self.model = model
         self.language = language
         self.url = url
         self._key = find_api_key(api_key_env, api_key)
         self.interim_results = interim_results
         self.endpointing_ms = endpointing_ms
+        self.utterance_end_ms = utterance_end_ms
         self.options = dict(options or {})
         self.keepalive_secs = keepalive_secs
         self.buffer_secs = buffer_secs
+        self.stall_timeout = stall_timeout
         self.max_reconnects = max_reconnects
         self.retry = retry or RetryPolicy()
         # On the loop only:
@@ -162,6 +200,8 @@ class DeepgramSTTService(STTService):
         self._outbox_bytes = 0
         self._wake = asyncio.Event()
         self._last_sent = 0.0
+        self._unanswered_since: float | None = None  # audio sent, nothing received since
+        self._answered = False  # this connection delivered results
         self._closing = False
 
     def query(self) -> dict[str, Any]:
@@ -173,6 +213,7 @@ class DeepgramSTTService(STTService):
             "channels": 1,
             "interim_results": self.interim_results,
             "endpointing": self.endpointing_ms if self.endpointing_ms is not None else False,
+            "utterance_end_ms": self.utterance_end_ms if self.interim_results else None,
             "smart_format": True,
             "punctuate": True,
             **self.options,
@@ -221,15 +262,30 @@ class DeepgramSTTService(STTService):
                 except ConnectionClosed:
                     return  # the receive loop sees the close and reconnects
                 self._last_sent = loop.time()
+                if isinstance(message, bytes) and self._unanswered_since is None:
+                    self._unanswered_since = self._last_sent
 
     # -- the connection --------------------------------------------------------------------
 
     async def _run(self) -> None:
-        reconnects = 0
+        failures = 0
         auth = {"Authorization": Secret(f"Token {self._key.reveal()}")}
         while not self._closing:
-            ws = await connect_ws(listen_url(self.url, **self.query()), auth, retry=self.retry)
+            try:
+                ws = await connect_ws(
+                    listen_url(self.url, **self.query()),
+                    auth,
+                    retry=self.retry,
+                    ssl_context=self.ssl_context,
+                )
+            except Exception as error:  # the retry policy gave up
+                self.report_error(
+                    f"could not connect to the STT: {type(error).__name__}: {error}", fatal=True
+                )
+                return
             self._ws = ws
+            self._unanswered_since = None
+            self._answered = False
             self._wake.set()  # send what queued up while connecting
             sender = asyncio.ensure_future(self._sender(ws))
             keepalive = asyncio.ensure_future(self._keepalive(ws))
@@ -241,30 +297,64 @@ class DeepgramSTTService(STTService):
                 self._ws = None
             if clean or self._closing:
                 return
-            reconnects += 1
-            if reconnects > self.max_reconnects:
-                raise ProviderProtocolError(
-                    f"the STT connection dropped {reconnects} times; giving up"
+            failures = 1 if self._answered else failures + 1
+            if failures > self.max_reconnects:
+                self.report_error(
+                    f"the STT connection failed {failures} times in a row; giving up", fatal=True
                 )
+                return
+            await asyncio.sleep(self.retry.backoff(failures))
 
     async def _receive(self, ws: ClientConnection) -> bool:
-        """Hand out transcripts until the connection closes; True if it closed cleanly."""
+        """Hand out transcripts until the connection closes; True if it closed cleanly,
+        False if it dropped or stalled (then it is closed here)."""
+        loop = asyncio.get_running_loop()
+        poll = self.stall_timeout / 4 if self.stall_timeout else None
+        heard = False  # final words since the last end of an utterance
         try:
-            async for message in ws:
+            while True:
+                try:
+                    message = await asyncio.wait_for(ws.recv(), poll)
+                except TimeoutError:  # recv() is safe to cancel: nothing is lost
+                    if self._stalled(loop.time()):
+                        self.report_error(
+                            f"no reply from the STT for {self.stall_timeout:g} s "
+                            "while sending it audio"
+                        )
+                        await close_quietly(ws, 0.5)
+                        ws.transport.abort()  # a no-op if the close went through
+                        return False
+                    continue
+                self._unanswered_since = None
                 try:
                     event = parse_message(message)
                 except (ProviderProtocolError, ProviderError) as error:
                     self.report_error(str(error))
                     continue
-                if isinstance(event, Transcript) and event.text.strip():
-                    self.transcript(event.text, event.is_final, event.language)
+                ends = isinstance(event, UtteranceEnd)
+                if isinstance(event, Transcript):
+                    self._answered = True
+                    if event.text.strip():
+                        self.transcript(event.text, event.is_final, event.language)
+                        heard = heard or event.is_final
+                    ends = event.is_final and event.speech_final
+                if ends and heard:
+                    heard = False
+                    self.utterance_end()
         except ConnectionClosedOK:
             return True
         except ConnectionClosed as closed:
             reason = closed.rcvd.reason if closed.rcvd is not None else "no close frame"
             self.report_error(f"the STT connection closed: {reason or closed}")
             return False
-        return self._closing
+
+    def _stalled(self, now: float) -> bool:
+        since = self._unanswered_since
+        return (
+            self.stall_timeout is not None
+            and since is not None
+            and now - since >= self.stall_timeout
+        )
 
     async def _keepalive(self, ws: ClientConnection) -> None:
         loop = asyncio.get_running_loop()

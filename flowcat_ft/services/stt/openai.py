@@ -21,6 +21,8 @@ The Sans-I/O part is :func:`wav_bytes` and :func:`multipart_body`;
 from __future__ import annotations
 
 import asyncio
+import os
+import ssl
 import struct
 import uuid
 from collections import deque
@@ -115,8 +117,10 @@ class OpenAISTTService(STTService):
         retry: RetryPolicy | None = None,
         user_id: str = "",
         name: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
     ) -> None:
-        super().__init__(user_id=user_id, name=name)
+        super().__init__(user_id=user_id, name=name, ssl_context=ssl_context, ca_file=ca_file)
         self.model = model
         self.base_url = base_url.rstrip("/")
         self._key = optional_api_key(api_key_env, api_key)

@@ -23,12 +23,19 @@ An interruption cancels the turn (a client cancels its provider context or close
 connection), forgets the text not yet spoken and drops whatever the turn still produces; the
 runtime drops the bot audio already queued in the rings (its slabs go back to the pool).
 A failed turn sends an error frame upstream and ends the turn; the call goes on.
+
+An :class:`~flowcat_ft.frames.EndFrame` does not cut the reply off: the text received
+before it (a response without its end frame included) is spoken, and the EndFrame goes on
+after its audio (see :attr:`~flowcat_ft.services.base.AsyncService.drain_on_end`). A
+:class:`~flowcat_ft.frames.CancelFrame` drops it all at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import ssl
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -208,6 +215,7 @@ class TTSService(CloudService):
     themselves)."""
 
     cost = 0.5
+    drain_on_end = True
 
     def __init__(
         self,
@@ -215,8 +223,10 @@ class TTSService(CloudService):
         sample_rate: int,
         aggregate_sentences: bool = True,
         name: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
     ) -> None:
-        super().__init__(name=name)
+        super().__init__(name=name, ssl_context=ssl_context, ca_file=ca_file)
         self.sample_rate = sample_rate
         self.aggregate_sentences = aggregate_sentences
         self.out_rate = sample_rate
@@ -347,7 +357,13 @@ class TTSService(CloudService):
             if frame is not None:
                 self.emit(generation, frame)
 
-    # -- interruptions ---------------------------------------------------------------------------
+    # -- the end, interruptions ----------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Speak what came before the EndFrame: end the turn in progress."""
+        self._in_response = False
+        self._flush_text()
+        self._end_turn([])
 
     def on_interruption(self) -> None:
         super().on_interruption()

@@ -28,6 +28,8 @@ import base64
 import binascii
 import contextlib
 import json
+import os
+import ssl
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -197,8 +199,12 @@ class CartesiaTTSService(TTSService):
         read_timeout: float = 10.0,
         retry: RetryPolicy | None = None,
         name: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
     ) -> None:
-        super().__init__(sample_rate=sample_rate, name=name)
+        super().__init__(
+            sample_rate=sample_rate, name=name, ssl_context=ssl_context, ca_file=ca_file
+        )
         self.voice_id = voice_id
         self.model = model
         self.language = language
@@ -233,7 +239,7 @@ class CartesiaTTSService(TTSService):
 
     async def _connect(self) -> ClientConnection:
         headers = {"X-API-Key": self._key, "Cartesia-Version": self.version}
-        ws = await connect_ws(self.url, headers, retry=self.retry)
+        ws = await connect_ws(self.url, headers, retry=self.retry, ssl_context=self.ssl_context)
         self._ws = ws
         self.run_background(self._receive(ws))
         return ws

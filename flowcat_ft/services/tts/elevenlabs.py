@@ -28,6 +28,8 @@ import asyncio
 import base64
 import binascii
 import json
+import os
+import ssl
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -163,8 +165,12 @@ class ElevenLabsTTSService(TTSService):
         read_timeout: float = 10.0,
         retry: RetryPolicy | None = None,
         name: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
     ) -> None:
-        super().__init__(sample_rate=sample_rate, name=name)
+        super().__init__(
+            sample_rate=sample_rate, name=name, ssl_context=ssl_context, ca_file=ca_file
+        )
         self.voice_id = voice_id
         self.model = model
         self.voice_settings = voice_settings or {"stability": 0.5, "similarity_boost": 0.75}
@@ -180,7 +186,9 @@ class ElevenLabsTTSService(TTSService):
         if first is None:
             return
         url = stream_url(self.base_url, self.voice_id, self.model, self.sample_rate)
-        ws = await connect_ws(url, {"xi-api-key": self._key}, retry=self.retry)
+        ws = await connect_ws(
+            url, {"xi-api-key": self._key}, retry=self.retry, ssl_context=self.ssl_context
+        )
         self.connections += 1
         failure: list[BaseException] = []
 

@@ -14,6 +14,8 @@ The Sans-I/O part is :func:`speech_request`; :class:`OpenAITTSService` is the I/
 
 from __future__ import annotations
 
+import os
+import ssl
 from typing import Any
 
 from flowcat_ft.services.net.auth import Secret, optional_api_key
@@ -61,8 +63,12 @@ class OpenAITTSService(TTSService):
         timeouts: Timeouts | None = None,
         retry: RetryPolicy | None = None,
         name: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
     ) -> None:
-        super().__init__(sample_rate=sample_rate, name=name)
+        super().__init__(
+            sample_rate=sample_rate, name=name, ssl_context=ssl_context, ca_file=ca_file
+        )
         self.voice = voice
         self.model = model
         self.base_url = base_url.rstrip("/")
