@@ -60,6 +60,21 @@ SRC
     ls "$work"/download/python3.13_*.orig.tar.xz | sort -V | tail -n 1
 }
 
+# progress KIND PID: while the build PID runs in the current directory, say every 15 s how
+# far it got: object files made so far against the C files there are (an estimate).
+progress() {
+    local total done start=$SECONDS next=$(( SECONDS + 15 ))
+    total=$(find Objects Python Parser Modules -name '*.c' | wc -l)
+    while kill -0 "$2" 2>/dev/null; do
+        sleep 1
+        if (( SECONDS >= next )); then
+            next=$(( SECONDS + 15 ))
+            done=$(find . -name '*.o' | wc -l)
+            say "  $1: compiling, $done of ~$total files ($(( done * 100 / total ))%), $(( SECONDS - start )) s"
+        fi
+    done
+}
+
 # build KIND TARBALL: configure, build and install one interpreter into the cache; echo its path.
 build() {
     local kind=$1 tarball=$2 version prefix src flags=() exe
@@ -69,12 +84,13 @@ build() {
     src=$(mktemp -d "$cache/build-$kind.XXXXXX")
     say "building CPython $version ($kind) into $prefix; this takes a few minutes, log in $src/build.log"
     tar -xJf "$tarball" -C "$src" --strip-components=1
+    # (errexit is off inside a subshell that is part of an || list: each step is chained.)
     (
-        cd "$src"
-        ./configure --prefix="$prefix" --with-ensurepip=install "${flags[@]}" > build.log 2>&1
-        say "  $kind: configured, compiling"
-        make -j"$(nproc)" >> build.log 2>&1
-        say "  $kind: compiled, installing"
+        cd "$src" &&
+        ./configure --prefix="$prefix" --with-ensurepip=install "${flags[@]}" > build.log 2>&1 &&
+        say "  $kind: configured, compiling" &&
+        { make -j"$(nproc)" >> build.log 2>&1 & progress "$kind" $!; wait $!; } &&
+        say "  $kind: compiled, installing" &&
         make install >> build.log 2>&1
     ) || { tail -n 30 "$src/build.log" >&2; die "building CPython $version ($kind) failed; see $src/build.log"; }
     rm -rf "$src"
