@@ -4,6 +4,7 @@
 .PHONY: serve test venvs
 
 serve: venvs
+	ci/system-packages.sh serve
 	.venv-ft/bin/flowcat-ft serve $(ARGS)
 
 test:

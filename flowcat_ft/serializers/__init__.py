@@ -28,6 +28,7 @@ from flowcat_ft.serializers.base import (
     StreamStarted,
     StreamStopped,
 )
+from flowcat_ft.serializers.browser import BrowserSerializer
 from flowcat_ft.serializers.exotel import ExotelSerializer
 from flowcat_ft.serializers.plivo import PlivoSerializer
 from flowcat_ft.serializers.raw import RawSerializer
@@ -40,6 +41,7 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "SERIALIZERS",
     "AudioIn",
+    "BrowserSerializer",
     "DtmfIn",
     "Event",
     "ExotelSerializer",
@@ -66,6 +68,7 @@ SERIALIZERS: dict[str, type[Serializer]] = {
         ExotelSerializer,
         VonageSerializer,
         RawSerializer,
+        BrowserSerializer,
     )
 }
 """Every serializer, by :attr:`Serializer.name`."""
@@ -75,7 +78,8 @@ def make_serializer(name: str, **options: Any) -> Serializer:
     """A new serializer for one connection: ``SERIALIZERS[name](**options)``.
 
     Every serializer takes ``max_message_bytes`` and ``ignore_unknown_events``; ``raw``
-    also takes ``codec`` and ``sample_rate``.
+    also takes ``codec`` and ``sample_rate`` (``browser``, the playground's, is ``raw`` at
+    its defaults, with the conversation's events).
     """
     try:
         cls = SERIALIZERS[name]

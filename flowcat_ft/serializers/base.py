@@ -5,7 +5,9 @@ an event loop. :meth:`Serializer.receive` takes one message as the WebSocket lib
 it over (``str`` for a text frame, ``bytes`` for a binary one) and returns the events it
 carries; the ``send_*`` methods return the one message to send for an audio payload, a
 "clear" (drop the audio queued at the carrier) or a mark (tell me when the audio sent so far
-has played). Audio stays in the wire codec both ways (PCM is always 16-bit little-endian: a
+has played). :meth:`Serializer.send_frame` lets a protocol tell its peer about other
+frames: carriers have no such messages, a browser shows transcripts and speaking events.
+Audio stays in the wire codec both ways (PCM is always 16-bit little-endian: a
 serializer whose carrier sends big-endian L16 swaps the bytes): decoding G.711 into slabs,
 resampling and pacing the outgoing frames are the transport's job.
 
@@ -30,9 +32,12 @@ from __future__ import annotations
 import abc
 import reprlib
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from websockets.frames import CloseCode
+
+if TYPE_CHECKING:
+    from flowcat_ft.frames import Frame
 
 __all__ = [
     "DTMF_DIGITS",
@@ -292,3 +297,16 @@ class Serializer(abc.ABC):
     def send_mark(self, name: str) -> str | bytes | None:
         """The message asking for :class:`MarkPlayed` once the audio sent so far has
         played, or ``None`` where the protocol has no marks."""
+
+    def send_frame(self, frame: Frame) -> str | bytes | None:
+        """The message that tells the peer about ``frame``, or ``None`` (the default: carriers
+        have nothing to say about frames).
+
+        The transport calls it for each frame leaving the pipeline downstream that is not
+        audio and that it does not handle itself (interruptions, TTS stops and the call's end
+        are :meth:`send_clear`, :meth:`send_mark` and closing): transcripts, speaking events,
+        text, and the transport's own :class:`~flowcat_ft.services.llm.frames.MetricsFrame`
+        of a turn's latency (``{"turn_latency_ms": ms}``, from processor ``"transport"``).
+        Called only once the stream has started.
+        """
+        return None

@@ -73,6 +73,7 @@ STARTS = {
     },
     "vonage": {"event": "websocket:connected", "content-type": "audio/l16;rate=16000"},
     "raw": {"event": "start"},
+    "browser": {"event": "start"},
 }
 
 JSON_AUDIO = ["twilio", "telnyx", "plivo", "exotel"]  # audio as base64 in JSON text frames
@@ -87,14 +88,14 @@ def started(name: str, **options) -> Serializer:
 
 def incoming_media(name: str, payload: bytes) -> str | bytes:
     """Audio as the carrier sends it."""
-    if name in ("vonage", "raw"):
+    if name in ("vonage", "raw", "browser"):
         return payload
     return json.dumps({"event": "media", "media": {"payload": base64.b64encode(payload).decode()}})
 
 
 def outgoing_audio(name: str, message: str | bytes) -> bytes:
     """The audio in a message the serializer built, read as the carrier reads it."""
-    if name in ("vonage", "raw"):
+    if name in ("vonage", "raw", "browser"):
         assert isinstance(message, bytes)
         return message
     media = json.loads(message)["media"]
@@ -110,14 +111,22 @@ def whole_samples(name: str) -> st.SearchStrategy[bytes]:
 
 
 def test_registry_has_one_serializer_per_url_path():
-    assert sorted(SERIALIZERS) == ["exotel", "plivo", "raw", "telnyx", "twilio", "vonage"]
+    assert sorted(SERIALIZERS) == [
+        "browser",
+        "exotel",
+        "plivo",
+        "raw",
+        "telnyx",
+        "twilio",
+        "vonage",
+    ]
     for name, cls in SERIALIZERS.items():
         assert cls.name == name
         assert isinstance(make_serializer(name), cls)
 
 
 def test_make_serializer_names_the_choices():
-    choices = "exotel, plivo, raw, telnyx, twilio, vonage"
+    choices = "browser, exotel, plivo, raw, telnyx, twilio, vonage"
     with pytest.raises(ValueError, match=f"unknown serializer 'sip'; choose one of {choices}"):
         make_serializer("sip")
 
