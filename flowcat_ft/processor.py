@@ -108,7 +108,12 @@ class FrameProcessor:
     # -- used by the runtime ---------------------------------------------------------------
 
     def _lifecycle(self, frame: Frame, direction: Direction) -> None:
-        """Run the hook for a lifecycle frame, then forward the frame."""
+        """Run the hook for a lifecycle frame, then forward the frame.
+
+        Runtime classes that change this dispatch override it: a parallel pipeline fans the
+        frame out to its branches, and an :class:`~flowcat_ft.services.base.AsyncService`
+        with ``drain_on_end`` holds an EndFrame until its work in flight is done.
+        """
         kind = type(frame)
         if kind is StartFrame:
             self.on_start(frame)

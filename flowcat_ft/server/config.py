@@ -14,7 +14,8 @@
 (``examples/agent.yaml`` lists every field with its default). Every field has a default,
 so an empty file, or none, is the default offline agent. The ``stt``, ``llm`` and ``tts``
 sections take the options of their ``engine``, each engine a dataclass of its own; the
-defaults of a cloud engine's options are its service's.
+defaults of a cloud engine's options are its service's. The dataclasses' types say what
+each field takes; :mod:`~flowcat_ft.server.yamlconfig` reads the file against them.
 
 Every mistake is a :class:`ConfigError` naming the file, the line and the field::
 
@@ -28,23 +29,18 @@ is not set is a mistake too.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import difflib
 import inspect
-import math
 import os
 import re
-import types
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
-
 from flowcat_ft.audio.vad import VADParams
+from flowcat_ft.server.yamlconfig import ConfigError, bounded, internal, load_yaml
 from flowcat_ft.services.llm.anthropic import AnthropicLLMService
 from flowcat_ft.services.llm.openai import PROVIDERS
 from flowcat_ft.services.offline import DEFAULT_GRAPH, VAD_PARAMS
@@ -79,43 +75,10 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
-    """A mistake in a configuration file: ``path``, ``line`` (1-based; None where no line
-    is to blame), ``field`` (``agent.vad.stop_secs``; empty where the whole file is) and
-    ``message``. ``errors`` holds every mistake found with it (each a ConfigError of its
-    own), the first one this one's copy; ``str()`` lists them one to a line."""
-
-    def __init__(self, path: str, line: int | None, field: str, message: str) -> None:
-        super().__init__(path, line, field, message)
-        self.path = path
-        self.line = line
-        self.field = field
-        self.message = message
-        self.errors: tuple[ConfigError, ...] = (self,)
-
-    def __str__(self) -> str:
-        return "\n".join(error._one_line() for error in self.errors)
-
-    def _one_line(self) -> str:
-        where = self.path if self.line is None else f"{self.path}:{self.line}"
-        return (
-            f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
-        )
-
-
 def _service_default(service: Callable[..., Any], name: str) -> Any:
     """The default of a service's parameter: the config follows the service."""
     return inspect.signature(service).parameters[name].default
 
-
-def _limit(
-    default: Any, low: float | None = None, high: float | None = None, *, above: float | None = None
-) -> Any:
-    """A field whose value must lie in ``low..high`` (inclusive) or above ``above``."""
-    return field(default=default, metadata={"low": low, "high": high, "above": above})
-
-
-_INTERNAL = {"internal": True}  # a Config field that is not read from the file
 
 Carrier = Literal[CARRIERS]
 Provider = Literal[tuple(PROVIDERS)]
@@ -131,8 +94,8 @@ class ServerConfig:
     (serve WebRTC where its companion process can run), True or False."""
 
     host: str = "0.0.0.0"
-    port: int = _limit(8765, 0, 65535)
-    loops: int | None = _limit(None, 1)
+    port: int = bounded(8765, 0, 65535)
+    loops: int | None = bounded(None, 1)
     public_url: str | None = None
     playground: bool = True
     webrtc: Literal["auto"] | bool = "auto"
@@ -143,10 +106,10 @@ class LimitsConfig:
     """Calls at once; seconds of silence from a caller before the call is closed; seconds
     that calls get to finish at shutdown; the flood limit on incoming frames."""
 
-    max_calls: int = _limit(1000, 1)
-    idle_timeout: float = _limit(MediaOptions.idle_timeout, above=0)
-    shutdown_grace: float = _limit(5.0, 0)
-    max_frames_per_second: int = _limit(MediaOptions.max_frames_per_second, 1)
+    max_calls: int = bounded(1000, 1)
+    idle_timeout: float = bounded(MediaOptions.idle_timeout, above=0)
+    shutdown_grace: float = bounded(5.0, 0)
+    max_frames_per_second: int = bounded(MediaOptions.max_frames_per_second, 1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -169,10 +132,10 @@ class VADConfig:
     :class:`~flowcat_ft.audio.vad.VADParams`."""
 
     engine: Literal["auto", "silero", "energy"] = "auto"
-    confidence: float = _limit(VAD_PARAMS.confidence, 0, 1)
-    start_secs: float = _limit(VAD_PARAMS.start_secs, 0)
-    stop_secs: float = _limit(VAD_PARAMS.stop_secs, 0)
-    min_volume: float = _limit(VAD_PARAMS.min_volume, 0, 1)
+    confidence: float = bounded(VAD_PARAMS.confidence, 0, 1)
+    start_secs: float = bounded(VAD_PARAMS.start_secs, 0)
+    stop_secs: float = bounded(VAD_PARAMS.stop_secs, 0)
+    min_volume: float = bounded(VAD_PARAMS.min_volume, 0, 1)
 
     @property
     def params(self) -> VADParams:
@@ -184,8 +147,8 @@ class TurnsConfig:
     """Turn taking (:class:`~flowcat_ft.audio.turns.TurnDetector`): seconds of silence
     that end the caller's turn, and seconds of speech that interrupt the bot."""
 
-    timeout_secs: float = _limit(0.8, 0)
-    min_barge_in_secs: float = _limit(0.5, 0)
+    timeout_secs: float = bounded(0.8, 0)
+    min_barge_in_secs: float = bounded(0.5, 0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -244,7 +207,7 @@ class OpenAILLMConfig:
     base_url: str | None = None
     api_key_env: str | None = PROVIDERS["openai"].api_key_env
     system_prompt: str | None = None
-    temperature: float | None = _limit(None, 0, 2)
+    temperature: float | None = bounded(None, 0, 2)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -254,8 +217,8 @@ class AnthropicLLMConfig:
     base_url: str = _service_default(AnthropicLLMService, "base_url")
     api_key_env: str = _service_default(AnthropicLLMService, "api_key_env")
     system_prompt: str | None = None
-    temperature: float | None = _limit(None, 0, 1)
-    max_tokens: int = _limit(_service_default(AnthropicLLMService, "max_tokens"), 1)
+    temperature: float | None = bounded(None, 0, 1)
+    max_tokens: int = bounded(_service_default(AnthropicLLMService, "max_tokens"), 1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -264,7 +227,7 @@ class EspeakTTSConfig:
 
     engine: Literal["espeak"] = "espeak"
     voice: str = _service_default(EspeakTTS, "voice")
-    rate_wpm: int = _limit(_service_default(EspeakTTS, "rate_wpm"), 80, 500)
+    rate_wpm: int = bounded(_service_default(EspeakTTS, "rate_wpm"), 80, 500)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -337,10 +300,8 @@ class Config:
     logging: LoggingConfig = LoggingConfig()
     transports: TransportsConfig = TransportsConfig()
     agent: AgentConfig = AgentConfig()
-    source: str = field(default="<defaults>", compare=False, metadata=_INTERNAL)
-    lines: Mapping[str, int] = field(
-        default_factory=dict, compare=False, repr=False, metadata=_INTERNAL
-    )
+    source: str = internal(default="<defaults>", compare=False)
+    lines: Mapping[str, int] = internal(default_factory=dict, compare=False, repr=False)
 
     def error(self, field: str, message: str) -> ConfigError:
         """A :class:`ConfigError` for *field*, at its line (or the line of the nearest
@@ -358,289 +319,12 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
     """Load the configuration in the YAML file *path* (None: the defaults), resolve
     defaults that depend on other fields, and check it; :class:`ConfigError` lists every
     mistake."""
-    if path is None:
-        text, source, base = "", "<defaults>", Path.cwd()
-    else:
-        source, base = str(path), Path(path).parent
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            reason = error.strerror if isinstance(error, OSError) else str(error)
-            raise ConfigError(source, None, "", f"cannot read the file: {reason}") from None
-    loader = _Loader(source, base)
-    config = loader.load(text)
-    if config is not None and not loader.errors:
-        config = _resolve(config)
-        loader.errors.extend(_check(config))
-    if loader.errors:
-        first = loader.errors[0]
-        error = ConfigError(first.path, first.line, first.field, first.message)
-        error.errors = tuple(loader.errors)
-        raise error
-    assert config is not None
+    config, source, lines = load_yaml(Config, path)
+    config = _resolve(dataclasses.replace(config, source=source, lines=lines))
+    errors = _check(config)
+    if errors:
+        raise ConfigError.collect(errors)
     return config
-
-
-_NULL = "tag:yaml.org,2002:null"
-_BOOL = "tag:yaml.org,2002:bool"
-_INT = "tag:yaml.org,2002:int"
-_FLOAT = "tag:yaml.org,2002:float"
-_STR = "tag:yaml.org,2002:str"
-_BAD = object()  # a value that was reported as a mistake
-
-
-class _Invalid(Exception):
-    """A value that does not fit its type; the argument says what was expected."""
-
-
-class _Loader:
-    """Builds a :class:`Config` from YAML's node tree, which keeps each value's line;
-    collects the mistakes in ``errors`` and the lines of the fields in ``lines``."""
-
-    def __init__(self, source: str, base: Path) -> None:
-        self.source = source
-        self.base = base  # relative paths in the file are relative to this folder
-        self.errors: list[ConfigError] = []
-        self.lines: dict[str, int] = {}
-        self._constructor = yaml.SafeLoader("")  # builds Python scalars from nodes
-
-    def error(self, node: yaml.Node | int | None, field: str, message: str) -> None:
-        line = node.start_mark.line + 1 if isinstance(node, yaml.Node) else node
-        self.errors.append(ConfigError(self.source, line, field, message))
-
-    def load(self, text: str) -> Config | None:
-        try:
-            root = yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.MarkedYAMLError as error:
-            mark = error.problem_mark or error.context_mark
-            problem = " ".join(p for p in (error.context, error.problem) if p) or str(error)
-            self.error(mark.line + 1 if mark else None, "YAML", problem)
-            return None
-        except yaml.YAMLError as error:
-            self.error(None, "YAML", str(error))
-            return None
-        config = self.section(Config, root, "")
-        if config is None:
-            return None
-        return dataclasses.replace(config, source=self.source, lines=self.lines)
-
-    def section(self, cls: type, node: yaml.Node | None, path: str, engines: tuple = ()) -> Any:
-        """An instance of the dataclass *cls* from a mapping (None, or a null node: the
-        defaults); None where a required field is missing. *engines*: the engine classes
-        *cls* is one of."""
-        entries = self.entries(node, path)
-        if entries is None:
-            return None
-        hints = get_type_hints(cls)
-        schema = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-        values: dict[str, Any] = {}
-        for name, (key, value_node) in entries.items():
-            where = f"{path}.{name}" if path else name
-            spec = schema.get(name)
-            if spec is None:
-                self.unknown(key, where, cls, schema, engines)
-                continue
-            self.lines[where] = key.start_mark.line + 1
-            value = self.value(value_node, hints[name], where, spec)
-            if value is not _BAD:
-                values[name] = value
-        missing = [
-            name
-            for name, spec in schema.items()
-            if spec.default is dataclasses.MISSING and name not in values
-        ]
-        for name in missing:
-            if name not in entries:
-                needs = f" (engine {_engine(cls)} needs it)" if engines else ""
-                self.error(self.lines.get(path), f"{path}.{name}", f"is missing{needs}")
-        return None if missing else cls(**values)
-
-    def entries(
-        self, node: yaml.Node | None, path: str
-    ) -> dict[str, tuple[yaml.Node, yaml.Node]] | None:
-        """A mapping's entries by key (none for a null node); None if it is no mapping."""
-        if node is None or (isinstance(node, yaml.ScalarNode) and node.tag == _NULL):
-            return {}
-        if not isinstance(node, yaml.MappingNode):
-            self.error(node, path or "config", f"expected a mapping, got {_shown(node)}")
-            return None
-        entries: dict[str, tuple[yaml.Node, yaml.Node]] = {}
-        for key, value in node.value:
-            if not isinstance(key, yaml.ScalarNode):
-                self.error(key, path or "config", "keys must be plain names")
-            elif key.value in entries:
-                self.error(key, f"{path}.{key.value}" if path else key.value, "appears twice")
-            else:
-                entries[key.value] = (key, value)
-        return entries
-
-    def unknown(
-        self, key: yaml.Node, where: str, cls: type, schema: Mapping, engines: tuple
-    ) -> None:
-        name = key.value
-        if name == "api_key":
-            message = (
-                "API keys do not go in the file: put the key in an environment variable "
-                "and name the variable in api_key_env"
-            )
-        elif any(name in {f.name for f in dataclasses.fields(e)} for e in engines):
-            message = f"engine {_engine(cls)} takes no {name} (it takes {', '.join(schema)})"
-        else:
-            close = difflib.get_close_matches(name, list(schema), n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(schema)}"
-            message = f"unknown field ({hint})"
-        self.error(key, where, message)
-
-    def value(self, node: yaml.Node, tp: Any, path: str, spec: dataclasses.Field) -> Any:
-        """The value of one field of type *tp*, or _BAD (reported)."""
-        if dataclasses.is_dataclass(tp):
-            section = self.section(tp, node, path)
-            return _BAD if section is None else section
-        if _is_union(tp) and all(dataclasses.is_dataclass(arg) for arg in get_args(tp)):
-            return self.engine_section(get_args(tp), node, path, type(spec.default))
-        if get_origin(tp) is tuple:
-            if not isinstance(node, yaml.SequenceNode):
-                self.error(node, path, f"expected a list, got {_shown(node)}")
-                return _BAD
-            item_type = get_args(tp)[0]
-            items = [
-                self.value(item, item_type, f"{path}[{i}]", spec)
-                for i, item in enumerate(node.value)
-            ]
-            return _BAD if _BAD in items else tuple(items)
-        try:
-            value = self.scalar(node, tp)
-        except _Invalid as invalid:
-            self.error(node, path, f"expected {invalid}, got {_shown(node)}{_suggest(node, tp)}")
-            return _BAD
-        problem = _out_of_range(value, spec.metadata)
-        if problem:
-            self.error(node, path, problem)
-            return _BAD
-        return value
-
-    def engine_section(self, engines: tuple, node: yaml.Node, path: str, default: type) -> Any:
-        """One of the *engines* dataclasses, picked by the mapping's ``engine`` key."""
-        entries = self.entries(node, path)
-        if entries is None:
-            return _BAD
-        cls = default
-        if "engine" in entries:
-            by_name = {_engine(e): e for e in engines}
-            engine_node = entries["engine"][1]
-            choice = Literal[tuple(by_name)]
-            try:
-                cls = by_name[self.scalar(engine_node, choice)]
-            except _Invalid as invalid:
-                self.error(
-                    engine_node,
-                    f"{path}.engine",
-                    f"expected {invalid}, got {_shown(engine_node)}{_suggest(engine_node, choice)}",
-                )
-                return _BAD
-        section = self.section(cls, node, path, engines)
-        return _BAD if section is None else section
-
-    def scalar(self, node: yaml.Node, tp: Any) -> Any:
-        """*node* as a value of type *tp*; :class:`_Invalid` if it is not one."""
-        if _is_union(tp):
-            for option in get_args(tp):
-                with contextlib.suppress(_Invalid):
-                    return self.scalar(node, option)
-            raise _Invalid(_expected(tp))
-        if isinstance(node, yaml.ScalarNode):
-            tag = node.tag
-            if tag == _NULL:
-                if tp is type(None):
-                    return None
-            elif get_origin(tp) is Literal:
-                for option in get_args(tp):
-                    if isinstance(option, str) and tag == _STR:
-                        if node.value.lower() == option.lower():
-                            return option
-                    elif (
-                        isinstance(option, int)
-                        and tag == _INT
-                        and self._constructor.construct_object(node) == option
-                    ):
-                        return option
-            elif (tp is bool and tag == _BOOL) or (tp is int and tag == _INT):
-                return self._constructor.construct_object(node)
-            elif tp is float and tag in (_INT, _FLOAT):
-                number = float(self._constructor.construct_object(node))
-                if math.isfinite(number):
-                    return number
-            elif tp is str:
-                return node.value  # as written: "no" stays a word
-            elif tp is Path:
-                return self.base / Path(node.value).expanduser()
-        raise _Invalid(_expected(tp))
-
-
-def _is_union(tp: Any) -> bool:
-    return get_origin(tp) in (Union, types.UnionType)
-
-
-def _engine(cls: type) -> str:
-    return next(f.default for f in dataclasses.fields(cls) if f.name == "engine")
-
-
-def _expected(tp: Any) -> str:
-    """What a value of type *tp* looks like, in words."""
-    if _is_union(tp):
-        return " or ".join(_expected(arg) for arg in get_args(tp))
-    if get_origin(tp) is Literal:
-        options = [str(option) for option in get_args(tp)]
-        return f"one of {', '.join(options)}" if len(options) > 1 else options[0]
-    words = {
-        bool: "true or false",
-        int: "a whole number",
-        float: "a number",
-        str: "text",
-        Path: "a file path",
-        type(None): "null",
-    }
-    return words[tp]
-
-
-def _shown(node: yaml.Node) -> str:
-    """A value as a message shows it."""
-    if isinstance(node, yaml.MappingNode):
-        return "a mapping"
-    if isinstance(node, yaml.SequenceNode):
-        return "a list"
-    if node.tag == _NULL:
-        return "null"
-    return repr(node.value) if node.tag == _STR else node.value
-
-
-def _suggest(node: yaml.Node, tp: Any) -> str:
-    """`` (did you mean 'x'?)`` where *node* is text close to one of *tp*'s choices."""
-    if not isinstance(node, yaml.ScalarNode) or node.tag != _STR:
-        return ""
-    types_ = get_args(tp) if _is_union(tp) else (tp,)
-    choices = [
-        option
-        for t in types_
-        if get_origin(t) is Literal
-        for option in get_args(t)
-        if isinstance(option, str)
-    ]
-    close = difflib.get_close_matches(node.value.lower(), choices, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _out_of_range(value: Any, limits: Mapping[str, Any]) -> str | None:
-    if value is None or not limits:
-        return None
-    low, high, above = limits.get("low"), limits.get("high"), limits.get("above")
-    if above is not None and value <= above:
-        return f"must be more than {above:g}, got {value:g}"
-    if low is not None and high is not None and not low <= value <= high:
-        return f"must be between {low:g} and {high:g}, got {value:g}"
-    if low is not None and value < low:
-        return f"must be at least {low:g}, got {value:g}"
-    return None
 
 
 # -- defaults that depend on other fields, and checks across fields ------------------------
