@@ -29,7 +29,7 @@ class TurnDetector(VADProcessor):
     - it ends after *turn_timeout_secs* of silence, counted from the analyzer leaving
       SPEAKING (a pause shorter than that continues the turn):
       :class:`~flowcat_ft.frames.UserStoppedSpeakingFrame`, which here marks the end of
-      the user's turn;
+      the user's turn (its ``pts`` is when the speech ended, on the audio's clock);
     - while the bot speaks (from a :class:`~flowcat_ft.frames.BotStartedSpeakingFrame`
       to a :class:`~flowcat_ft.frames.BotStoppedSpeakingFrame`, travelling either way),
       speech starts a turn only once the user has spoken for *min_barge_in_secs* in all
@@ -85,4 +85,7 @@ class TurnDetector(VADProcessor):
             self._silence += num_samples
             if self.user_speaking and self._silence >= self.turn_timeout_secs * rate:
                 self.user_speaking = False
-                self.push(UserStoppedSpeakingFrame())
+                # Its pts is when the speech ended, so that response latency measured from
+                # it includes the turn timeout, as the caller experiences it.
+                ended = self.audio_end_ns - self._silence * 1_000_000_000 // rate
+                self.push(UserStoppedSpeakingFrame(pts=ended))

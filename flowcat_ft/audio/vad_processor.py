@@ -52,6 +52,9 @@ class VADProcessor(FrameProcessor):
         self.analyzer_factory = analyzer_factory
         self.analyzer: VADAnalyzer | None = None
         self.user_speaking = False
+        # When the audio analyzed so far ends, on the input frames' clock (their pts: when
+        # they reached the transport), for events that say when something happened in it.
+        self.audio_end_ns = 0
 
     def process(self, frame: Frame, direction: Direction) -> None:
         if direction is Direction.DOWNSTREAM and isinstance(frame, InputAudioRawFrame):
@@ -68,6 +71,7 @@ class VADProcessor(FrameProcessor):
             raise ValueError(
                 f"{self.name}: audio at {frame.sample_rate} Hz after {analyzer.sample_rate} Hz"
             )
+        self.audio_end_ns = frame.pts + frame.num_frames * 1_000_000_000 // frame.sample_rate
         self.on_vad_state(analyzer.analyze(frame.samples), frame.num_frames)
 
     def on_vad_state(self, state: VADState, num_samples: int) -> None:

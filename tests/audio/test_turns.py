@@ -122,6 +122,28 @@ def test_a_turn_ends_after_its_timeout_not_at_a_shorter_pause(runtime, tmp_path_
     assert -0.06 <= off - (second_end + timeout) <= 0.1
 
 
+def test_the_end_of_a_turn_is_stamped_with_when_the_speech_ended(runtime, tmp_path_factory):
+    """So a response latency measured from it includes the turn timeout."""
+    speech = track(tmp_path_factory, ["Could you call me back?"], 16000, [0.5, 1.5])
+    (_, end), start_ns = speech.segments[0], 10**12
+    frames = list(pcm_frames(runtime, speech.pcm, 16000))
+    for i, frame in enumerate(frames):
+        frame.pts = start_ns + i * 20_000_000  # arriving in real time
+    stops = []
+
+    def collect(frame, direction):
+        if type(frame) is UserStoppedSpeakingFrame:
+            stops.append(frame.pts)
+
+    detector = lambda: TurnDetector(ANALYZERS["energy"], turn_timeout_secs=0.8)  # noqa: E731
+    call = runtime.open_call(Pipeline([detector]), collect)
+    push_all(call, frames)
+    call.end()
+    assert call.wait(10)
+    (stopped,) = stops
+    assert -0.06 <= (stopped - start_ns) / 1e9 - end <= 0.1
+
+
 @pytest.mark.parametrize("name", ANALYZERS)
 def test_only_long_speech_barges_in_on_the_bot(runtime, tmp_path_factory, name):
     speech = track(
