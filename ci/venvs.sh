@@ -2,15 +2,16 @@
 # Make (or refresh) the two virtual environments at the repo root:
 #   .venv-ft/   free-threaded CPython 3.13t
 #   .venv-gil/  the GIL build of the same CPython
-# each with flowcat-ft installed editable plus its dev, vad and opus extras. A venv is rebuilt when its
-# interpreter changed or pyproject.toml is newer than its stamp; otherwise this takes seconds.
+# each with flowcat-ft installed editable plus its dev, vad and opus extras (and in .venv-gil
+# only, stt and webrtc). A venv is rebuilt when its interpreter, pyproject.toml or this script
+# changed since its stamp was written; otherwise this takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(ci/interpreters.sh)"
 
 make_venv() {  # make_venv DIR PYTHON
     local dir=$1 python=$2 stamp="$1/.flowcat-stamp" want
-    want="$python $(sha256sum pyproject.toml | cut -c1-16)"
+    want="$python $(cat pyproject.toml ci/venvs.sh | sha256sum | cut -c1-16)"
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$dir/bin/python" ]; then
         return
     fi
@@ -21,8 +22,9 @@ make_venv() {  # make_venv DIR PYTHON
     "$dir/bin/python" -m pip install -q -e ".[dev,vad,opus]"
     # The Silero VAD model ships in this wheel; its own dependency on torch is not needed.
     "$dir/bin/python" -m pip install -q --no-deps silero-vad
-    # PocketSphinx runs in a worker process on the GIL twin (it would turn the GIL on here).
-    if [ "$dir" = .venv-gil ]; then "$dir/bin/python" -m pip install -q -e ".[stt]"; fi
+    # PocketSphinx runs in a worker process on the GIL twin (it would turn the GIL on here), and
+    # so does aiortc, in the WebRTC companion process (it cannot be installed on 3.13t).
+    if [ "$dir" = .venv-gil ]; then "$dir/bin/python" -m pip install -q -e ".[stt,webrtc]"; fi
     # websockets' C speedups (frame masking) come only from its sdist on cp313t; they keep
     # the GIL off and cut echo latency tenfold at load (see shared/ENVIRONMENT.md).
     "$dir/bin/python" -m pip install -q --force-reinstall --no-deps --no-binary websockets websockets
