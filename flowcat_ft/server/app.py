@@ -20,10 +20,12 @@ from collections.abc import Callable
 from flowcat_ft.runtime import Runtime
 from flowcat_ft.server.agent import build_agent
 from flowcat_ft.server.config import Config, SphinxSTTConfig
+from flowcat_ft.server.playground import MEDIA_PATH, playground_pages, playground_routes
 from flowcat_ft.server.status import status_pages
 from flowcat_ft.server.webhooks import answer_pages
 from flowcat_ft.services.offline import SphinxWorker
 from flowcat_ft.transports.server import WebSocketServer, default_routes
+from flowcat_ft.transports.webrtc import WebRTCGateway
 
 __all__ = ["AgentServer"]
 
@@ -47,6 +49,7 @@ class AgentServer:
         self._profile_dir = profile_dir
         self.runtime: Runtime | None = None
         self.server: WebSocketServer | None = None
+        self.gateway: WebRTCGateway | None = None
 
     @property
     def port(self) -> int:
@@ -60,37 +63,50 @@ class AgentServer:
         started = time.monotonic()
         self._step(f"building the {config.agent.kind} agent")
         agent = build_agent(config)
+        gateway = self._webrtc_gateway()
         runtime = Runtime(max_calls=config.limits.max_calls, profile_dir=self._profile_dir)
         carriers = config.transports.carriers
+        routes, pages = default_routes(carriers), answer_pages(carriers, config.server.public_url)
+        if config.server.playground:
+            routes |= playground_routes()
+            pages |= playground_pages()
+        if gateway is not None:
+            pages |= gateway.pages()
         server = WebSocketServer(
             runtime,
             agent.pipeline,
             host=config.server.host,
             port=config.server.port,
             loops=config.server.loops,
-            routes=default_routes(carriers),
+            routes=routes,
             options=agent.options,
             max_calls=config.limits.max_calls,
-            pages=answer_pages(carriers, config.server.public_url),
+            pages=pages,
+            sockets=gateway.sockets() if gateway is not None else None,
         )
-        server.pages.update(status_pages(server, runtime))
+        extras = {"webrtc": gateway.status} if gateway is not None else None
+        server.pages.update(status_pages(server, runtime, extras))
         try:
             server.start()
         except OSError:
             runtime.stop()
             raise
-        self.runtime, self.server = runtime, server
+        self.runtime, self.server, self.gateway = runtime, server, gateway
         self._step(f"listening on {config.server.host}:{server.port}")
         self._warm_up(runtime)
+        if gateway is not None:
+            self._step("WebRTC: starting the companion process")
+            gateway.start(f"ws://{_loopback(config.server.host)}:{server.port}")
         self._step(f"ready in {time.monotonic() - started:.1f} s")
         return self
 
     def urls(self) -> dict[str, str]:
         """What a person or a carrier connects to, by name."""
         assert self.server is not None, "not started"
-        host = self.config.server.host
-        base = f"{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{self.port}"
+        base = f"{_loopback(self.config.server.host)}:{self.port}"
         urls = {"status": f"http://{base}/status"}
+        if self.config.server.playground:
+            urls["playground"] = f"http://{base}/"
         for name in self.config.transports.carriers:
             urls[name] = f"ws://{base}/{name}"
             if f"/{name}/answer" in self.server.pages:
@@ -100,11 +116,28 @@ class AgentServer:
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, let live ones finish for ``grace`` seconds (the config's
         ``limits.shutdown_grace`` by default), then cancel them."""
+        if self.gateway is not None:
+            self.gateway.stop()
         if self.server is not None:
             self.server.stop(self.config.limits.shutdown_grace if grace is None else grace)
         if self.runtime is not None:
             self.runtime.stop()
-        self.server = self.runtime = None
+        self.server = self.runtime = self.gateway = None
+
+    def _webrtc_gateway(self) -> WebRTCGateway | None:
+        """The gateway to WebRTC's companion process, where the config wants one and a
+        python with aiortc is there (``webrtc: true`` without one is a ConfigError)."""
+        wanted = self.config.server.webrtc
+        if wanted is False:
+            return None
+        gateway = WebRTCGateway(media_path=MEDIA_PATH if self.config.server.playground else RAW)
+        if gateway.available:
+            return gateway
+        reason = gateway.status()["last_error"] or "no python with aiortc was found"
+        if wanted is True:
+            raise self.config.error("server.webrtc", reason)
+        self._step(f"WebRTC: off ({reason})")
+        return None
 
     def _step(self, message: str) -> None:
         self._progress(message)
@@ -126,3 +159,12 @@ class AgentServer:
         """One line about the interpreter serving."""
         build = "GIL" if sys._is_gil_enabled() else "free-threaded, GIL off"
         return f"flowcat-ft on Python {sys.version.split()[0]} ({build})"
+
+
+RAW = "/raw?codec=pcm16&sample_rate=16000"
+"""The WebRTC bridge's media route when the playground's is not served."""
+
+
+def _loopback(host: str) -> str:
+    """Where this machine reaches a server listening on ``host``."""
+    return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, host)

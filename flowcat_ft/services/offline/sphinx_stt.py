@@ -268,6 +268,9 @@ class SphinxWorker:
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
+                # Not in the terminal's process group: a Ctrl-C is the server's to handle
+                # (it ends the worker itself; so does the end of its stdin).
+                start_new_session=True,
             )
         except OSError as error:
             raise SphinxWorkerError(

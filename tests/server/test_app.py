@@ -1,0 +1,77 @@
+"""AgentServer: the configured agent with its pages, routes and WebRTC gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+import websockets
+from helpers import wait_until
+
+from flowcat_ft.server.app import AgentServer
+from flowcat_ft.server.config import ConfigError, load_config
+
+
+def config(tmp_path, server: str = "", rest: str = ""):
+    path = tmp_path / "agent.yaml"
+    path.write_text(f"server: {{host: 127.0.0.1, port: 0{server}}}\nagent: {{kind: echo}}\n{rest}")
+    return load_config(path)
+
+
+def get(port: int, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
+            return reply.status, reply.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+@pytest.fixture
+def agent_server():
+    started = []
+
+    def start(cfg) -> AgentServer:
+        started.append(server := AgentServer(cfg).start())
+        return server
+
+    yield start
+    for server in started:
+        server.stop(grace=0)
+
+
+def test_the_configured_server_has_every_entry_point(tmp_path, agent_server):
+    server = agent_server(config(tmp_path, rest="transports: {carriers: [twilio, raw]}\n"))
+    port = server.port
+    assert get(port, "/")[1].startswith(b"<!doctype html>")  # the playground
+    assert get(port, "/status")[0] == 200
+    assert get(port, "/twilio/answer")[0] == 200
+    assert get(port, "/telnyx/answer")[0] == 404  # not a configured carrier
+    assert wait_until(lambda: json.loads(get(port, "/status.json")[1])["webrtc"]["running"], 30)
+    assert set(server.urls()) == {"status", "playground", "twilio", "raw"}
+
+    async def talk() -> bytes:
+        async with websockets.connect(f"ws://127.0.0.1:{port}/playground") as ws:
+            await ws.send(b"\x01\x02" * 320)
+            while isinstance(reply := await asyncio.wait_for(ws.recv(), 5), str):
+                pass
+            return reply
+
+    assert len(asyncio.run(talk())) == 640  # the echo, 20 ms at 16 kHz
+
+
+def test_webrtc_and_the_playground_can_be_turned_off(tmp_path, agent_server):
+    server = agent_server(config(tmp_path, ", playground: false, webrtc: false"))
+    assert get(server.port, "/")[0] == 404
+    assert get(server.port, "/webrtc/offer")[0] == 404
+    assert "webrtc" not in json.loads(get(server.port, "/status.json")[1])
+
+
+def test_webrtc_required_without_aiortc_stops_start_up(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLOWCAT_WEBRTC_PYTHON", "/nonexistent/python")
+    text = tmp_path / "agent.yaml"
+    text.write_text("server: {host: 127.0.0.1, port: 0, webrtc: true}\nagent: {kind: echo}\n")
+    with pytest.raises(ConfigError, match=r"agent\.yaml:1: server\.webrtc: "):
+        AgentServer(load_config(text)).start()
