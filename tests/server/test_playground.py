@@ -38,6 +38,7 @@ from flowcat_ft.frames import (
 from flowcat_ft.pipeline import Pipeline
 from flowcat_ft.processor import FrameProcessor
 from flowcat_ft.server.playground import playground_pages, playground_routes
+from flowcat_ft.server.status import status_pages
 from flowcat_ft.services.offline import (
     DEFAULT_GRAPH,
     SphinxWorker,
@@ -247,10 +248,18 @@ def test_chromium_talks_to_the_offline_agent_over_websocket(serve, tmp_path):
     need_chromium()
     need_worker_python()
     server = serve(offline_agent_pipeline())
+    server.pages.update(status_pages(server, server.runtime))
     heard = talk(server, "ws", tmp_path)
     check_heard(server, heard)
     png = (ARTIFACTS / "playground-ws.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
+    # The turn is on the status page's latency chart.
+    with Chromium() as browser:
+        page = browser.open(f"http://127.0.0.1:{server.port}/status")
+        dots = page.poll("document.querySelectorAll('#chart circle').length")
+        assert wait_until(lambda: dots() == 1, 10)
+        page.screenshot(ARTIFACTS / "status.png")
+        assert page.errors == []
 
 
 def test_chromium_talks_to_the_offline_agent_over_webrtc(serve, tmp_path):
