@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
@@ -135,6 +135,21 @@ class ErrorFrame(SystemFrame):
 
     def __repr__(self) -> str:
         return f"ErrorFrame({self.error!r}, fatal={self.fatal}, processor={self.processor!r})"
+
+
+class MetricsFrame(SystemFrame):
+    """Measurements from one service: ``data`` maps a metric's name to its value
+    (``"ttfb_ms"``, ``"prompt_tokens"``, ``"completion_tokens"``...)."""
+
+    __slots__ = ("data", "processor")
+
+    def __init__(self, processor: str, data: dict[str, Any]) -> None:
+        super().__init__()
+        self.processor = processor
+        self.data = dict(data)
+
+    def __repr__(self) -> str:
+        return f"MetricsFrame({self.processor!r}, {self.data!r})"
 
 
 class InputDTMFFrame(SystemFrame):

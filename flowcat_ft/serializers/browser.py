@@ -27,6 +27,7 @@ from flowcat_ft.frames import (
     BotStoppedSpeakingFrame,
     Frame,
     InterimTranscriptionFrame,
+    MetricsFrame,
     TranscriptionFrame,
     TTSTextFrame,
     UserStartedSpeakingFrame,
@@ -35,7 +36,6 @@ from flowcat_ft.frames import (
 from flowcat_ft.serializers._json import dumps
 from flowcat_ft.serializers.base import MAX_MESSAGE_BYTES
 from flowcat_ft.serializers.raw import RawSerializer
-from flowcat_ft.services.llm.frames import MetricsFrame
 
 __all__ = ["BrowserSerializer"]
 

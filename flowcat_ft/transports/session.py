@@ -40,6 +40,7 @@ from flowcat_ft.frames import (
     InputAudioRawFrame,
     InputDTMFFrame,
     InterruptionFrame,
+    MetricsFrame,
     StartFrame,
     TTSStoppedFrame,
     UserStoppedSpeakingFrame,
@@ -53,7 +54,6 @@ from flowcat_ft.serializers import (
     StreamStarted,
     StreamStopped,
 )
-from flowcat_ft.services.llm.frames import MetricsFrame
 from flowcat_ft.slabs import PoolExhaustedError
 from flowcat_ft.transports.pacer import FRAME_SECS, Playout, Ticker
 

@@ -10,6 +10,7 @@ from flowcat_ft.frames import (
     BotStoppedSpeakingFrame,
     InterimTranscriptionFrame,
     LLMTextFrame,
+    MetricsFrame,
     StartFrame,
     TextFrame,
     TranscriptionFrame,
@@ -26,7 +27,6 @@ from flowcat_ft.serializers import (
     StreamStarted,
     make_serializer,
 )
-from flowcat_ft.services.llm.frames import MetricsFrame
 
 PCM = bytes(range(256)) * 2 + bytes(128)  # 20 ms at 16 kHz
 

@@ -452,7 +452,7 @@ def test_anthropic_error_events_are_reported(runtime, http):
 
 
 def test_each_response_reports_its_metrics(runtime, http):
-    from flowcat_ft.services.llm.frames import MetricsFrame
+    from flowcat_ft.frames import MetricsFrame
 
     http.routes[CHAT] = sse_handler(openai_chunks(["ok"], usage=(30, 2)))
     out = Recorder()

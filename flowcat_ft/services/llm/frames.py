@@ -37,7 +37,6 @@ __all__ = [
     "LLMMessagesFrame",
     "LLMMessagesUpdateFrame",
     "LLMRunFrame",
-    "MetricsFrame",
     "TTSSpeakFrame",
     "UtteranceEndFrame",
 ]
@@ -194,18 +193,3 @@ class UtteranceEndFrame(ControlFrame):
     with no more to wait for."""
 
     __slots__ = ()
-
-
-class MetricsFrame(SystemFrame):
-    """Measurements from one service: ``data`` maps a metric's name to its value
-    (``"ttfb_ms"``, ``"prompt_tokens"``, ``"completion_tokens"``...)."""
-
-    __slots__ = ("data", "processor")
-
-    def __init__(self, processor: str, data: dict[str, Any]) -> None:
-        super().__init__()
-        self.processor = processor
-        self.data = dict(data)
-
-    def __repr__(self) -> str:
-        return f"MetricsFrame({self.processor!r}, {self.data!r})"

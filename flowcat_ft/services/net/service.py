@@ -34,9 +34,9 @@ from collections.abc import Coroutine
 from concurrent.futures import Future
 from typing import Any
 
-from flowcat_ft.frames import Direction, ErrorFrame
+from flowcat_ft.frames import Direction, ErrorFrame, MetricsFrame
 from flowcat_ft.services.base import AsyncService, call_later
-from flowcat_ft.services.llm.frames import MetricsFrame, TTSSpeakFrame
+from flowcat_ft.services.llm.frames import TTSSpeakFrame
 from flowcat_ft.services.net.auth import get_logger, redact
 from flowcat_ft.services.net.http import HTTPClient
 
