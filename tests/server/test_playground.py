@@ -20,7 +20,6 @@ from helpers import wait_until
 from services.offline_speech import need_worker_python, say, silence, with_noise
 from websockets.sync.client import connect
 
-from flowcat_ft import Runtime
 from flowcat_ft.agents.echo import Echo
 from flowcat_ft.frames import (
     BotStartedSpeakingFrame,
@@ -57,29 +56,15 @@ PCM = (np.arange(320, dtype=np.int16) * 50).tobytes()  # 20 ms at 16 kHz
 
 
 @pytest.fixture
-def serve():
-    """Start a server with the playground on a free port: ``serve(pipeline, **options)``."""
-    started: list[tuple[Runtime, WebSocketServer]] = []
+def serve(serve):
+    """The shared fixture's servers, with the playground: ``serve(pipeline, **options)``."""
 
     def start(pipeline: Pipeline, **kwargs) -> WebSocketServer:
-        runtime = Runtime(threads=2)
-        server = WebSocketServer(
-            runtime,
-            pipeline,
-            port=0,
-            loops=2,
-            options=MediaOptions(sample_rate=16000),
-            routes=playground_routes(),
-            pages={**playground_pages(), **kwargs.pop("pages", {})},
-            **kwargs,
-        )
-        started.append((runtime, server.start()))
-        return server
+        pages = {**playground_pages(), **kwargs.pop("pages", {})}
+        options = MediaOptions(sample_rate=16000)
+        return serve(pipeline, options=options, routes=playground_routes(), pages=pages, **kwargs)
 
-    yield start
-    for runtime, server in started:
-        server.stop(grace=1)
-        runtime.stop()
+    return start
 
 
 def get(server: WebSocketServer, path: str, method: str = "GET") -> http.client.HTTPResponse:
