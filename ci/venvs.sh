@@ -2,8 +2,8 @@
 # Make (or refresh) the two virtual environments at the repo root:
 #   .venv-ft/   free-threaded CPython 3.13t
 #   .venv-gil/  the GIL build of the same CPython
-# each with flowcat-ft installed editable plus its dev, vad and opus extras (and in .venv-gil
-# only, stt and webrtc). A venv is rebuilt when its interpreter, pyproject.toml or this script
+# each with flowcat-ft installed editable plus its dev, vad, opus and profile extras (and in
+# .venv-gil only, stt and webrtc). A venv is rebuilt when its interpreter, pyproject.toml or this script
 # changed since its stamp was written; otherwise this takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +19,7 @@ make_venv() {  # make_venv DIR PYTHON
     rm -rf "$dir"
     "$python" -m venv "$dir"
     "$dir/bin/python" -m pip install -q --upgrade pip
-    "$dir/bin/python" -m pip install -q -e ".[dev,vad,opus]"
+    "$dir/bin/python" -m pip install -q -e ".[dev,vad,opus,profile]"
     # The Silero VAD model ships in this wheel; its own dependency on torch is not needed.
     "$dir/bin/python" -m pip install -q --no-deps silero-vad
     # PocketSphinx runs in a worker process on the GIL twin (it would turn the GIL on here), and
