@@ -21,7 +21,7 @@ const view = {
   mode: null, // "ws" | "webrtc" while a session runs
   lines: [], // {role: "user" | "bot", text, final, interrupted}
   latencies: [], // ms, one per answered turn
-  received: [], // the agent's audio as heard: Int16Array chunks at 16 kHz
+  received: [], // the agent's audio as heard (the last two minutes): Int16Array chunks, 16 kHz
   receivedSamples: 0,
   botTurns: [], // where each time the bot started speaking falls in `received`, in samples
 };
@@ -198,9 +198,18 @@ function iceGathered(peer, timeoutMs) {
 
 // -- what the page shows ------------------------------------------------------------------
 
+// The last two minutes of what was heard are kept (for the test hook), so a long talk
+// does not grow the page without end.
+const KEEP_SAMPLES = 120 * SERVER_RATE;
+
 function heard(samples) {
   view.received.push(samples);
   view.receivedSamples += samples.length;
+  while (view.receivedSamples - view.received[0].length >= KEEP_SAMPLES) {
+    const dropped = view.received.shift().length;
+    view.receivedSamples -= dropped;
+    view.botTurns = view.botTurns.map((at) => at - dropped).filter((at) => at >= 0);
+  }
 }
 
 function onEvent(message) {
@@ -326,7 +335,7 @@ function render() {
 
 // -- the test hook ---------------------------------------------------------------------------
 
-// The agent's audio as heard, 16 kHz 16-bit little-endian PCM, base64-encoded.
+// The agent's audio as heard (the last two minutes), 16 kHz 16-bit little-endian PCM, base64.
 function receivedAudio() {
   const bytes = new Uint8Array(view.receivedSamples * 2);
   let offset = 0;
