@@ -19,6 +19,15 @@ cancelled (their result in the context says so), and those not marked run on, th
 still recorded. A failure (the provider's garbage, a stream closed or stalled mid-way, a
 rate limit the retries could not outlast) ends the response with an error frame upstream
 and, if configured, a fallback for the TTS to say; the call goes on.
+
+An :class:`~flowcat_ft.frames.EndFrame` does not cut a response off: it waits in the
+service until the response is complete, function calls in flight and the model's answer
+to their results included, as pipecat lets the LLM finish (see
+:attr:`~flowcat_ft.services.base.AsyncService.drain_on_end`; ``end_timeout`` bounds the
+wait), so the TTS downstream gets the whole reply before the end. Calls an interruption
+left running (those not marked ``cancel_on_interruption``) are not waited for. An
+interruption meanwhile cuts the response as usual, and a
+:class:`~flowcat_ft.frames.CancelFrame` drops it at once.
 """
 
 from __future__ import annotations
@@ -106,6 +115,7 @@ class LLMService(CloudService):
 
     schema_style = "openai"
     cost = 0.5
+    drain_on_end = True
 
     def __init__(
         self,

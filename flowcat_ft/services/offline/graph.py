@@ -390,12 +390,17 @@ class GraphLLM(AsyncService):
     Reaching an ``end`` node ends the call once its reply has been heard: after the
     :class:`~flowcat_ft.frames.BotStoppedSpeakingFrame` that follows the bot starting to
     speak it (a :class:`~flowcat_ft.services.offline.playout.BotPlayout` downstream sends
-    these), or after *end_timeout_secs* without the bot speaking.
+    these), or after *end_timeout_secs* without the bot speaking. An
+    :class:`~flowcat_ft.frames.EndFrame` waits until the replies being made and those
+    waiting have gone downstream (see
+    :attr:`~flowcat_ft.services.base.AsyncService.drain_on_end`).
 
     Threading contract: ``node``, ``slots``, the replies waiting and the ending state are
     used on the stage thread only; a reply's coroutine gets a copy of the slots and hands
     results back with :meth:`call_soon` and :meth:`emit`.
     """
+
+    drain_on_end = True
 
     def __init__(
         self, graph: ConversationGraph, *, end_timeout_secs: float = 10.0, name: str | None = None
@@ -484,6 +489,9 @@ class GraphLLM(AsyncService):
         self.emit(generation, LLMFullResponseStartFrame())
         self.emit(generation, LLMTextFrame(text))
         self.emit(generation, LLMFullResponseEndFrame())
+
+    def has_pending_work(self) -> bool:
+        return super().has_pending_work() or bool(self._waiting)
 
     def _update_slots(self, generation: int, updates: dict[str, Any]) -> None:
         if generation == self._generation:
