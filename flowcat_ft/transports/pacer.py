@@ -20,7 +20,9 @@ class Playout:
     """One connection's outgoing audio clock and queue. Used only on its event loop.
 
     Items are wire messages; an item queued with ``duration=0`` (a mark) goes out after
-    the audio before it without moving the clock.
+    the audio before it without moving the clock. ``dropped`` counts the items a full
+    queue dropped; ``marks_dropped`` the marks dropped before they were sent (by
+    :meth:`clear` or a full queue), counted on those paths only, not as items go out.
     """
 
     def __init__(
@@ -37,6 +39,7 @@ class Playout:
         self._queue: deque[tuple[str | bytes, float]] = deque()
         self._until = 0.0  # when the audio sent so far finishes playing
         self.dropped = 0
+        self.marks_dropped = 0
 
     @property
     def queued(self) -> int:
@@ -50,7 +53,8 @@ class Playout:
             self._until = max(self._until, now) + duration
             return
         if len(self._queue) >= self.max_items:
-            self._queue.popleft()
+            if not self._queue.popleft()[1]:
+                self.marks_dropped += 1
             self.dropped += 1
         self._queue.append((message, duration))
         self._ticker.add(self)
@@ -65,9 +69,11 @@ class Playout:
         return bool(queue)
 
     def clear(self) -> int:
-        """Drop queued audio (an interruption); return how many frames were dropped."""
-        n = len(self._queue)
-        self._queue.clear()
+        """Drop queued audio and marks (an interruption); return how many were dropped."""
+        queue = self._queue
+        n = len(queue)
+        self.marks_dropped += sum(1 for _, duration in queue if not duration)
+        queue.clear()
         self._until = 0.0
         return n
 

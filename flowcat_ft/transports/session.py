@@ -144,13 +144,19 @@ class MediaSession:
         self.frames_in = 0
         self.dropped_in = 0
         self.frames_out = 0
-        self.marks_sent = 0
+        self._marks = 0  # marks made, to name them
         self.marks_played = 0
         self.clears = 0
         # Response latency per turn: the last few here, every call's in the server's log.
         self.turns: deque[Turn] = deque(maxlen=20)
         self._turn_log = turn_log
         self._user_stopped_ns = 0  # pts of the user's last end of speech, until answered
+
+    @property
+    def marks_sent(self) -> int:
+        """Marks sent to the peer, or queued behind audio still to be sent; those an
+        interruption dropped from the pacer (never to be sent) do not count."""
+        return self._marks - self._playout.marks_dropped
 
     # -- the connection's life -------------------------------------------------------------
 
@@ -398,10 +404,10 @@ class MediaSession:
             self._send(message)
 
     def _mark(self) -> None:
-        message = self.serializer.send_mark(f"utterance-{self.marks_sent + 1}")
+        message = self.serializer.send_mark(f"utterance-{self._marks + 1}")
         if message is None:
             return
-        self.marks_sent += 1
+        self._marks += 1
         if self.options.pace_output:
             self._playout.play(message, duration=0.0)  # after the audio queued before it
         else:

@@ -20,6 +20,7 @@ from flowcat_ft import (
     TTSStartedFrame,
     TTSStoppedFrame,
 )
+from flowcat_ft.transports.pacer import Playout, Ticker
 
 
 class KeypadBot(FrameProcessor):
@@ -98,6 +99,51 @@ def test_an_interruption_sends_clear_and_stops_the_queued_audio(serve):
     assert after_clear.count("media") <= 2  # only what was already on its way
     assert events.count("media") < 40
     assert sessions[0].clears == 1
+
+
+def test_a_mark_an_interruption_drops_is_not_counted_as_sent(serve):
+    server = serve(Pipeline([KeypadBot]))
+
+    async def call() -> tuple[list, list]:
+        async with websockets.connect(f"ws://127.0.0.1:{server.port}/twilio") as ws:
+            await ws.send(twilio_start())
+            await ws.send(twilio_dtmf("1"))  # two seconds of audio, then its mark...
+            cut = [await asyncio.wait_for(ws.recv(), 5) for _ in range(10)]
+            await ws.send(twilio_dtmf("2"))  # ...dropped from the pacer by the interruption
+            cut += await receive_until_quiet(ws, 0.5)
+            sessions.extend(server.sessions)
+            await ws.send(twilio_dtmf("1"))
+            heard = []
+            while "mark" not in twilio_events(heard):
+                heard.append(await asyncio.wait_for(ws.recv(), 5))
+            played = {"name": json.loads(heard[-1])["mark"]["name"]}
+            await ws.send(json.dumps({"event": "mark", "streamSid": "MZ1", "mark": played}))
+            for _ in range(500):  # the server counts the mark on its own loop
+                if sessions[0].marks_played:
+                    break
+                await asyncio.sleep(0.01)
+            return cut, heard
+
+    sessions = []
+    cut, heard = asyncio.run(call())
+    assert "clear" in twilio_events(cut) and "mark" not in twilio_events(cut)
+    assert twilio_events(heard) == ["media"] * 100 + ["mark"]
+    assert json.loads(heard[-1])["mark"]["name"] == "utterance-2"  # names stay unique
+    assert sessions[0].marks_played == 1
+    assert sessions[0].marks_sent == 1  # the dropped mark was never sent
+
+
+def test_the_pacer_counts_the_marks_it_drops():
+    loop = asyncio.new_event_loop()
+    try:
+        sent = []
+        playout = Playout(sent.append, Ticker(loop), lead=0.0, max_buffer=0.06)  # 3 items
+        for item in ["a1", "m1", "a2", "a3", "m2"]:  # a1 goes at once; m1 makes room for m2
+            playout.play(item, 0.0 if item[0] == "m" else 60.0)  # a minute each: none due
+        assert (sent, playout.dropped, playout.marks_dropped) == (["a1"], 1, 1)
+        assert playout.clear() == 3 and playout.marks_dropped == 2  # a2, a3 and m2
+    finally:
+        loop.close()
 
 
 class DtmfLog(FrameProcessor):
