@@ -1,4 +1,4 @@
-"""WebRTC calls through the gateway's companion process, with a real aiortc peer.
+"""WebRTC calls through the gateway's companion processes, with real aiortc peers.
 
 The peer (webrtc_peer.py) runs as a subprocess under a python where aiortc imports (the GIL
 venv); the server under test runs in this process, on either build.
@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import wave
 from pathlib import Path
 
@@ -53,19 +54,27 @@ def aiortc_python() -> str:
 @pytest.fixture
 def webrtc(serve, aiortc_python):
     """``webrtc(pipeline, **gateway_options)``: a server with a WebRTC gateway whose
-    companion is connected; the gateway stops before the server."""
+    companions (one unless asked) are connected; the gateway stops before the server."""
     gateways: list[WebRTCGateway] = []
 
-    def start(pipeline=None, **options):
-        gateway = WebRTCGateway(MEDIA, aiortc_python, **options)
+    def start(pipeline=None, companions=1, **options):
+        gateway = WebRTCGateway(MEDIA, aiortc_python, companions=companions, **options)
         server = serve(pipeline, pages=gateway.pages(), sockets=gateway.sockets())
         gateways.append(gateway.start(f"ws://127.0.0.1:{server.port}"))
-        assert wait_until(lambda: gateway.status()["running"], 60), gateway.status()
+        assert wait_until(lambda: all(c["running"] for c in companions_of(gateway)), 60)
         return server, gateway
 
     yield start
     for gateway in gateways:
         gateway.stop()
+
+
+def companions_of(gateway: WebRTCGateway) -> list[dict]:
+    return gateway.status()["companions"]
+
+
+def peers_of(gateway: WebRTCGateway) -> list[int]:
+    return [companion["peers"] for companion in companions_of(gateway)]
 
 
 def peer_command(python: str, port: int, *args: str) -> list[str]:
@@ -120,6 +129,21 @@ def best_correlation(sent: np.ndarray, heard: np.ndarray) -> tuple[float, int]:
     return float(a @ part / (np.linalg.norm(a) * np.linalg.norm(part) + 1e-9)), lag
 
 
+def speech_parts(pcm: np.ndarray, seconds: float = 0.25) -> list[np.ndarray]:
+    """The loud quarter seconds of ``pcm`` (half its peak level or more)."""
+    n = int(RATE * seconds)
+    parts = [pcm[i : i + n] for i in range(0, len(pcm) - n + 1, n)]
+    peak = max(np.abs(part.astype(np.int32)).max() for part in parts)
+    return [part for part in parts if np.abs(part.astype(np.int32)).max() >= peak / 2]
+
+
+def speech_start(pcm: np.ndarray) -> int:
+    """Where the first of :func:`speech_parts` starts."""
+    first = speech_parts(pcm)[0]
+    n = len(first)
+    return next(i for i in range(0, len(pcm), n) if np.array_equal(pcm[i : i + n], first))
+
+
 @pytest.fixture
 def speech(tmp_path) -> tuple[Path, np.ndarray]:
     """An espeak-ng utterance after 0.5 s of silence, as espeak writes it (22.05 kHz), and
@@ -168,10 +192,14 @@ def test_a_webrtc_peer_hears_itself_through_the_echo_agent(webrtc, aiortc_python
     assert result["status"] == 200
     heard, rate = read_wav(tmp_path / "peer-0.wav")
     assert rate == RATE
-    # What came back is what was said (through Opus twice), a little later.
-    correlation, lag = best_correlation(sent, heard)
-    assert correlation > 0.6, correlation
-    assert 0 < lag < RATE  # under a second
+    # What came back is what was said (through Opus twice), a little later: each quarter
+    # second of the speech is found in what came back, in order (a machine under load may
+    # drop or delay a packet, which shifts the rest, so the parts are matched one by one).
+    matches = [best_correlation(part, heard) for part in speech_parts(sent)]
+    assert np.median([correlation for correlation, _ in matches]) > 0.7, matches
+    lags = [lag for _, lag in matches]
+    assert lags == sorted(lags), lags
+    assert 0 < lags[0] - speech_start(sent) < RATE  # under a second
     assert loud_seconds(heard) > 0.7 * loud_seconds(sent) > 1.0
     # The server saw one raw-protocol call from the companion; the hang-up ended it.
     assert wait_until(lambda: server.runtime.calls == [], 10)
@@ -234,7 +262,7 @@ def test_the_events_channel_carries_marks_clear_and_keys(webrtc, aiortc_python, 
 def test_the_companion_dying_ends_only_its_calls_and_it_comes_back(
     webrtc, aiortc_python, speech, tmp_path
 ):
-    server, gateway = webrtc()
+    server, gateway = webrtc(companions=1)
     wav, _ = speech
     old_pid = gateway.status()["pid"]
 
@@ -295,20 +323,81 @@ def test_the_companion_dying_ends_only_its_calls_and_it_comes_back(
     assert result["status"] == 200 and len(result["round_trip_ms"]) >= 1
 
 
-def test_bad_offers_get_clear_answers_and_stop_ends_the_companion(webrtc):
-    server, gateway = webrtc()
+def test_calls_spread_over_the_companions_and_one_dying_ends_only_its_calls(webrtc, aiortc_python):
+    server, gateway = webrtc(companions=2)
+
+    def call(seconds: float) -> subprocess.Popen:
+        args = ["--clicks", "--seconds", str(seconds)]
+        return subprocess.Popen(
+            peer_command(aiortc_python, server.port, *args), stdout=subprocess.PIPE
+        )
+
+    # Each call goes to the companion with the fewest peers.
+    first = call(20)
+    assert wait_until(lambda: sorted(peers_of(gateway)) == [0, 1], 60), gateway.status()
+    doomed = peers_of(gateway).index(1)
+    second = call(20)
+    assert wait_until(lambda: peers_of(gateway) == [1, 1], 60), gateway.status()
+    assert gateway.status()["peers"] == 2
+    assert wait_until(lambda: [s.frames_in > 10 for s in server.sessions] == [True, True], 30)
+
+    # Killing the first call's companion ends that call only.
+    old_pid = companions_of(gateway)[doomed]["pid"]
+    os.kill(old_pid, signal.SIGKILL)
+    assert wait_until(lambda: len(server.runtime.calls) == 1, 10)
+    [survivor] = server.sessions
+    frames = survivor.frames_in
+    assert wait_until(lambda: survivor.frames_in > frames + 50, 10)
+    flowing_at = time.monotonic()  # the second call still flowing after the kill
+
+    # The killed companion comes back on its own, and the next call goes to it.
+    def restarted() -> bool:
+        companion = companions_of(gateway)[doomed]
+        return companion["running"] and companion["pid"] != old_pid
+
+    assert wait_until(restarted, 60), gateway.status()
+    status = gateway.status()
+    assert [c["restarts"] for c in status["companions"]] == [int(i == doomed) for i in (0, 1)]
+    assert status["restarts"] == 1
+    assert f"companion {old_pid} exited with code -9" in status["last_error"]
+    third = call(3)
+    assert wait_until(lambda: peers_of(gateway) == [1, 1], 60), gateway.status()
+
+    results = {}
+    for name, peer in [("first", first), ("second", second), ("third", third)]:
+        out, _ = peer.communicate(timeout=90)
+        assert peer.returncode == 0
+        [results[name]] = json.loads(out.strip().splitlines()[-1])["peers"]
+    # The second call heard its echo after the kill; the third one heard its own.
+    assert max(results["second"]["echoed_at"]) > flowing_at
+    assert results["third"]["status"] == 200 and results["third"]["round_trip_ms"]
+    assert server.stats()["close_codes"][1006] == 1  # the first call's media connection
+    assert wait_until(lambda: server.runtime.calls == [], 30)
+    assert wait_until(lambda: gateway.status()["peers"] == 0)
+
+
+def test_bad_offers_get_clear_answers_and_stop_ends_the_companions(webrtc):
+    server, gateway = webrtc(companions=2)
     port = server.port
     assert post(port, OFFER, b"", "GET")[0] == 405
     status, body = post(port, OFFER, b"not json")
     assert status == 400 and '"sdp"' in body
     status, body = post(port, OFFER, BAD_OFFER)
     assert status == 400 and body.startswith("bad offer:")
-    pid = gateway.status()["pid"]
+    pids = [companion["pid"] for companion in companions_of(gateway)]
+    assert len(set(pids)) == 2 and gateway.status()["pid"] == pids[0]
     gateway.stop()
     assert gateway.status()["running"] is False
-    with pytest.raises(ProcessLookupError):
-        os.kill(pid, 0)
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
     assert post(port, OFFER, BAD_OFFER)[0] == 503
+
+
+def test_companions_must_be_at_least_one():
+    with pytest.raises(ValueError, match="at least 1"):
+        WebRTCGateway(MEDIA, companions=0)
+    assert WebRTCGateway(MEDIA).companions == (os.process_cpu_count() or 1)
 
 
 async def raw_echo(port: int, audio: bytes) -> bytes:

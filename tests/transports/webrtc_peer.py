@@ -15,7 +15,8 @@ connecting. ``--ws URL`` makes the same calls over the raw WebSocket protocol in
 (PCM16 at 16 kHz, no data channel), to compare.
 
 Round trips (with ``--clicks``): each click's send time is when its 20 ms frame left the
-track; its return is when the frame holding the echo's onset arrived.
+track; its return is when the frame holding the echo's onset arrived (``echoed_at``: those
+times, ``time.monotonic()``, which other processes on the machine share).
 """
 
 from __future__ import annotations
@@ -99,8 +100,8 @@ def clicks(seconds: float) -> np.ndarray:
     return pcm
 
 
-def round_trips(sent: np.ndarray, track: TimedTrack, heard: Recording) -> list[float]:
-    """Milliseconds from each click's frame leaving to the frame with its echo arriving."""
+def round_trips(sent: np.ndarray, track: TimedTrack, heard: Recording) -> list[tuple[float, float]]:
+    """When each click's frame left, and when the frame with its echo arrived."""
     got = np.frombuffer(bytes(heard.pcm), np.int16).astype(np.int32)
     loud_sent = np.flatnonzero(np.abs(sent.astype(np.int32)) > CLICK_LEVEL // 4)
     loud_got = np.flatnonzero(np.abs(got) > CLICK_LEVEL // 8)
@@ -113,7 +114,7 @@ def round_trips(sent: np.ndarray, track: TimedTrack, heard: Recording) -> list[f
             continue
         arrived = heard.arrival(int(later[0]))
         if arrived is not None:
-            times.append((arrived - track.sent_at[frame]) * 1000)
+            times.append((track.sent_at[frame], arrived))
     return times
 
 
@@ -226,7 +227,9 @@ async def main(args: argparse.Namespace) -> dict:
         result["sent_s"] = len(track.sent_at) * 0.02
         result["heard_s"] = len(heard.pcm) / 2 / RATE
         if args.clicks:
-            result["round_trip_ms"] = round_trips(sent, track, heard)
+            trips = round_trips(sent, track, heard)
+            result["round_trip_ms"] = [(back - left) * 1000 for left, back in trips]
+            result["echoed_at"] = [back for _, back in trips]
         if args.out:
             prefix = Path(args.out)
             write_wav(prefix.with_name(f"{prefix.name}-{i}.wav"), bytes(heard.pcm))
