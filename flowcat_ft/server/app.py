@@ -95,7 +95,7 @@ class AgentServer:
         self._step(f"listening on {config.server.host}:{server.port}")
         self._warm_up(runtime)
         if gateway is not None:
-            self._step("WebRTC: starting the companion process")
+            self._step(f"WebRTC: starting {gateway.companions} companion processes")
             gateway.start(f"ws://{_loopback(config.server.host)}:{server.port}")
         self._step(f"ready in {time.monotonic() - started:.1f} s")
         return self
@@ -130,7 +130,10 @@ class AgentServer:
         wanted = self.config.server.webrtc
         if wanted is False:
             return None
-        gateway = WebRTCGateway(media_path=MEDIA_PATH if self.config.server.playground else RAW)
+        gateway = WebRTCGateway(
+            media_path=MEDIA_PATH if self.config.server.playground else RAW,
+            companions=self.config.server.webrtc_companions,
+        )
         if gateway.available:
             return gateway
         reason = gateway.status()["last_error"] or "no python with aiortc was found"

@@ -91,7 +91,8 @@ class ServerConfig:
     """Where the server listens (``loops``: event-loop threads, None for one per core) and
     what it serves. ``public_url`` is the URL carriers reach the server at
     (``https://agent.example.com``), written into webhook answers; ``webrtc`` is ``"auto"``
-    (serve WebRTC where its companion process can run), True or False."""
+    (serve WebRTC where its companion processes can run), True or False;
+    ``webrtc_companions``: how many companion processes (None: one per core)."""
 
     host: str = "0.0.0.0"
     port: int = bounded(8765, 0, 65535)
@@ -99,6 +100,7 @@ class ServerConfig:
     public_url: str | None = None
     playground: bool = True
     webrtc: Literal["auto"] | bool = "auto"
+    webrtc_companions: int | None = bounded(None, 1)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -125,6 +125,7 @@ def test_an_empty_file_or_none_is_the_default_offline_agent(tmp_path):
     assert config.source == str(path)
     assert config.server == ServerConfig(host="0.0.0.0", port=8765, playground=True)
     assert config.server.webrtc == "auto" and config.server.public_url is None
+    assert config.server.webrtc_companions is None
     assert config.limits == LimitsConfig(max_calls=1000, idle_timeout=30.0, shutdown_grace=5.0)
     assert config.logging == LoggingConfig(level="INFO", format="text")
     assert config.transports.carriers == CARRIERS
@@ -145,6 +146,7 @@ server:
   public_url: https://agent.example.com
   playground: false
   webrtc: false
+  webrtc_companions: 3
 limits: {max_calls: 50, idle_timeout: 12.5, shutdown_grace: 0, max_frames_per_second: 60}
 logging: {level: debug, format: json}
 transports:
@@ -187,6 +189,7 @@ def test_a_full_file_round_trips(tmp_path, keys):
             public_url="https://agent.example.com",
             playground=False,
             webrtc=False,
+            webrtc_companions=3,
         ),
         limits=LimitsConfig(
             max_calls=50, idle_timeout=12.5, shutdown_grace=0.0, max_frames_per_second=60
