@@ -347,6 +347,11 @@ class Stage(threading.Thread):
                 call = ready.popleft()
             except IndexError:
                 break
+            # System frames first: those sent before this call's data (its StartFrame,
+            # above all) may have arrived after _handle_system last looked. They were
+            # appended before the call was scheduled, so popping the call makes them seen.
+            if entry.system:
+                handled += self._handle_system()
             proc = call._processors[first]
             if call._input_closed:
                 _discard(call)
@@ -354,8 +359,6 @@ class Stage(threading.Thread):
                 for frame in call._input.pop_many(self.quantum):
                     deliver(proc, DOWN, frame)
                     handled += 1
-            if entry.system:
-                handled += self._handle_system()
             if len(call._input):
                 ready.append(call)
             else:

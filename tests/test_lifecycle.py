@@ -17,6 +17,7 @@ from flowcat_ft import (
     FrameProcessor,
     InputAudioRawFrame,
     Pipeline,
+    StartFrame,
     TextFrame,
 )
 
@@ -167,6 +168,51 @@ class Amplify(FrameProcessor):
         self.push(frame, direction)
 
 
+class StartsFirst(FrameProcessor):
+    """Notes any text frame that reaches it before its call's StartFrame."""
+
+    early: list[str] = []
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = False
+
+    def on_start(self, frame: StartFrame) -> None:
+        self.started = True
+
+    def process(self, frame, direction):
+        if isinstance(frame, TextFrame) and not self.started:
+            self.early.append(frame.text)
+        self.push(frame, direction)
+
+
+def test_a_calls_start_frame_comes_before_its_data_whenever_it_was_sent():
+    """The entry's race: the stage looked for system frames (none), then a new call's
+    StartFrame and data arrived, then the stage took the call's data from its ready list."""
+    from flowcat_ft import Runtime
+
+    StartsFirst.early = []
+    blocked, release = threading.Event(), threading.Event()
+
+    def block() -> None:  # runs on the stage thread between its two looks
+        blocked.set()
+        release.wait(5)
+
+    pipeline = Pipeline([StartsFirst])
+    with Runtime(threads=1) as rt:  # both calls on one stage thread
+        first = rt.open_call(pipeline, lambda f, d: None)
+        assert wait_until(lambda: first._processors[0].started)
+        first._processors[0].call_soon(block)
+        assert blocked.wait(5)
+        second = rt.open_call(pipeline, lambda f, d: None)
+        second.push(TextFrame("early?"))
+        release.set()
+        for call in (first, second):
+            call.end()
+            assert call.wait(5)
+    assert StartsFirst.early == []
+
+
 def test_an_empty_pool_drops_frames_but_keeps_the_call():
     from flowcat_ft import Runtime
 
@@ -178,7 +224,8 @@ def test_an_empty_pool_drops_frames_but_keeps_the_call():
             call.push_audio(AUDIO, 8000)  # 7 of 8 slabs held by the input...
         assert wait_until(lambda: rt.pool.drops > 0)  # ...so copies soon find none free
         assert not call.done and rt.metrics()["slabs"]["drops"] == rt.pool.drops
-        kept.clear()
+        kept.clear()  # the slabs come back as the frames holding them go
+        assert wait_until(lambda: rt.pool.in_use < rt.pool.capacity)
         call.push_audio(AUDIO, 8000)
         call.end()
         assert call.wait(5) and call.end_reason == "ended"
