@@ -13,6 +13,7 @@ companion process. It is what the command line runs, and works the same embedded
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -22,8 +23,9 @@ from flowcat_ft.server.agent import build_agent
 from flowcat_ft.server.config import Config, SphinxSTTConfig
 from flowcat_ft.server.playground import MEDIA_PATH, playground_pages, playground_routes
 from flowcat_ft.server.status import status_pages
-from flowcat_ft.server.webhooks import answer_pages
+from flowcat_ft.server.webhooks import answer_pages, twilio_guards
 from flowcat_ft.services.offline import SphinxWorker
+from flowcat_ft.transports.http import Guard
 from flowcat_ft.transports.server import WebSocketServer, default_routes
 from flowcat_ft.transports.webrtc import WebRTCGateway
 
@@ -83,6 +85,7 @@ class AgentServer:
             max_calls=config.limits.max_calls,
             pages=pages,
             sockets=gateway.sockets() if gateway is not None else None,
+            guards=self._guards(),
         )
         extras = {"webrtc": gateway.status} if gateway is not None else None
         server.pages.update(status_pages(server, runtime, extras))
@@ -123,6 +126,13 @@ class AgentServer:
         if self.runtime is not None:
             self.runtime.stop()
         self.server = self.runtime = self.gateway = None
+
+    def _guards(self) -> dict[str, Guard]:
+        """Twilio's signatures checked, where the config names its auth token."""
+        token_env = self.config.server.twilio_auth_token_env
+        if token_env is None or "twilio" not in self.config.transports.carriers:
+            return {}
+        return twilio_guards(os.environ[token_env], self.config.server.public_url)
 
     def _webrtc_gateway(self) -> WebRTCGateway | None:
         """The gateway to WebRTC's companion process, where the config wants one and a

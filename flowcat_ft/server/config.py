@@ -92,7 +92,9 @@ class ServerConfig:
     what it serves. ``public_url`` is the URL carriers reach the server at
     (``https://agent.example.com``), written into webhook answers; ``webrtc`` is ``"auto"``
     (serve WebRTC where its companion processes can run), True or False;
-    ``webrtc_companions``: how many companion processes (None: one per core)."""
+    ``webrtc_companions``: how many companion processes (None: one per core);
+    ``twilio_auth_token_env``: the environment variable holding the Twilio auth token, to
+    verify that webhooks and media streams come from Twilio (None: not verified)."""
 
     host: str = "0.0.0.0"
     port: int = bounded(8765, 0, 65535)
@@ -101,6 +103,7 @@ class ServerConfig:
     playground: bool = True
     webrtc: Literal["auto"] | bool = "auto"
     webrtc_companions: int | None = bounded(None, 1)
+    twilio_auth_token_env: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -364,6 +367,12 @@ def _check(config: Config) -> list[ConfigError]:
             error("server.public_url", f"expected an http:// or https:// URL, got {url!r}")
     if not config.transports.carriers:
         error("transports.carriers", "serve at least one carrier")
+    token_env = config.server.twilio_auth_token_env
+    if token_env is not None and not os.environ.get(token_env):
+        error(
+            "server.twilio_auth_token_env",
+            f"the environment variable {token_env} (the Twilio auth token) is not set",
+        )
 
     agent = config.agent
     sections = {"stt": agent.stt, "llm": agent.llm, "tts": agent.tts}

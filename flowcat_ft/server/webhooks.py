@@ -16,18 +16,28 @@ when a call arrives and the answer tells it to stream the call's audio to this s
 Each lives at ``/<carrier>/answer``. The stream URL is built from ``public_url`` when the
 server knows it, else from the request's ``Host`` (and ``X-Forwarded-Proto`` /
 ``X-Forwarded-Host``, set by TLS-terminating proxies and tunnels).
+
+:func:`twilio_guards` verifies that requests come from Twilio: Twilio signs each webhook
+and each media stream's WebSocket handshake with the account's auth token
+(``X-Twilio-Signature``: base64 HMAC-SHA1 of the URL it requested, followed by a POST's
+form fields sorted by name, each name then value). The URL is rebuilt the way
+:func:`stream_url` builds it, so ``public_url`` (or the proxy's headers) must say where
+Twilio reaches the server.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 from collections.abc import Callable, Iterable, Mapping
 from http import HTTPStatus
 from urllib.parse import urlsplit
 from xml.sax.saxutils import escape, quoteattr
 
-from flowcat_ft.transports.http import HttpRequest, HttpResponse, PageHandler
+from flowcat_ft.transports.http import Guard, HttpRequest, HttpResponse, PageHandler
 
-__all__ = ["answer_pages", "stream_url"]
+__all__ = ["answer_pages", "stream_url", "twilio_guards", "twilio_signature"]
 
 _XML = "application/xml; charset=utf-8"
 _KEEP_ALIVE_SECS = 14400  # Telnyx: <Pause> for the longest call we expect to carry
@@ -35,15 +45,45 @@ _KEEP_ALIVE_SECS = 14400  # Telnyx: <Pause> for the longest call we expect to ca
 
 def stream_url(request: HttpRequest, path: str, public_url: str | None = None) -> str:
     """The ``ws(s)://`` URL of the media route ``path`` as the carrier can reach it."""
+    secure, host = _public_origin(request, public_url)
+    return f"{'wss' if secure else 'ws'}://{host}{path}"
+
+
+def _public_origin(request: HttpRequest, public_url: str | None) -> tuple[bool, str]:
+    """Whether the carrier reaches us over TLS, and at which host."""
     if public_url:
         base = urlsplit(public_url)
-        secure, host = base.scheme in ("https", "wss"), base.netloc
-    else:
-        headers = request.headers
-        proto = headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
-        host = headers.get("X-Forwarded-Host") or headers.get("Host", "localhost")
-        secure = proto in ("https", "wss")
-    return f"{'wss' if secure else 'ws'}://{host}{path}"
+        return base.scheme in ("https", "wss"), base.netloc
+    headers = request.headers
+    proto = headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    host = headers.get("X-Forwarded-Host") or headers.get("Host", "localhost")
+    return proto in ("https", "wss"), host
+
+
+def twilio_signature(auth_token: str, url: str, params: Mapping[str, str]) -> str:
+    """What Twilio sends as ``X-Twilio-Signature`` for a request to ``url`` with the form
+    fields ``params`` (none for a GET or a WebSocket handshake)."""
+    signed = url + "".join(name + params[name] for name in sorted(params))
+    digest = hmac.new(auth_token.encode(), signed.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode()
+
+
+def twilio_guards(auth_token: str, public_url: str | None = None) -> dict[str, Guard]:
+    """Guards for ``/twilio/answer`` and ``/twilio`` that refuse (403) a request whose
+    ``X-Twilio-Signature`` is missing or wrong."""
+
+    def guard(request: HttpRequest) -> HttpResponse | None:
+        secure, host = _public_origin(request, public_url)
+        websocket = request.headers.get("Upgrade", "").lower() == "websocket"
+        scheme = ("wss" if secure else "ws") if websocket else ("https" if secure else "http")
+        url = f"{scheme}://{host}{request.target or request.path}"
+        params = request.form() if request.method == "POST" else {}
+        expected = twilio_signature(auth_token, url, params)
+        if hmac.compare_digest(expected, request.headers.get("X-Twilio-Signature", "")):
+            return None
+        return HttpResponse.error(HTTPStatus.FORBIDDEN, "missing or wrong X-Twilio-Signature")
+
+    return {"/twilio/answer": guard, "/twilio": guard}
 
 
 def _caller(form: Mapping[str, str], *names: tuple[str, str]) -> dict[str, str]:

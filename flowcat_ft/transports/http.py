@@ -22,7 +22,14 @@ from urllib.parse import parse_qsl
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 
-__all__ = ["MAX_BODY_BYTES", "HttpConnection", "HttpRequest", "HttpResponse", "PageHandler"]
+__all__ = [
+    "MAX_BODY_BYTES",
+    "Guard",
+    "HttpConnection",
+    "HttpRequest",
+    "HttpResponse",
+    "PageHandler",
+]
 
 MAX_BODY_BYTES = 64 * 1024
 """The largest request body read: a webhook's form or an SDP offer is a few KB."""
@@ -30,13 +37,15 @@ MAX_BODY_BYTES = 64 * 1024
 
 @dataclass(frozen=True)
 class HttpRequest:
-    """A plain HTTP request: ``query`` holds the URL's parameters, ``body`` the raw body."""
+    """A plain HTTP request: ``query`` holds the URL's parameters, ``body`` the raw body,
+    ``target`` the path and query exactly as the client sent them (for signatures)."""
 
     method: str
     path: str
     query: dict[str, str]
     headers: Headers
     body: bytes = b""
+    target: str = ""
 
     def form(self) -> dict[str, str]:
         """A form post's fields (``application/x-www-form-urlencoded``), or the query's
@@ -69,6 +78,10 @@ class HttpResponse:
 
 
 type PageHandler = Callable[[HttpRequest], HttpResponse | Awaitable[HttpResponse]]
+
+type Guard = Callable[[HttpRequest], HttpResponse | None]
+"""Checks a request before its page or WebSocket handshake: None lets it through, a
+response refuses it (a 403 for a bad signature, say)."""
 
 
 class HttpConnection(ServerConnection):

@@ -36,7 +36,13 @@ from flowcat_ft.loops import EventLoopThread
 from flowcat_ft.pipeline import Pipeline
 from flowcat_ft.runtime import Runtime
 from flowcat_ft.serializers import Serializer, make_serializer
-from flowcat_ft.transports.http import HttpConnection, HttpRequest, HttpResponse, PageHandler
+from flowcat_ft.transports.http import (
+    Guard,
+    HttpConnection,
+    HttpRequest,
+    HttpResponse,
+    PageHandler,
+)
 from flowcat_ft.transports.ops import prometheus_text
 from flowcat_ft.transports.pacer import Ticker
 from flowcat_ft.transports.session import MediaOptions, MediaSession, Turn
@@ -73,7 +79,8 @@ class WebSocketServer:
     it are refused with close code 1013 (try again later); ``max_message_bytes``: larger
     messages close the connection with 1009; ``options``: see :class:`MediaOptions`;
     ``pages``: plain HTTP endpoints by path, added to the operations endpoints;
-    ``sockets``: WebSocket endpoints by path that are not media streams.
+    ``sockets``: WebSocket endpoints by path that are not media streams; ``guards``: checks
+    by path, run before a page or a handshake (see :data:`~flowcat_ft.transports.http.Guard`).
 
     Threading contract: :meth:`start` and :meth:`stop` from any one thread; ``_active``
     (the sessions open now, across all loops), ``close_codes`` and ``refused`` are written
@@ -94,6 +101,7 @@ class WebSocketServer:
         max_message_bytes: int = 64 * 1024,
         pages: Mapping[str, PageHandler] | None = None,
         sockets: Mapping[str, SocketHandler] | None = None,
+        guards: Mapping[str, Guard] | None = None,
     ) -> None:
         self.runtime = runtime
         self.pipeline = pipeline
@@ -111,6 +119,7 @@ class WebSocketServer:
             **(pages or {}),
         }
         self.sockets = dict(sockets or {})
+        self.guards = dict(guards or {})
         self.refused = 0
         self.close_codes: Counter[int] = Counter()  # how connections ended, by close code
         # Every call's answered turns, newest last: appended by the loops (deque appends
@@ -177,8 +186,20 @@ class WebSocketServer:
         )
 
     async def _http(self, connection: HttpConnection, request: Request) -> Response | None:
-        """Answer a page; anything else goes on to the WebSocket handshake."""
+        """Answer a page; anything else goes on to the WebSocket handshake (both once the
+        path's guard, if it has one, lets the request through)."""
         url = urlsplit(request.path)
+        http_request = HttpRequest(
+            connection.method,
+            url.path,
+            dict(parse_qsl(url.query)),
+            request.headers,
+            connection.body,
+            request.path,
+        )
+        guard = self.guards.get(url.path)
+        if guard is not None and (refusal := guard(http_request)) is not None:
+            return _to_websockets(refusal)
         page = self.pages.get(url.path)
         if page is None:
             upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
@@ -188,10 +209,6 @@ class WebSocketServer:
         if connection.body_error is not None:
             answer = HttpResponse.error(connection.body_error, connection.body_error.phrase)
         else:
-            query = dict(parse_qsl(url.query))
-            http_request = HttpRequest(
-                connection.method, url.path, query, request.headers, connection.body
-            )
             try:
                 answer = page(http_request)
                 if inspect.isawaitable(answer):

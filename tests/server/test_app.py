@@ -75,3 +75,19 @@ def test_webrtc_required_without_aiortc_stops_start_up(tmp_path, monkeypatch):
     text.write_text("server: {host: 127.0.0.1, port: 0, webrtc: true}\nagent: {kind: echo}\n")
     with pytest.raises(ConfigError, match=r"agent\.yaml:1: server\.webrtc: "):
         AgentServer(load_config(text)).start()
+
+
+def test_twilio_requests_are_verified_when_the_config_names_the_token(
+    tmp_path, agent_server, monkeypatch
+):
+    monkeypatch.setenv("TEST_TWILIO_TOKEN", "secret-token")
+    cfg = config(tmp_path, ", twilio_auth_token_env: TEST_TWILIO_TOKEN, webrtc: false")
+    server = agent_server(cfg)
+    assert get(server.port, "/twilio/answer")[0] == 403  # unsigned
+    assert get(server.port, "/plivo/answer")[0] == 200
+
+
+def test_a_twilio_token_variable_that_is_not_set_stops_start_up(tmp_path, monkeypatch):
+    monkeypatch.delenv("TEST_TWILIO_TOKEN", raising=False)
+    with pytest.raises(ConfigError, match=r"server\.twilio_auth_token_env: .*TEST_TWILIO_TOKEN"):
+        config(tmp_path, ", twilio_auth_token_env: TEST_TWILIO_TOKEN")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.error
 import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
@@ -16,7 +17,12 @@ from websockets.datastructures import Headers
 from flowcat_ft.agents.echo import Echo
 from flowcat_ft.frames import StartFrame
 from flowcat_ft.pipeline import Pipeline
-from flowcat_ft.server.webhooks import answer_pages, stream_url
+from flowcat_ft.server.webhooks import (
+    answer_pages,
+    stream_url,
+    twilio_guards,
+    twilio_signature,
+)
 from flowcat_ft.transports.http import HttpRequest
 from flowcat_ft.transports.server import CARRIERS
 
@@ -124,3 +130,59 @@ def test_a_twilio_call_placed_through_the_webhook(serve):
     assert [m["event"] for m in echoed].count("media") == 10
     assert RecordStart.starts[0]["call_id"] == "CA9"
     assert RecordStart.starts[0]["parameters"]["from"] == "+15550001111"
+
+
+def test_twilio_signatures_are_computed_as_twilio_documents():
+    params = {
+        "CallSid": "CA1234567890ABCDE",
+        "Caller": "+14158675310",
+        "Digits": "1234",
+        "From": "+14158675310",
+        "To": "+18005551212",
+    }
+    url = "https://mycompany.com/myapp.php?foo=1&bar=2"
+    assert twilio_signature("12345", url, params) == "GvWf1cFY/Q7PnoempGyD5oXAezc="
+
+
+def test_only_signed_twilio_requests_reach_the_answer_and_the_stream(serve):
+    token, public = "secret-token", "https://voice.example.com"
+    server = serve(pages=answer_pages(CARRIERS, public), guards=twilio_guards(token, public))
+    form = urllib.parse.urlencode(FORM).encode()
+    answer = f"http://127.0.0.1:{server.port}/twilio/answer"
+
+    def post(signature: str | None) -> int:
+        headers = {} if signature is None else {"X-Twilio-Signature": signature}
+        try:
+            with urllib.request.urlopen(urllib.request.Request(answer, form, headers)) as reply:
+                return reply.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    good = twilio_signature(token, f"{public}/twilio/answer", FORM)
+    assert post(good) == 200
+    assert post(None) == 403
+    assert post(twilio_signature("another-token", f"{public}/twilio/answer", FORM)) == 403
+    assert post(twilio_signature(token, f"{public}/twilio/answer", {**FORM, "To": "+1"})) == 403
+
+    async def stream(signature: str | None) -> int | None:
+        headers = {} if signature is None else {"X-Twilio-Signature": signature}
+        url = f"ws://127.0.0.1:{server.port}/twilio"
+        try:
+            async with websockets.connect(url, additional_headers=headers) as ws:
+                await ws.send(twilio_start())
+                await ws.send(twilio_media(b"\x55" * 160, 0))
+                await asyncio.wait_for(ws.recv(), 5)  # the echo
+                return None
+        except websockets.InvalidStatus as refused:
+            return refused.response.status_code
+
+    signed_stream = twilio_signature(token, "wss://voice.example.com/twilio", {})
+    assert asyncio.run(stream(signed_stream)) is None
+    assert asyncio.run(stream(None)) == 403
+    assert asyncio.run(stream(good)) == 403  # the answer's signature, not the stream's
+    assert request_status(server.port, "/telnyx/answer") == 200  # other carriers unguarded
+
+
+def request_status(port: int, path: str) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
+        return reply.status
