@@ -118,11 +118,12 @@ class AgentServer:
 
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, let live ones finish for ``grace`` seconds (the config's
-        ``limits.shutdown_grace`` by default), then cancel them."""
-        if self.gateway is not None:
-            self.gateway.stop()
+        ``limits.shutdown_grace`` by default), then cancel them. WebRTC calls get the grace
+        too: the companions stop after the server."""
         if self.server is not None:
             self.server.stop(self.config.limits.shutdown_grace if grace is None else grace)
+        if self.gateway is not None:
+            self.gateway.stop()
         if self.runtime is not None:
             self.runtime.stop()
         self.server = self.runtime = self.gateway = None

@@ -30,6 +30,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
+from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from flowcat_ft.loops import EventLoopThread
@@ -279,14 +280,27 @@ class WebSocketServer:
                 self.close_codes[session.close_code or 1006] += 1
 
     def stop(self, grace: float = 5.0) -> None:
-        """Stop accepting, end live calls (cancelled after ``grace`` s), stop the loops."""
+        """Stop accepting, let live calls finish for up to ``grace`` s, then close every
+        connection (calls still live are cancelled), and stop the loops.
+
+        Only calls are waited for: other WebSocket endpoints (a companion's control link,
+        say) stay open while the calls finish, and are closed with the rest.
+        """
         self._stopping = True
-        for io, server in zip(self._loops, self._servers, strict=True):
-            io.submit(_close_server(server, grace)).result(grace + 10)
+        closing = [
+            io.submit(_close_server(server, self._calls_ended, grace))
+            for io, server in zip(self._loops, self._servers, strict=True)
+        ]
+        for future in closing:
+            future.result(grace + 10)
         for io in self._loops:
             io.stop()
         self._loops.clear()
         self._servers.clear()
+
+    def _calls_ended(self) -> bool:
+        with self._lock:
+            return not self._active
 
 
 def _to_websockets(answer: HttpResponse) -> Response:
@@ -301,10 +315,16 @@ def _to_websockets(answer: HttpResponse) -> Response:
     return Response(status.value, status.phrase, headers, body)
 
 
-async def _close_server(server: Server, grace: float) -> None:
-    server.close(close_connections=False)
-    try:
-        await asyncio.wait_for(server.wait_closed(), grace)
-    except TimeoutError:
-        server.close(close_connections=True)
-        await server.wait_closed()
+async def _close_server(server: Server, calls_ended: Callable[[], bool], grace: float) -> None:
+    """Stop accepting; give the calls ``grace`` seconds; close what is still open (1001)."""
+    server.close(close_connections=False)  # idempotent: later calls change nothing
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while not calls_ended() and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    closing = [
+        connection.close(CloseCode.GOING_AWAY, "the server is shutting down")
+        for connection in server.connections
+    ]
+    await asyncio.gather(*closing, return_exceptions=True)
+    await server.wait_closed()

@@ -153,3 +153,28 @@ def test_bad_stream_options_are_refused(serve):
 
     code, reason = asyncio.run(call())
     assert code == 1008 and "codec" in reason
+
+
+def test_stopping_lets_calls_go_on_for_the_grace_then_closes_them(serve):
+    server = serve()
+
+    async def call() -> tuple[bool, int | None, bool]:
+        async with websockets.connect(f"ws://127.0.0.1:{server.port}/twilio") as ws:
+            await ws.send(twilio_start())
+            assert wait_until(lambda: len(server.sessions) == 1)
+            stopping = asyncio.get_running_loop().run_in_executor(None, server.stop, 3.0)
+            assert await asyncio.to_thread(wait_until, lambda: server._stopping)
+            await ws.send(twilio_media(b"\x55" * 160, 0))  # the call goes on meanwhile...
+            echoed = json.loads(await asyncio.wait_for(ws.recv(), 5))["event"] == "media"
+            try:  # ...but no new call is taken
+                async with websockets.connect(f"ws://127.0.0.1:{server.port}/twilio"):
+                    refused = False
+            except OSError:
+                refused = True
+            code = await close_code_of(ws)  # until the grace is over
+            await stopping
+            return echoed, code, refused
+
+    assert asyncio.run(call()) == (True, 1001, True)
+    assert wait_until(lambda: server.runtime.calls == [])
+    assert wait_until(lambda: server.runtime.pool.in_use == 0)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import socket
+import threading
 
 import websockets
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from flowcat_ft.transports.http import MAX_BODY_BYTES, HttpRequest, HttpResponse
 
@@ -95,3 +99,29 @@ def test_other_websocket_endpoints_beside_the_media_streams(serve):
             return await ws.recv()
 
     assert asyncio.run(talk()) == "HELLO"
+
+
+def test_other_endpoints_do_not_hold_up_a_shutdown(serve):
+    """Only calls get the grace period; a link that never closes by itself does not."""
+    opened = threading.Event()
+
+    async def idle(ws) -> None:
+        opened.set()
+        await ws.wait_closed()
+
+    server = serve(sockets={"/idle": idle})
+
+    def client() -> None:
+        url = f"ws://127.0.0.1:{server.port}/idle"
+        with connect(url) as ws, contextlib.suppress(ConnectionClosed):
+            ws.recv()
+
+    link = threading.Thread(target=client)
+    link.start()
+    assert opened.wait(5)
+    stopping = threading.Thread(target=server.stop, kwargs={"grace": 60})
+    stopping.start()
+    stopping.join(30)  # far short of the grace
+    assert not stopping.is_alive()
+    link.join(5)
+    assert not link.is_alive()
