@@ -120,8 +120,10 @@ class AsyncCall:
         self.call.cancel(reason)
 
     async def wait(self) -> None:
-        """Wait until the call has ended, without blocking the loop."""
+        """Wait until the call has ended (``call.done``), without blocking the loop."""
         await self._ended.wait()
+        if not self.call.done:  # the stage thread marks it done just after the last frame
+            await asyncio.to_thread(self.call.wait)
 
     async def frames(self) -> AsyncIterator[Frame]:
         """Output frames until the call ends (only without ``on_output``)."""
