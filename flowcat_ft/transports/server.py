@@ -326,5 +326,13 @@ async def _close_server(server: Server, calls_ended: Callable[[], bool], grace: 
         connection.close(CloseCode.GOING_AWAY, "the server is shutting down")
         for connection in server.connections
     ]
-    await asyncio.gather(*closing, return_exceptions=True)
+    try:  # a peer that does not answer the closing handshake is not waited for
+        async with asyncio.timeout(_CLOSING_HANDSHAKE_SECS):
+            await asyncio.gather(*closing, return_exceptions=True)
+    except TimeoutError:
+        for connection in list(server.all_connections):  # closing ones too
+            connection.transport.abort()
     await server.wait_closed()
+
+
+_CLOSING_HANDSHAKE_SECS = 2.0
