@@ -19,7 +19,7 @@ run_pytest() {  # run_pytest VENV ARGS...: pytest's exit 5 (no tests collected) 
 echo "=== ruff"
 .venv-ft/bin/ruff check . || status=1
 .venv-ft/bin/ruff format --check . || status=1
-run_pytest .venv-ft -n auto -p no:cacheprovider
-run_pytest .venv-gil -n auto -p no:cacheprovider
+run_pytest .venv-ft -n auto --dist loadgroup -p no:cacheprovider
+run_pytest .venv-gil -n auto --dist loadgroup -p no:cacheprovider
 [ $status -eq 0 ] && echo "test: all parts passed" || echo "test: FAILED" >&2
 exit $status

@@ -49,6 +49,9 @@ from flowcat_ft.services.offline.sphinx_worker import words
 from flowcat_ft.transports.server import WebSocketServer
 from flowcat_ft.transports.session import MediaOptions
 
+# Real-time and CPU-heavy: ci/test.sh runs the tests of this group one at a time.
+pytestmark = pytest.mark.xdist_group("realtime")
+
 ARTIFACTS = Path(
     os.environ.get("FLOWCAT_TEST_ARTIFACTS") or Path(__file__).parents[1] / "artifacts"
 )

@@ -12,6 +12,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 from helpers import wait_until
 from offline_speech import need_espeak, need_worker_python, say, with_noise
 
@@ -40,6 +41,9 @@ from flowcat_ft.services.offline import (
 from flowcat_ft.services.offline.sphinx_stt import Grammar
 from flowcat_ft.services.offline.sphinx_worker import words
 from flowcat_ft.services.offline.transcript import Turn
+
+# Real-time and CPU-heavy: ci/test.sh runs the tests of this group one at a time.
+pytestmark = pytest.mark.xdist_group("realtime")
 
 # -- the playout and the transcript ----------------------------------------------------------
 

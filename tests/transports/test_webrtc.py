@@ -31,6 +31,9 @@ from flowcat_ft.frames import InputAudioRawFrame, TTSStartedFrame, TTSStoppedFra
 from flowcat_ft.transports.webrtc import WebRTCGateway
 from flowcat_ft.transports.webrtc.gateway import find_python
 
+# Real-time and CPU-heavy: ci/test.sh runs the tests of this group one at a time.
+pytestmark = pytest.mark.xdist_group("realtime")
+
 MEDIA = "/raw?codec=pcm16&sample_rate=16000"
 OFFER = "/webrtc/offer"
 BAD_OFFER = json.dumps({"sdp": "v=0", "type": "offer"}).encode()  # parsed by aiortc, refused

@@ -6,10 +6,14 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 import websockets
 from helpers import wait_until
 
 from flowcat_ft.agents.echo import echo_pipeline
+
+# Real-time and CPU-heavy: ci/test.sh runs the tests of this group one at a time.
+pytestmark = pytest.mark.xdist_group("realtime")
 
 CALLS = 200
 FRAMES = 50  # one second at 50 frames/s
