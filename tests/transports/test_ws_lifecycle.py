@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import websockets
 from carrier_messages import twilio_media, twilio_start
@@ -117,6 +118,8 @@ def test_connections_past_max_calls_are_refused_with_1013(serve):
         url = f"ws://127.0.0.1:{server.port}/twilio"
         first = await websockets.connect(url)
         second = await websockets.connect(url)
+        # Both counted (each connection's handler runs on its own loop thread) before:
+        assert await asyncio.to_thread(wait_until, lambda: len(server.sessions) == 2)
         third = await websockets.connect(url)
         refused = await asyncio.wait_for(close_code_of(third), 5)
         await first.close()
@@ -155,6 +158,20 @@ def test_bad_stream_options_are_refused(serve):
     assert code == 1008 and "codec" in reason
 
 
+async def refuses_connections(port: int, within: float = 2.0) -> bool:
+    """Whether the port soon refuses connections (the loops close their sockets one by
+    one, each on its own thread)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            async with websockets.connect(f"ws://127.0.0.1:{port}/twilio"):
+                pass
+        except OSError:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
 def test_stopping_lets_calls_go_on_for_the_grace_then_closes_them(serve):
     server = serve()
 
@@ -166,11 +183,7 @@ def test_stopping_lets_calls_go_on_for_the_grace_then_closes_them(serve):
             assert await asyncio.to_thread(wait_until, lambda: server._stopping)
             await ws.send(twilio_media(b"\x55" * 160, 0))  # the call goes on meanwhile...
             echoed = json.loads(await asyncio.wait_for(ws.recv(), 5))["event"] == "media"
-            try:  # ...but no new call is taken
-                async with websockets.connect(f"ws://127.0.0.1:{server.port}/twilio"):
-                    refused = False
-            except OSError:
-                refused = True
+            refused = await refuses_connections(server.port)  # ...but no new call is taken
             code = await close_code_of(ws)  # until the grace is over
             await stopping
             return echoed, code, refused
