@@ -15,18 +15,13 @@ import flowcat_ft
 from flowcat_ft import Pipeline, Runtime, TextFrame
 
 # flowcat_ft.profiling imports pyinstrument, which turns the GIL on, only when a profiler
-# is made, so importing every module is safe; except those that run only in the WebRTC
-# companion process, on the GIL twin (they import aiortc, not installable on 3.13t).
-COMPANION_ONLY = {"flowcat_ft.transports.webrtc.companion", "flowcat_ft.transports.webrtc.media"}
+# is made, and the WebRTC companion's modules import aiortc (not installable on 3.13t) only
+# when the companion runs, so importing every module is safe.
 
 
 @pytest.mark.skipif(not FREE_THREADED, reason="the GIL build has no GIL to keep off")
 def test_gil_stays_off_after_importing_everything_and_running_a_pipeline():
-    modules = [
-        m.name
-        for m in pkgutil.walk_packages(flowcat_ft.__path__, "flowcat_ft.")
-        if m.name not in COMPANION_ONLY
-    ]
+    modules = [m.name for m in pkgutil.walk_packages(flowcat_ft.__path__, "flowcat_ft.")]
     for name in modules:
         importlib.import_module(name)
     assert len(modules) > 10

@@ -40,22 +40,17 @@ import secrets
 import signal
 import sys
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
-import aiortc
 import websockets
-from aiortc import (
-    RTCConfiguration,
-    RTCDataChannel,
-    RTCIceServer,
-    RTCPeerConnection,
-    RTCSessionDescription,
-)
-from aiortc.mediastreams import MediaStreamTrack
 
+from flowcat_ft.transports.webrtc import media
 from flowcat_ft.transports.webrtc.gateway import TOKEN_ENV
-from flowcat_ft.transports.webrtc.media import PcmTrack, pcm_frames
+
+if TYPE_CHECKING:
+    from aiortc import RTCDataChannel
+    from aiortc.mediastreams import MediaStreamTrack
 
 logger = logging.getLogger("flowcat_ft.webrtc.companion")
 
@@ -83,7 +78,9 @@ class Companion:
         self.control = control
         self.media_url = media_url
         self.sample_rate = int(dict(parse_qsl(urlsplit(media_url).query)).get("sample_rate", 16000))
-        self.ice_servers = [RTCIceServer(uri) for uri in ice_servers]
+        import aiortc  # on demand: this module is imported where aiortc is not (3.13t)
+
+        self.ice_servers = [aiortc.RTCIceServer(uri) for uri in ice_servers]
         self.peers: set[Peer] = set()
         self._tasks: set[asyncio.Task] = set()
 
@@ -136,8 +133,11 @@ class Peer:
     def __init__(self, companion: Companion) -> None:
         self.companion = companion
         self.id = secrets.token_hex(6)
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=companion.ice_servers))
-        self.outgoing = PcmTrack(
+        import aiortc
+
+        configuration = aiortc.RTCConfiguration(iceServers=companion.ice_servers)
+        self.pc = aiortc.RTCPeerConnection(configuration)
+        self.outgoing = media.PcmTrack(
             companion.sample_rate, max_queued=MAX_QUEUED, on_mark=self._mark_played
         )
         self.incoming: MediaStreamTrack | None = None
@@ -151,7 +151,9 @@ class Peer:
 
     async def answer(self, sdp: str, kind: str) -> dict[str, str]:
         """Take the peer's offer; the answer carries every local candidate."""
-        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+        import aiortc
+
+        await self.pc.setRemoteDescription(aiortc.RTCSessionDescription(sdp=sdp, type=kind))
         if not any(t.kind == "audio" for t in self.pc.getTransceivers()):
             raise ValueError("the offer has no audio")
         self.pc.addTrack(self.outgoing)
@@ -214,7 +216,7 @@ class Peer:
         if self.incoming is None:
             return
         with contextlib.suppress(websockets.ConnectionClosed):
-            async for pcm in pcm_frames(self.incoming, self.companion.sample_rate):
+            async for pcm in media.pcm_frames(self.incoming, self.companion.sample_rate):
                 await ws.send(pcm)
 
     def _from_server(self, message: str | bytes) -> None:
@@ -269,6 +271,8 @@ async def _send_quietly(ws: websockets.ClientConnection, text: str) -> None:
 
 async def run(server: str, control_path: str, media_path: str, ice_servers: list[str]) -> None:
     """Serve the gateway at ``server`` until the control link closes or SIGTERM comes."""
+    import aiortc
+
     token = os.environ.pop(TOKEN_ENV, "")
     async with websockets.connect(server + control_path, compression=None) as control:
         hello = {"op": "hello", "token": token, "pid": os.getpid(), "aiortc": aiortc.__version__}
