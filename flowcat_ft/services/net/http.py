@@ -261,11 +261,7 @@ class ResponseParser:
         if state == _LENGTH:
             if not buf:
                 return False
-            take = min(len(buf), self._remaining)
-            events.append(BodyChunk(bytes(buf[:take])))
-            del buf[:take]
-            self._remaining -= take
-            if self._remaining == 0:
+            if self._body_chunk(events):
                 self._finish(events)
             return bool(buf) and self._state != _DONE
         if state == _CHUNK_SIZE:
@@ -291,11 +287,7 @@ class ResponseParser:
         if state == _CHUNK_DATA:
             if not buf:
                 return False
-            take = min(len(buf), self._remaining)
-            events.append(BodyChunk(bytes(buf[:take])))
-            del buf[:take]
-            self._remaining -= take
-            if self._remaining == 0:
+            if self._body_chunk(events):
                 self._state = _CHUNK_CRLF
             return bool(buf)
         if state == _CHUNK_CRLF:
@@ -371,6 +363,16 @@ class ResponseParser:
             self._keep_alive = False
             self._state = _UNTIL_CLOSE
         return self._state != _DONE
+
+    def _body_chunk(self, events: list[ResponseEvent]) -> bool:
+        """Pass on as much of the body part being read as has arrived; True once all of
+        it has."""
+        buf = self._buf
+        take = min(len(buf), self._remaining)
+        events.append(BodyChunk(bytes(buf[:take])))
+        del buf[:take]
+        self._remaining -= take
+        return self._remaining == 0
 
     def _finish(self, events: list[ResponseEvent]) -> None:
         self._state = _DONE
