@@ -81,6 +81,8 @@ def test_bad_requests_get_clear_answers_and_the_server_goes_on(serve):
     assert request(server.port, "POST", "/nowhere", b"x=1")[0] == 404
     too_big = b"x" * (MAX_BODY_BYTES + 1)
     assert request(server.port, "POST", "/echo", too_big)[0] == 413
+    chunked = {"Transfer-Encoding": "chunked"}  # http.client sends the body in chunks
+    assert request(server.port, "POST", "/echo", iter([b"x=1"]), chunked)[0] == 411
     assert request(server.port, "GET", "/broken")[:2] == (500, "text/plain; charset=utf-8")
     assert request(server.port, "GET", "/twilio")[0] == 426  # a media stream wants a WebSocket
     assert request(server.port, "GET", "/health")[2] == b"ok\n"
