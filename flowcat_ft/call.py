@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -28,6 +29,7 @@ from flowcat_ft.waiting import Doorbell
 if TYPE_CHECKING:
     from flowcat_ft.processor import FrameProcessor
     from flowcat_ft.runtime import PipelineRunner
+    from flowcat_ft.stage import Entry
 
 logger = logging.getLogger("flowcat_ft")
 
@@ -149,9 +151,14 @@ class Call:
         codec: str = "pcm16",
         timeout: float | None = None,
     ) -> None:
-        """Copy ``data`` into a slab and push it as an :class:`InputAudioRawFrame`."""
+        """Copy ``data`` into a slab and push it as an :class:`InputAudioRawFrame`.
+
+        Back-pressure as in :meth:`push`; while every slab is in use (the pipeline holds
+        them) it waits for one too, up to ``timeout``, then
+        :class:`~flowcat_ft.slabs.PoolExhaustedError`."""
         pool = self._runner.pool
-        frame = InputAudioRawFrame.from_bytes(pool, data, sample_rate, num_channels, codec)
+        wait = math.inf if timeout is None else timeout
+        frame = InputAudioRawFrame.from_bytes(pool, data, sample_rate, num_channels, codec, wait)
         self.push(frame, timeout)
 
     def _wait_for_room(self, frame: Frame, timeout: float | None) -> None:
@@ -252,6 +259,52 @@ class Call:
 
     def _emit_up(self, frame: Frame) -> None:
         self._emit(frame, Direction.UPSTREAM)
+
+
+class Inbox:
+    """Data frames that one thread pushes into many calls, handed to their stage threads
+    together: each shard's first stage is scheduled and woken once per :meth:`flush`,
+    not once per frame. An event-loop thread pushes what it reads in one loop turn and
+    flushes at the end of the turn (see :class:`flowcat_ft.loops.EventLoopThread`).
+
+    ``flush_soon`` is called on the first push after a flush, to arrange the next flush.
+
+    Threading contract: an inbox belongs to one thread, which is then the producer of
+    every call it pushes into (as for :meth:`Call.push`). A call pushed here is marked
+    ``_scheduled`` at once and appended to its entry's ready queue at :meth:`flush`: until
+    then no stage thread can clear the mark (the call is in no ready queue), so the call
+    is scheduled exactly once (see :meth:`flowcat_ft.stage.Stage._take_entry`).
+    """
+
+    def __init__(self, flush_soon: Callable[[], object]) -> None:
+        self._flush_soon = flush_soon
+        self._pending: list[Call] = []
+        self._flushing = False
+
+    def push(self, call: Call, frame: DataFrame) -> bool:
+        """Queue ``frame`` in ``call``'s input; False (nothing queued) if the call is
+        ending or its input ring is full: the caller drops the frame."""
+        if call._closing or not call._input.push(frame):
+            return False
+        frame._call = call
+        call.frames_in += 1
+        if not call._scheduled:
+            call._scheduled = True
+            self._pending.append(call)
+            if not self._flushing:
+                self._flushing = True
+                self._flush_soon()
+        return True
+
+    def flush(self) -> None:
+        """Hand every call pushed into since the last flush to its stage thread."""
+        self._flushing = False
+        pending, self._pending = self._pending, []
+        by_entry: dict[Entry, list[Call]] = {}
+        for call in pending:
+            by_entry.setdefault(call._runner.entry, []).append(call)
+        for entry, calls in by_entry.items():
+            entry.schedule_many(calls)
 
 
 _CLOSED = object()

@@ -291,8 +291,10 @@ class AudioRawFrame(DataFrame):
         sample_rate: int,
         num_channels: int = 1,
         codec: str = "pcm16",
+        wait: float = 0.0,
     ) -> AudioRawFrame:
-        """Copy ``data`` into a slab taken from ``pool``: the one copy, at the edge."""
+        """Copy ``data`` into a slab taken from ``pool``: the one copy, at the edge
+        (waiting up to ``wait`` seconds for a free slab, see :meth:`SlabPool.take`)."""
         if codec not in CODECS:
             raise ValueError(f"unknown codec {codec!r}; expected one of {CODECS}")
         width = 2 if codec == "pcm16" else 1
@@ -303,7 +305,7 @@ class AudioRawFrame(DataFrame):
             )
         if len(data) > pool.slab_bytes:
             raise ValueError(f"{len(data)} bytes do not fit a {pool.slab_bytes}-byte slab")
-        slab = pool.take()
+        slab = pool.take(wait)
         slab.write(data)
         return cls(slab, len(data) // (width * num_channels), sample_rate, num_channels, codec)
 

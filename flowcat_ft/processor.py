@@ -7,7 +7,7 @@ gets its own instances, so per-call state lives in plain attributes with no lock
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flowcat_ft.frames import (
     CancelFrame,
@@ -46,6 +46,8 @@ class FrameProcessor:
     :meth:`on_interruption`) and forwards the frame itself, so a processor cannot stall a
     call by forgetting to pass one on.
 
+    A processor may also handle many calls' frames at once: see :meth:`process_batch`.
+
     ``cost`` is a relative CPU weight the runtime uses to fuse cheap neighbours onto one
     stage thread; a processor that spends real time per frame should raise it.
 
@@ -67,6 +69,24 @@ class FrameProcessor:
     def process(self, frame: Frame, direction: Direction) -> None:
         """Handle a frame; the default passes it on unchanged."""
         self.push(frame, direction)
+
+    @classmethod
+    def process_batch(cls, batch: Batch) -> None:
+        """Handle the frames of every call on this stage at this position at once.
+
+        The runtime calls this on the class, once per stage wake-up, instead of calling
+        :meth:`process` once per frame, when the class defines it at least as far down
+        its hierarchy as :meth:`process` (so a subclass that only overrides
+        :meth:`process` keeps being called per frame). ``batch.frames`` holds the frames
+        in arrival order: several calls' frames, each call's in its own order, never a
+        lifecycle frame. Push every frame on with :meth:`Batch.push` (in order within a
+        call); reach a frame's processor (its per-call state) with
+        :meth:`Batch.processor`. The default passes the frames on unchanged.
+
+        If it raises, every call with a frame in the batch fails as if :meth:`process` had
+        raised; :class:`~flowcat_ft.slabs.PoolExhaustedError` drops the batch instead.
+        """
+        batch.push(batch.frames)
 
     def on_start(self, frame: StartFrame) -> None:
         """The call started; ``frame`` carries its audio settings."""
@@ -156,3 +176,59 @@ class FrameProcessor:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {getattr(self, 'name', '?')}>"
+
+
+def batch_kernel(cls: type[FrameProcessor]) -> Callable[[Batch], None] | None:
+    """``cls.process_batch`` if the runtime may call it in place of ``process``: when no
+    class between ``cls`` and the one defining ``process_batch`` overrides ``process``."""
+    for klass in cls.__mro__:
+        if "process_batch" in vars(klass):
+            return cls.process_batch
+        if "process" in vars(klass):
+            return None
+    return None
+
+
+class Batch:
+    """Frames of several calls arriving at one processor position of a stage, handed to
+    :meth:`FrameProcessor.process_batch` at once.
+
+    ``frames`` is the batch's own list: a kernel may change it in place and push it on.
+    ``pool`` is the runtime's slab pool. A batch is valid only during the call it is given to.
+    """
+
+    __slots__ = ("_out", "_position", "direction", "frames", "pool")
+
+    def __init__(
+        self,
+        frames: list[Frame],
+        direction: Direction,
+        position: int,
+        pool: SlabPool,
+        out: Callable[[list[Frame]], Any],
+    ) -> None:
+        self.frames = frames
+        self.direction = direction
+        self.pool = pool
+        self._position = position
+        self._out = out
+
+    def processor(self, frame: Frame) -> FrameProcessor:
+        """The processor at this position of ``frame``'s call (its per-call state)."""
+        return frame._call._processors[self._position]
+
+    def processors(self) -> list[FrameProcessor]:
+        """Each frame's processor, in the order of ``frames``."""
+        p = self._position
+        return [frame._call._processors[p] for frame in self.frames]
+
+    def push(self, frames: list[Frame]) -> None:
+        """Send ``frames`` on to the next position, in order. A frame made here to replace
+        a batch frame must first take over its call: see :meth:`replace`."""
+        self._out(frames)
+
+    @staticmethod
+    def replace(old: Frame, new: Frame) -> Frame:
+        """Make ``new`` belong to ``old``'s call (to push it in ``old``'s place); returns it."""
+        new._call = old._call
+        return new

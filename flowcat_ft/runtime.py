@@ -17,18 +17,17 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 
 from flowcat_ft.call import Call, OutputCallback
-from flowcat_ft.dispatch import deliver
-from flowcat_ft.frames import Direction, StartFrame
+from flowcat_ft.frames import Direction, Frame, StartFrame
 from flowcat_ft.gcpolicy import GcPolicy
 from flowcat_ft.loops import EventLoopThread
 from flowcat_ft.metrics import Histogram
 from flowcat_ft.observers import Observed, Observer
 from flowcat_ft.pipeline import Pipeline, fuse
-from flowcat_ft.processor import FrameProcessor
+from flowcat_ft.processor import FrameProcessor, batch_kernel
 from flowcat_ft.slabs import SLAB_BYTES, SlabPool
 from flowcat_ft.stage import Entry, Link, Stage
 from flowcat_ft.waiting import Doorbell
@@ -56,6 +55,7 @@ class PipelineRunner:
         self.pool = runtime.pool
         self.interruption_ns = Histogram()
         self.active = 0
+        self._classes: list[type[FrameProcessor]] | None = None  # the first call's
         doorbells = [Doorbell(runtime.wait_strategy) for _ in groups]
         self.entry = Entry(doorbells[0])
         self.stages = [
@@ -65,6 +65,7 @@ class PipelineRunner:
                 positions,
                 doorbells[s],
                 self.entry if s == 0 else None,
+                self.pool,
             )
             for s, positions in enumerate(groups)
         ]
@@ -84,9 +85,28 @@ class PipelineRunner:
         processors = self.pipeline.make_processors()
         rt = self.runtime
         call = Call(self, processors, on_output, rt.input_capacity, rt.output_capacity)
+        self._choose_kernels(processors, observers)
         self._wire(call, processors, observers)
         call._send_system(start_frame)
         return call
+
+    def _choose_kernels(
+        self, processors: list[FrameProcessor], observers: tuple[Observer, ...]
+    ) -> None:
+        """Let each stage hand a position's frames to its class's batch kernel, while
+        every call has a processor of that class there and no call is observed (observers
+        see each push, which a kernel does not make). Runs under the runtime's lock,
+        before the call's first frame is sent."""
+        classes = [type(proc) for proc in processors]
+        if self._classes is None:
+            self._classes = classes
+            for stage in self.stages:
+                for k, p in enumerate(stage.positions):
+                    stage.kernels[k] = batch_kernel(classes[p])
+        for stage in self.stages:
+            for k, p in enumerate(stage.positions):
+                if observers or classes[p] is not self._classes[p]:
+                    stage.kernels[k] = None
 
     def _wire(
         self, call: Call, processors: list[FrameProcessor], observers: tuple[Observer, ...]
@@ -96,13 +116,13 @@ class PipelineRunner:
             first, end = stage.positions.start, stage.positions.stop - 1
             for i in stage.positions:
                 if i < end:
-                    down = partial(deliver, processors[i + 1], Direction.DOWNSTREAM)
+                    down = _enqueue(stage.queue(i + 1, Direction.DOWNSTREAM), call)
                 elif i == last:
                     down = call._emit_down
                 else:
                     down = partial(stage.send_down, call)
                 if i > first:
-                    up = partial(deliver, processors[i - 1], Direction.UPSTREAM)
+                    up = _enqueue(stage.queue(i - 1, Direction.UPSTREAM), call)
                 elif i == 0:
                     up = call._emit_up
                 else:
@@ -121,6 +141,18 @@ class PipelineRunner:
             stage.stop()
         for stage in self.stages:
             stage.join(timeout)
+
+
+def _enqueue(queue: list[Frame], call: Call) -> Callable[[Frame], None]:
+    """A processor's push to its neighbour on the same stage thread: into the queue the
+    stage sweeps next, as one of ``call``'s frames."""
+    append = queue.append
+
+    def push(frame: Frame) -> None:
+        frame._call = call
+        append(frame)
+
+    return push
 
 
 class Runtime:

@@ -67,8 +67,12 @@ class SlabPool:
             raise ValueError("a pool needs count > 0 and an even slab_bytes > 0")
         self.capacity = count
         self.slab_bytes = slab_bytes
-        self._memory = np.zeros((count, slab_bytes), dtype=np.uint8)
-        self._slabs = tuple(Slab(self, i, self._memory[i]) for i in range(count))
+        self.u8 = np.zeros((count, slab_bytes), dtype=np.uint8)
+        """Every slab's bytes, one row per slab (``slab.index``): batch kernels gather rows
+        from here and scatter results back, one numpy call for many calls' frames."""
+        self.pcm = self.u8.view(np.int16)
+        """The same memory as 16-bit samples."""
+        self._slabs = tuple(Slab(self, i, self.u8[i]) for i in range(count))
         self._free = list(reversed(self._slabs))
         self._lock = threading.Lock()
         self._returned = threading.Condition(self._lock)

@@ -45,7 +45,9 @@ from flowcat_ft.frames import (
     SystemFrame,
 )
 from flowcat_ft.metrics import StageMetrics
+from flowcat_ft.processor import LIFECYCLE_FRAMES, Batch
 from flowcat_ft.rings import SpscRing
+from flowcat_ft.slabs import PoolExhaustedError, SlabPool
 from flowcat_ft.waiting import Doorbell
 
 if TYPE_CHECKING:
@@ -118,13 +120,38 @@ class Entry:
         self.ready.append(call)
         self.doorbell.ring()
 
+    def schedule_many(self, calls: list[Call]) -> None:
+        """Make ``calls`` (each already marked ``_scheduled``) ready, with one wake-up."""
+        self.ready.extend(calls)
+        self.doorbell.ring()
+
     def send_system(self, frame: Frame) -> None:
         self.system.append(frame)
         self.doorbell.ring()
 
 
 class Stage(threading.Thread):
-    """One stage thread: processors ``positions`` of every call on one pipeline."""
+    """One stage thread: processors ``positions`` of every call on one pipeline.
+
+    Frames move through the stage a batch at a time. Each wake-up (a *pass*) first handles
+    the system frames waiting, then takes the data waiting on its inputs (every ready
+    call's input at the entry, up to ``cap`` frames, ``quantum`` per call per turn; a
+    link's ring, ``batch`` at a time) into the queue of its first (or, upstream, last)
+    position, and sweeps: each position takes its whole queue at once, in order, and what
+    its processors push lands in the next position's queue. A position whose processor
+    class has a batch kernel (:meth:`FrameProcessor.process_batch
+    <flowcat_ft.processor.FrameProcessor.process_batch>`) gets the queue in one call;
+    any other gets its frames one by one. Each call's frames keep their order at every
+    position.
+
+    A system frame that arrives during a sweep is handled before the next frame of a
+    position run frame by frame, and before the next position: an interruption first
+    drops its call's interruptible frames still queued in this stage, a cancel all of them.
+
+    Threading contract: ``_down``, ``_up`` (the positions' queues) and ``kernels`` belong
+    to this thread (``kernels`` is set before the first call's frames arrive and only
+    ever cleared, by the runtime under its lock, before another call's first frame).
+    """
 
     def __init__(
         self,
@@ -133,16 +160,20 @@ class Stage(threading.Thread):
         positions: range,
         doorbell: Doorbell,
         entry: Entry | None,
+        pool: SlabPool,
         batch: int = 64,
         quantum: int = 8,
+        cap: int = 256,
     ) -> None:
         super().__init__(name=name, daemon=True)
         self.index = index
         self.positions = positions
         self.doorbell = doorbell
         self.entry = entry
+        self.pool = pool
         self.batch = batch
         self.quantum = quantum
+        self.cap = cap
         self.in_down: Link | None = None
         self.in_up: Link | None = None
         self.out_down: Link | None = None
@@ -150,9 +181,20 @@ class Stage(threading.Thread):
         self.metrics = StageMetrics()
         self.profile_dir: str | None = None  # set by the runtime to profile this thread
         self.soon: deque[tuple[FrameProcessor, Callable[..., object], tuple]] = deque()
+        self.kernels: list[Callable[[Batch], None] | None] = [None] * len(positions)
+        self._down: list[list[Frame]] = [[] for _ in positions]
+        self._up: list[list[Frame]] = [[] for _ in positions]
+        # The list _one_by_one is delivering, and how far it got (for _purge).
+        self._current: list[Frame] | None = None
+        self._current_index = 0
         self._running = True
 
     # -- sending (called by this stage's processors, on this thread) -------------------------
+
+    def queue(self, position: int, direction: Direction) -> list[Frame]:
+        """The queue of frames arriving at ``position`` travelling in ``direction``."""
+        queues = self._up if direction else self._down
+        return queues[position - self.positions.start]
 
     def send_down(self, call: Call, frame: Frame) -> None:
         frame._call = call
@@ -165,6 +207,15 @@ class Stage(threading.Thread):
     def send_up(self, call: Call, frame: Frame) -> None:
         frame._call = call
         self.out_up.send(frame)
+
+    def send_down_many(self, frames: list[Frame]) -> None:
+        for frame in frames:
+            self.send_down(frame._call, frame)
+
+    def send_up_many(self, frames: list[Frame]) -> None:
+        send = self.out_up.send
+        for frame in frames:
+            send(frame)
 
     def call_soon(self, proc: FrameProcessor, callback: Callable[..., object], args: tuple) -> None:
         """Run ``callback(*args)`` for ``proc`` on this thread soon (from any thread)."""
@@ -201,6 +252,8 @@ class Stage(threading.Thread):
                 worked = self._run_once()
             except Exception:  # a bug in the runtime itself: keep serving the other calls
                 logger.exception("stage %s: unexpected error", self.name)
+                for queue in (*self._down, *self._up):
+                    queue.clear()
                 worked = True
             if not worked:
                 congested = any(
@@ -222,7 +275,17 @@ class Stage(threading.Thread):
                 return True
         return False
 
+    def _system_waiting(self) -> bool:
+        entry = self.entry
+        if entry is not None and entry.system:
+            return True
+        in_down, in_up = self.in_down, self.in_up
+        return (in_down is not None and len(in_down.system) > 0) or (
+            in_up is not None and len(in_up.system) > 0
+        )
+
     def _run_once(self) -> bool:
+        """One pass: system frames, then a batch of data swept through the stage."""
         start = time.perf_counter_ns()
         out_down, out_up = self.out_down, self.out_up
         for link in (out_down, out_up):
@@ -230,25 +293,22 @@ class Stage(threading.Thread):
                 link.flush()
         handled = self._handle_system() + self._run_soon()
         # Data flowing upstream, unless what we already sent that way is still pending.
-        # A system frame arriving meanwhile is handled before the next data frame.
         in_up = self.in_up
         if in_up is not None and not (out_up is not None and out_up.pending_data):
-            for frame in in_up.data.pop_many(self.batch):
-                if len(in_up.system):
-                    handled += self._handle_system()
-                self._from_downstream_stage(frame)
-                handled += 1
+            frames = in_up.data.pop_many(self.batch)
+            if frames:
+                self._up[-1].extend(self._live(frames))
+                handled += len(frames)
         # Data flowing downstream, likewise.
         if not (out_down is not None and out_down.pending_data):
             if self.entry is not None:
-                handled += self._drain_entry()
+                handled += self._take_entry()
             else:
-                in_down = self.in_down
-                for frame in in_down.data.pop_many(self.batch):
-                    if len(in_down.system):
-                        handled += self._handle_system()
-                    self._from_upstream_stage(frame)
-                    handled += 1
+                frames = self.in_down.data.pop_many(self.batch)
+                if frames:
+                    self._down[0].extend(self._fresh(frames))
+                    handled += len(frames)
+        self._sweep()
         for link in (out_down, out_up):
             if link is not None:
                 link.ring_consumer()
@@ -258,6 +318,115 @@ class Stage(threading.Thread):
             metrics.batches += 1
             metrics.frame_ns.add((time.perf_counter_ns() - start) // handled)
         return handled > 0
+
+    # -- sweeping the queues through the positions -------------------------------------------
+
+    def _sweep(self) -> None:
+        """Run the positions' queues until every one is empty: downstream in order of
+        position, then upstream in reverse, again while pushes refill them."""
+        down, up = self._down, self._up
+        last = len(down) - 1
+        busy = True
+        while busy:
+            busy = False
+            for k in range(last + 1):
+                if down[k]:
+                    busy = True
+                    self._run_position(k, DOWN)
+            for k in range(last, -1, -1):
+                if up[k]:
+                    busy = True
+                    self._run_position(k, UP)
+
+    def _run_position(self, k: int, direction: Direction) -> None:
+        if self._system_waiting():
+            self._handle_system()
+        queue = (self._up if direction else self._down)[k]
+        frames = queue.copy()
+        queue.clear()
+        if not frames:
+            return
+        kernel = self.kernels[k]
+        if kernel is None:
+            self._one_by_one(frames, k, direction)
+        elif LIFECYCLE_FRAMES.isdisjoint(map(type, frames)):
+            self._run_kernel(kernel, frames, k, direction)
+        else:  # lifecycle frames go one by one, between runs of the rest
+            p = self.positions.start + k
+            run: list[Frame] = []
+            for frame in frames:
+                if type(frame) in LIFECYCLE_FRAMES:
+                    if run:
+                        self._run_kernel(kernel, run, k, direction)
+                        run = []
+                    deliver(frame._call._processors[p], direction, frame)
+                else:
+                    run.append(frame)
+            if run:
+                self._run_kernel(kernel, run, k, direction)
+
+    def _one_by_one(self, frames: list[Frame], k: int, direction: Direction) -> None:
+        """Deliver ``frames`` one at a time, letting a system frame that arrives meanwhile
+        go first (and take stale frames out of ``frames``, see :meth:`_purge`)."""
+        p = self.positions.start + k
+        self._current = frames
+        i = 0
+        try:
+            while i < len(frames):
+                frame = frames[i]
+                i += 1
+                deliver(frame._call._processors[p], direction, frame)
+                if self._system_waiting():
+                    self._current_index = i
+                    self._handle_system()
+        finally:
+            self._current = None
+
+    def _run_kernel(
+        self, kernel: Callable[[Batch], None], frames: list[Frame], k: int, direction: Direction
+    ) -> None:
+        p = self.positions.start + k
+        try:
+            kernel(Batch(frames, direction, p, self.pool, self._batch_out(k, direction)))
+        except PoolExhaustedError:
+            frames.clear()  # overload: the batch is dropped, and the pool counted the drop
+        except Exception as error:
+            for call in {frame._call: None for frame in frames}:
+                contain(call._processors[p], None, error)
+
+    def _batch_out(self, k: int, direction: Direction) -> Callable[[list[Frame]], object]:
+        if direction is DOWN:
+            if k + 1 < len(self._down):
+                return self._down[k + 1].extend
+            return self.send_down_many if self.out_down is not None else _emit_down_many
+        if k > 0:
+            return self._up[k - 1].extend
+        return self.send_up_many if self.out_up is not None else _emit_up_many
+
+    def _purge(self, call: Call, everything: bool) -> None:
+        """Drop ``call``'s frames queued in this stage: the interruptible ones after an
+        interruption, all of them after a cancel."""
+        s = self.index
+
+        def stale(frame: Frame) -> bool:
+            return frame._call is call and (everything or getattr(frame, "interruptible", False))
+
+        queues = [*self._down, *self._up]
+        current = self._current
+        for queue in queues:
+            if any(map(stale, queue)):
+                kept = [frame for frame in queue if not stale(frame)]
+                dropped = len(queue) - len(kept)
+                queue[:] = kept
+                self.metrics.dropped_stale += dropped
+                call.dropped[s] += dropped
+        if current is not None:
+            rest = current[self._current_index :]
+            kept = [frame for frame in rest if not stale(frame)]
+            if len(kept) < len(rest):
+                current[self._current_index :] = kept
+                self.metrics.dropped_stale += len(rest) - len(kept)
+                call.dropped[s] += len(rest) - len(kept)
 
     def _handle_system(self) -> int:
         """Handle every system frame waiting, from any direction."""
@@ -294,8 +463,29 @@ class Stage(threading.Thread):
 
     # -- frames arriving -----------------------------------------------------------------------
 
+    def _fresh(self, frames: list[Frame]) -> list[Frame]:
+        """Frames from the previous stage, less those of calls cancelled here and the
+        interruptible ones sent before an interruption that has since come through."""
+        s = self.index
+        kept = []
+        for frame in frames:
+            call = frame._call
+            if call._done[s]:
+                continue
+            if frame._epoch < call._in_epoch[s] and getattr(frame, "interruptible", False):
+                self.metrics.dropped_stale += 1
+                call.dropped[s] += 1
+                continue
+            kept.append(frame)
+        return kept
+
+    def _live(self, frames: list[Frame]) -> list[Frame]:
+        """Frames from the next stage, less those of calls cancelled here."""
+        s = self.index
+        return [frame for frame in frames if not frame._call._done[s]]
+
     def _from_upstream_stage(self, frame: Frame) -> None:
-        """A frame travelling downstream, from the previous stage."""
+        """A system frame travelling downstream, from the previous stage."""
         call = frame._call
         s = self.index
         if call._done[s]:
@@ -303,16 +493,15 @@ class Stage(threading.Thread):
         kind = type(frame)
         if kind is InterruptionFrame:
             call._in_epoch[s] = frame._epoch
-        elif frame._epoch < call._in_epoch[s] and getattr(frame, "interruptible", False):
-            self.metrics.dropped_stale += 1
-            call.dropped[s] += 1
-            return
+            self._purge(call, everything=False)
+        elif kind is CancelFrame:
+            self._purge(call, everything=True)
         deliver(call._processors[self.positions.start], DOWN, frame)
         if kind is CancelFrame:
             call._done[s] = True
 
     def _from_downstream_stage(self, frame: Frame) -> None:
-        """A frame travelling upstream, from the next stage."""
+        """A system frame travelling upstream, from the next stage."""
         call = frame._call
         if not call._done[self.index]:
             deliver(call._processors[self.positions.stop - 1], UP, frame)
@@ -323,26 +512,31 @@ class Stage(threading.Thread):
         if call._done[0]:
             return
         kind = type(frame)
-        if kind is EndFrame:  # runs after the call's queued input: see _drain_entry
+        if kind is EndFrame:  # runs after the call's queued input: see _take_entry
             call._end_requested = frame
             if not call._scheduled:
                 self.entry.schedule(call)
             return
-        if kind is CancelFrame:
+        if kind is InterruptionFrame:
+            self._purge(call, everything=False)
+        elif kind is CancelFrame:
             call._input_closed = True
             _discard(call)
+            self._purge(call, everything=True)
         deliver(call._processors[0], DOWN, frame)
         if kind is CancelFrame:
             call._done[0] = True
 
-    def _drain_entry(self) -> int:
-        """Take up to ``quantum`` frames from each ready call, round-robin."""
+    def _take_entry(self) -> int:
+        """Queue up to ``quantum`` frames from each ready call, round-robin, until the
+        ready calls are drained or ``cap`` frames are queued."""
         entry = self.entry
         ready = entry.ready
-        first = self.positions.start
-        handled = 0
-        out_down = self.out_down
-        for _ in range(len(ready)):
+        queue = self._down[0]
+        quantum = self.quantum
+        taken = 0
+        cap = self.cap
+        while ready and taken < cap:
             try:
                 call = ready.popleft()
             except IndexError:
@@ -351,30 +545,38 @@ class Stage(threading.Thread):
             # above all) may have arrived after _handle_system last looked. They were
             # appended before the call was scheduled, so popping the call makes them seen.
             if entry.system:
-                handled += self._handle_system()
-            proc = call._processors[first]
+                taken += self._handle_system()
             if call._input_closed:
                 _discard(call)
             else:
-                for frame in call._input.pop_many(self.quantum):
-                    deliver(proc, DOWN, frame)
-                    handled += 1
+                frames = call._input.pop_many(quantum)
+                queue += frames
+                taken += len(frames)
             if len(call._input):
                 ready.append(call)
             else:
                 end = call._end_requested
                 if end is not None and not call._input_closed:
                     call._input_closed = True
-                    deliver(proc, DOWN, end)
-                    handled += 1
+                    queue.append(end)
+                    taken += 1
                 # Unschedule, then look again: a producer that published just before we
                 # cleared the flag saw it set and did not schedule the call.
                 call._scheduled = False
                 if len(call._input) and not call._scheduled:
                     entry.schedule(call)
-            if out_down is not None and out_down.pending_data:
-                break
-        return handled
+        return taken
+
+
+def _emit_down_many(frames: list[Frame]) -> None:
+    """Frames leaving the pipeline downstream, each to its call's output."""
+    for frame in frames:
+        frame._call._emit_down(frame)
+
+
+def _emit_up_many(frames: list[Frame]) -> None:
+    for frame in frames:
+        frame._call._emit_up(frame)
 
 
 def _discard(call: Call) -> None:

@@ -8,7 +8,13 @@ the kernels aside: an index or cast buffer per call, about 1-2 KB).  Each acts o
 frames of one class travelling downstream (*frame_type*: by default what the caller sends
 for the decoder and the resampler, what goes to the caller for the encoder) and passes
 every other frame on untouched, so a pipeline can decode the caller's audio at its head
-and encode the bot's at its tail::
+and encode the bot's at its tail.
+
+The G.711 processors also have batch kernels (see
+:meth:`~flowcat_ft.processor.FrameProcessor.process_batch`): every call's frames on a stage
+are coded with one gather from the slab arena, one table lookup and one scatter back into
+the same slabs (decoded samples fill the bytes the codes came from), so a batch costs a few
+numpy calls, however many calls it holds::
 
     Pipeline([
         G711Decoder, lambda: Resampler(16000), ...,  # the caller's audio
@@ -31,7 +37,7 @@ from flowcat_ft.frames import (
     InputAudioRawFrame,
     OutputAudioRawFrame,
 )
-from flowcat_ft.processor import FrameProcessor
+from flowcat_ft.processor import Batch, FrameProcessor
 from flowcat_ft.slabs import Slab, SlabPool
 
 __all__ = ["G711Decoder", "G711Encoder", "Resampler"]
@@ -47,6 +53,29 @@ def _take(pool: SlabPool, nbytes: int) -> Slab:
     if nbytes > pool.slab_bytes:
         raise ValueError(f"{nbytes} bytes of audio do not fit a {pool.slab_bytes}-byte slab")
     return pool.take()
+
+
+def _code_in_place(
+    frames: list[AudioRawFrame], pool: SlabPool, kernels: dict[str, Kernel], decoding: bool
+) -> None:
+    """Decode (or encode) ``frames`` in their own slabs: per codec and length, gather the
+    rows, run the kernel once over them, scatter the result back."""
+    groups: dict[tuple[str, int], list[AudioRawFrame]] = {}
+    for frame in frames:
+        key = (frame.codec, frame.num_frames * frame.num_channels)
+        groups.setdefault(key, []).append(frame)
+    for (codec, n), group in groups.items():
+        if 2 * n > pool.slab_bytes:
+            raise ValueError(f"{2 * n} bytes of audio do not fit a {pool.slab_bytes}-byte slab")
+        rows = [frame.slab.index for frame in group]
+        if decoding:
+            out = np.empty((len(rows), n), np.int16)
+            kernels[codec](pool.u8[rows, :n], out)
+            pool.pcm[rows, :n] = out
+        else:
+            out = np.empty((len(rows), n), np.uint8)
+            kernels[codec](pool.pcm[rows, :n], out)
+            pool.u8[rows, :n] = out
 
 
 def _replace(
@@ -74,6 +103,21 @@ class G711Decoder(FrameProcessor):
                 frame = _replace(frame, slab, frame.num_frames, frame.sample_rate, "pcm16")
         self.push(frame, direction)
 
+    @classmethod
+    def process_batch(cls, batch: Batch) -> None:
+        frames = batch.frames
+        if batch.direction is Direction.DOWNSTREAM:
+            coded = [
+                frame
+                for frame, proc in zip(frames, batch.processors(), strict=True)
+                if isinstance(frame, proc.frame_type) and frame.codec in _DECODERS
+            ]
+            if coded:
+                _code_in_place(coded, batch.pool, _DECODERS, decoding=True)
+                for frame in coded:
+                    frame.codec = "pcm16"
+        batch.push(frames)
+
 
 class G711Encoder(FrameProcessor):
     """Encode pcm16 audio frames of *frame_type* with *codec* (``"mulaw"`` or ``"alaw"``)."""
@@ -99,6 +143,21 @@ class G711Encoder(FrameProcessor):
             self._encode(samples, slab.u8)
             frame = _replace(frame, slab, frame.num_frames, frame.sample_rate, self.codec)
         self.push(frame, direction)
+
+    @classmethod
+    def process_batch(cls, batch: Batch) -> None:
+        frames = batch.frames
+        if batch.direction is Direction.DOWNSTREAM:
+            by_codec: dict[str, list[AudioRawFrame]] = {}
+            for frame, proc in zip(frames, batch.processors(), strict=True):
+                if isinstance(frame, proc.frame_type) and frame.codec == "pcm16":
+                    by_codec.setdefault(proc.codec, []).append(frame)
+            for codec, coded in by_codec.items():
+                encoders = {"pcm16": _ENCODERS[codec]}
+                _code_in_place(coded, batch.pool, encoders, decoding=False)
+                for frame in coded:
+                    frame.codec = codec
+        batch.push(frames)
 
 
 class Resampler(FrameProcessor):
