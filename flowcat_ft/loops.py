@@ -6,21 +6,26 @@ import asyncio
 import threading
 from collections.abc import Coroutine
 from concurrent.futures import Future
+from functools import partial
 from typing import Any
 
 from flowcat_ft.aio import LoopBridge
+from flowcat_ft.call import Inbox
 
 
 class EventLoopThread:
     """An asyncio event loop running on its own OS thread.
 
     Coroutines are handed to it from any thread with :meth:`submit`; stage threads hand it
-    output frames through its :attr:`bridge`, one wake-up per batch.
+    output frames through its :attr:`bridge`, one wake-up per batch. Code running on the
+    loop pushes calls' input through its :attr:`inbox`, handed to the stage threads once
+    per loop turn.
     """
 
     def __init__(self, name: str) -> None:
         self.loop = asyncio.new_event_loop()
         self.bridge = LoopBridge(self.loop)
+        self.inbox = Inbox(partial(self.loop.call_soon, self._flush_inbox))
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -29,6 +34,9 @@ class EventLoopThread:
         self.loop.run_forever()
         self.loop.run_until_complete(self.loop.shutdown_asyncgens())
         self.loop.close()
+
+    def _flush_inbox(self) -> None:
+        self.inbox.flush()
 
     def submit(self, coro: Coroutine[Any, Any, Any]) -> Future:
         """Run ``coro`` on this loop; returns a :class:`concurrent.futures.Future`."""

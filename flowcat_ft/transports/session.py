@@ -274,8 +274,11 @@ class MediaSession:
         except ProtocolError as error:
             self._close_soon(error.close_code, str(error))
             return
-        if not call.try_push(frame):
-            self.dropped_in += 1  # the pipeline is behind: drop rather than block the loop
+        # Handed to the stage thread at the end of this loop turn, with the other calls'.
+        # Refused if the pipeline is behind (drop rather than block the loop), or if the
+        # call is ending (the agent hung up while the caller still streams).
+        if not self.io.inbox.push(call, frame):
+            self.dropped_in += 1
 
     def _flooding(self) -> bool:
         """A token bucket: frames may come at up to ``max_frames_per_second`` on average,
