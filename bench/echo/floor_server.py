@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 import numpy as np
 from websockets.asyncio.server import ServerConnection, serve
 
-from bench.echo._serving import arguments, raise_fd_limit, serve_until_stopped
+from bench.echo._serving import arguments, name_threads, raise_fd_limit, serve_until_stopped
 from flowcat_ft.audio.g711 import ulaw_decode, ulaw_encode
 from flowcat_ft.serializers import AudioIn, ProtocolError
 from flowcat_ft.transports.server import default_routes
@@ -61,6 +61,7 @@ def main() -> None:
     p.add_argument("--loops", type=int, default=2, help="event-loop threads (2)")
     args = p.parse_args()
     raise_fd_limit()
+    name_threads()
     started = threading.Barrier(args.loops + 1)
     for i in range(args.loops):
         threading.Thread(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from bench.echo._serving import arguments, raise_fd_limit, serve_until_stopped
+from bench.echo._serving import arguments, name_threads, raise_fd_limit, serve_until_stopped
 from flowcat_ft import Pipeline, Runtime
 from flowcat_ft.agents.echo import echo_pipeline
 from flowcat_ft.audio.processors import G711Decoder, G711Encoder
@@ -54,6 +54,7 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     raise_fd_limit()
+    name_threads()
     server = start(args.port, args.loops, args.threads)
     try:
         serve_until_stopped(f"flowcat-ft {server.loop_count} loops")

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from multiprocessing.synchronize import Event
 from typing import TYPE_CHECKING, Any
 
-from bench.echo._serving import arguments, raise_fd_limit, serve_until_stopped
+from bench.echo._serving import arguments, name_threads, raise_fd_limit, serve_until_stopped
 
 if TYPE_CHECKING:
     from pipecat.pipeline.worker import PipelineWorker
@@ -45,6 +45,7 @@ def worker(shape: str, port: int, ready: Event) -> None:
     logger.remove()
     logger.add(sys.stderr, level="WARNING")
     raise_fd_limit()
+    name_threads(multiprocessing.current_process().name)
     serve = serve_websockets if shape == "websockets" else serve_fastapi
     asyncio.run(serve(port, ready))
 
