@@ -31,7 +31,7 @@ from typing import Any
 from bench._common import ROOT, cores, finish, header, parser, python_of, table
 from bench.echo import loadgen, report, servers
 from bench.echo.loadgen import Load
-from bench.echo.servers import Running, Server
+from bench.echo.servers import Running, Server, Usage
 
 POINTS = (10, 50, 100, 200, 300, 400, 500)
 MORE_POINTS = (600, 800, 1000, 1200, 1500)
@@ -73,27 +73,70 @@ QUICK_ROWS = tuple(row.key for row in ROWS[:5])
 # -- one measurement -------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Mark:
+    """The server and the machine at one edge of the measured window."""
+
+    time: float
+    cpu: float
+    threads: dict[int, tuple[str, Usage]]
+    machine: tuple[float, float]
+
+    @classmethod
+    def take(cls, running: Running) -> Mark:
+        now = time.monotonic()
+        return cls(now, running.cpu_seconds(), running.threads(), servers.machine_busy())
+
+
 def measure(running: Running, load: Load) -> dict[str, Any]:
-    """Run ``load`` against a server; the load generator's report plus the server's CPU
-    over the measured window (cores, and µs per echoed frame) and everyone else's."""
-    marks: dict[str, tuple[float, float, tuple[float, float]]] = {}
+    """Run ``load`` against a server; the load generator's report plus, over the measured
+    window, the server's CPU (cores, and µs per echoed frame) and context switches per
+    echoed frame, both also by thread, and the CPU everyone else used."""
+    marks: dict[str, Mark] = {}
 
     def on_progress(line: str) -> None:
         if line in ("measure", "measured"):
-            marks[line] = (time.monotonic(), running.cpu_seconds(), servers.machine_busy())
+            marks[line] = Mark.take(running)
 
     result = loadgen.run(running.port, load, on_progress)
-    (t0, cpu0, (busy0, all0)), (t1, cpu1, (busy1, all1)) = marks["measure"], marks["measured"]
-    server_cores = (cpu1 - cpu0) / (t1 - t0)
-    machine_cores = (busy1 - busy0) / max(all1 - all0, 1e-9) * (os.cpu_count() or 1)
+    begin, end = marks["measure"], marks["measured"]
+    seconds = end.time - begin.time
+    cpu = end.cpu - begin.cpu
+    busy, total = (b - a for a, b in zip(begin.machine, end.machine, strict=True))
+    machine_cores = busy / max(total, 1e-9) * (os.cpu_count() or 1)
     loadgen_cores = result["loadgen_cpu_percent"] / 100
     received = result["received"]
+    by_thread = servers.used_by_name(begin.threads, end.threads)
+    switches = sum(by_thread.values(), Usage(threads=0))
     return {
         **result,
-        "server_cpu_cores": round(server_cores, 3),
-        "cpu_us_per_frame": round((cpu1 - cpu0) / received * 1e6, 1) if received else None,
-        "other_cpu_cores": round(max(0.0, machine_cores - server_cores - loadgen_cores), 3),
+        "server_cpu_cores": round(cpu / seconds, 3),
+        "cpu_us_per_frame": per_frame(cpu * 1e6, received, 1),
+        "voluntary_switches_per_frame": per_frame(switches.voluntary, received, 3),
+        "nonvoluntary_switches_per_frame": per_frame(switches.nonvoluntary, received, 3),
+        "other_cpu_cores": round(max(0.0, machine_cores - cpu / seconds - loadgen_cores), 3),
+        "threads": thread_costs(by_thread, received, seconds),
     }
+
+
+def per_frame(value: float, frames: int, digits: int) -> float | None:
+    return round(value / frames, digits) if frames else None
+
+
+def thread_costs(used: dict[str, Usage], frames: int, seconds: float) -> list[dict[str, Any]]:
+    """What each thread (threads sharing a name together) used per echoed frame, and in
+    cores; the busiest first."""
+    return [
+        {
+            "name": name,
+            "threads": u.threads,
+            "cores": round(u.cpu / seconds, 3),
+            "cpu_us_per_frame": per_frame(u.cpu * 1e6, frames, 1),
+            "voluntary_switches_per_frame": per_frame(u.voluntary, frames, 3),
+            "nonvoluntary_switches_per_frame": per_frame(u.nonvoluntary, frames, 3),
+        }
+        for name, u in sorted(used.items(), key=lambda item: -item[1].cpu)
+    ]
 
 
 def idle_memory(running: Running, mode: str, calls: int) -> dict[str, Any]:
@@ -325,6 +368,8 @@ def main(args: argparse.Namespace) -> None:
     }
     print()
     print(table(report.HEADERS, report.rows(runs, result["labels"])))
+    print()
+    print(table(report.THREAD_HEADERS, report.thread_rows(runs, result["labels"])))
     print()
     print(table(("server", "idle sessions", "RSS per session, B"), report.memory_rows(result)))
     print()

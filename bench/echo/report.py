@@ -29,8 +29,20 @@ HEADERS = (
     "failed/closed",
     "server cores",
     "CPU µs/frame",
+    "vol cs/frame",
+    "invol cs/frame",
     "loadgen %",
     "others cores",
+)
+THREAD_HEADERS = (
+    "calls",
+    "server",
+    "thread",
+    "threads",
+    "cores",
+    "CPU µs/frame",
+    "vol cs/frame",
+    "invol cs/frame",
 )
 
 
@@ -40,11 +52,16 @@ def held(run: Run, p99_ms: float, throughput: float = 0.999) -> bool:
     return p99 is not None and p99 <= p99_ms and (run["throughput"] or 0) >= throughput
 
 
-def rows(runs: Sequence[Run], labels: dict[str, str]) -> list[tuple[object, ...]]:
-    """One row per run, by calls then in the order the servers are listed in ``labels``."""
+def _ordered(runs: Sequence[Run], labels: dict[str, str]) -> list[Run]:
+    """By calls, then in the order the servers are listed in ``labels``."""
     order = {key: i for i, key in enumerate(labels)}
+    return sorted(runs, key=lambda r: (r["calls"], order.get(r["server"], 99)))
+
+
+def rows(runs: Sequence[Run], labels: dict[str, str]) -> list[tuple[object, ...]]:
+    """One row per run."""
     out = []
-    for run in sorted(runs, key=lambda r: (r["calls"], order.get(r["server"], 99))):
+    for run in _ordered(runs, labels):
         rtt = run["rtt_ms"]
         out.append(
             (
@@ -55,11 +72,41 @@ def rows(runs: Sequence[Run], labels: dict[str, str]) -> list[tuple[object, ...]
                 f"{run['failed']}/{run['closed']}",
                 _num(run["server_cpu_cores"], 2),
                 _num(run["cpu_us_per_frame"], 0),
+                _num(run["voluntary_switches_per_frame"], 2),
+                _num(run["nonvoluntary_switches_per_frame"], 2),
                 _num(run["loadgen_cpu_percent"], 0),
                 _num(run["other_cpu_cores"], 2),
             )
         )
     return out
+
+
+def thread_rows(runs: Sequence[Run], labels: dict[str, str]) -> list[tuple[object, ...]]:
+    """Where each run's server CPU went: one row per thread name that used any, busiest
+    first, the run named on its first row only."""
+    out = []
+    for run in _ordered(runs, labels):
+        first = (run["calls"], labels.get(run["server"], run["server"]))
+        for thread in run["threads"]:
+            figures = (
+                _num(thread["cores"], 2),
+                _num(thread["cpu_us_per_frame"], 0),
+                _num(thread["voluntary_switches_per_frame"], 2),
+                _num(thread["nonvoluntary_switches_per_frame"], 2),
+            )
+            if _idle(thread):
+                continue
+            out.append((*first, thread["name"], thread["threads"], *figures))
+            first = ("", "")
+    return out
+
+
+def _idle(thread: dict[str, Any]) -> bool:
+    """Whether a thread did too little in the window to show (its figures round to 0)."""
+    cpu = thread["cpu_us_per_frame"] or 0
+    switches = thread["voluntary_switches_per_frame"] or 0
+    switches += thread["nonvoluntary_switches_per_frame"] or 0
+    return cpu < 0.5 and switches < 0.005
 
 
 def _ms(value: float | None) -> str:
@@ -165,7 +212,8 @@ def memory_rows(result: dict[str, Any]) -> list[tuple[str, int, str]]:
 
 
 def markdown(result: dict[str, Any], plot_name: str | None) -> str:
-    """The whole report: setup, results table, pipeline cost, idle memory, targets."""
+    """The whole report: setup, results table, CPU by thread, pipeline cost, idle memory,
+    targets."""
     labels: dict[str, str] = result["labels"]
     lines = [
         f"# Echo benchmark, {result['date']}, {result['cores']} cores"
@@ -191,6 +239,12 @@ def markdown(result: dict[str, Any], plot_name: str | None) -> str:
     lines += ["", "## Round trips", "", markdown_table(HEADERS, rows(result["runs"], labels))]
     if plot_name:
         lines += ["", f"![p99 and p99.9 round trip, and throughput, against calls]({plot_name})"]
+    lines += [
+        "",
+        "## Where the server's CPU goes, by thread",
+        "",
+        markdown_table(THREAD_HEADERS, thread_rows(result["runs"], labels)),
+    ]
     cost = pipeline_cost(result["runs"])
     if cost:
         lines += [

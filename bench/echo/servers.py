@@ -1,5 +1,6 @@
 """The servers under test: what runs each, on which interpreter, and a handle on a running
-one that reads its CPU time and memory from ``/proc``.
+one that reads its CPU time, memory and each thread's CPU and context switches from
+``/proc``.
 
 Each server runs as a subprocess of the kit, from the repo root, on a free port of
 127.0.0.1; it is ready once it prints a line starting with ``ready`` (see
@@ -130,10 +131,84 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _stat(pid: int) -> list[str]:
-    """The fields of ``/proc/PID/stat`` after the command name (state is field 0)."""
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()
+def _stat(path: str) -> tuple[str, list[str]]:
+    """The command name in ``PATH/stat`` (``PATH``: ``/proc/PID`` or ``/proc/PID/task/TID``)
+    and the fields after it (state is field 0)."""
+    with open(f"{path}/stat") as f:
+        head, _, tail = f.read().rpartition(")")
+    return head.partition("(")[2], tail.split()
+
+
+def _cpu(fields: list[str]) -> float:
+    """utime + stime, in seconds, from :func:`_stat`'s fields."""
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+@dataclass(frozen=True)
+class Usage:
+    """CPU seconds and context switches of one or more threads: voluntary (the thread
+    waited) and nonvoluntary (it was preempted)."""
+
+    cpu: float = 0.0
+    voluntary: int = 0
+    nonvoluntary: int = 0
+    threads: int = 1
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.cpu + other.cpu,
+            self.voluntary + other.voluntary,
+            self.nonvoluntary + other.nonvoluntary,
+            self.threads + other.threads,
+        )
+
+    def __sub__(self, earlier: Usage) -> Usage:
+        return Usage(
+            self.cpu - earlier.cpu,
+            self.voluntary - earlier.voluntary,
+            self.nonvoluntary - earlier.nonvoluntary,
+            self.threads,
+        )
+
+
+def thread_usage(pid: int, tid: int) -> tuple[str, Usage]:
+    """A thread's name (its ``comm``) and what it has used since it started."""
+    task = f"/proc/{pid}/task/{tid}"
+    name, fields = _stat(task)
+    with open(f"{task}/status") as f:
+        status = dict(line.split(":", 1) for line in f)
+    voluntary = int(status["voluntary_ctxt_switches"])
+    nonvoluntary = int(status["nonvoluntary_ctxt_switches"])
+    return name, Usage(_cpu(fields), voluntary, nonvoluntary)
+
+
+def threads_of(pids: list[int]) -> dict[int, tuple[str, Usage]]:
+    """Every thread of the processes ``pids``, by thread id: its name and usage so far."""
+    found = {}
+    for pid in pids:
+        try:
+            tids = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue  # gone
+        for tid in tids:
+            try:
+                found[tid] = thread_usage(pid, tid)
+            except OSError:
+                continue  # gone meanwhile
+    return found
+
+
+def used_by_name(
+    before: dict[int, tuple[str, Usage]], after: dict[int, tuple[str, Usage]]
+) -> dict[str, Usage]:
+    """What the threads used between two readings of :func:`threads_of`, added up by name
+    (threads that share one, such as pipecat's worker processes, are summed). A thread
+    started in between counts from zero; one that ended in between is missing."""
+    used: dict[str, Usage] = {}
+    for tid, (name, now) in after.items():
+        since = now - before[tid][1] if tid in before else now
+        used[name] = used[name] + since if name in used else since
+    return used
 
 
 def descendants(pid: int) -> list[int]:
@@ -142,9 +217,10 @@ def descendants(pid: int) -> list[int]:
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                children.setdefault(int(_stat(int(entry))[1]), []).append(int(entry))
+                parent = int(_stat(f"/proc/{entry}")[1][1])
             except (OSError, IndexError):
                 continue  # gone meanwhile
+            children.setdefault(parent, []).append(int(entry))
     found, todo = [], [pid]
     while todo:
         p = todo.pop()
@@ -159,7 +235,8 @@ class Running:
     Starting returns at once (so several servers can start side by side); :meth:`wait_ready`
     waits for the ``ready`` line. The server's stderr goes to ``log``.
     ``cpu_seconds()`` and ``rss_bytes()`` add up the server's whole process tree (pipecat
-    runs one worker process per core), read from ``/proc``.
+    runs one worker process per core), read from ``/proc``; ``threads()`` reads each of
+    its threads.
     """
 
     def __init__(self, server: Server, log: Path) -> None:
@@ -193,14 +270,17 @@ class Running:
         )
 
     def cpu_seconds(self) -> float:
-        total = 0
+        total = 0.0
         for pid in self.pids:
             try:
-                fields = _stat(pid)
+                total += _cpu(_stat(f"/proc/{pid}")[1])
             except OSError:
                 continue
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-        return total / TICK
+        return total
+
+    def threads(self) -> dict[int, tuple[str, Usage]]:
+        """Every thread of the server's processes: see :func:`threads_of`."""
+        return threads_of(self.pids)
 
     def rss_bytes(self) -> int:
         total = 0
