@@ -65,7 +65,8 @@ ROWS = (
     Row(report.FLOWCAT_GIL, "flowcat-ft (GIL)", "flowcat-gil", "raw"),
     Row(report.PIPECAT, "pipecat websockets", "pipecat", "raw"),
     Row("pipecat-fastapi", "pipecat FastAPI+Twilio", "pipecat-fastapi", "twilio"),
-    Row("flowcat-ft-twilio", "flowcat-ft Twilio (3.13t)", "flowcat-ft", "twilio"),
+    Row(report.FLOOR_TWILIO, "floor Twilio (3.13t)", "floor", "twilio"),
+    Row(report.FLOWCAT_TWILIO, "flowcat-ft Twilio (3.13t)", "flowcat-ft", "twilio"),
 )
 QUICK_ROWS = tuple(row.key for row in ROWS[:5])
 

@@ -16,6 +16,10 @@ FLOWCAT = "flowcat-ft"
 FLOWCAT_GIL = "flowcat-gil"
 FLOOR = "floor"
 PIPECAT = "pipecat"
+FLOWCAT_TWILIO = "flowcat-ft-twilio"
+FLOOR_TWILIO = "floor-twilio"
+COSTS = ((FLOWCAT, FLOOR), (FLOWCAT_TWILIO, FLOOR_TWILIO))
+"""The rows whose p99 difference is the pipeline's own cost, on each message format."""
 
 HEADERS = (
     "calls",
@@ -129,9 +133,12 @@ def _by(runs: Sequence[Run], server: str) -> dict[int, Run]:
     return {r["calls"]: r for r in runs if r["server"] == server}
 
 
-def pipeline_cost(runs: Sequence[Run]) -> list[tuple[int, float, float, float]]:
-    """(calls, p99 flowcat-ft, p99 floor, difference) at every point both ran."""
-    ours, floor = _by(runs, FLOWCAT), _by(runs, FLOOR)
+def pipeline_cost(
+    runs: Sequence[Run], ours_key: str, floor_key: str
+) -> list[tuple[int, float, float, float]]:
+    """(calls, p99 of ``ours_key``, p99 of ``floor_key``, difference) at every point both
+    rows ran."""
+    ours, floor = _by(runs, ours_key), _by(runs, floor_key)
     out = []
     for calls in sorted(ours.keys() & floor.keys()):
         a, b = ours[calls]["rtt_ms"]["p99"], floor[calls]["rtt_ms"]["p99"]
@@ -245,17 +252,18 @@ def markdown(result: dict[str, Any], plot_name: str | None) -> str:
         "",
         markdown_table(THREAD_HEADERS, thread_rows(result["runs"], labels)),
     ]
-    cost = pipeline_cost(result["runs"])
-    if cost:
-        lines += [
-            "",
-            "## The pipeline's own cost: p99(flowcat-ft) - p99(floor)",
-            "",
-            markdown_table(
-                ("calls", "flowcat-ft p99 ms", "floor p99 ms", "difference ms"),
-                [(c, _ms(a), _ms(b), f"{d:+.2f}") for c, a, b, d in cost],
-            ),
-        ]
+    for ours, floor in COSTS:
+        cost = pipeline_cost(result["runs"], ours, floor)
+        if cost:
+            lines += [
+                "",
+                f"## The pipeline's own cost: p99({ours}) - p99({floor})",
+                "",
+                markdown_table(
+                    ("calls", f"{ours} p99 ms", f"{floor} p99 ms", "difference ms"),
+                    [(c, _ms(a), _ms(b), f"{d:+.2f}") for c, a, b, d in cost],
+                ),
+            ]
     lines += [
         "",
         "## Memory per idle session",
