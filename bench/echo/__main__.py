@@ -7,17 +7,21 @@ server, interleaved: at each point the servers take turns, in an order rotated f
 to point, so noise from the rest of the machine falls on all of them. A server whose p99
 passes 100 ms, or that loses over 2% of the frames, is not loaded further.
 
-Besides round trips, each run records the server's CPU (all its processes) per echoed frame
-and the CPU that others on the machine used meanwhile; each server's RSS per idle session
-is measured once, after its first point. The full run first picks flowcat-ft's best
-configuration on each build (1 or 2 event-loop threads x 1 or 2 stage threads) by
-measurement, and ends with 60 s at 10 calls on flowcat-ft for the tail-latency target. It writes
-``bench/results/DATE-Nc-echo.{json,md,png}``. ``--quick`` runs 50 and 200 calls, 5 s each.
+Besides round trips, each run records the server's CPU (all its processes) and context
+switches per echoed frame, both also by thread, and the CPU that others on the machine used
+meanwhile; each server's RSS per idle session is measured once, after its first point. The
+full run first picks flowcat-ft's best configuration on each build (1 or 2 event-loop
+threads x 1 or 2 stage threads) by measurement, and ends with 60 s at 10 calls on
+flowcat-ft for the tail-latency target. It writes ``bench/results/DATE-Nc-echo.{json,md,png}``.
+``--quick`` runs 50 and 200 calls, 5 s each. ``--cpus`` pins the servers and the load
+generator to CPUs; ``--cpus`` given several times, or ``--scaling``, repeats the whole run on
+each setup of CPUs (memory and the long run on the last), for a scaling curve.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -29,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import ROOT, cores, finish, header, parser, python_of, table
-from bench.echo import loadgen, report, servers
+from bench.echo import cpus, loadgen, report, servers
+from bench.echo.cpus import Setup
 from bench.echo.loadgen import Load
 from bench.echo.servers import Running, Server, Usage
 
@@ -41,9 +46,6 @@ SATURATED_THROUGHPUT = 0.98
 CONFIGS = ((1, 1), (1, 2), (2, 1), (2, 2))
 """(event-loop threads, stage threads) tried for flowcat-ft on each build."""
 TUNING_POINTS = (200, 400)
-QUICK_CONFIGS = {"ft": (cores(), cores()), "gil": (1, 1)}
-"""What ``--quick`` runs: the default on 3.13t (one of each per core), and one loop and one
-stage thread on the GIL build (two threads contend for its one GIL)."""
 LONG_RUN = Load(10, "raw", seconds=60.0)
 RESULTS = ROOT / "bench" / "results"
 LOGS = RESULTS / "tmp"
@@ -140,9 +142,9 @@ def thread_costs(used: dict[str, Usage], frames: int, seconds: float) -> list[di
     ]
 
 
-def idle_memory(running: Running, mode: str, calls: int) -> dict[str, Any]:
-    """RSS growth of the server per idle session: ``calls`` connections that each sent one
-    frame (so the call exists), sampled 1 s after the last opened."""
+def idle_memory(running: Running, load: Load) -> dict[str, Any]:
+    """RSS growth of the server per idle session: ``load.calls`` connections that each sent
+    one frame (so the call exists), sampled 1 s after the last opened."""
     before = running.rss_bytes()
     sample: dict[str, int] = {}
 
@@ -151,11 +153,11 @@ def idle_memory(running: Running, mode: str, calls: int) -> dict[str, Any]:
             time.sleep(1.0)
             sample["rss"] = running.rss_bytes()
 
-    result = loadgen.run(running.port, Load(calls, mode, seconds=1.5, idle=True), on_progress)
+    result = loadgen.run(running.port, load, on_progress)
     opened = result["opened"]
     grown = sample["rss"] - before
     return {
-        "calls": calls,
+        "calls": load.calls,
         "opened": opened,
         "rss_before": before,
         "bytes_per_session": round(grown / opened) if opened else None,
@@ -179,9 +181,11 @@ def describe(run: dict[str, Any], label: str) -> str:
 # -- the servers -----------------------------------------------------------------------------
 
 
-def start(named: dict[str, Server]) -> dict[str, Running]:
-    """Start every server side by side and wait until all are ready."""
-    running = {key: Running(server, LOGS / f"echo-{key}.log") for key, server in named.items()}
+def start(named: dict[str, Server], cpus: tuple[int, ...] | None = None) -> dict[str, Running]:
+    """Start every server side by side (on ``cpus`` if given) and wait until all are ready."""
+    running = {
+        key: Running(server, LOGS / f"echo-{key}.log", cpus) for key, server in named.items()
+    }
     try:
         for r in running.values():
             print(f"  {r.server.name}: {r.wait_ready()} on port {r.port}", flush=True)
@@ -219,24 +223,22 @@ def tune(build: str, seconds: float, warmup: float) -> tuple[tuple[int, int], li
 
 
 def sweep(
-    rows: Sequence[Row],
-    running: dict[str, Running],
-    points: Sequence[int],
-    seconds: float,
-    warmup: float,
+    plan: Plan, setup: Setup, running: dict[str, Running], points: Sequence[int]
 ) -> list[dict[str, Any]]:
-    """Every point for every row still holding, the rows' order rotated at each point."""
+    """Every point for every row still holding, the rows' order rotated at each point; each
+    run records the setup's CPUs."""
     runs: list[dict[str, Any]] = []
     stopped: set[str] = set()
     for index, calls in enumerate(points):
-        active = [row for row in rows if row.key not in stopped]
+        active = [row for row in plan.rows if row.key not in stopped]
         if not active:
             break
         turn = index % len(active)
         for row in active[turn:] + active[:turn]:
             r = running[row.server]
             servers.wait_quiet(r)
-            run = {"server": row.key, **measure(r, Load(calls, row.mode, seconds, warmup))}
+            load = Load(calls, row.mode, plan.seconds, plan.warmup, cpus=setup.loadgen)
+            run = {"server": row.key, **cpu_record(setup), **measure(r, load)}
             runs.append(run)
             print(describe(run, row.label), flush=True)
             if saturated(run):
@@ -244,9 +246,19 @@ def sweep(
     return runs
 
 
+def cpu_record(setup: Setup) -> dict[str, Any]:
+    """The setup's CPUs, as the JSON records them (None: not pinned)."""
+    return {
+        "cores": setup.cores,
+        "server_cpus": list(setup.server) if setup.server else None,
+        "loadgen_cpus": list(setup.loadgen) if setup.loadgen else None,
+    }
+
+
 @dataclass(frozen=True)
 class Plan:
-    """What one invocation runs."""
+    """What one invocation runs: every row at every point, once per setup (one unpinned
+    setup unless ``--cpus`` or ``--scaling`` say otherwise)."""
 
     rows: list[Row]
     points: list[int]
@@ -254,6 +266,11 @@ class Plan:
     warmup: float
     idle_calls: int
     quick: bool
+    setups: list[Setup]
+
+    @property
+    def pinned(self) -> bool:
+        return self.setups != [Setup()]
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -266,52 +283,92 @@ def make_plan(args: argparse.Namespace) -> Plan:
         warmup=1.0 if args.quick else 2.0,
         idle_calls=args.idle_calls or (100 if args.quick else 500),
         quick=args.quick,
+        setups=cpus.ladder(args.scaling) if args.scaling else args.cpus or [Setup()],
     )
+
+
+def default_config(build: str, cores: int) -> tuple[int, int]:
+    """flowcat-ft's (loops, threads) untuned: one event-loop and one stage thread per core on
+    3.13t, one of each on the GIL build (two threads contend for its one GIL)."""
+    return (cores, cores) if build == "ft" else (1, 1)
 
 
 def choose_configs(
     plan: Plan, given: dict[str, tuple[int, int] | None]
-) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
-    """flowcat-ft's (loops, threads) on each build the plan runs: given, the quick default,
-    or chosen by :func:`tune`. Returns them (with how each was picked) and the trials."""
-    configs: dict[str, dict[str, Any]] = {}
+) -> tuple[dict[str, tuple[str, tuple[int, int] | None]], list[dict[str, Any]]]:
+    """How flowcat-ft's (loops, threads) is picked on each build the plan runs: ``given``,
+    chosen by :func:`tune` (a full run on any CPU), or left to :func:`default_config` (None:
+    quick or pinned runs). Returns (how, config) by build, and the trials."""
+    picked: dict[str, tuple[str, tuple[int, int] | None]] = {}
     trials: list[dict[str, Any]] = []
     for build in ("ft", "gil"):
         if not any(row.server == f"flowcat-{build}" for row in plan.rows):
             continue
-        chosen = given[build] is None and not plan.quick
-        if chosen:
-            print(f"choosing flowcat-ft's configuration on {build}", flush=True)
-            (loops, threads), tried = tune(build, plan.seconds, plan.warmup)
-            trials += tried
+        if given[build] is not None:
+            picked[build] = ("given", given[build])
+        elif plan.quick or plan.pinned:
+            picked[build] = ("default", None)
         else:
-            loops, threads = given[build] or QUICK_CONFIGS[build]
-        configs[build] = {"loops": loops, "threads": threads, "chosen": chosen}
-    return configs, trials
+            print(f"choosing flowcat-ft's configuration on {build}", flush=True)
+            config, tried = tune(build, plan.seconds, plan.warmup)
+            picked[build] = ("chosen by measurement", config)
+            trials += tried
+    return picked, trials
+
+
+def configs_for(
+    picked: dict[str, tuple[str, tuple[int, int] | None]], cores: int
+) -> dict[str, dict[str, Any]]:
+    """flowcat-ft's configuration on each build for servers on ``cores`` CPUs."""
+    configs = {}
+    for build, (how, config) in picked.items():
+        loops, threads = config or default_config(build, cores)
+        configs[build] = {"loops": loops, "threads": threads, "how": how}
+    return configs
+
+
+def servers_for(cores: int, configs: dict[str, dict[str, Any]]) -> dict[str, Server]:
+    """Every server, sized to ``cores`` CPUs: the floor's event loops, pipecat's worker
+    processes, flowcat-ft's loops and stage threads (``configs``)."""
+
+    def flowcat(build: str) -> Server:
+        config = configs.get(build, {})
+        return servers.flowcat(build, config.get("loops"), config.get("threads"))
+
+    return {
+        "floor": servers.floor(cores),
+        "flowcat-ft": flowcat("ft"),
+        "flowcat-gil": flowcat("gil"),
+        "pipecat": servers.pipecat("websockets", cores),
+        "pipecat-fastapi": servers.pipecat("fastapi", cores),
+    }
 
 
 def run_servers(
-    plan: Plan, named: dict[str, Server]
+    plan: Plan, setup: Setup, named: dict[str, Server], extras: bool
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]], dict[str, Any] | None]:
-    """Start the plan's servers; run the first point, the idle-memory runs, the other points
-    and (full runs) the long run on flowcat-ft. Returns runs, memory by server, long run."""
+    """Start the plan's servers on the setup's CPUs; run the first point, (``extras``) the
+    idle-memory runs, the other points and (``extras``, full runs) the long run on
+    flowcat-ft. Returns runs, memory by server, long run."""
     needed = {row.server: named[row.server] for row in plan.rows}
-    print(f"starting {len(needed)} servers", flush=True)
-    running = start(needed)
+    print(f"starting {len(needed)} servers, {setup.describe()}", flush=True)
+    running = start(needed, setup.server)
+    memory: dict[str, dict[str, Any]] = {}
+    long_run = None
     try:
-        print(f"{plan.points[0]} calls, then memory per idle session", flush=True)
-        runs = sweep(plan.rows, running, plan.points[:1], plan.seconds, plan.warmup)
-        memory: dict[str, dict[str, Any]] = {}
-        for row in plan.rows:
+        runs = sweep(plan, setup, running, plan.points[:1])
+        for row in plan.rows if extras else ():
             if row.server not in memory:
+                print(f"memory per idle session of {row.server}", flush=True)
                 servers.wait_quiet(running[row.server])
-                memory[row.server] = idle_memory(running[row.server], row.mode, plan.idle_calls)
-        runs += sweep(plan.rows, running, plan.points[1:], plan.seconds, plan.warmup)
-        long_run = None
-        if not plan.quick and "flowcat-ft" in running:
+                load = Load(plan.idle_calls, row.mode, 1.5, idle=True, cpus=setup.loadgen)
+                memory[row.server] = idle_memory(running[row.server], load)
+        runs += sweep(plan, setup, running, plan.points[1:])
+        if extras and not plan.quick and "flowcat-ft" in running:
             print(f"{LONG_RUN.seconds:g} s at {LONG_RUN.calls} calls on flowcat-ft", flush=True)
             servers.wait_quiet(running["flowcat-ft"])
-            long_run = measure(running["flowcat-ft"], LONG_RUN)
+            load = dataclasses.replace(LONG_RUN, cpus=setup.loadgen)
+            long_run = {**cpu_record(setup), **measure(running["flowcat-ft"], load)}
     finally:
         for r in running.values():
             r.stop()
@@ -322,23 +379,22 @@ def main(args: argparse.Namespace) -> None:
     header("echo", args)
     loadgen.build()
     plan = make_plan(args)
+    if args.scaling and len(plan.setups) < len(args.scaling):
+        print(f"scaling stops at {plan.setups[-1].cores} cores: the machine has no more")
     uses_pipecat = any(row.server.startswith("pipecat") for row in plan.rows)
     pipecat_version = servers.ensure_pipecat_venv() if uses_pipecat else None
-    configs, tuning = choose_configs(plan, {"ft": args.ft_config, "gil": args.gil_config})
-
-    def flowcat(build: str) -> Server:
-        config = configs.get(build, {})
-        return servers.flowcat(build, config.get("loops"), config.get("threads"))
-
-    named = {
-        "floor": servers.floor(),
-        "flowcat-ft": flowcat("ft"),
-        "flowcat-gil": flowcat("gil"),
-        "pipecat": servers.pipecat("websockets"),
-        "pipecat-fastapi": servers.pipecat("fastapi"),
-    }
-    runs, memory, long_run = run_servers(plan, named)
-
+    picked, tuning = choose_configs(plan, {"ft": args.ft_config, "gil": args.gil_config})
+    runs: list[dict[str, Any]] = []
+    setups: list[dict[str, Any]] = []
+    for setup in plan.setups:
+        configs = configs_for(picked, setup.cores)
+        named = servers_for(setup.cores, configs)
+        last = setup is plan.setups[-1]
+        done, memory, long_run = run_servers(plan, setup, named, extras=last)
+        runs += done
+        row_args = {row.key: list(named[row.server].args) for row in plan.rows}
+        setups.append({**cpu_record(setup), "configs": configs, "args": row_args})
+    # From here on, named, memory and long_run are the last setup's.
     first_row = {row.server: row for row in reversed(plan.rows)}
     result: dict[str, Any] = {
         "bench": "echo",
@@ -346,6 +402,7 @@ def main(args: argparse.Namespace) -> None:
         "quick": plan.quick,
         "command": " ".join(["python -m bench.echo", *sys.argv[1:]]),
         "cores": cores(),
+        "machine_cores": os.cpu_count(),
         "seconds": plan.seconds,
         "warmup": plan.warmup,
         "points": plan.points,
@@ -357,12 +414,11 @@ def main(args: argparse.Namespace) -> None:
                 "description": named[row.server].description,
                 "python": str(named[row.server].python.relative_to(ROOT)),
                 "module": named[row.server].module,
-                "args": list(named[row.server].args),
                 **({"idle": memory[row.server]} if first_row[row.server] is row else {}),
             }
             for row in plan.rows
         },
-        "configs": configs,
+        "setups": setups,
         "tuning": tuning,
         "runs": runs,
         "long_run": long_run,
@@ -370,6 +426,9 @@ def main(args: argparse.Namespace) -> None:
     print()
     print(table(report.HEADERS, report.rows(runs, result["labels"])))
     print()
+    if len(setups) > 1:
+        print(table(report.scaling_headers(result), report.scaling_rows(result)))
+        print()
     print(table(report.THREAD_HEADERS, report.thread_rows(runs, result["labels"])))
     print()
     print(table(("server", "idle sessions", "RSS per session, B"), report.memory_rows(result)))
@@ -414,12 +473,28 @@ if __name__ == "__main__":
     p.add_argument(
         "--servers", help=f"comma-separated rows (default: all): {','.join(r.key for r in ROWS)}"
     )
-    for build, quick in QUICK_CONFIGS.items():
+    for build, untuned in {"ft": "one of each per core", "gil": "1,1"}.items():
         p.add_argument(
             f"--{build}-config",
             type=lambda s: tuple(int(v) for v in s.split(",")),
             help=f"LOOPS,THREADS for flowcat-ft on {build} (default: chosen by measurement; "
-            f"quick: {quick[0]},{quick[1]})",
+            f"quick or pinned: {untuned})",
         )
     p.add_argument("--idle-calls", type=int, help="idle sessions for RSS (500; quick: 100)")
+    pinning = p.add_mutually_exclusive_group()
+    pinning.add_argument(
+        "--cpus",
+        action="append",
+        type=cpus.parse_setup,
+        metavar="SERVER[:LOADGEN]",
+        help="pin the servers to these CPUs (e.g. 0-1) and the load generator to LOADGEN "
+        "(e.g. 0-1:2); given several times, the whole run repeats on each",
+    )
+    pinning.add_argument(
+        "--scaling",
+        type=cpus.parse_counts,
+        metavar="N,N,...",
+        help="repeat the run with the servers on the first N CPUs for each N the machine has "
+        "(e.g. 1,2,4,8,12), the load generator on the last CPU where they leave it free",
+    )
     main(p.parse_args())

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench._common import ROOT
+from bench.echo.cpus import pinned
 
 SOURCE = ROOT / "bench" / "loadgen" / "loadgen.c"
 BINARY = ROOT / "bench" / "loadgen" / "build" / "loadgen"
@@ -67,7 +68,8 @@ class Load:
     """One run of the load generator: ``calls`` connections sending ``mode`` messages
     (``"raw"`` binary µ-law or ``"twilio"`` JSON), opened over ``ramp`` s, then ``warmup``
     s of traffic, then ``seconds`` s measured, then up to ``grace`` s for the last echoes.
-    ``idle``: each call sends one frame, then the connections are held for ``seconds``."""
+    ``idle``: each call sends one frame, then the connections are held for ``seconds``.
+    ``cpus``: the CPUs the load generator runs on (None: any)."""
 
     calls: int
     mode: str = "raw"
@@ -75,6 +77,7 @@ class Load:
     warmup: float = 2.0
     grace: float = 2.0
     idle: bool = False
+    cpus: tuple[int, ...] | None = None
 
     @property
     def ramp(self) -> float:
@@ -105,9 +108,11 @@ def run(
 
     ``on_progress`` gets each progress line as it comes, on this thread.
     """
-    proc = subprocess.Popen(
-        load.argv(build(), port), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    binary = build()
+    with pinned(load.cpus):
+        proc = subprocess.Popen(
+            load.argv(binary, port), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
     watchdog = threading.Timer(load.longest + 10, proc.kill)
     watchdog.start()
     try:

@@ -1,5 +1,6 @@
 """Plot an echo benchmark result: p99 and p99.9 round trip against calls (log scale), and
-throughput. Run by the kit on the GIL venv, where matplotlib has a wheel::
+throughput, one line per row (and per setup of CPUs, where a run has several). Run by the
+kit on the GIL venv, where matplotlib has a wheel::
 
     .venv-gil/bin/python -m bench.echo.plot RESULT.json OUT.png
 """
@@ -19,11 +20,15 @@ from matplotlib import ticker
 
 def main(result_path: Path, png: Path) -> None:
     result = json.loads(result_path.read_text())
-    labels: dict[str, str] = result["labels"]
+    setups = result["setups"]
+    lines = [(setup, key, label) for setup in setups for key, label in result["labels"].items()]
     fig, (latency, throughput) = plt.subplots(1, 2, figsize=(13, 5))
-    for n, (key, label) in enumerate(labels.items()):
-        runs = sorted((r for r in result["runs"] if r["server"] == key), key=lambda r: r["calls"])
+    for n, (setup, key, label) in enumerate(lines):
+        runs = [r for r in result["runs"] if r["server_cpus"] == setup["server_cpus"]]
+        runs = sorted((r for r in runs if r["server"] == key), key=lambda r: r["calls"])
         runs = [r for r in runs if r["rtt_ms"]["p99"] is not None]
+        if len(setups) > 1:
+            label += f", {setup['cores']} CPUs"
         if not runs:
             continue
         calls = [r["calls"] for r in runs]

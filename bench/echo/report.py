@@ -10,6 +10,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from bench.echo.cpus import where
+
 Run = dict[str, Any]
 
 FLOWCAT = "flowcat-ft"
@@ -22,6 +24,7 @@ COSTS = ((FLOWCAT, FLOOR), (FLOWCAT_TWILIO, FLOOR_TWILIO))
 """The rows whose p99 difference is the pipeline's own cost, on each message format."""
 
 HEADERS = (
+    "CPUs",
     "calls",
     "server",
     "p50 ms",
@@ -39,6 +42,7 @@ HEADERS = (
     "others cores",
 )
 THREAD_HEADERS = (
+    "CPUs",
     "calls",
     "server",
     "thread",
@@ -57,9 +61,23 @@ def held(run: Run, p99_ms: float, throughput: float = 0.999) -> bool:
 
 
 def _ordered(runs: Sequence[Run], labels: dict[str, str]) -> list[Run]:
-    """By calls, then in the order the servers are listed in ``labels``."""
+    """By the servers' CPUs, calls, then in the order the servers are listed in ``labels``."""
     order = {key: i for i, key in enumerate(labels)}
-    return sorted(runs, key=lambda r: (r["calls"], order.get(r["server"], 99)))
+
+    def key(run: Run) -> tuple[int, list[int], int, int]:
+        return run["cores"], run["server_cpus"] or [], run["calls"], order.get(run["server"], 99)
+
+    return sorted(runs, key=key)
+
+
+def _of_setup(runs: Sequence[Run], setup: dict[str, Any]) -> list[Run]:
+    return [r for r in runs if r["server_cpus"] == setup["server_cpus"]]
+
+
+def widest(runs: Sequence[Run]) -> list[Run]:
+    """The runs whose servers had the most CPUs (all of them, unless pinned)."""
+    most = max((r["cores"] for r in runs), default=0)
+    return [r for r in runs if r["cores"] == most]
 
 
 def rows(runs: Sequence[Run], labels: dict[str, str]) -> list[tuple[object, ...]]:
@@ -69,6 +87,7 @@ def rows(runs: Sequence[Run], labels: dict[str, str]) -> list[tuple[object, ...]
         rtt = run["rtt_ms"]
         out.append(
             (
+                run["cores"],
                 run["calls"],
                 labels.get(run["server"], run["server"]),
                 *(_ms(rtt[p]) for p in ("p50", "p90", "p99", "p99.9", "max")),
@@ -90,7 +109,7 @@ def thread_rows(runs: Sequence[Run], labels: dict[str, str]) -> list[tuple[objec
     first, the run named on its first row only."""
     out = []
     for run in _ordered(runs, labels):
-        first = (run["calls"], labels.get(run["server"], run["server"]))
+        first = (run["cores"], run["calls"], labels.get(run["server"], run["server"]))
         for thread in run["threads"]:
             figures = (
                 _num(thread["cores"], 2),
@@ -101,7 +120,7 @@ def thread_rows(runs: Sequence[Run], labels: dict[str, str]) -> list[tuple[objec
             if _idle(thread):
                 continue
             out.append((*first, thread["name"], thread["threads"], *figures))
-            first = ("", "")
+            first = ("", "", "")
     return out
 
 
@@ -157,9 +176,22 @@ def capacity(runs: Sequence[Run], server: str, p99_ms: float) -> int:
     return best
 
 
+def scaling_rows(result: dict[str, Any]) -> list[tuple[object, ...]]:
+    """The scaling curve: per row, the most calls held at p99 ≤ 5 ms on each setup's CPUs."""
+    return [
+        (label, *(capacity(_of_setup(result["runs"], s), key, 5.0) for s in result["setups"]))
+        for key, label in result["labels"].items()
+    ]
+
+
+def scaling_headers(result: dict[str, Any]) -> tuple[str, ...]:
+    return ("calls held at p99 ≤ 5 ms on N CPUs", *(str(s["cores"]) for s in result["setups"]))
+
+
 def targets(result: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
-    """(target, what this run shows, met? — None where the run cannot tell)."""
-    runs: list[Run] = result["runs"]
+    """(target, what this run shows, met? — None where the run cannot tell), judged on the
+    runs whose servers had the most CPUs."""
+    runs = widest(result["runs"])
     ours, pipecat = _by(runs, FLOWCAT), _by(runs, PIPECAT)
     out: list[tuple[str, str, bool | None]] = []
 
@@ -223,7 +255,7 @@ def markdown(result: dict[str, Any], plot_name: str | None) -> str:
     targets."""
     labels: dict[str, str] = result["labels"]
     lines = [
-        f"# Echo benchmark, {result['date']}, {result['cores']} cores"
+        f"# Echo benchmark, {result['date']}, {result['machine_cores']} cores"
         + (" (quick)" if result["quick"] else ""),
         "",
         f"`{result['command']}`: {result['seconds']:g} s measured per point, "
@@ -237,13 +269,21 @@ def markdown(result: dict[str, Any], plot_name: str | None) -> str:
     ]
     for key, server in result["servers"].items():
         lines.append(f"- **{labels[key]}** ({server['mode']} messages): {server['description']}")
-    for build, config in result["configs"].items():
-        how = "chosen by measurement" if config["chosen"] else "given, not tuned"
+    lines += ["", "## CPUs", ""]
+    for setup in result["setups"]:
+        flowcat = "; ".join(
+            f"flowcat-ft on {build}: {c['loops']} event-loop thread(s), "
+            f"{c['threads']} stage thread(s) ({c['how']})"
+            for build, c in setup["configs"].items()
+        )
         lines.append(
-            f"- flowcat-ft on {build}: {config['loops']} event-loop thread(s), "
-            f"{config['threads']} stage thread(s) ({how})"
+            f"- servers on {where(setup['server_cpus'])}, load generator on "
+            f"{where(setup['loadgen_cpus'])}" + (f"; {flowcat}" if flowcat else "")
         )
     lines += ["", "## Round trips", "", markdown_table(HEADERS, rows(result["runs"], labels))]
+    if len(result["setups"]) > 1:
+        body = scaling_rows(result)
+        lines += ["", "## Scaling", "", markdown_table(scaling_headers(result), body)]
     if plot_name:
         lines += ["", f"![p99 and p99.9 round trip, and throughput, against calls]({plot_name})"]
     lines += [
@@ -253,7 +293,7 @@ def markdown(result: dict[str, Any], plot_name: str | None) -> str:
         markdown_table(THREAD_HEADERS, thread_rows(result["runs"], labels)),
     ]
     for ours, floor in COSTS:
-        cost = pipeline_cost(result["runs"], ours, floor)
+        cost = pipeline_cost(widest(result["runs"]), ours, floor)
         if cost:
             lines += [
                 "",

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench._common import ROOT, cores, python_of
+from bench.echo.cpus import pinned
 
 PIPECAT_VENV = ROOT / ".venv-pipecat"
 PIPECAT_REQUIREMENT = "pipecat-ai[websocket]==1.14.*"
@@ -62,7 +63,7 @@ def flowcat(build: str, loops: int | None = None, threads: int | None = None) ->
     )
 
 
-def floor(loops: int = 2) -> Server:
+def floor(loops: int) -> Server:
     return Server(
         "floor 3.13t",
         python_of("ft"),
@@ -72,7 +73,9 @@ def floor(loops: int = 2) -> Server:
     )
 
 
-def pipecat(shape: str) -> Server:
+def pipecat(shape: str, workers: int | None = None) -> Server:
+    """pipecat's ``shape`` of echo server on ``workers`` processes (default: one per core)."""
+    workers = workers or cores()
     name = {"websockets": "pipecat websockets", "fastapi": "pipecat FastAPI"}[shape]
     what = {
         "websockets": "websockets + a PipelineWorker per call, 7 processors",
@@ -82,8 +85,8 @@ def pipecat(shape: str) -> Server:
         name,
         PIPECAT_VENV / "bin" / "python",
         "bench.echo.pipecat_server",
-        ("--shape", shape, "--workers", str(cores())),
-        f"pipecat 1.14 on GIL CPython, {cores()} worker processes: {what}",
+        ("--shape", shape, "--workers", str(workers)),
+        f"pipecat 1.14 on GIL CPython, {workers} worker processes: {what}",
     )
 
 
@@ -230,7 +233,8 @@ def descendants(pid: int) -> list[int]:
 
 
 class Running:
-    """A server under test, started on a free port; a context manager that stops it.
+    """A server under test, started on a free port (on ``cpus`` if given: all its threads
+    and processes); a context manager that stops it.
 
     Starting returns at once (so several servers can start side by side); :meth:`wait_ready`
     waits for the ``ready`` line. The server's stderr goes to ``log``.
@@ -239,12 +243,12 @@ class Running:
     its threads.
     """
 
-    def __init__(self, server: Server, log: Path) -> None:
+    def __init__(self, server: Server, log: Path, cpus: tuple[int, ...] | None = None) -> None:
         self.server = server
         self.log = log
         self.port = free_port()
         log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("w") as err:
+        with log.open("w") as err, pinned(cpus):
             self.proc = subprocess.Popen(
                 server.command(self.port), cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True
             )
