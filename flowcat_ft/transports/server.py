@@ -44,6 +44,7 @@ from flowcat_ft.transports.http import (
     HttpResponse,
     PageHandler,
 )
+from flowcat_ft.transports.inbound import InboundAudio
 from flowcat_ft.transports.ops import prometheus_text
 from flowcat_ft.transports.pacer import Ticker
 from flowcat_ft.transports.session import MediaOptions, MediaSession, Turn
@@ -150,7 +151,8 @@ class WebSocketServer:
                 io = EventLoopThread(f"flowcat-ws-{i}")
                 self._loops.append(io)
                 ticker = Ticker(io.loop)
-                server = io.submit(self._listen(io, ticker)).result(10)
+                inbound = InboundAudio(io, self.runtime.pool)
+                server = io.submit(self._listen(io, ticker, inbound)).result(10)
                 self._servers.append(server)
                 if self.port == 0:  # the first loop picked a free port; the others share it
                     self.port = server.sockets[0].getsockname()[1]
@@ -171,9 +173,9 @@ class WebSocketServer:
             return  # nobody answers: the port is free (or bind() will say why not)
         raise OSError(errno.EADDRINUSE, f"something already answers on {host}:{self.port}")
 
-    async def _listen(self, io: EventLoopThread, ticker: Ticker) -> Server:
+    async def _listen(self, io: EventLoopThread, ticker: Ticker, inbound: InboundAudio) -> Server:
         async def handler(ws: ServerConnection) -> None:
-            await self._serve(ws, io, ticker)
+            await self._serve(ws, io, ticker, inbound)
 
         return await serve(
             handler,
@@ -244,7 +246,9 @@ class WebSocketServer:
                 "close_codes": dict(self.close_codes),
             }
 
-    async def _serve(self, ws: ServerConnection, io: EventLoopThread, ticker: Ticker) -> None:
+    async def _serve(
+        self, ws: ServerConnection, io: EventLoopThread, ticker: Ticker, inbound: InboundAudio
+    ) -> None:
         url = urlsplit(ws.request.path)
         socket_handler = self.sockets.get(url.path)
         if socket_handler is not None:
@@ -260,7 +264,15 @@ class WebSocketServer:
             await ws.close(1008, f"bad stream options: {error}"[:120])
             return
         session = MediaSession(
-            ws, serializer, self.runtime, self.pipeline, io, ticker, self.options, self.turns
+            ws,
+            serializer,
+            self.runtime,
+            self.pipeline,
+            io,
+            ticker,
+            inbound,
+            self.options,
+            self.turns,
         )
         with self._lock:
             full = self.max_calls is not None and len(self._active) >= self.max_calls

@@ -2,7 +2,9 @@
 
 The session runs on its connection's event loop. Incoming messages go through the
 carrier's serializer (:mod:`flowcat_ft.serializers`, Sans-I/O) to become frames: audio is
-decoded from G.711 into a slab at the edge, the one copy on the way in. Outgoing frames
+decoded from G.711 into a slab at the edge, the one copy on the way in, together with the
+audio of every connection on the loop that came in the same loop turn
+(:mod:`flowcat_ft.transports.inbound`). Outgoing frames
 arrive from the stage threads through the loop's bridge in batches; audio is encoded,
 cut into 20 ms frames and paced (:mod:`flowcat_ft.transports.pacer`); other frames
 become the serializer's messages where its protocol has some (``Serializer.send_frame``).
@@ -55,6 +57,7 @@ from flowcat_ft.serializers import (
     StreamStopped,
 )
 from flowcat_ft.slabs import PoolExhaustedError
+from flowcat_ft.transports.inbound import InboundAudio
 from flowcat_ft.transports.pacer import FRAME_SECS, Playout, Ticker
 
 if TYPE_CHECKING:
@@ -67,7 +70,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("flowcat_ft.transports")
 
-_DECODERS = {"mulaw": g711.ulaw_decode, "alaw": g711.alaw_decode}
 _ENCODERS = {"mulaw": g711.ulaw_encode, "alaw": g711.alaw_encode}
 
 
@@ -114,6 +116,7 @@ class MediaSession:
         pipeline: Pipeline,
         io: EventLoopThread,
         ticker: Ticker,
+        inbound: InboundAudio,
         options: MediaOptions,
         turn_log: deque[Turn] | None = None,
     ) -> None:
@@ -127,6 +130,7 @@ class MediaSession:
         self.close_code: int | None = None
         self.close_reason = ""
         self._ticker = ticker
+        self._inbound = inbound
         self._loop = io.loop
         self._outbox: deque[str | bytes] = deque()
         self._flush_pending = False
@@ -260,24 +264,37 @@ class MediaSession:
         logger.info("call started", extra=self.log_context())
 
     def _audio_in(self, payload: bytes) -> None:
-        call = self.call
-        if call is None:
+        if self.call is None:
             return  # the serializer refuses audio before start where the carrier sends one
         self.frames_in += 1
         if self._flooding():
             return
+        serializer = self.serializer
         try:
-            frame = self._decode(payload)
+            self._inbound.add(
+                self._admit,
+                payload,
+                serializer.sample_rate,
+                serializer.codec,
+                self.options.decode_input,
+            )
         except PoolExhaustedError:
             self.dropped_in += 1
-            return
         except ProtocolError as error:
             self._close_soon(error.close_code, str(error))
-            return
+
+    def _admit(self, frame: InputAudioRawFrame) -> None:
+        """A frame of the caller's audio, made at the end of the loop turn it came in."""
+        if self._resample_in is not None:
+            try:
+                frame = self._resample(frame, self._resample_in, InputAudioRawFrame)
+            except PoolExhaustedError:
+                self.dropped_in += 1
+                return
         # Handed to the stage thread at the end of this loop turn, with the other calls'.
         # Refused if the pipeline is behind (drop rather than block the loop), or if the
         # call is ending (the agent hung up while the caller still streams).
-        if not self.io.inbox.push(call, frame):
+        if not self.io.inbox.push(self.call, frame):
             self.dropped_in += 1
 
     def _flooding(self) -> bool:
@@ -296,25 +313,6 @@ class MediaSession:
             self._close_soon(1008, f"flood: over {options.max_frames_per_second} frames/s")
             return True
         return False
-
-    def _decode(self, payload: bytes) -> AudioRawFrame:
-        """Wire bytes → an input audio frame in a slab (PCM16 unless decoding is off)."""
-        serializer = self.serializer
-        codec, rate = serializer.codec, serializer.sample_rate
-        pool = self.runtime.pool
-        if not self.options.decode_input:
-            return InputAudioRawFrame.from_bytes(pool, payload, rate, 1, codec)
-        if codec == "pcm16":
-            frame = InputAudioRawFrame.from_bytes(pool, payload, rate)
-        else:
-            if len(payload) * 2 > pool.slab_bytes:
-                raise ProtocolError(f"{len(payload)}-byte audio message is too long", 1009)
-            slab = pool.take()
-            n = _DECODERS[codec](np.frombuffer(payload, dtype=np.uint8), slab.pcm)
-            frame = InputAudioRawFrame(slab, n, rate)
-        if self._resample_in is not None:
-            frame = self._resample(frame, self._resample_in, InputAudioRawFrame)
-        return frame
 
     def _resample(
         self, frame: AudioRawFrame, resampler: StreamingResampler, kind: type[AudioRawFrame]

@@ -1,0 +1,97 @@
+"""Incoming audio, made into frames a loop turn at a time.
+
+Every connection on an event loop adds the audio payloads it receives here; at the end of
+the loop turn they become frames together: per wire codec and length, one slab per
+payload, all of them written (copied, or G.711-decoded into PCM16) with one numpy call
+into the slab arena, then handed to their calls through the loop's
+:class:`~flowcat_ft.call.Inbox`, which wakes each shard once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from flowcat_ft.audio import g711
+from flowcat_ft.frames import InputAudioRawFrame
+from flowcat_ft.serializers import ProtocolError
+
+if TYPE_CHECKING:
+    from flowcat_ft.loops import EventLoopThread
+    from flowcat_ft.slabs import Slab, SlabPool
+
+Admit = Callable[[InputAudioRawFrame], object]
+"""Where a new frame goes (the session's, which resamples it if needed and pushes it)."""
+
+_DECODERS = {"mulaw": g711.ulaw_decode, "alaw": g711.alaw_decode}
+
+
+class InboundAudio:
+    """The audio one event loop's connections received in this loop turn.
+
+    Threading contract: used only on its loop's thread.
+    """
+
+    def __init__(self, io: EventLoopThread, pool: SlabPool) -> None:
+        self.io = io
+        self.pool = pool
+        # (codec, payload length, decode) -> [(admit, slab, payload, sample rate)], and
+        # every payload's group, in the order they came.
+        self._groups: dict[tuple[str, int, bool], list[tuple[Admit, Slab, bytes, int]]] = {}
+        self._order: list[tuple[list, int]] = []
+        self._flushing = False
+
+    def add(self, admit: Admit, payload: bytes, sample_rate: int, codec: str, decode: bool) -> None:
+        """Queue ``payload`` (``codec`` audio at ``sample_rate``; decoded into PCM16 if
+        ``decode`` and it is G.711) to become a frame given to ``admit`` this loop turn.
+
+        Raises :class:`~flowcat_ft.serializers.ProtocolError` for a payload that is not
+        whole samples or does not fit a slab, and
+        :class:`~flowcat_ft.slabs.PoolExhaustedError` when no slab is free.
+        """
+        size = len(payload)
+        decode = decode and codec in _DECODERS
+        if codec == "pcm16" and size % 2:
+            raise ProtocolError(f"{size}-byte pcm16 audio message is not whole samples", 1007)
+        if (2 * size if decode else size) > self.pool.slab_bytes:
+            raise ProtocolError(f"{size}-byte audio message is too long", 1009)
+        slab = self.pool.take()
+        group = self._groups.setdefault((codec, size, decode), [])
+        self._order.append((group, len(group)))
+        group.append((admit, slab, payload, sample_rate))
+        if not self._flushing:
+            self._flushing = True
+            self.io.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write every queued payload into its slab, admit the frames in the order the
+        payloads came, and hand them to the stage threads."""
+        self._flushing = False
+        groups, order = self._groups, self._order
+        self._groups, self._order = {}, []
+        frames: dict[int, list[InputAudioRawFrame]] = {}
+        for (codec, size, decode), items in groups.items():
+            frames[id(items)] = self._write(codec, size, decode, items)
+        for items, index in order:
+            admit = items[index][0]
+            admit(frames[id(items)][index])
+        self.io.inbox.flush()
+
+    def _write(
+        self, codec: str, size: int, decode: bool, items: list[tuple[Admit, Slab, bytes, int]]
+    ) -> list[InputAudioRawFrame]:
+        pool = self.pool
+        rows = [slab.index for _, slab, _, _ in items]
+        data = np.frombuffer(b"".join([payload for _, _, payload, _ in items]), np.uint8)
+        data = data.reshape(len(items), size)
+        if decode:
+            samples = np.empty((len(items), size), np.int16)
+            _DECODERS[codec](data, samples)
+            pool.pcm[rows, :size] = samples
+            count, codec = size, "pcm16"
+        else:
+            pool.u8[rows, :size] = data
+            count = size // 2 if codec == "pcm16" else size
+        return [InputAudioRawFrame(slab, count, rate, 1, codec) for _, slab, _, rate in items]
