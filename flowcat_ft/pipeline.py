@@ -31,6 +31,10 @@ class Pipeline:
     ``threads``), each call on one of them; each copy runs on ``threads`` stage threads
     (default 1, never more than there are processors), neighbouring processors fused onto
     a thread in order, balanced by their ``cost``.
+
+    Pipelines compare by :attr:`template`: two pipelines made alike (the same factories, in
+    order, and the same ``threads`` and ``shards``) are equal, and the runtime runs their
+    calls on the same stage threads.
     """
 
     def __init__(
@@ -40,8 +44,6 @@ class Pipeline:
         for item in items:
             if isinstance(item, Pipeline):
                 self.factories.extend(item.factories)
-            elif isinstance(item, ParallelPipeline):
-                self.factories.append(item.make)
             elif isinstance(item, FrameProcessor):
                 raise TypeError(
                     f"{item!r} is an instance; pass its class or a factory "
@@ -60,6 +62,19 @@ class Pipeline:
 
     def __len__(self) -> int:
         return len(self.factories)
+
+    @property
+    def template(self) -> tuple[object, ...]:
+        """What makes two pipelines the same: their factories, ``threads`` and ``shards``."""
+        return (tuple(self.factories), self.threads, self.shards)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Pipeline):
+            return NotImplemented
+        return self.template == other.template
+
+    def __hash__(self) -> int:
+        return hash(self.template)
 
     def make_processors(self) -> list[FrameProcessor]:
         """One call's processors, fresh from the factories."""
@@ -103,6 +118,9 @@ class ParallelPipeline:
     Lifecycle frames pass through every branch (so each processor's hooks run) and leave
     the parallel pipeline once. All branches run on the same stage thread, so its cost is
     the sum of theirs.
+
+    It is the factory of its own per-call processor, and compares by its branches (so
+    pipelines holding alike parallel pipelines are equal too).
     """
 
     def __init__(self, *branches: Sequence[Item]) -> None:
@@ -110,8 +128,17 @@ class ParallelPipeline:
             raise ValueError("a parallel pipeline needs at least one branch")
         self.branches = [Pipeline(branch) for branch in branches]
 
-    def make(self) -> FrameProcessor:
+    def __call__(self) -> FrameProcessor:
+        """One call's branches, fresh from their factories."""
         return _Parallel([[f() for f in b.factories] for b in self.branches])
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ParallelPipeline):
+            return NotImplemented
+        return self.branches == other.branches
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.branches))
 
 
 class _Parallel(FrameProcessor):

@@ -121,6 +121,19 @@ def test_pipeline_wants_factories_not_instances():
         Pipeline([])
 
 
+def test_pipelines_made_alike_are_equal():
+    def parallel() -> ParallelPipeline:
+        return ParallelPipeline([Tag, Counter], [Echo])
+
+    assert Pipeline([Tag, parallel()]) == Pipeline([Tag, parallel()])
+    assert hash(Pipeline([Tag, parallel()])) == hash(Pipeline([Tag, parallel()]))
+    assert Pipeline([Tag, Pipeline([Counter])]) == Pipeline([Tag, Counter])
+    assert Pipeline([Tag, Counter]) != Pipeline([Counter, Tag])
+    assert Pipeline([Tag], threads=2) != Pipeline([Tag])
+    assert Pipeline([Tag], shards=2) != Pipeline([Tag])
+    assert Pipeline([ParallelPipeline([Tag], [Echo])]) != Pipeline([parallel()])
+
+
 def test_nested_pipelines_are_flattened(runtime):
     out = run_call(runtime, Pipeline([Tag, Pipeline([Tag, Tag])]), ["n"])
     assert texts(out) == ["n+++"]
