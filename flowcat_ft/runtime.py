@@ -159,7 +159,9 @@ class Runtime:
     """Runs pipelines for many calls on a few threads.
 
     ``threads`` is how many threads a pipeline gets (default: the number of cores this
-    process may use), as shards of one or more stages each (see :meth:`_start_shards`);
+    process may use), as shards of one or more stages each (see :meth:`_start_shards`),
+    shared by the calls on every pipeline equal to it (see
+    :attr:`~flowcat_ft.pipeline.Pipeline.template`);
     ``slabs`` is the size of the audio slab pool;
     ``wait_strategy`` is how idle stage threads wait (see :mod:`flowcat_ft.waiting`);
     ``gc_policy`` is how garbage is collected (default: a new :class:`GcPolicy`;
@@ -203,7 +205,8 @@ class Runtime:
         self.housekeeping_interval = housekeeping_interval
         self.profile_dir = profile_dir
         self._lock = threading.Lock()
-        self._runners: dict[int, list[PipelineRunner]] = {}  # a pipeline's shards
+        self._runners: dict[tuple[object, ...], list[PipelineRunner]] = {}  # by template
+        self._pipeline_ids = itertools.count()  # names stage threads: flowcat-p<id>.<shard>
         self._calls: dict[int, Call] = {}
         self._calls_ended = 0
         self._idle_since = time.monotonic()
@@ -283,9 +286,10 @@ class Runtime:
         with self._lock:
             if self.max_calls is not None and len(self._calls) >= self.max_calls:
                 raise RuntimeFullError(f"the runtime is at its limit of {self.max_calls} calls")
-            shards = self._runners.get(id(pipeline))
+            key = pipeline.template  # equal pipelines share shards, whichever object
+            shards = self._runners.get(key)
             if shards is None:
-                shards = self._runners[id(pipeline)] = self._start_shards(pipeline)
+                shards = self._runners[key] = self._start_shards(pipeline)
             runner = min(shards, key=lambda shard: shard.active)
             call = runner.open_call(on_output, start_frame or StartFrame(), tuple(observers))
             runner.active += 1
@@ -304,7 +308,7 @@ class Runtime:
         stages = pipeline.threads or 1
         shards = pipeline.shards or max(1, self.threads // stages)
         groups = fuse(pipeline.costs(), stages)
-        index = len(self._runners)
+        index = next(self._pipeline_ids)
         return [
             PipelineRunner(self, pipeline, groups, f"flowcat-p{index}.{shard}")
             for shard in range(shards)

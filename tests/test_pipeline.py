@@ -104,14 +104,26 @@ def test_threads_and_shards(runtime):
 def test_calls_spread_over_shards_and_keep_to_theirs(runtime):
     pipeline = Pipeline([Counter, Tag])
     calls = [runtime.open_call(pipeline) for _ in range(4)]
-    assert sorted(r.active for r in runtime._runners[id(pipeline)]) == [2, 2]
+    assert sorted(r.active for r in runtime._runners[pipeline.template]) == [2, 2]
     for call in calls:
         for i in range(50):
             call.push(TextFrame(str(i)))
         call.end()
     for call in calls:  # per-call order and state, whichever shard ran the call
         assert texts(call.frames(timeout=5)) == [f"{i}#{i + 1}+" for i in range(50)]
-    assert [r.active for r in runtime._runners[id(pipeline)]] == [0, 0]
+    assert [r.active for r in runtime._runners[pipeline.template]] == [0, 0]
+
+
+def test_calls_on_pipelines_made_alike_share_shards(runtime):
+    """A pipeline made afresh for each call runs on the same stage threads as the last."""
+    before = threading.active_count()
+    for i in range(50):
+        call = runtime.open_call(Pipeline([Counter, Tag]))
+        call.push(TextFrame(str(i)))
+        call.end()
+        assert texts(call.frames(timeout=5)) == [f"{i}#1+"]
+    assert len(runtime._runners_now()) == 2  # Runtime(threads=2): one pipeline's two shards
+    assert threading.active_count() <= before + 2
 
 
 def test_pipeline_wants_factories_not_instances():
