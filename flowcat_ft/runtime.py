@@ -43,7 +43,8 @@ class PipelineRunner:
     """One shard of a pipeline: a chain of stage threads, and the calls running on them.
 
     ``interruption_ns`` (time for an interruption to sweep the pipeline) is written by the
-    last stage thread only; ``active`` (calls running here) under the runtime's lock.
+    last stage thread only; ``active`` (calls running here) and ``idle_since`` (when the
+    last of them ended) under the runtime's lock.
     """
 
     def __init__(
@@ -55,6 +56,7 @@ class PipelineRunner:
         self.pool = runtime.pool
         self.interruption_ns = Histogram()
         self.active = 0
+        self.idle_since = time.monotonic()
         self._classes: list[type[FrameProcessor]] | None = None  # the first call's
         doorbells = [Doorbell(runtime.wait_strategy) for _ in groups]
         self.entry = Entry(doorbells[0])
@@ -170,12 +172,15 @@ class Runtime:
     ``input_capacity`` is each call's input ring (frames before :meth:`Call.push` waits);
     ``output_capacity`` bounds the output a :meth:`Call.frames` reader may leave unread
     (data frames past it are dropped and counted; None: unbounded);
+    ``idle_shard_timeout`` stops a pipeline's stage threads once none of its shards has
+    had a call for that many seconds (a later call starts new ones; None: never);
     ``profile_dir`` profiles every stage thread with pyinstrument into that directory
     (this turns the GIL on: see :mod:`flowcat_ft.profiling`).
 
     Threading contract: :meth:`open_call`, :meth:`event_loop`, :meth:`metrics` and
     :meth:`stop` may be called from any thread; ``_calls``, ``_runners`` and
-    ``_io_loops`` are guarded by ``_lock``.
+    ``_io_loops`` are guarded by ``_lock``. The housekeeper thread samples stage rates,
+    ticks the GC policy and stops idle shards.
     """
 
     def __init__(
@@ -191,6 +196,7 @@ class Runtime:
         output_capacity: int | None = None,
         link_capacity: int = 1024,
         housekeeping_interval: float = 0.5,
+        idle_shard_timeout: float | None = 30.0,
         profile_dir: str | None = None,
     ) -> None:
         self.threads = threads or os.process_cpu_count() or 1
@@ -203,6 +209,7 @@ class Runtime:
         self.output_capacity = output_capacity
         self.link_capacity = link_capacity
         self.housekeeping_interval = housekeeping_interval
+        self.idle_shard_timeout = idle_shard_timeout
         self.profile_dir = profile_dir
         self._lock = threading.Lock()
         self._runners: dict[tuple[object, ...], list[PipelineRunner]] = {}  # by template
@@ -323,7 +330,10 @@ class Runtime:
     def _call_finished(self, call: Call) -> None:
         with self._lock:
             if self._calls.pop(call.id, None) is not None:
-                call._runner.active -= 1
+                runner = call._runner
+                runner.active -= 1
+                if not runner.active:
+                    runner.idle_since = time.monotonic()
             self._calls_ended += 1
             if not self._calls:
                 self._idle_since = time.monotonic()
@@ -344,15 +354,33 @@ class Runtime:
         counts: dict[Stage, int] = {}
         while not self._stopping.wait(self.housekeeping_interval):
             now = time.monotonic()
+            before, counts = counts, {}
             for stage in self._stages():
-                frames = stage.metrics.frames
-                stage.metrics.rate = (frames - counts.get(stage, frames)) / (now - last)
-                counts[stage] = frames
+                frames = counts[stage] = stage.metrics.frames
+                stage.metrics.rate = (frames - before.get(stage, frames)) / (now - last)
             last = now
             with self._lock:
                 active = len(self._calls)
                 idle_for = now - self._idle_since if not active else 0.0
             self.gc.tick(active, idle_for)
+            self._stop_idle_shards(now)
+
+    def _stop_idle_shards(self, now: float) -> None:
+        """Stop the threads of pipelines none of whose shards has had a call for
+        ``idle_shard_timeout`` seconds. Under the lock, no call can be opened on a shard
+        once it is taken out of ``_runners``; the threads are joined outside it."""
+        timeout = self.idle_shard_timeout
+        if timeout is None:
+            return
+        with self._lock:
+            idle = [
+                key
+                for key, shards in self._runners.items()
+                if all(not r.active and now - r.idle_since >= timeout for r in shards)
+            ]
+            runners = [runner for key in idle for runner in self._runners.pop(key)]
+        for runner in runners:
+            runner.stop(timeout=5.0)
 
     def metrics(self) -> dict[str, object]:
         """A snapshot of what the runtime is doing, safe to take while it runs."""

@@ -15,6 +15,7 @@ from flowcat_ft import (
     FrameProcessor,
     ParallelPipeline,
     Pipeline,
+    Runtime,
     StartFrame,
     SystemFrame,
     TextFrame,
@@ -124,6 +125,29 @@ def test_calls_on_pipelines_made_alike_share_shards(runtime):
         assert texts(call.frames(timeout=5)) == [f"{i}#1+"]
     assert len(runtime._runners_now()) == 2  # Runtime(threads=2): one pipeline's two shards
     assert threading.active_count() <= before + 2
+
+
+def test_idle_shards_stop_and_a_later_call_starts_new_ones():
+    rt = Runtime(threads=2, idle_shard_timeout=0.1, housekeeping_interval=0.01).start()
+    try:
+        busy, idle = Pipeline([Counter, Tag]), Pipeline([Tag, Counter])
+        call = rt.open_call(busy)  # on one of busy's two shards; the other has no call
+        busy_shards = rt._runners[busy.template]
+        assert texts(run_call(rt, idle, ["a"])) == ["a+#1"]
+        idle_stages = [stage for runner in rt._runners[idle.template] for stage in runner.stages]
+        assert wait_until(lambda: idle.template not in rt._runners)
+        for stage in idle_stages:
+            stage.join(5)
+            assert not stage.is_alive()
+        # A pipeline's shards stay while any of them has a call.
+        assert rt._runners[busy.template] is busy_shards
+        call.push(TextFrame("b"))
+        call.end()
+        assert texts(call.frames(timeout=5)) == ["b#1+"]
+        assert texts(run_call(rt, idle, ["c"])) == ["c+#1"]  # on new threads
+        assert all(stage.is_alive() for stage in rt._runners[idle.template][0].stages)
+    finally:
+        rt.stop()
 
 
 def test_pipeline_wants_factories_not_instances():
