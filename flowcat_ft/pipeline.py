@@ -86,11 +86,6 @@ class Pipeline:
             processors.append(proc)
         return processors
 
-    def costs(self) -> list[float]:
-        """Each processor's ``cost``, read from a set of instances made for the purpose (a
-        factory such as a lambda cannot say what it makes)."""
-        return [float(proc.cost) for proc in self.make_processors()]
-
 
 def fuse(costs: Sequence[float], threads: int) -> list[range]:
     """Split positions ``0..len(costs)`` into at most ``threads`` contiguous groups of

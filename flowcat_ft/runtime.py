@@ -80,11 +80,11 @@ class PipelineRunner:
 
     def open_call(
         self,
+        processors: list[FrameProcessor],
         on_output: OutputCallback | None,
         start_frame: StartFrame,
         observers: tuple[Observer, ...] = (),
     ) -> Call:
-        processors = self.pipeline.make_processors()
         rt = self.runtime
         call = Call(self, processors, on_output, rt.input_capacity, rt.output_capacity)
         self._choose_kernels(processors, observers)
@@ -179,8 +179,9 @@ class Runtime:
 
     Threading contract: :meth:`open_call`, :meth:`event_loop`, :meth:`metrics` and
     :meth:`stop` may be called from any thread; ``_calls``, ``_runners`` and
-    ``_io_loops`` are guarded by ``_lock``. The housekeeper thread samples stage rates,
-    ticks the GC policy and stops idle shards.
+    ``_io_loops`` are guarded by ``_lock`` (:meth:`open_call` reads the number of calls
+    without it too, to refuse early, and again under it). The housekeeper thread samples
+    stage rates, ticks the GC policy and stops idle shards.
     """
 
     def __init__(
@@ -288,33 +289,45 @@ class Runtime:
         (:mod:`flowcat_ft.observers`)."""
         if not self._started:
             self.start()
-        if self._stopping.is_set():
-            raise RuntimeError("the runtime is stopping")
+        self._check_open()  # before running the factories, which may be slow
+        # The factories are user code: run them outside the lock, which stage threads take
+        # when a call ends.
+        processors = pipeline.make_processors()
         with self._lock:
-            if self.max_calls is not None and len(self._calls) >= self.max_calls:
-                raise RuntimeFullError(f"the runtime is at its limit of {self.max_calls} calls")
+            self._check_open()
             key = pipeline.template  # equal pipelines share shards, whichever object
             shards = self._runners.get(key)
             if shards is None:
-                shards = self._runners[key] = self._start_shards(pipeline)
+                costs = [float(proc.cost) for proc in processors]
+                shards = self._runners[key] = self._start_shards(pipeline, costs)
             runner = min(shards, key=lambda shard: shard.active)
-            call = runner.open_call(on_output, start_frame or StartFrame(), tuple(observers))
+            start = start_frame or StartFrame()
+            call = runner.open_call(processors, on_output, start, tuple(observers))
             runner.active += 1
             self._calls[call.id] = call
         return call
 
-    def _start_shards(self, pipeline: Pipeline) -> list[PipelineRunner]:
+    def _check_open(self) -> None:
+        """Raise unless the runtime can take one more call (exact under ``_lock``)."""
+        if self._stopping.is_set():
+            raise RuntimeError("the runtime is stopping")
+        if self.max_calls is not None and len(self._calls) >= self.max_calls:
+            raise RuntimeFullError(f"the runtime is at its limit of {self.max_calls} calls")
+
+    def _start_shards(self, pipeline: Pipeline, costs: list[float]) -> list[PipelineRunner]:
         """Start a pipeline's threads: ``shards`` copies of a chain of ``threads`` stages.
 
         By default a pipeline runs whole on one thread per shard, one shard per core: a
         call stays on its shard, so its frames cross no thread on the way through, and
         calls spread over the cores. Splitting a shard into stages (``threads``) pays a
         hand-off per stage per frame; it wins where one stage is heavy, or where a stage
-        batches work across the calls it sees (Silero VAD).
+        batches work across the calls it sees (Silero VAD). Stages are balanced by
+        ``costs``, read from a call's processors (a factory such as a lambda cannot say
+        what it makes).
         """
         stages = pipeline.threads or 1
         shards = pipeline.shards or max(1, self.threads // stages)
-        groups = fuse(pipeline.costs(), stages)
+        groups = fuse(costs, stages)
         index = next(self._pipeline_ids)
         return [
             PipelineRunner(self, pipeline, groups, f"flowcat-p{index}.{shard}")

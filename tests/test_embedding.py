@@ -9,7 +9,7 @@ import threading
 import pytest
 from processors import Raise, Tag
 
-from flowcat_ft import EndFrame, ErrorFrame, Pipeline, TextFrame
+from flowcat_ft import EndFrame, ErrorFrame, Pipeline, Runtime, TextFrame
 from flowcat_ft.aio import AsyncCall, LoopBridge
 
 
@@ -56,6 +56,34 @@ def test_errors_reach_the_embedder(runtime):
     call.push(TextFrame("boom"))
     errors = [f for f in call.frames(timeout=5) if isinstance(f, ErrorFrame)]
     assert len(errors) == 1 and call.end_reason.startswith("fatal error")
+
+
+def test_a_blocking_processor_factory_stalls_no_stage_thread():
+    """Factories are user code: while one blocks in open_call, calls end and flow."""
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_factory() -> Tag:
+        entered.set()
+        release.wait(10)
+        return Tag()
+
+    with Runtime(threads=1) as rt:  # one shard: both calls on one stage thread
+        pipeline = Pipeline([Tag])
+        ending, going_on = rt.open_call(pipeline), rt.open_call(pipeline)
+        opener = threading.Thread(target=rt.open_call, args=(Pipeline([slow_factory]),))
+        opener.start()
+        try:
+            assert entered.wait(5)
+            ending.end()
+            assert ending.wait(5)
+            going_on.push(TextFrame("x"))
+            going_on.end()
+            out = [f.text for f in going_on.frames(timeout=5) if isinstance(f, TextFrame)]
+            assert out == ["x+"]
+            assert rt.calls == []
+        finally:
+            release.set()
+            opener.join(5)
 
 
 def test_asyncio_adapter_delivers_on_the_loop_in_batches(runtime):
