@@ -54,8 +54,10 @@ class Call:
 
     - :meth:`push` and :meth:`push_audio` may be called by one thread at a time per call
       (the call's input ring has a single producer);
-    - :meth:`interrupt`, :meth:`end`, :meth:`cancel`, :meth:`wait` and :meth:`frames` may be
-      called from any thread;
+    - :meth:`interrupt`, :meth:`end`, :meth:`cancel` and :meth:`frames` may be called from
+      any thread; :meth:`wait` and :meth:`close` from any thread but the call's own stage
+      threads (its processors and ``on_output`` run there, and the call ends there, so a
+      wait would never return: they raise :class:`RuntimeError` instead);
     - ``_scheduled`` is set by the pushing thread and cleared by the first stage thread
       (see :meth:`flowcat_ft.stage.Stage._drain_entry` for the ordering that keeps a call
       from being forgotten);
@@ -197,11 +199,21 @@ class Call:
             self._send_system(CancelFrame(reason))
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until the call has ended; False if ``timeout`` passed first."""
+        """Block until the call has ended; False if ``timeout`` passed first.
+
+        Raises :class:`RuntimeError` on one of the call's own stage threads (in its
+        processors or ``on_output``), where the wait could never end.
+        """
+        self._refuse_own_thread("wait()")
         return self._finished.wait(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
-        """End the call and wait for it; cancel it if it has not ended within ``timeout``."""
+        """End the call and wait for it; cancel it if it has not ended within ``timeout``.
+
+        Raises :class:`RuntimeError`, having done nothing, on one of the call's own stage
+        threads (see :meth:`wait`); :meth:`end` or :meth:`cancel` work there.
+        """
+        self._refuse_own_thread("close()")
         self.end()
         if not self.wait(timeout):
             self.cancel("close timed out")
@@ -212,6 +224,14 @@ class Call:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _refuse_own_thread(self, method: str) -> None:
+        if threading.current_thread() in self._runner.stages:
+            raise RuntimeError(
+                f"call {self.id}: {method} on one of the call's own stage threads (in a "
+                "processor or on_output) would never return, since the call ends on them; "
+                "use end() or cancel(), which do not wait"
+            )
 
     def _send_system(self, frame: Frame) -> None:
         frame._call = self

@@ -127,6 +127,41 @@ def test_pushing_into_a_closed_call_raises(runtime):
     assert wait_until(lambda: runtime.pool.in_use == 0)
 
 
+class WaitsForItsCall(FrameProcessor):
+    """Waits for its own call to end, on the stage thread that must end it."""
+
+    def process(self, frame, direction):
+        if isinstance(frame, TextFrame):
+            self.call.wait()
+        self.push(frame, direction)
+
+
+def test_waiting_for_a_call_from_its_processor_fails_fast(runtime):
+    call = runtime.open_call(Pipeline([WaitsForItsCall]))
+    call.push(TextFrame("x"))
+    errors = [f for f in call.frames(timeout=5) if isinstance(f, ErrorFrame)]
+    assert len(errors) == 1 and "RuntimeError" in errors[0].error
+    assert "use end() or cancel()" in errors[0].error
+    assert call.end_reason.startswith("fatal error")
+
+
+def test_closing_a_call_from_its_on_output_fails_fast(runtime):
+    raised: list[Exception] = []
+
+    def on_output(frame, direction):
+        if isinstance(frame, TextFrame):
+            try:
+                call.close()
+            except RuntimeError as error:
+                raised.append(error)
+                call.end()  # what the error says to do instead
+
+    call = runtime.open_call(Pipeline([Tag]), on_output)
+    call.push(TextFrame("x"))
+    assert call.wait(5) and call.end_reason == "ended"
+    assert len(raised) == 1 and "use end() or cancel()" in str(raised[0])
+
+
 def test_lifecycle_frames_are_not_pushed_directly(runtime):
     call = runtime.open_call(Pipeline([Tag]))
     with pytest.raises(ValueError, match="end\\(\\)"):
