@@ -9,6 +9,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from flowcat_ft.frames import (
@@ -52,8 +53,9 @@ class Call:
 
     Threading contract:
 
-    - :meth:`push` and :meth:`push_audio` may be called by one thread at a time per call
-      (the call's input ring has a single producer);
+    - :meth:`push`, :meth:`try_push`, :meth:`push_audio` and :meth:`waiting_for_room` may
+      be called by one thread at a time per call (the call's input ring has a single
+      producer);
     - :meth:`interrupt`, :meth:`end`, :meth:`cancel` and :meth:`frames` may be called from
       any thread; :meth:`wait` and :meth:`close` from any thread but the call's own stage
       threads (its processors and ``on_output`` run there, and the call ends there, so a
@@ -65,6 +67,14 @@ class Call:
       ``dropped[s]`` are written only by stage thread ``s``; ``_input_closed`` (the first
       stage has passed the call's end or cancel and reads no more input) and
       ``_end_requested`` by the first stage's thread;
+    - ``_room_waiter`` (see :meth:`waiting_for_room`) is written by the pushing thread only
+      and read by the first stage thread right after it takes frames from the input ring
+      (:meth:`_input_taken`), and by any thread that closes the call (``_closing``). Each
+      side writes first (the pusher ``_room_waiter``, the stage the ring's ``_head``, a
+      closer ``_closing``) and then reads what the other writes; these attribute accesses
+      are sequentially consistent on 3.13t, as :mod:`flowcat_ft.waiting` argues, so
+      either the pusher's next look finds room (or the call closed) or the other thread
+      finds the waiter and wakes it;
     - ``_processors`` are created before the call starts and then used only by the stage
       thread that runs each one;
     - ``frames_in`` is written by the pushing thread, ``frames_out`` by the stage threads
@@ -89,6 +99,7 @@ class Call:
         self.dropped = [0] * stages
         self._input = SpscRing(input_capacity)
         self._scheduled = False
+        self._room_waiter: Callable[[], None] | None = None
         self._end_requested: EndFrame | None = None
         self._input_closed = False
         self._closing = False
@@ -121,8 +132,23 @@ class Call:
 
         System frames go ahead of queued input. When the call's input ring is full the
         caller waits (back-pressure) up to ``timeout`` seconds (for ever if None), then
-        :class:`TimeoutError`. Raises :class:`CallClosedError` once the call is ending.
+        :class:`TimeoutError`. Raises :class:`CallClosedError` once the call is ending,
+        waiting or not.
         """
+        if self.try_push(frame):
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        room = threading.Event()
+        with self.waiting_for_room(room.set):
+            while not self.try_push(frame):
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"call {self.id}: input ring full for {timeout} s")
+                room.wait(left)
+                room.clear()  # before the next look, so a wake-up after it is kept
+
+    def try_push(self, frame: Frame) -> bool:
+        """Like :meth:`push` but never waits: False if the input ring is full."""
         if self._closing:
             raise CallClosedError(f"call {self.id} is closed; no more frames can be pushed")
         if type(frame) in LIFECYCLE_FRAMES:
@@ -130,20 +156,31 @@ class Call:
         frame._call = self
         if isinstance(frame, SystemFrame):
             self._runner.entry.send_system(frame)
-            return
+            return True
         if not self._input.push(frame):
-            self._wait_for_room(frame, timeout)
+            return False
         self.frames_in += 1
         if not self._scheduled:
             self._runner.entry.schedule(self)
-
-    def try_push(self, frame: Frame) -> bool:
-        """Like :meth:`push` but never waits: False if the input ring is full."""
-        try:
-            self.push(frame, timeout=0)
-        except TimeoutError:
-            return False
         return True
+
+    @contextmanager
+    def waiting_for_room(self, wake: Callable[[], None]) -> Iterator[None]:
+        """While in this block, ``wake()`` is called whenever the input ring may have room
+        again: each time the first stage takes frames from it, and when the call closes
+        (pushing then raises :class:`CallClosedError`).
+
+        For the pushing thread, to wait for room its own way (:meth:`push` parks on a
+        :class:`threading.Event`; :class:`~flowcat_ft.aio.AsyncCall` awaits on its event
+        loop): look again after entering the block, and after each wake-up. ``wake`` runs
+        on other threads, stage threads among them: it must be quick, and never block or
+        raise.
+        """
+        self._room_waiter = wake
+        try:
+            yield
+        finally:
+            self._room_waiter = None
 
     def push_audio(
         self,
@@ -163,18 +200,22 @@ class Call:
         frame = InputAudioRawFrame.from_bytes(pool, data, sample_rate, num_channels, codec, wait)
         self.push(frame, timeout)
 
-    def _wait_for_room(self, frame: Frame, timeout: float | None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pause = 50e-6
-        while not self._input.push(frame):
-            if self._closing:
-                raise CallClosedError(f"call {self.id} closed while waiting to push")
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"call {self.id}: input ring full for {timeout} s")
-            if not self._scheduled:
-                self._runner.entry.schedule(self)
-            time.sleep(pause)
-            pause = min(pause * 2, 2e-3)
+    def _input_taken(self) -> None:
+        """Wake the pusher waiting for room, if there is one (see :meth:`waiting_for_room`).
+
+        Called on the first stage thread right after it takes frames from the input ring,
+        and by :meth:`_close_input`; cheap when nobody waits."""
+        wake = self._room_waiter
+        if wake is not None:
+            try:
+                wake()
+            except Exception:  # the frames taken must still be delivered
+                logger.exception("a room waiter raised", extra={"call_id": self.id})
+
+    def _close_input(self) -> None:
+        """Refuse further input, and wake a pusher waiting for room to say so."""
+        self._closing = True
+        self._input_taken()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -189,13 +230,13 @@ class Call:
     def end(self) -> None:
         """End the call after every frame pushed so far has been processed."""
         if not self._closing:
-            self._closing = True
+            self._close_input()
             self._send_system(EndFrame())
 
     def cancel(self, reason: str = "cancelled") -> None:
         """End the call now, dropping whatever is queued."""
         if not self.done:
-            self._closing = True
+            self._close_input()
             self._send_system(CancelFrame(reason))
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -256,7 +297,7 @@ class Call:
             if direction is Direction.UPSTREAM:  # a processor asked for the call to end
                 self.end() if kind is EndFrame else self.cancel(frame.reason)
                 return
-            self._closing = True
+            self._close_input()
             self.end_reason = "ended" if kind is EndFrame else frame.reason
         elif kind is ErrorFrame and frame.fatal:
             self.failed = True

@@ -550,6 +550,7 @@ class Stage(threading.Thread):
                 _discard(call)
             else:
                 frames = call._input.pop_many(quantum)
+                call._input_taken()
                 queue += frames
                 taken += len(frames)
             if len(call._input):

@@ -4,11 +4,13 @@ bounded, and a flooding call cannot starve the others."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
+from helpers import wait_until
 from processors import Gate, Sleepy, Tag
 
-from flowcat_ft import EndFrame, Pipeline, Runtime, TextFrame
+from flowcat_ft import CallClosedError, EndFrame, Pipeline, Runtime, TextFrame
 
 AUDIO = b"\x10\x00" * 160
 
@@ -38,6 +40,64 @@ def test_a_full_input_ring_pushes_back(small_runtime):
     call.push(TextFrame("after"), timeout=5)  # room again once the stage moves
     call.end()
     assert call.wait(5)
+
+
+def fill(call) -> None:
+    """Push until the call's input ring is full."""
+    pushed = 0
+    while call.try_push(TextFrame(str(pushed))):
+        pushed += 1
+        assert pushed < 100, "the input ring never filled"
+
+
+def test_a_push_waiting_for_room_sleeps_until_the_stage_takes_input(small_runtime, monkeypatch):
+    class Blocked(Gate):
+        opened = threading.Event()
+        entered = threading.Event()
+
+    call = small_runtime.open_call(Pipeline([Blocked]))
+    call.push(TextFrame("held"))
+    assert Blocked.entered.wait(5)
+    fill(call)
+    sleeping: set[int] = set()
+    sleep = time.sleep
+    monkeypatch.setattr(time, "sleep", lambda s: sleeping.add(threading.get_ident()) or sleep(s))
+    pusher = threading.Thread(target=call.push, args=(TextFrame("last"),))
+    pusher.start()
+    assert wait_until(lambda: call._room_waiter is not None)  # it waits for room...
+    Blocked.opened.set()
+    pusher.join(5)  # ...until the stage takes frames from the ring
+    assert not pusher.is_alive() and pusher.ident not in sleeping  # parked, not polling
+    call.end()
+    texts = [f.text for f in call.frames(timeout=5) if isinstance(f, TextFrame)]
+    assert texts[0] == "held" and texts[-1] == "last"
+
+
+def test_a_push_waiting_for_room_fails_when_the_call_is_cancelled(small_runtime):
+    class Blocked(Gate):
+        opened = threading.Event()
+        entered = threading.Event()
+
+    call = small_runtime.open_call(Pipeline([Blocked]), lambda f, d: None)
+    call.push(TextFrame("held"))
+    assert Blocked.entered.wait(5)
+    fill(call)
+    raised: list[Exception] = []
+
+    def push() -> None:
+        try:
+            call.push(TextFrame("late"))  # no timeout: only the cancel can end this wait
+        except CallClosedError as error:
+            raised.append(error)
+
+    pusher = threading.Thread(target=push)
+    pusher.start()
+    assert wait_until(lambda: call._room_waiter is not None)
+    call.cancel("hung up")  # the stage is still held: the cancel itself wakes the pusher
+    pusher.join(5)
+    assert not pusher.is_alive() and len(raised) == 1
+    Blocked.opened.set()
+    assert call.wait(5) and call.end_reason == "hung up"
 
 
 def test_memory_per_call_is_bounded_when_a_stage_stalls(small_runtime):
