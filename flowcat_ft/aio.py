@@ -8,6 +8,7 @@ deque and wakes its loop once per batch (``loop.call_soon_threadsafe``), not onc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
@@ -57,6 +58,36 @@ class LoopBridge:
             callback(frame, direction)
 
 
+class _Room:
+    """Wakes a coroutine waiting for room in a call's input ring (see
+    :meth:`Call.waiting_for_room <flowcat_ft.call.Call.waiting_for_room>`).
+
+    Threading contract: :meth:`wake` runs on other threads (the first stage's, or one that
+    closes the call). ``_woken`` is set by a waker that found it clear, which then has the
+    loop set ``_event``; the loop clears ``_woken`` after each wake-up, before the caller
+    looks at the ring again. So there is one loop wake-up per wait however often the stage
+    takes input, and a wake-up after that look finds ``_woken`` clear and wakes the loop
+    again (each side writes, then reads what the other writes: sequentially consistent on
+    3.13t, as for :class:`LoopBridge`).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._event = asyncio.Event()
+        self._woken = False
+
+    def wake(self) -> None:
+        if not self._woken:
+            self._woken = True
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                self._loop.call_soon_threadsafe(self._event.set)
+
+    async def wait(self) -> None:
+        await self._event.wait()
+        self._event.clear()
+        self._woken = False
+
+
 class AsyncCall:
     """A :class:`~flowcat_ft.call.Call` seen from an event loop.
 
@@ -102,13 +133,23 @@ class AsyncCall:
         return self.call.try_push(frame)
 
     async def push(self, frame: Frame, timeout: float | None = None) -> None:
-        """Push, yielding to the loop while the input ring is full."""
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        while not self.call.try_push(frame):
-            if deadline is not None and loop.time() >= deadline:
-                raise TimeoutError(f"call {self.id}: input ring full for {timeout} s")
-            await asyncio.sleep(0.001)
+        """Push; while the input ring is full, wait for room without blocking the loop.
+
+        As :meth:`Call.push <flowcat_ft.call.Call.push>`: :class:`TimeoutError` after
+        ``timeout`` seconds (None: no limit), :class:`~flowcat_ft.call.CallClosedError`
+        once the call is ending.
+        """
+        call = self.call
+        if call.try_push(frame):
+            return
+        room = _Room(asyncio.get_running_loop())
+        try:
+            async with asyncio.timeout(timeout):
+                with call.waiting_for_room(room.wake):
+                    while not call.try_push(frame):
+                        await room.wait()
+        except TimeoutError:
+            raise TimeoutError(f"call {self.id}: input ring full for {timeout} s") from None
 
     def interrupt(self) -> None:
         self.call.interrupt()

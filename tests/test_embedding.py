@@ -7,9 +7,9 @@ import asyncio
 import threading
 
 import pytest
-from processors import Raise, Tag
+from processors import Gate, Raise, Tag
 
-from flowcat_ft import EndFrame, ErrorFrame, Pipeline, Runtime, TextFrame
+from flowcat_ft import CallClosedError, EndFrame, ErrorFrame, Pipeline, Runtime, TextFrame
 from flowcat_ft.aio import AsyncCall, LoopBridge
 
 
@@ -124,3 +124,79 @@ def test_asyncio_callbacks_run_on_the_loop_thread(runtime):
         return threads
 
     assert asyncio.run(main()) == {True}
+
+
+class TimerCountingLoop(asyncio.SelectorEventLoop):
+    """Counts the timers scheduled on it (``asyncio.sleep`` with a delay makes one)."""
+
+    timers = 0
+
+    def call_at(self, when, callback, *args, context=None):
+        self.timers += 1
+        return super().call_at(when, callback, *args, context=context)
+
+
+async def push_waiting_for_room(call: AsyncCall, text: str) -> asyncio.Task:
+    """Start pushing ``text`` into ``call``, whose input ring is full, and return once the
+    push waits for room."""
+    pusher = asyncio.create_task(call.push(TextFrame(text)))
+    for _ in range(100):
+        await asyncio.sleep(0)
+        if call.call._room_waiter is not None:
+            return pusher
+    raise AssertionError("the push never waited for room")
+
+
+def test_asyncio_push_waits_for_the_stage_to_take_input_not_for_a_timer():
+    class Blocked(Gate):
+        opened = threading.Event()
+        entered = threading.Event()
+
+    async def main(rt: Runtime) -> list[str]:
+        loop = asyncio.get_running_loop()
+        call = AsyncCall(rt, Pipeline([Blocked]), LoopBridge(loop))
+        assert call.push_nowait(TextFrame("held"))
+        assert Blocked.entered.wait(5)
+        while call.push_nowait(TextFrame("fill")):
+            pass
+        timers = loop.timers
+        pusher = await push_waiting_for_room(call, "last")
+        assert loop.timers == timers  # nothing polls while the push waits
+        Blocked.opened.set()
+        await asyncio.wait_for(pusher, 5)
+        call.end()
+        return [f.text async for f in call.frames() if isinstance(f, TextFrame)]
+
+    with Runtime(threads=1, input_capacity=8) as rt:
+        texts = asyncio.run(main(rt), loop_factory=TimerCountingLoop)
+    assert texts[0] == "held" and texts[-1] == "last"
+
+
+def test_asyncio_push_waiting_for_room_fails_when_the_call_is_cancelled():
+    class Blocked(Gate):
+        opened = threading.Event()
+        entered = threading.Event()
+
+    async def main(rt: Runtime) -> None:
+        call = AsyncCall(rt, Pipeline([Blocked]), LoopBridge(asyncio.get_running_loop()))
+        assert call.push_nowait(TextFrame("held"))
+        assert Blocked.entered.wait(5)
+        while call.push_nowait(TextFrame("fill")):
+            pass
+        abandoned = await push_waiting_for_room(call, "abandoned")
+        abandoned.cancel()  # a push given up on stops waiting
+        with pytest.raises(asyncio.CancelledError):
+            await abandoned
+        assert call.call._room_waiter is None
+        with pytest.raises(TimeoutError, match="input ring full"):
+            await call.push(TextFrame("timed out"), timeout=0.01)
+        pusher = await push_waiting_for_room(call, "late")
+        call.cancel("hung up")  # the stage is still held: the cancel itself wakes the push
+        with pytest.raises(CallClosedError):
+            await asyncio.wait_for(pusher, 5)
+        Blocked.opened.set()
+        await asyncio.wait_for(call.wait(), 5)
+        assert call.call.end_reason == "hung up"
+
+    with Runtime(threads=1, input_capacity=8) as rt:
+        asyncio.run(main(rt))
