@@ -110,6 +110,7 @@ class AsyncCall:
             on_output = self._enqueue
         self._on_output = on_output
         self._ended = asyncio.Event()
+        self._room_turn = asyncio.Lock()  # a call wakes one pusher: they wait in turn
         self.call: Call = runtime.open_call(
             pipeline, lambda f, d: bridge.send(self._deliver, f, d), start_frame=start_frame
         )
@@ -129,22 +130,24 @@ class AsyncCall:
         self._queue.put_nowait(frame)
 
     def push_nowait(self, frame: Frame) -> bool:
-        """Push without waiting; False if the call's input ring is full."""
-        return self.call.try_push(frame)
+        """Push without waiting; False if the call's input ring is full (or pushes are
+        waiting for room: this one would overtake them)."""
+        return not self._room_turn.locked() and self.call.try_push(frame)
 
     async def push(self, frame: Frame, timeout: float | None = None) -> None:
         """Push; while the input ring is full, wait for room without blocking the loop.
 
         As :meth:`Call.push <flowcat_ft.call.Call.push>`: :class:`TimeoutError` after
         ``timeout`` seconds (None: no limit), :class:`~flowcat_ft.call.CallClosedError`
-        once the call is ending.
+        once the call is ending. Pushes from several tasks go in the order they were made,
+        a push that finds others waiting for room waiting behind them.
         """
         call = self.call
-        if call.try_push(frame):
+        if not self._room_turn.locked() and call.try_push(frame):
             return
         room = _Room(asyncio.get_running_loop())
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeout), self._room_turn:
                 with call.waiting_for_room(room.wake):
                     while not call.try_push(frame):
                         await room.wait()

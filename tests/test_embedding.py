@@ -160,16 +160,19 @@ def test_asyncio_push_waits_for_the_stage_to_take_input_not_for_a_timer():
         while call.push_nowait(TextFrame("fill")):
             pass
         timers = loop.timers
-        pusher = await push_waiting_for_room(call, "last")
-        assert loop.timers == timers  # nothing polls while the push waits
+        first = await push_waiting_for_room(call, "first")
+        second = asyncio.create_task(call.push(TextFrame("second")))  # waits its turn
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert loop.timers == timers  # nothing polls while the pushes wait
         Blocked.opened.set()
-        await asyncio.wait_for(pusher, 5)
+        await asyncio.wait_for(asyncio.gather(first, second), 5)
         call.end()
         return [f.text async for f in call.frames() if isinstance(f, TextFrame)]
 
     with Runtime(threads=1, input_capacity=8) as rt:
         texts = asyncio.run(main(rt), loop_factory=TimerCountingLoop)
-    assert texts[0] == "held" and texts[-1] == "last"
+    assert texts[0] == "held" and texts[-2:] == ["first", "second"]
 
 
 def test_asyncio_push_waiting_for_room_fails_when_the_call_is_cancelled():
