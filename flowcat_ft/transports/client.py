@@ -21,7 +21,7 @@ from flowcat_ft.loops import EventLoopThread
 from flowcat_ft.pipeline import Pipeline
 from flowcat_ft.runtime import Runtime
 from flowcat_ft.serializers import Serializer
-from flowcat_ft.transports.inbound import InboundAudio
+from flowcat_ft.transports.edge import LoopEdge
 from flowcat_ft.transports.pacer import Ticker
 from flowcat_ft.transports.session import MediaOptions, MediaSession
 
@@ -73,7 +73,7 @@ class WebSocketClient:
                 self.pipeline,
                 io,
                 Ticker(io.loop),
-                InboundAudio(io, self.runtime.pool),
+                LoopEdge(io, self.runtime.pool),
                 self.options,
             )
             self._connected.set()

@@ -37,6 +37,7 @@ from flowcat_ft.loops import EventLoopThread
 from flowcat_ft.pipeline import Pipeline
 from flowcat_ft.runtime import Runtime
 from flowcat_ft.serializers import Serializer, make_serializer
+from flowcat_ft.transports.edge import LoopEdge
 from flowcat_ft.transports.http import (
     Guard,
     HttpConnection,
@@ -44,7 +45,6 @@ from flowcat_ft.transports.http import (
     HttpResponse,
     PageHandler,
 )
-from flowcat_ft.transports.inbound import InboundAudio
 from flowcat_ft.transports.ops import prometheus_text
 from flowcat_ft.transports.pacer import Ticker
 from flowcat_ft.transports.session import MediaOptions, MediaSession, Turn
@@ -151,8 +151,8 @@ class WebSocketServer:
                 io = EventLoopThread(f"flowcat-ws-{i}")
                 self._loops.append(io)
                 ticker = Ticker(io.loop)
-                inbound = InboundAudio(io, self.runtime.pool)
-                server = io.submit(self._listen(io, ticker, inbound)).result(10)
+                edge = LoopEdge(io, self.runtime.pool)
+                server = io.submit(self._listen(io, ticker, edge)).result(10)
                 self._servers.append(server)
                 if self.port == 0:  # the first loop picked a free port; the others share it
                     self.port = server.sockets[0].getsockname()[1]
@@ -173,9 +173,9 @@ class WebSocketServer:
             return  # nobody answers: the port is free (or bind() will say why not)
         raise OSError(errno.EADDRINUSE, f"something already answers on {host}:{self.port}")
 
-    async def _listen(self, io: EventLoopThread, ticker: Ticker, inbound: InboundAudio) -> Server:
+    async def _listen(self, io: EventLoopThread, ticker: Ticker, edge: LoopEdge) -> Server:
         async def handler(ws: ServerConnection) -> None:
-            await self._serve(ws, io, ticker, inbound)
+            await self._serve(ws, io, ticker, edge)
 
         return await serve(
             handler,
@@ -247,7 +247,7 @@ class WebSocketServer:
             }
 
     async def _serve(
-        self, ws: ServerConnection, io: EventLoopThread, ticker: Ticker, inbound: InboundAudio
+        self, ws: ServerConnection, io: EventLoopThread, ticker: Ticker, edge: LoopEdge
     ) -> None:
         url = urlsplit(ws.request.path)
         socket_handler = self.sockets.get(url.path)
@@ -270,7 +270,7 @@ class WebSocketServer:
             self.pipeline,
             io,
             ticker,
-            inbound,
+            edge,
             self.options,
             self.turns,
         )

@@ -4,7 +4,7 @@ The session runs on its connection's event loop. Incoming messages go through th
 carrier's serializer (:mod:`flowcat_ft.serializers`, Sans-I/O) to become frames: audio is
 decoded from G.711 into a slab at the edge, the one copy on the way in, together with the
 audio of every connection on the loop that came in the same loop turn
-(:mod:`flowcat_ft.transports.inbound`). Outgoing frames
+(:mod:`flowcat_ft.transports.edge`). Outgoing frames
 arrive from the stage threads through the loop's bridge in batches; audio is encoded,
 cut into 20 ms frames and paced (:mod:`flowcat_ft.transports.pacer`); other frames
 become the serializer's messages where its protocol has some (``Serializer.send_frame``).
@@ -57,7 +57,7 @@ from flowcat_ft.serializers import (
     StreamStopped,
 )
 from flowcat_ft.slabs import PoolExhaustedError
-from flowcat_ft.transports.inbound import InboundAudio
+from flowcat_ft.transports.edge import LoopEdge
 from flowcat_ft.transports.pacer import FRAME_SECS, Playout, Ticker
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ class MediaSession:
         pipeline: Pipeline,
         io: EventLoopThread,
         ticker: Ticker,
-        inbound: InboundAudio,
+        edge: LoopEdge,
         options: MediaOptions,
         turn_log: deque[Turn] | None = None,
     ) -> None:
@@ -130,7 +130,7 @@ class MediaSession:
         self.close_code: int | None = None
         self.close_reason = ""
         self._ticker = ticker
-        self._inbound = inbound
+        self._edge = edge
         self._loop = io.loop
         self._outbox: deque[str | bytes] = deque()
         self._flush_pending = False
@@ -271,7 +271,7 @@ class MediaSession:
             return
         serializer = self.serializer
         try:
-            self._inbound.add(
+            self._edge.add_audio(
                 self._admit,
                 payload,
                 serializer.sample_rate,
@@ -431,12 +431,13 @@ class MediaSession:
     # -- sending ---------------------------------------------------------------------------
 
     def _send(self, message: str | bytes) -> None:
-        """Queue ``message``; everything queued in one loop turn is written at once."""
+        """Queue ``message``; everything queued in one loop turn is written at once, in the
+        loop's one pass over the connections that have something to write."""
         self._outbox.append(message)
         self.frames_out += 1
         if not self._flush_pending:
             self._flush_pending = True
-            self._loop.call_soon(self._flush)
+            self._edge.write_soon(self._flush)
 
     def _flush(self) -> None:
         """Write the queued messages through the connection's Sans-I/O protocol object.

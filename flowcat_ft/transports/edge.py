@@ -1,10 +1,14 @@
-"""Incoming audio, made into frames a loop turn at a time.
+"""An event loop's edge: the work its connections share, done once per loop turn.
 
-Every connection on an event loop adds the audio payloads it receives here; at the end of
-the loop turn they become frames together: per wire codec and length, one slab per
+Incoming audio: every connection on the loop adds the audio payloads it receives; at the
+end of the loop turn they become frames together: per wire codec and length, one slab per
 payload, all of them written (copied, or G.711-decoded into PCM16) with one numpy call
 into the slab arena, then handed to their calls through the loop's
 :class:`~flowcat_ft.call.Inbox`, which wakes each shard once.
+
+Outgoing messages: a connection that queued messages asks for a write, and every
+connection's write runs in one pass at the end of the loop turn (one callback per turn,
+not one per connection).
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ Admit = Callable[[InputAudioRawFrame], object]
 _DECODERS = {"mulaw": g711.ulaw_decode, "alaw": g711.alaw_decode}
 
 
-class InboundAudio:
-    """The audio one event loop's connections received in this loop turn.
+class LoopEdge:
+    """The audio one event loop's connections received in this loop turn, and the
+    writes they asked for.
 
     Threading contract: used only on its loop's thread.
     """
@@ -42,8 +47,22 @@ class InboundAudio:
         self._groups: dict[tuple[str, int, bool], list[tuple[Admit, Slab, bytes, int]]] = {}
         self._order: list[tuple[list, int]] = []
         self._flushing = False
+        self._writes: list[Callable[[], object]] = []
 
-    def add(self, admit: Admit, payload: bytes, sample_rate: int, codec: str, decode: bool) -> None:
+    def write_soon(self, write: Callable[[], object]) -> None:
+        """Run ``write`` at the end of this loop turn (once per call of this method)."""
+        if not self._writes:
+            self.io.loop.call_soon(self._write_all)
+        self._writes.append(write)
+
+    def _write_all(self) -> None:
+        writes, self._writes = self._writes, []
+        for write in writes:
+            write()
+
+    def add_audio(
+        self, admit: Admit, payload: bytes, sample_rate: int, codec: str, decode: bool
+    ) -> None:
         """Queue ``payload`` (``codec`` audio at ``sample_rate``; decoded into PCM16 if
         ``decode`` and it is G.711) to become a frame given to ``admit`` this loop turn.
 
@@ -63,9 +82,9 @@ class InboundAudio:
         group.append((admit, slab, payload, sample_rate))
         if not self._flushing:
             self._flushing = True
-            self.io.loop.call_soon(self.flush)
+            self.io.loop.call_soon(self.flush_audio)
 
-    def flush(self) -> None:
+    def flush_audio(self) -> None:
         """Write every queued payload into its slab, admit the frames in the order the
         payloads came, and hand them to the stage threads."""
         self._flushing = False
