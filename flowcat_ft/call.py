@@ -61,7 +61,7 @@ class Call:
       threads (its processors and ``on_output`` run there, and the call ends there, so a
       wait would never return: they raise :class:`RuntimeError` instead);
     - ``_scheduled`` is set by the pushing thread and cleared by the first stage thread
-      (see :meth:`flowcat_ft.stage.Stage._drain_entry` for the ordering that keeps a call
+      (see :meth:`flowcat_ft.stage.Stage._take_entry` for the ordering that keeps a call
       from being forgotten);
     - ``_in_epoch[s]``, ``_out_epoch[s]``, ``_done[s]`` (the call was cancelled there) and
       ``dropped[s]`` are written only by stage thread ``s``; ``_input_closed`` (the first
@@ -310,10 +310,11 @@ class Call:
         except Exception:
             logger.exception("on_output raised on %r", frame, extra={"call_id": self.id})
         if kind is EndFrame or kind is CancelFrame:
+            # The runtime forgets the call first: once wait() returns, it is gone.
+            self._runner.call_finished(self)
             self._finished.set()
             if self._output is not None:
                 self._output.close()
-            self._runner.call_finished(self)
 
     def _emit_down(self, frame: Frame) -> None:
         self._emit(frame, Direction.DOWNSTREAM)

@@ -238,6 +238,7 @@ class Runtime:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Cancel every call still running, then stop all threads."""
+        self._stopping.set()  # open_call refuses from here on (it looks under the lock)
         with self._lock:
             calls = list(self._calls.values())
         for call in calls:
@@ -245,7 +246,6 @@ class Runtime:
         deadline = time.monotonic() + timeout
         for call in calls:
             call.wait(max(0.0, deadline - time.monotonic()))
-        self._stopping.set()
         with self._lock:
             runners = [runner for shards in self._runners.values() for runner in shards]
             self._runners.clear()

@@ -246,7 +246,6 @@ def test_a_subclass_that_overrides_process_runs_frame_by_frame():
 def test_a_position_with_mixed_classes_runs_frame_by_frame(runtime):
     made = iter([Numbered, Tag, Numbered])
     pipeline = Pipeline([lambda: next(made)()], shards=1)
-    pipeline.costs = lambda: [1.0]  # the factory cannot be asked twice what it makes
     outputs: dict[int, list] = {}
     calls = [runtime.open_call(pipeline, collect(outputs, i)) for i in range(3)]
     for call in calls:
