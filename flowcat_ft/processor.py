@@ -77,11 +77,14 @@ class FrameProcessor:
         The runtime calls this on the class, once per stage wake-up, instead of calling
         :meth:`process` once per frame, when the class defines it at least as far down
         its hierarchy as :meth:`process` (so a subclass that only overrides
-        :meth:`process` keeps being called per frame). ``batch.frames`` holds the frames
-        in arrival order: several calls' frames, each call's in its own order, never a
-        lifecycle frame. Push every frame on with :meth:`Batch.push` (in order within a
-        call); reach a frame's processor (its per-call state) with
-        :meth:`Batch.processor`. The default passes the frames on unchanged.
+        :meth:`process` keeps being called per frame). Both must do the same: the runtime
+        still calls :meth:`process` for a batch of a few frames, or when observers watch.
+
+        ``batch.frames`` holds the frames in arrival order: several calls' frames, each
+        call's in its own order, never a lifecycle frame. Push every frame on with
+        :meth:`Batch.push` (in order within a call); reach a frame's processor (its
+        per-call state) with :meth:`Batch.processor`. The default passes the frames on
+        unchanged.
 
         If it raises, every call with a frame in the batch fails as if :meth:`process` had
         raised; :class:`~flowcat_ft.slabs.PoolExhaustedError` drops the batch instead.

@@ -17,11 +17,11 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from functools import partial
 
 from flowcat_ft.call import Call, OutputCallback
-from flowcat_ft.frames import Direction, Frame, StartFrame
+from flowcat_ft.frames import Direction, StartFrame
 from flowcat_ft.gcpolicy import GcPolicy
 from flowcat_ft.loops import EventLoopThread
 from flowcat_ft.metrics import Histogram
@@ -105,6 +105,7 @@ class PipelineRunner:
             for stage in self.stages:
                 for k, p in enumerate(stage.positions):
                     stage.kernels[k] = batch_kernel(classes[p])
+                    stage.queued[k] = stage.kernels[k] is not None
         for stage in self.stages:
             for k, p in enumerate(stage.positions):
                 if observers or classes[p] is not self._classes[p]:
@@ -113,18 +114,21 @@ class PipelineRunner:
     def _wire(
         self, call: Call, processors: list[FrameProcessor], observers: tuple[Observer, ...]
     ) -> None:
+        """Link each processor's pushes to its neighbours: on the same stage, straight to a
+        neighbour called per frame, or into the queue of a neighbour with a batch kernel
+        (which the stage sweeps next); across stages, through the link."""
         last = len(processors) - 1
         for stage in self.stages:
             first, end = stage.positions.start, stage.positions.stop - 1
             for i in stage.positions:
                 if i < end:
-                    down = _enqueue(stage.queue(i + 1, Direction.DOWNSTREAM), call)
+                    down = stage.link_to(i + 1, Direction.DOWNSTREAM, call, processors[i + 1])
                 elif i == last:
                     down = call._emit_down
                 else:
                     down = partial(stage.send_down, call)
                 if i > first:
-                    up = _enqueue(stage.queue(i - 1, Direction.UPSTREAM), call)
+                    up = stage.link_to(i - 1, Direction.UPSTREAM, call, processors[i - 1])
                 elif i == 0:
                     up = call._emit_up
                 else:
@@ -143,18 +147,6 @@ class PipelineRunner:
             stage.stop()
         for stage in self.stages:
             stage.join(timeout)
-
-
-def _enqueue(queue: list[Frame], call: Call) -> Callable[[Frame], None]:
-    """A processor's push to its neighbour on the same stage thread: into the queue the
-    stage sweeps next, as one of ``call``'s frames."""
-    append = queue.append
-
-    def push(frame: Frame) -> None:
-        frame._call = call
-        append(frame)
-
-    return push
 
 
 class Runtime:

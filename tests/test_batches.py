@@ -17,6 +17,7 @@ from processors import Tag
 from flowcat_ft import (
     Direction,
     EndFrame,
+    ErrorFrame,
     FrameProcessor,
     InputAudioRawFrame,
     InterruptionFrame,
@@ -52,17 +53,40 @@ class Numbered(FrameProcessor):
         super().__init__()
         self.seen = 0
 
+    def number(self, frame):
+        if type(frame) is TextFrame:
+            self.seen += 1
+            return TextFrame(f"{frame.text}#{self.seen}")
+        return frame
+
     def process(self, frame, direction):
-        raise AssertionError("the batch kernel should run, not process()")
+        self.push(self.number(frame), direction)
 
     @classmethod
     def process_batch(cls, batch: Batch) -> None:
         frames = batch.frames
         for i, (frame, proc) in enumerate(zip(frames, batch.processors(), strict=True)):
-            if type(frame) is TextFrame:
-                proc.seen += 1
-                frames[i] = batch.replace(frame, TextFrame(f"{frame.text}#{proc.seen}"))
+            frames[i] = batch.replace(frame, proc.number(frame))
         batch.push(frames)
+
+
+class Marked(FrameProcessor):
+    """Says on each text frame which way it was called: ``K`` by its kernel, ``P`` by
+    ``process()`` (on purpose unlike a real processor, whose two ways agree)."""
+
+    def process(self, frame, direction):
+        if type(frame) is TextFrame:
+            frame = TextFrame(frame.text + "P")
+        self.push(frame, direction)
+
+    @classmethod
+    def process_batch(cls, batch: Batch) -> None:
+        batch.push(
+            [
+                batch.replace(f, TextFrame(f.text + "K")) if type(f) is TextFrame else f
+                for f in batch.frames
+            ]
+        )
 
 
 def held_inbox() -> Inbox:
@@ -156,19 +180,25 @@ def test_decoded_audio_is_what_the_per_frame_path_makes(runtime):
     assert results[0] == results[1] and len(results[0]) == 5
 
 
+def burst(pool, frame) -> list:
+    """Five frames of bot audio, then ``frame``, if it is text (as a TTS would say it)."""
+    if type(frame) is not TextFrame:
+        return [frame]
+    return [OutputAudioRawFrame.from_bytes(pool, b"\x01\x00" * 160, 8000) for _ in range(5)] + [
+        frame
+    ]
+
+
 class Burst(FrameProcessor):
     """Batch-aware: each text frame becomes five frames of bot audio, then the text."""
 
+    def process(self, frame, direction):
+        for out in burst(self.pool, frame):
+            self.push(out, direction)
+
     @classmethod
     def process_batch(cls, batch: Batch) -> None:
-        out = []
-        for frame in batch.frames:
-            if type(frame) is TextFrame:
-                for _ in range(5):
-                    audio = OutputAudioRawFrame.from_bytes(batch.pool, b"\x01\x00" * 160, 8000)
-                    out.append(batch.replace(frame, audio))
-            out.append(frame)
-        batch.push(out)
+        batch.push([batch.replace(f, out) for f in batch.frames for out in burst(batch.pool, f)])
 
 
 class HeldKernel(FrameProcessor):
@@ -214,6 +244,11 @@ def test_an_interruption_overtakes_audio_queued_inside_a_stage(runtime):
 
 def test_a_failing_kernel_fails_the_calls_in_its_batch_and_no_other(runtime):
     class Picky(FrameProcessor):
+        def process(self, frame, direction):
+            if getattr(frame, "text", "") == "boom":
+                raise ValueError("boom")
+            self.push(frame, direction)
+
         @classmethod
         def process_batch(cls, batch: Batch) -> None:
             if any(getattr(f, "text", "") == "boom" for f in batch.frames):
@@ -222,14 +257,21 @@ def test_a_failing_kernel_fails_the_calls_in_its_batch_and_no_other(runtime):
 
     pipeline = Pipeline([Picky], shards=1)
     outputs: dict[int, list] = {}
-    doomed = runtime.open_call(pipeline, collect(outputs, 0))
-    doomed.push(TextFrame("boom"))
+    doomed, beside = (runtime.open_call(pipeline, collect(outputs, i)) for i in range(2))
+    inbox = held_inbox()
+    for i in range(10):
+        inbox.push(doomed, TextFrame("boom" if i == 5 else "x"))
+        inbox.push(beside, TextFrame("x"))
+    inbox.flush()  # one batch of 20 frames, both calls'
     assert doomed.wait(5) and doomed.failed
-    fine = runtime.open_call(pipeline, collect(outputs, 1))
+    assert beside.wait(5) and beside.failed  # its frames were in the failed batch
+    errors = [f for f in outputs[0] if type(f) is ErrorFrame]
+    assert len(errors) == 1 and "ValueError: boom" in errors[0].error
+    fine = runtime.open_call(pipeline, collect(outputs, 2))
     fine.push(TextFrame("fine"))
     fine.end()
     assert fine.wait(5) and not fine.failed
-    assert [f.text for f in outputs[1] if type(f) is TextFrame] == ["fine"]
+    assert [f.text for f in outputs[2] if type(f) is TextFrame] == ["fine"]
 
 
 def test_a_subclass_that_overrides_process_runs_frame_by_frame():
@@ -243,19 +285,38 @@ def test_a_subclass_that_overrides_process_runs_frame_by_frame():
     assert batch_kernel(Decoded) is None
 
 
+def test_kernels_run_for_batches_and_process_for_a_few_frames(runtime):
+    outputs: dict[int, list] = {}
+    calls = [runtime.open_call(Pipeline([Marked]), collect(outputs, i)) for i in range(20)]
+    inbox = held_inbox()
+    for call in calls:
+        inbox.push(call, TextFrame("many"))
+    inbox.flush()
+    assert wait_until(lambda: all(len(outputs[i]) == 2 for i in range(20)))  # start, many
+    calls[0].push(TextFrame("one"))
+    assert wait_until(lambda: len(outputs[0]) == 3)
+    for call in calls:
+        call.end()
+    assert all(call.wait(5) for call in calls)
+    texts = [f.text for f in outputs[0] if type(f) is TextFrame]
+    assert texts == ["manyK", "oneP"]
+
+
 def test_a_position_with_mixed_classes_runs_frame_by_frame(runtime):
-    made = iter([Numbered, Tag, Numbered])
+    made = iter([Marked, Tag, Marked])
     pipeline = Pipeline([lambda: next(made)()], shards=1)
     outputs: dict[int, list] = {}
     calls = [runtime.open_call(pipeline, collect(outputs, i)) for i in range(3)]
+    inbox = held_inbox()
+    for _ in range(10):
+        for call in calls:
+            inbox.push(call, TextFrame("x"))
+    inbox.flush()
     for call in calls:
-        call.push(TextFrame("x"))
         call.end()
     assert all(call.wait(5) for call in calls)
     texts = [[f.text for f in outputs[i] if type(f) is TextFrame] for i in range(3)]
-    assert texts[1] == ["x+"]
-    # Once the classes differ, Numbered runs through process(), which refuses.
-    assert calls[0].failed or calls[2].failed
+    assert texts == [["xP"] * 10, ["x+"] * 10, ["xP"] * 10]
 
 
 def test_the_inbox_refuses_frames_for_an_ending_call():
@@ -271,6 +332,11 @@ def test_system_frames_from_a_kernel_keep_their_place(runtime):
     """A kernel may push any frame: an interruption it starts goes round like any other."""
 
     class Barge(FrameProcessor):
+        def process(self, frame, direction):
+            if getattr(frame, "text", "") == "barge":
+                self.interrupt()
+            self.push(frame, direction)
+
         @classmethod
         def process_batch(cls, batch: Batch) -> None:
             for frame in batch.frames:
