@@ -85,3 +85,92 @@ def test_many_threads_take_and_release():
         t.join()
     assert pool.available == 64
     assert len({id(s) for s in pool._free}) == 64
+
+
+def test_each_thread_keeps_a_few_slabs_of_its_own():
+    pool = SlabPool(1024, slab_bytes=64, cache=8)
+    taken = [pool.take() for _ in range(3)]
+    assert pool.in_use == 3 and len(pool._free) == 1024 - 8  # one refill of 8
+    for slab in taken:
+        slab.release()
+    assert pool.in_use == 0 and len(pool._free) == 1024 - 8  # back in this thread's cache
+    many = [pool.take() for _ in range(40)]
+    for slab in many:
+        slab.release()
+    assert pool.in_use == 0 and len(pool._free) >= 1024 - 2 * 8  # spilled past 16
+
+
+def test_a_thread_that_ends_gives_its_cached_slabs_back():
+    pool = SlabPool(256, slab_bytes=64, cache=8)
+
+    def work() -> None:
+        slabs = [pool.take() for _ in range(5)]
+        for slab in slabs:
+            slab.release()
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    del thread
+    assert pool.in_use == 0 and len(pool._free) == 256 and pool._caches == []
+
+
+def test_an_empty_shared_list_takes_from_other_threads_caches():
+    pool = SlabPool(16, slab_bytes=64, cache=4)
+    parked = threading.Event()
+    done = threading.Event()
+
+    def hoard() -> None:  # leaves 4 slabs in its cache and stays alive
+        held = [pool.take() for _ in range(4)]
+        for slab in held:
+            slab.release()
+        parked.set()
+        done.wait(5)
+
+    thread = threading.Thread(target=hoard)
+    thread.start()
+    assert parked.wait(5)
+    mine = [pool.take() for _ in range(16)]  # 12 from the shared list, 4 stolen
+    assert len({id(s) for s in mine}) == 16 and pool.in_use == 16
+    with pytest.raises(PoolExhaustedError):
+        pool.take()
+    done.set()
+    thread.join()
+    del mine
+
+
+def test_threads_never_get_the_same_slab():
+    pool = SlabPool(256, slab_bytes=64, cache=8)
+    held: set[int] = set()
+    clashes: list[int] = []
+    lock = threading.Lock()
+
+    def churn(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        mine: list = []
+        for _ in range(20000):
+            if len(mine) < 40 and rng.random() < 0.55:
+                slab = pool.take(wait=1)
+                with lock:
+                    if slab.index in held:
+                        clashes.append(slab.index)
+                    held.add(slab.index)
+                mine.append(slab)
+            elif mine:
+                slab = mine.pop(int(rng.integers(len(mine))))
+                with lock:
+                    held.discard(slab.index)
+                slab.release()
+        for slab in mine:
+            with lock:
+                held.discard(slab.index)
+            slab.release()
+
+    threads = [threading.Thread(target=churn, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert clashes == []
+    del threads
+    assert pool.in_use == 0 and pool.drops == 0
