@@ -59,9 +59,10 @@ DOWN = Direction.DOWNSTREAM
 UP = Direction.UPSTREAM
 
 MIN_BATCH = 8
-"""Fewer frames than this at a kernel's position go through ``process()`` one by one: a
-kernel call costs some 5 µs however few frames it gets (``bench.routing``, 3.13t), a
-frame through ``process()`` about 0.6 µs."""
+"""A pass that takes fewer data frames than this runs them depth first through
+``process()``, as calls, without queues or kernels: on 3.13t a kernel call costs some
+5 µs however few frames it gets (``bench.routing``), and a queued hop a few µs per pass,
+where a direct ``process()`` hop costs about 0.4 µs."""
 
 
 class Link:
@@ -146,10 +147,11 @@ class Stage(threading.Thread):
     position, and sweeps: each position takes its whole queue at once, in order, and what
     its processors push lands in the next position's queue. A position whose processor
     class has a batch kernel (:meth:`FrameProcessor.process_batch
-    <flowcat_ft.processor.FrameProcessor.process_batch>`) gets the queue in one call
-    (unless it holds fewer than :data:`MIN_BATCH` frames); any other gets its frames one
-    by one, and pushes them straight on through its neighbours without a kernel (depth
-    first, as calls). Each call's frames keep their order at every position.
+    <flowcat_ft.processor.FrameProcessor.process_batch>`) gets the queue in one call;
+    any other gets its frames one by one, and pushes them straight on through its
+    neighbours without a kernel (depth first, as calls). A pass with fewer than
+    :data:`MIN_BATCH` data frames is not worth the queues: it runs every frame depth first
+    through ``process()``. Each call's frames keep their order at every position.
 
     A system frame that arrives during a sweep is handled before the next frame of a
     position run frame by frame, and before the next position: an interruption first
@@ -197,6 +199,7 @@ class Stage(threading.Thread):
         self.soon: deque[tuple[FrameProcessor, Callable[..., object], tuple]] = deque()
         self.kernels: list[Callable[[Batch], None] | None] = [None] * len(positions)
         self.queued = [False] * len(positions)
+        self.batching = False  # this pass took MIN_BATCH data frames or more
         self._down: list[list[Frame]] = [[] for _ in positions]
         self._up: list[list[Frame]] = [[] for _ in positions]
         # The list _one_by_one is delivering, and how far it got (for _purge).
@@ -210,16 +213,20 @@ class Stage(threading.Thread):
         self, position: int, direction: Direction, call: Call, proc: FrameProcessor
     ) -> Callable[[Frame], None]:
         """How ``call``'s processor next to ``position`` (``proc`` there) pushes to it: a
-        position called per frame gets the frame at once (depth first, as a call), one with
-        a batch kernel gets it in its queue, for the sweep (see ``queued``)."""
+        position called per frame gets the frame at once (depth first, as a call); one with
+        a batch kernel (see ``queued``) gets it in its queue for the sweep while the stage
+        is ``batching``, and at once otherwise."""
         k = position - self.positions.start
         if not self.queued[k]:
             return partial(deliver, proc, direction)
         append = (self._up if direction else self._down)[k].append
 
         def push(frame: Frame) -> None:
-            frame._call = call
-            append(frame)
+            if self.batching:
+                frame._call = call
+                append(frame)
+            else:
+                deliver(proc, direction, frame)
 
         return push
 
@@ -276,13 +283,13 @@ class Stage(threading.Thread):
         has_work = self._has_work
         while self._running:
             try:
-                worked = self._run_once()
+                self._run_once()
             except Exception:  # a bug in the runtime itself: keep serving the other calls
                 logger.exception("stage %s: unexpected error", self.name)
                 for queue in (*self._down, *self._up):
                     queue.clear()
-                worked = True
-            if not worked:
+                self.batching = False
+            if not has_work():
                 congested = any(
                     link is not None and (link.pending_data or link.pending_system)
                     for link in (self.out_down, self.out_up)
@@ -311,7 +318,7 @@ class Stage(threading.Thread):
             in_up is not None and len(in_up.system) > 0
         )
 
-    def _run_once(self) -> bool:
+    def _run_once(self) -> None:
         """One pass: system frames, then a batch of data swept through the stage."""
         start = time.perf_counter_ns()
         out_down, out_up = self.out_down, self.out_up
@@ -319,23 +326,29 @@ class Stage(threading.Thread):
             if link is not None and (link.pending_data or link.pending_system):
                 link.flush()
         handled = self._handle_system() + self._run_soon()
+        taken = 0
         # Data flowing upstream, unless what we already sent that way is still pending.
         in_up = self.in_up
         if in_up is not None and not (out_up is not None and out_up.pending_data):
             frames = in_up.data.pop_many(self.batch)
             if frames:
                 self._up[-1].extend(self._live(frames))
-                handled += len(frames)
+                taken += len(frames)
         # Data flowing downstream, likewise.
         if not (out_down is not None and out_down.pending_data):
             if self.entry is not None:
-                handled += self._take_entry()
+                taken += self._take_entry()
             else:
                 frames = self.in_down.data.pop_many(self.batch)
                 if frames:
                     self._down[0].extend(self._fresh(frames))
-                    handled += len(frames)
-        self._sweep()
+                    taken += len(frames)
+        self.batching = taken >= MIN_BATCH
+        try:
+            self._sweep()
+        finally:
+            self.batching = False
+        handled += taken
         for link in (out_down, out_up):
             if link is not None:
                 link.ring_consumer()
@@ -344,7 +357,6 @@ class Stage(threading.Thread):
             metrics.frames += handled
             metrics.batches += 1
             metrics.frame_ns.add((time.perf_counter_ns() - start) // handled)
-        return handled > 0
 
     # -- sweeping the queues through the positions -------------------------------------------
 
@@ -374,7 +386,7 @@ class Stage(threading.Thread):
         if not frames:
             return
         kernel = self.kernels[k]
-        if kernel is None or len(frames) < MIN_BATCH:
+        if kernel is None or not self.batching:
             self._one_by_one(frames, k, direction)
         elif LIFECYCLE_FRAMES.isdisjoint(map(type, frames)):
             self._run_kernel(kernel, frames, k, direction)
