@@ -18,6 +18,7 @@ from flowcat_ft.agents.echo import echo_pipeline
 from flowcat_ft.audio.processors import G711Decoder, G711Encoder
 from flowcat_ft.transports.server import WebSocketServer
 from flowcat_ft.transports.session import MediaOptions
+from flowcat_ft.waiting import STRATEGIES
 
 PROCESSORS = 7
 """Processors in the benchmark's pipeline, as in the published comparison."""
@@ -30,11 +31,13 @@ def bench_pipeline() -> Pipeline:
     return Pipeline([G711Decoder, echo_pipeline(PROCESSORS - 2), G711Encoder])
 
 
-def start(port: int, loops: int | None = None, threads: int | None = None) -> WebSocketServer:
+def start(
+    port: int, loops: int | None = None, threads: int | None = None, wait: str | None = None
+) -> WebSocketServer:
     """Start the echo server on 127.0.0.1:``port`` (0: a free one) with ``loops`` event-loop
-    threads and ``threads`` stage threads (default: one of each per core). Stop it with
-    ``server.stop()`` then ``server.runtime.stop()``."""
-    runtime = Runtime(threads=threads, slabs=4 * MAX_CALLS, max_calls=MAX_CALLS)
+    threads and ``threads`` stage threads waiting with strategy ``wait`` (default: the
+    runtime's). Stop it with ``server.stop()`` then ``server.runtime.stop()``."""
+    runtime = Runtime(threads=threads, slabs=4 * MAX_CALLS, max_calls=MAX_CALLS, wait_strategy=wait)
     server = WebSocketServer(
         runtime,
         bench_pipeline(),
@@ -51,11 +54,12 @@ def main() -> None:
     p = arguments(__doc__)
     p.add_argument("--loops", type=int, default=None, help="event-loop threads (one per core)")
     p.add_argument("--threads", type=int, default=None, help="stage threads (one per core)")
+    p.add_argument("--wait", choices=STRATEGIES, help="how idle stage threads wait")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     raise_fd_limit()
     name_threads()
-    server = start(args.port, args.loops, args.threads)
+    server = start(args.port, args.loops, args.threads, args.wait)
     try:
         serve_until_stopped(f"flowcat-ft {server.loop_count} loops")
     finally:
