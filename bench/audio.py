@@ -87,7 +87,7 @@ def drop(frame: Frame) -> None:
 
 def wire(processor: FrameProcessor, pool: SlabPool, down=drop) -> FrameProcessor:
     """Start *processor* as if in a call, pushing downstream to *down*, upstream nowhere."""
-    processor._wire(SimpleNamespace(_runner=SimpleNamespace(pool=pool), id=0), down, drop)
+    processor._wire(SimpleNamespace(pool=pool, id=0), down, drop)
     processor.on_start(StartFrame())
     return processor
 

@@ -8,9 +8,9 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from flowcat_ft.frames import (
     CancelFrame,
@@ -23,18 +23,20 @@ from flowcat_ft.frames import (
     InterruptionFrame,
     SystemFrame,
 )
-from flowcat_ft.processor import LIFECYCLE_FRAMES
+from flowcat_ft.processor import LIFECYCLE_FRAMES, EventLoop
 from flowcat_ft.rings import SpscRing
 from flowcat_ft.waiting import Doorbell
 
 if TYPE_CHECKING:
     from flowcat_ft.processor import FrameProcessor
     from flowcat_ft.runtime import PipelineRunner
+    from flowcat_ft.slabs import SlabPool
     from flowcat_ft.stage import Entry
 
 logger = logging.getLogger("flowcat_ft")
 
 OutputCallback = Callable[[Frame, Direction], None]
+T = TypeVar("T")
 
 _ids = itertools.count(1)
 
@@ -50,6 +52,8 @@ class Call:
     the ``on_output(frame, direction)`` callback given there, or, without one, to
     :meth:`frames`. The callback runs on stage threads (downstream output on the last
     stage's thread, upstream output such as errors on the first's) and must not block.
+
+    The call is its processors' :class:`~flowcat_ft.processor.CallContext`.
 
     Threading contract:
 
@@ -124,6 +128,20 @@ class Call:
     def done(self) -> bool:
         """True once the call has ended (its end or cancel frame left the pipeline)."""
         return self._finished.is_set()
+
+    @property
+    def pool(self) -> SlabPool:
+        """The runtime's slab pool."""
+        return self._runner.pool
+
+    def event_loop(self) -> EventLoop:
+        """One of the runtime's event-loop threads, handed out in turn, for network I/O."""
+        return self._runner.runtime.event_loop()
+
+    def shared(self, key: Hashable, factory: Callable[[], T]) -> T:
+        """The object the runtime keeps under ``key`` for every call, made by ``factory()``
+        on first use (see :meth:`Runtime.shared <flowcat_ft.runtime.Runtime.shared>`)."""
+        return self._runner.runtime.shared(key, factory)
 
     # -- input -----------------------------------------------------------------------------
 

@@ -11,14 +11,11 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Union
+from typing import Union
 
 from flowcat_ft.dispatch import deliver
 from flowcat_ft.frames import Direction, Frame
-from flowcat_ft.processor import LIFECYCLE_FRAMES, FrameProcessor, Push, Soon
-
-if TYPE_CHECKING:
-    from flowcat_ft.call import Call
+from flowcat_ft.processor import LIFECYCLE_FRAMES, CallContext, FrameProcessor, Push, Soon
 
 ProcessorFactory = Callable[[], FrameProcessor]
 Item = Union[ProcessorFactory, "Pipeline", "ParallelPipeline"]
@@ -144,7 +141,7 @@ class _Parallel(FrameProcessor):
         self.branches = branches
         self.cost = sum(proc.cost for branch in branches for proc in branch)
 
-    def _wire(self, call: Call, down: Push, up: Push, soon: Soon | None = None) -> None:
+    def _wire(self, call: CallContext, down: Push, up: Push, soon: Soon | None = None) -> None:
         super()._wire(call, down, up, soon)
         for branch in self.branches:
             last = len(branch) - 1

@@ -1,13 +1,16 @@
 """The processor base class: what a pipeline is made of.
 
 A processor sees one call's frames, in order, on the stage thread that runs it. Each call
-gets its own instances, so per-call state lives in plain attributes with no locking.
+gets its own instances, so per-call state lives in plain attributes with no locking. It
+reaches its call only through :class:`CallContext`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+import asyncio
+from collections.abc import Callable, Coroutine, Hashable
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from flowcat_ft.frames import (
     CancelFrame,
@@ -20,15 +23,75 @@ from flowcat_ft.frames import (
 )
 
 if TYPE_CHECKING:
-    from flowcat_ft.call import Call
-    from flowcat_ft.loops import EventLoopThread
     from flowcat_ft.slabs import SlabPool
 
 Push = Callable[[Frame], None]
 Soon = Callable[["FrameProcessor", Callable[..., object], tuple], None]
+T = TypeVar("T")
 
 LIFECYCLE_FRAMES = frozenset((StartFrame, EndFrame, CancelFrame, InterruptionFrame))
 """Frames the runtime handles for every processor (see :class:`FrameProcessor`)."""
+
+
+class Bridge(Protocol):
+    """Hands work from any thread to an event loop, one wake-up per batch (see
+    :class:`flowcat_ft.loops.LoopBridge`)."""
+
+    def send(
+        self, callback: Callable[[Frame, Direction], None], frame: Frame, direction: Direction
+    ) -> None:
+        """Run ``callback(frame, direction)`` on the loop soon (callable from any thread)."""
+
+
+class EventLoop(Protocol):
+    """One of the runtime's event-loop threads, as a processor uses it for its network I/O
+    (a :class:`flowcat_ft.loops.EventLoopThread`): coroutines :meth:`submit`\\ ted to it
+    run on ``loop``; ``bridge`` carries batches of items to callbacks run there."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def bridge(self) -> Bridge: ...
+
+    def submit(self, coro: Coroutine[Any, Any, Any]) -> Future:
+        """Run ``coro`` on the loop (from any thread)."""
+
+
+class CallContext(Protocol):
+    """What a processor may use of its call (:attr:`FrameProcessor.call`): all it reaches
+    of the runtime goes through here. :class:`flowcat_ft.call.Call` implements it.
+
+    ``id`` names the call (in logs); ``failed`` is set on a stage thread once the call
+    has had a fatal error (so :func:`flowcat_ft.dispatch.contain` reports only the
+    first); ``pool`` is the runtime's slab pool. :meth:`interrupt`, :meth:`end` and :meth:`cancel`
+    act on the whole call and may be called from any thread.
+    """
+
+    failed: bool
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def pool(self) -> SlabPool: ...
+
+    def interrupt(self) -> None:
+        """Start an interruption from the head of the pipeline."""
+
+    def end(self) -> None:
+        """End the call once every frame pushed into it so far has been processed."""
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        """End the call now, dropping whatever is queued."""
+
+    def event_loop(self) -> EventLoop:
+        """One of the runtime's event-loop threads, handed out in turn (see
+        :attr:`FrameProcessor.event_loop`, which keeps the first it gets)."""
+
+    def shared(self, key: Hashable, factory: Callable[[], T]) -> T:
+        """The object every call on the runtime shares under ``key`` (a worker process,
+        say), made by ``factory()`` on first use; from any thread."""
 
 
 def _unwired(*args: object) -> None:
@@ -51,6 +114,9 @@ class FrameProcessor:
     ``cost`` is a relative CPU weight the runtime uses to fuse cheap neighbours onto one
     stage thread; a processor that spends real time per frame should raise it.
 
+    ``call`` is the processor's :class:`CallContext` once it is part of a call (None
+    before): all it may use of its call and the runtime.
+
     Every method runs on the processor's stage thread; a processor must not block it.
     """
 
@@ -58,11 +124,11 @@ class FrameProcessor:
 
     def __init__(self, *, name: str | None = None) -> None:
         self.name = name or type(self).__name__
-        self.call: Call | None = None
+        self.call: CallContext | None = None
         self._down: Push = _unwired
         self._up: Push = _unwired
         self._soon: Soon = _unwired
-        self._io: EventLoopThread | None = None  # see event_loop; stage thread only
+        self._io: EventLoop | None = None  # see event_loop; stage thread only
 
     # -- override these --------------------------------------------------------------------
 
@@ -121,7 +187,7 @@ class FrameProcessor:
         """The runtime's slab pool, for processors that make audio frames."""
         if self.call is None:
             raise RuntimeError("this processor is not part of a running call")
-        return self.call._runner.pool
+        return self.call.pool
 
     def interrupt(self) -> None:
         """Start an interruption from the head of the pipeline (as on a user barge-in)."""
@@ -158,17 +224,17 @@ class FrameProcessor:
         self._soon(self, callback, args)
 
     @property
-    def event_loop(self) -> EventLoopThread:
+    def event_loop(self) -> EventLoop:
         """The runtime event-loop thread this processor's network I/O runs on: chosen on
         first use and kept, so the coroutines it submits run in the order submitted."""
         io = getattr(self, "_io", None)  # a subclass may not have called __init__
         if io is None:
             if self.call is None:
                 raise RuntimeError("this processor is not part of a running call")
-            io = self._io = self.call._runner.runtime.event_loop()
+            io = self._io = self.call.event_loop()
         return io
 
-    def _wire(self, call: Call, down: Push, up: Push, soon: Soon | None = None) -> None:
+    def _wire(self, call: CallContext, down: Push, up: Push, soon: Soon | None = None) -> None:
         if not hasattr(self, "name"):
             self.name = type(self).__name__
         self.call = call

@@ -17,8 +17,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from functools import partial
+from typing import TypeVar
 
 from flowcat_ft.call import Call, OutputCallback
 from flowcat_ft.frames import Direction, StartFrame
@@ -33,6 +34,8 @@ from flowcat_ft.stage import Entry, Link, Stage
 from flowcat_ft.waiting import Doorbell
 
 logger = logging.getLogger("flowcat_ft")
+
+T = TypeVar("T")
 
 
 class RuntimeFullError(RuntimeError):
@@ -169,11 +172,13 @@ class Runtime:
     ``profile_dir`` profiles every stage thread with pyinstrument into that directory
     (this turns the GIL on: see :mod:`flowcat_ft.profiling`).
 
-    Threading contract: :meth:`open_call`, :meth:`event_loop`, :meth:`metrics` and
-    :meth:`stop` may be called from any thread; ``_calls``, ``_runners`` and
-    ``_io_loops`` are guarded by ``_lock`` (:meth:`open_call` reads the number of calls
-    without it too, to refuse early, and again under it). The housekeeper thread samples
-    stage rates, ticks the GC policy and stops idle shards.
+    Threading contract: :meth:`open_call`, :meth:`event_loop`, :meth:`shared`,
+    :meth:`metrics` and :meth:`stop` may be called from any thread; ``_calls``,
+    ``_runners`` and ``_io_loops`` are guarded by ``_lock`` (:meth:`open_call` reads the
+    number of calls without it too, to refuse early, and again under it), ``_shared`` by
+    ``_shared_lock`` (taken before ``_lock``, never after, so a factory may take ``_lock``
+    in :meth:`event_loop`). The housekeeper thread samples stage rates, ticks the GC
+    policy and stops idle shards.
     """
 
     def __init__(
@@ -212,6 +217,8 @@ class Runtime:
         self._idle_since = time.monotonic()
         self._io_loops: list[EventLoopThread] = []
         self._next_io = itertools.count()
+        self._shared_lock = threading.Lock()
+        self._shared: dict[Hashable, object] = {}
         self._started = False
         self._stopping = threading.Event()
         self._housekeeper = threading.Thread(
@@ -264,6 +271,16 @@ class Runtime:
             if not self._io_loops:
                 self._io_loops = [EventLoopThread(f"flowcat-io-{i}") for i in range(self.threads)]
             return self._io_loops[next(self._next_io) % len(self._io_loops)]
+
+    def shared(self, key: Hashable, factory: Callable[[], T]) -> T:
+        """The object kept under ``key`` for every call on this runtime (a worker process
+        the calls share, say), made by ``factory()`` on first use and kept as long as the
+        runtime. Safe from any thread: ``factory`` runs once, and may call
+        :meth:`event_loop`. Processors reach it as ``self.call.shared(key, factory)``."""
+        with self._shared_lock:
+            if key not in self._shared:
+                self._shared[key] = factory()
+            return self._shared[key]
 
     # -- calls -----------------------------------------------------------------------------
 

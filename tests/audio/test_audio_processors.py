@@ -164,7 +164,7 @@ def test_the_processors_allocate_no_sample_buffer_per_frame(make, kernel, codec,
     pool = SlabPool(256)  # big enough that its free list never shrinks or grows here
     processor = make()
     out = []
-    processor._wire(SimpleNamespace(_runner=SimpleNamespace(pool=pool)), out.append, out.append)
+    processor._wire(SimpleNamespace(pool=pool), out.append, out.append)
     silence = bytes((1 if codec == "mulaw" else 2) * rate // 50)
     frames = [kind.from_bytes(pool, silence, rate, codec=codec) for _ in range(10)]
     for frame in frames[:3]:  # the resampler is made on the first frame

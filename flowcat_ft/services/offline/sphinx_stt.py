@@ -28,9 +28,7 @@ import hashlib
 import itertools
 import logging
 import os
-import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import Future
@@ -38,7 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -58,7 +56,7 @@ from flowcat_ft.services.offline import sphinx_worker
 from flowcat_ft.services.offline.sphinx_worker import MessageParser, ProtocolError, pack
 
 if TYPE_CHECKING:
-    from flowcat_ft.loops import EventLoopThread
+    from flowcat_ft.processor import CallContext, EventLoop
     from flowcat_ft.runtime import Runtime
 
 __all__ = [
@@ -138,7 +136,7 @@ class SphinxWorker:
     """
 
     def __init__(
-        self, io: EventLoopThread, python: str | None = None, *, start_timeout: float = 60.0
+        self, io: EventLoop, python: str | None = None, *, start_timeout: float = 60.0
     ) -> None:
         self.io = io
         self.python = python
@@ -152,20 +150,11 @@ class SphinxWorker:
         self._ids = itertools.count(1)
         self._closed = False
 
-    # One worker per runtime, made on first use.
-    _shared: ClassVar[weakref.WeakKeyDictionary[Runtime, SphinxWorker]] = (
-        weakref.WeakKeyDictionary()
-    )
-    _shared_lock: ClassVar[threading.Lock] = threading.Lock()
-
     @classmethod
-    def shared(cls, runtime: Runtime) -> SphinxWorker:
-        """The worker every call of *runtime* shares (any thread)."""
-        with cls._shared_lock:
-            worker = cls._shared.get(runtime)
-            if worker is None:
-                worker = cls._shared[runtime] = cls(runtime.event_loop())
-            return worker
+    def shared(cls, owner: Runtime | CallContext) -> SphinxWorker:
+        """The worker every call of a runtime shares, made on first use (any thread):
+        *owner* is the runtime, or one of its calls (a processor's ``self.call``)."""
+        return owner.shared(cls, lambda: cls(owner.event_loop()))
 
     # -- the public side (any thread) ----------------------------------------------------
 
@@ -441,7 +430,7 @@ class SphinxSTT(AsyncService):
 
     def on_start(self, frame: StartFrame) -> None:
         if self.worker is None:
-            self.worker = SphinxWorker.shared(self.call._runner.runtime)
+            self.worker = SphinxWorker.shared(self.call)
         self.worker.start()  # load the model before the caller first speaks
 
     def process(self, frame: Frame, direction: Direction) -> None:
