@@ -23,15 +23,13 @@ from flowcat_ft.frames import (
     InterruptionFrame,
     SystemFrame,
 )
-from flowcat_ft.processor import LIFECYCLE_FRAMES, EventLoop
-from flowcat_ft.rings import SpscRing
+from flowcat_ft.processor import LIFECYCLE_FRAMES, EventLoop, FrameProcessor
+from flowcat_ft.stage import Entry, Route
 from flowcat_ft.waiting import Doorbell
 
 if TYPE_CHECKING:
-    from flowcat_ft.processor import FrameProcessor
     from flowcat_ft.runtime import PipelineRunner
     from flowcat_ft.slabs import SlabPool
-    from flowcat_ft.stage import Entry
 
 logger = logging.getLogger("flowcat_ft")
 
@@ -53,7 +51,10 @@ class Call:
     :meth:`frames`. The callback runs on stage threads (downstream output on the last
     stage's thread, upstream output such as errors on the first's) and must not block.
 
-    The call is its processors' :class:`~flowcat_ft.processor.CallContext`.
+    The call is its processors' :class:`~flowcat_ft.processor.CallContext`. Its frames
+    travel its ``route`` (a :class:`~flowcat_ft.stage.Route`) through the stage threads of
+    its shard, which the runtime wires its processors to; what the stage threads keep
+    for the call is there, under the route's own threading contract.
 
     Threading contract:
 
@@ -64,13 +65,6 @@ class Call:
       any thread; :meth:`wait` and :meth:`close` from any thread but the call's own stage
       threads (its processors and ``on_output`` run there, and the call ends there, so a
       wait would never return: they raise :class:`RuntimeError` instead);
-    - ``_scheduled`` is set by the pushing thread and cleared by the first stage thread
-      (see :meth:`flowcat_ft.stage.Stage._take_entry` for the ordering that keeps a call
-      from being forgotten);
-    - ``_in_epoch[s]``, ``_out_epoch[s]``, ``_done[s]`` (the call was cancelled there) and
-      ``dropped[s]`` are written only by stage thread ``s``; ``_input_closed`` (the first
-      stage has passed the call's end or cancel and reads no more input) and
-      ``_end_requested`` by the first stage's thread;
     - ``_room_waiter`` (see :meth:`waiting_for_room`) is written by the pushing thread only
       and read by the first stage thread right after it takes frames from the input ring
       (:meth:`_input_taken`), and by any thread that closes the call (``_closing``). Each
@@ -79,8 +73,6 @@ class Call:
       are sequentially consistent on 3.13t, as :mod:`flowcat_ft.waiting` argues, so
       either the pusher's next look finds room (or the call closed) or the other thread
       finds the waiter and wakes it;
-    - ``_processors`` are created before the call starts and then used only by the stage
-      thread that runs each one;
     - ``frames_in`` is written by the pushing thread, ``frames_out`` by the stage threads
       that emit output.
     """
@@ -95,17 +87,15 @@ class Call:
     ) -> None:
         self.id = next(_ids)
         self._runner = runner
-        self._processors = processors
-        stages = len(runner.stages)
-        self._in_epoch = [0] * stages
-        self._out_epoch = [0] * stages
-        self._done = [False] * stages
-        self.dropped = [0] * stages
-        self._input = SpscRing(input_capacity)
-        self._scheduled = False
+        self.route = Route(
+            processors,
+            len(runner.stages),
+            input_capacity,
+            self._emit_down,
+            self._emit_up,
+            self._input_taken,
+        )
         self._room_waiter: Callable[[], None] | None = None
-        self._end_requested: EndFrame | None = None
-        self._input_closed = False
         self._closing = False
         self.failed = False
         self._finished = threading.Event()
@@ -128,6 +118,16 @@ class Call:
     def done(self) -> bool:
         """True once the call has ended (its end or cancel frame left the pipeline)."""
         return self._finished.is_set()
+
+    @property
+    def processors(self) -> list[FrameProcessor]:
+        """The call's own processors, in pipeline order (each used on its stage thread)."""
+        return self.route.processors
+
+    @property
+    def dropped(self) -> list[int]:
+        """Per stage, the call's frames dropped there as stale (after an interruption)."""
+        return self.route.dropped
 
     @property
     def pool(self) -> SlabPool:
@@ -171,15 +171,16 @@ class Call:
             raise CallClosedError(f"call {self.id} is closed; no more frames can be pushed")
         if type(frame) in LIFECYCLE_FRAMES:
             raise ValueError(f"use end(), cancel() or interrupt() rather than pushing {frame!r}")
-        frame._call = self
+        route = self.route
+        frame._call = route
         if isinstance(frame, SystemFrame):
             self._runner.entry.send_system(frame)
             return True
-        if not self._input.push(frame):
+        if not route.input.push(frame):
             return False
         self.frames_in += 1
-        if not self._scheduled:
-            self._runner.entry.schedule(self)
+        if not route.scheduled:
+            self._runner.entry.schedule(route)
         return True
 
     @contextmanager
@@ -293,7 +294,7 @@ class Call:
             )
 
     def _send_system(self, frame: Frame) -> None:
-        frame._call = self
+        frame._call = self.route
         self._runner.entry.send_system(frame)
 
     # -- output ----------------------------------------------------------------------------
@@ -350,10 +351,10 @@ class Inbox:
     ``flush_soon`` is called on the first push after a flush, to arrange the next flush.
 
     Threading contract: an inbox belongs to one thread, which is then the producer of
-    every call it pushes into (as for :meth:`Call.push`). A call pushed here is marked
-    ``_scheduled`` at once and appended to its entry's ready queue at :meth:`flush`: until
-    then no stage thread can clear the mark (the call is in no ready queue), so the call
-    is scheduled exactly once (see :meth:`flowcat_ft.stage.Stage._take_entry`).
+    every call it pushes into (as for :meth:`Call.push`). A call pushed here has its route
+    marked ``scheduled`` at once and appended to its entry's ready queue at :meth:`flush`:
+    until then no stage thread can clear the mark (the route is in no ready queue), so the
+    call is scheduled exactly once (see :meth:`flowcat_ft.stage.Stage._take_entry`).
     """
 
     def __init__(self, flush_soon: Callable[[], object]) -> None:
@@ -364,12 +365,13 @@ class Inbox:
     def push(self, call: Call, frame: DataFrame) -> bool:
         """Queue ``frame`` in ``call``'s input; False (nothing queued) if the call is
         ending or its input ring is full: the caller drops the frame."""
-        if call._closing or not call._input.push(frame):
+        route = call.route
+        if call._closing or not route.input.push(frame):
             return False
-        frame._call = call
+        frame._call = route
         call.frames_in += 1
-        if not call._scheduled:
-            call._scheduled = True
+        if not route.scheduled:
+            route.scheduled = True
             self._pending.append(call)
             if not self._flushing:
                 self._flushing = True
@@ -380,11 +382,11 @@ class Inbox:
         """Hand every call pushed into since the last flush to its stage thread."""
         self._flushing = False
         pending, self._pending = self._pending, []
-        by_entry: dict[Entry, list[Call]] = {}
+        by_entry: dict[Entry, list[Route]] = {}
         for call in pending:
-            by_entry.setdefault(call._runner.entry, []).append(call)
-        for entry, calls in by_entry.items():
-            entry.schedule_many(calls)
+            by_entry.setdefault(call._runner.entry, []).append(call.route)
+        for entry, routes in by_entry.items():
+            entry.schedule_many(routes)
 
 
 _CLOSED = object()

@@ -37,9 +37,10 @@ class Frame:
 
     ``pts`` is a presentation timestamp in nanoseconds (``time.monotonic_ns`` by default).
     ``_call`` and ``_epoch`` are routing fields written by the runtime as the frame moves
-    between stage threads: the call the frame belongs to and the interruption epoch it was
-    sent in. Only the thread that currently holds the frame touches them; the ring that
-    hands the frame over orders those writes before the next thread's reads.
+    between stage threads: the route of the call the frame belongs to (a
+    :class:`~flowcat_ft.stage.Route`) and the interruption epoch it was sent in. Only the
+    thread that currently holds the frame touches them; the ring that hands the frame over
+    orders those writes before the next thread's reads.
     """
 
     __slots__ = ("_call", "_epoch", "pts")

@@ -284,12 +284,12 @@ class Batch:
 
     def processor(self, frame: Frame) -> FrameProcessor:
         """The processor at this position of ``frame``'s call (its per-call state)."""
-        return frame._call._processors[self._position]
+        return frame._call.processors[self._position]
 
     def processors(self) -> list[FrameProcessor]:
         """Each frame's processor, in the order of ``frames``."""
         p = self._position
-        return [frame._call._processors[p] for frame in self.frames]
+        return [frame._call.processors[p] for frame in self.frames]
 
     def push(self, frames: list[Frame]) -> None:
         """Send ``frames`` on to the next position, in order. A frame made here to replace

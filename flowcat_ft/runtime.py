@@ -91,7 +91,7 @@ class PipelineRunner:
         rt = self.runtime
         call = Call(self, processors, on_output, rt.input_capacity, rt.output_capacity)
         self._choose_kernels(processors, observers)
-        self._wire(call, processors, observers)
+        self._wire(call, observers)
         call._send_system(start_frame)
         return call
 
@@ -114,33 +114,35 @@ class PipelineRunner:
                 if observers or classes[p] is not self._classes[p]:
                     stage.kernels[k] = None
 
-    def _wire(
-        self, call: Call, processors: list[FrameProcessor], observers: tuple[Observer, ...]
-    ) -> None:
+    def _wire(self, call: Call, observers: tuple[Observer, ...]) -> None:
         """Link each processor's pushes to its neighbours: on the same stage, straight to a
         neighbour called per frame, or into the queue of a neighbour with a batch kernel
-        (which the stage sweeps next); across stages, through the link."""
+        (which the stage sweeps next); across stages, through the link; at either end, to
+        the call's output."""
+        route = call.route
+        processors = route.processors
         last = len(processors) - 1
         for stage in self.stages:
             first, end = stage.positions.start, stage.positions.stop - 1
+            soon = partial(stage.call_soon, route)
             for i in stage.positions:
                 if i < end:
-                    down = stage.link_to(i + 1, Direction.DOWNSTREAM, call, processors[i + 1])
+                    down = stage.link_to(i + 1, Direction.DOWNSTREAM, route, processors[i + 1])
                 elif i == last:
-                    down = call._emit_down
+                    down = route.emit_down
                 else:
-                    down = partial(stage.send_down, call)
+                    down = partial(stage.send_down, route)
                 if i > first:
-                    up = stage.link_to(i - 1, Direction.UPSTREAM, call, processors[i - 1])
+                    up = stage.link_to(i - 1, Direction.UPSTREAM, route, processors[i - 1])
                 elif i == 0:
-                    up = call._emit_up
+                    up = route.emit_up
                 else:
-                    up = partial(stage.send_up, call)
+                    up = partial(stage.send_up, route)
                 if observers:
                     proc = processors[i]
                     down = Observed(down, call, proc, Direction.DOWNSTREAM, observers)
                     up = Observed(up, call, proc, Direction.UPSTREAM, observers)
-                processors[i]._wire(call, down, up, stage.call_soon)
+                processors[i]._wire(call, down, up, soon)
 
     def call_finished(self, call: Call) -> None:
         self.runtime._call_finished(call)

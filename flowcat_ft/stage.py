@@ -1,19 +1,21 @@
 """Stage threads: the OS threads that run a pipeline's processors for every call.
 
 A pipeline's processors are split into stages; each stage runs on one dedicated thread
-shared by all calls on that pipeline. Neighbouring stages are linked by :class:`Link`\\ s,
-one per direction, each a pair of SPSC rings: system frames on their own ring, read
-first, so they overtake queued data; data and control frames on the other, in order.
+shared by all calls on that pipeline. Each call has a :class:`Route` through them: its
+processors, its input ring, and the state the stage threads keep for it. Neighbouring
+stages are linked by :class:`Link`\\ s, one per direction, each a pair of SPSC rings:
+system frames on their own ring, read first, so they overtake queued data; data and
+control frames on the other, in order.
 
 The first stage also reads the pipeline's entry: one bounded input ring per call, visited
 round-robin a few frames at a time (so a flooding call cannot starve the others), and a
 multi-producer queue for system frames sent from any thread.
 
-Interruptions: each call keeps, per stage, an epoch stamped on every frame the stage sends
-downstream (``Call._out_epoch``), raised when an interruption crosses the boundary; and the
-epoch the interruption carried in (``Call._in_epoch``). A data frame arriving with an older
-epoch was queued before the interruption and is dropped (its slab goes back to the pool),
-unless it is the caller's own input (``interruptible`` is False).
+Interruptions: each call's route keeps, per stage, an epoch stamped on every frame the
+stage sends downstream (``Route.out_epoch``), raised when an interruption crosses the
+boundary; and the epoch the interruption carried in (``Route.in_epoch``). A data frame
+arriving with an older epoch was queued before the interruption and is dropped (its slab
+goes back to the pool), unless it is the caller's own input (``interruptible`` is False).
 The interruption itself travels on the system ring, ahead of the frames it makes stale.
 
 Other threads hand work to a processor's stage thread with
@@ -34,7 +36,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING
 
 from flowcat_ft.dispatch import contain, deliver, logger
 from flowcat_ft.frames import (
@@ -46,14 +47,10 @@ from flowcat_ft.frames import (
     SystemFrame,
 )
 from flowcat_ft.metrics import StageMetrics
-from flowcat_ft.processor import LIFECYCLE_FRAMES, Batch
+from flowcat_ft.processor import LIFECYCLE_FRAMES, Batch, FrameProcessor, Push
 from flowcat_ft.rings import SpscRing
 from flowcat_ft.slabs import PoolExhaustedError, SlabPool
 from flowcat_ft.waiting import Doorbell
-
-if TYPE_CHECKING:
-    from flowcat_ft.call import Call
-    from flowcat_ft.processor import FrameProcessor
 
 DOWN = Direction.DOWNSTREAM
 UP = Direction.UPSTREAM
@@ -63,6 +60,70 @@ MIN_BATCH = 8
 ``process()``, as calls, without queues or kernels: on 3.13t a kernel call costs some
 5 µs however few frames it gets (``bench.routing``), and a queued hop a few µs per pass,
 where a direct ``process()`` hop costs about 0.4 µs."""
+
+
+class Route:
+    """One call's way through the stage threads: its processors, its input ring, and the
+    state the stage threads keep for it. Every frame of the call points to it
+    (``Frame._call``).
+
+    The call (:class:`flowcat_ft.call.Call`) makes it: it pushes into ``input``, hears
+    from ``input_taken()`` each time the first stage has taken frames from there, and gets
+    the frames leaving the pipeline from ``emit_down(frame)`` (on the last stage's thread)
+    and ``emit_up(frame)`` (on the first's).
+
+    Threading contract:
+
+    - ``processors`` are made before the call starts and then used only by the stage
+      thread that runs each one; ``emit_down``, ``emit_up`` and ``input_taken`` never
+      change;
+    - ``input`` is an SPSC ring: the call's pushing thread produces, the first stage
+      consumes;
+    - ``scheduled`` (the route is in its entry's ready queue, or about to be) is set by the
+      pushing thread and cleared by the first stage thread (see :meth:`Stage._take_entry`
+      for the ordering that keeps a call from being forgotten);
+    - ``in_epoch[s]``, ``out_epoch[s]``, ``done[s]`` (the call was cancelled there) and
+      ``dropped[s]`` are written only by stage thread ``s``; ``input_closed`` (the first
+      stage has passed the call's end or cancel and reads no more input) and
+      ``end_requested`` by the first stage's thread.
+    """
+
+    __slots__ = (
+        "done",
+        "dropped",
+        "emit_down",
+        "emit_up",
+        "end_requested",
+        "in_epoch",
+        "input",
+        "input_closed",
+        "input_taken",
+        "out_epoch",
+        "processors",
+        "scheduled",
+    )
+
+    def __init__(
+        self,
+        processors: list[FrameProcessor],
+        stages: int,
+        input_capacity: int,
+        emit_down: Push,
+        emit_up: Push,
+        input_taken: Callable[[], None],
+    ) -> None:
+        self.processors = processors
+        self.input = SpscRing(input_capacity)
+        self.scheduled = False
+        self.end_requested: EndFrame | None = None
+        self.input_closed = False
+        self.in_epoch = [0] * stages
+        self.out_epoch = [0] * stages
+        self.done = [False] * stages
+        self.dropped = [0] * stages
+        self.emit_down = emit_down
+        self.emit_up = emit_up
+        self.input_taken = input_taken
 
 
 class Link:
@@ -110,26 +171,26 @@ class Link:
 class Entry:
     """Where frames enter a pipeline from other threads; read by the first stage.
 
-    ``ready`` holds calls whose input ring has frames (``Call._scheduled`` says a call is
-    in it); ``system`` holds system frames. Both are deques: any thread appends, the first
-    stage pops (both operations are atomic).
+    ``ready`` holds the routes of calls whose input ring has frames (``Route.scheduled``
+    says a route is in it); ``system`` holds system frames. Both are deques: any thread
+    appends, the first stage pops (both operations are atomic).
     """
 
     __slots__ = ("doorbell", "ready", "system")
 
     def __init__(self, doorbell: Doorbell) -> None:
-        self.ready: deque[Call] = deque()
+        self.ready: deque[Route] = deque()
         self.system: deque[Frame] = deque()
         self.doorbell = doorbell
 
-    def schedule(self, call: Call) -> None:
-        call._scheduled = True
-        self.ready.append(call)
+    def schedule(self, route: Route) -> None:
+        route.scheduled = True
+        self.ready.append(route)
         self.doorbell.ring()
 
-    def schedule_many(self, calls: list[Call]) -> None:
-        """Make ``calls`` (each already marked ``_scheduled``) ready, with one wake-up."""
-        self.ready.extend(calls)
+    def schedule_many(self, routes: list[Route]) -> None:
+        """Make ``routes`` (each already marked ``scheduled``) ready, with one wake-up."""
+        self.ready.extend(routes)
         self.doorbell.ring()
 
     def send_system(self, frame: Frame) -> None:
@@ -196,7 +257,7 @@ class Stage(threading.Thread):
         self.out_up: Link | None = None
         self.metrics = StageMetrics()
         self.profile_dir: str | None = None  # set by the runtime to profile this thread
-        self.soon: deque[tuple[FrameProcessor, Callable[..., object], tuple]] = deque()
+        self.soon: deque[tuple[Route, FrameProcessor, Callable[..., object], tuple]] = deque()
         self.kernels: list[Callable[[Batch], None] | None] = [None] * len(positions)
         self.queued = [False] * len(positions)
         self.batching = False  # this pass took MIN_BATCH data frames or more
@@ -210,9 +271,9 @@ class Stage(threading.Thread):
     # -- sending (called by this stage's processors, on this thread) -------------------------
 
     def link_to(
-        self, position: int, direction: Direction, call: Call, proc: FrameProcessor
-    ) -> Callable[[Frame], None]:
-        """How ``call``'s processor next to ``position`` (``proc`` there) pushes to it: a
+        self, position: int, direction: Direction, route: Route, proc: FrameProcessor
+    ) -> Push:
+        """How a call's processor next to ``position`` (``proc`` there) pushes to it: a
         position called per frame gets the frame at once (depth first, as a call); one with
         a batch kernel (see ``queued``) gets it in its queue for the sweep while the stage
         is ``batching``, and at once otherwise."""
@@ -223,23 +284,23 @@ class Stage(threading.Thread):
 
         def push(frame: Frame) -> None:
             if self.batching:
-                frame._call = call
+                frame._call = route
                 append(frame)
             else:
                 deliver(proc, direction, frame)
 
         return push
 
-    def send_down(self, call: Call, frame: Frame) -> None:
-        frame._call = call
+    def send_down(self, route: Route, frame: Frame) -> None:
+        frame._call = route
         s = self.index
         if type(frame) is InterruptionFrame:
-            call._out_epoch[s] += 1
-        frame._epoch = call._out_epoch[s]
+            route.out_epoch[s] += 1
+        frame._epoch = route.out_epoch[s]
         self.out_down.send(frame)
 
-    def send_up(self, call: Call, frame: Frame) -> None:
-        frame._call = call
+    def send_up(self, route: Route, frame: Frame) -> None:
+        frame._call = route
         self.out_up.send(frame)
 
     def send_down_many(self, frames: list[Frame]) -> None:
@@ -251,9 +312,12 @@ class Stage(threading.Thread):
         for frame in frames:
             send(frame)
 
-    def call_soon(self, proc: FrameProcessor, callback: Callable[..., object], args: tuple) -> None:
-        """Run ``callback(*args)`` for ``proc`` on this thread soon (from any thread)."""
-        self.soon.append((proc, callback, args))
+    def call_soon(
+        self, route: Route, proc: FrameProcessor, callback: Callable[..., object], args: tuple
+    ) -> None:
+        """Run ``callback(*args)`` for ``proc``, of ``route``'s call, on this thread soon
+        (from any thread; dropped if the call has been cancelled here by then)."""
+        self.soon.append((route, proc, callback, args))
         self.doorbell.ring()
 
     # -- the loop ----------------------------------------------------------------------------
@@ -266,7 +330,7 @@ class Stage(threading.Thread):
         """Frames waiting for this stage (approximate when read from another thread)."""
         depth = sum(len(link) for link in (self.in_down, self.in_up) if link is not None)
         if self.entry is not None:
-            depth += len(self.entry.system) + sum(len(c._input) for c in list(self.entry.ready))
+            depth += len(self.entry.system) + sum(len(r.input) for r in list(self.entry.ready))
         return depth
 
     def run(self) -> None:
@@ -398,7 +462,7 @@ class Stage(threading.Thread):
                     if run:
                         self._run_kernel(kernel, run, k, direction)
                         run = []
-                    deliver(frame._call._processors[p], direction, frame)
+                    deliver(frame._call.processors[p], direction, frame)
                 else:
                     run.append(frame)
             if run:
@@ -419,7 +483,7 @@ class Stage(threading.Thread):
                     continue
                 frame = frames[i]
                 i += 1
-                deliver(frame._call._processors[p], direction, frame)
+                deliver(frame._call.processors[p], direction, frame)
         finally:
             self._current, self._current_index = outer
 
@@ -433,9 +497,9 @@ class Stage(threading.Thread):
             frames.clear()  # overload: the batch is dropped, and the pool counted the drop
         except Exception as error:
             where = error.__traceback__  # contain() drops it, and each call's report needs it
-            for call in {frame._call: None for frame in frames}:
+            for route in {frame._call: None for frame in frames}:
                 error.__traceback__ = where
-                contain(call._processors[p], None, error)
+                contain(route.processors[p], None, error)
 
     def _batch_out(self, k: int, direction: Direction) -> Callable[[list[Frame]], object]:
         """Where a kernel at ``k`` pushes: as its processors' pushes go (see link_to)."""
@@ -449,13 +513,13 @@ class Stage(threading.Thread):
             return self.send_down_many if self.out_down is not None else _emit_down_many
         return self.send_up_many if self.out_up is not None else _emit_up_many
 
-    def _purge(self, call: Call, everything: bool) -> None:
-        """Drop ``call``'s frames queued in this stage: the interruptible ones after an
+    def _purge(self, route: Route, everything: bool) -> None:
+        """Drop ``route``'s frames queued in this stage: the interruptible ones after an
         interruption, all of them after a cancel."""
         s = self.index
 
         def stale(frame: Frame) -> bool:
-            return frame._call is call and (everything or getattr(frame, "interruptible", False))
+            return frame._call is route and (everything or getattr(frame, "interruptible", False))
 
         queues = [*self._down, *self._up]
         current = self._current
@@ -465,14 +529,14 @@ class Stage(threading.Thread):
                 dropped = len(queue) - len(kept)
                 queue[:] = kept
                 self.metrics.dropped_stale += dropped
-                call.dropped[s] += dropped
+                route.dropped[s] += dropped
         if current is not None:
             rest = current[self._current_index :]
             kept = [frame for frame in rest if not stale(frame)]
             if len(kept) < len(rest):
                 current[self._current_index :] = kept
                 self.metrics.dropped_stale += len(rest) - len(kept)
-                call.dropped[s] += len(rest) - len(kept)
+                route.dropped[s] += len(rest) - len(kept)
 
     def _handle_system(self) -> int:
         """Handle every system frame waiting, from any direction."""
@@ -497,8 +561,8 @@ class Stage(threading.Thread):
         soon = self.soon
         done = 0
         while soon:
-            proc, callback, args = soon.popleft()
-            if proc.call._done[self.index]:
+            route, proc, callback, args = soon.popleft()
+            if route.done[self.index]:
                 continue  # cancelled meanwhile
             try:
                 callback(*args)
@@ -515,12 +579,12 @@ class Stage(threading.Thread):
         s = self.index
         kept = []
         for frame in frames:
-            call = frame._call
-            if call._done[s]:
+            route = frame._call
+            if route.done[s]:
                 continue
-            if frame._epoch < call._in_epoch[s] and getattr(frame, "interruptible", False):
+            if frame._epoch < route.in_epoch[s] and getattr(frame, "interruptible", False):
                 self.metrics.dropped_stale += 1
-                call.dropped[s] += 1
+                route.dropped[s] += 1
                 continue
             kept.append(frame)
         return kept
@@ -528,50 +592,50 @@ class Stage(threading.Thread):
     def _live(self, frames: list[Frame]) -> list[Frame]:
         """Frames from the next stage, less those of calls cancelled here."""
         s = self.index
-        return [frame for frame in frames if not frame._call._done[s]]
+        return [frame for frame in frames if not frame._call.done[s]]
 
     def _from_upstream_stage(self, frame: Frame) -> None:
         """A system frame travelling downstream, from the previous stage."""
-        call = frame._call
+        route = frame._call
         s = self.index
-        if call._done[s]:
+        if route.done[s]:
             return
         kind = type(frame)
         if kind is InterruptionFrame:
-            call._in_epoch[s] = frame._epoch
-            self._purge(call, everything=False)
+            route.in_epoch[s] = frame._epoch
+            self._purge(route, everything=False)
         elif kind is CancelFrame:
-            self._purge(call, everything=True)
-        deliver(call._processors[self.positions.start], DOWN, frame)
+            self._purge(route, everything=True)
+        deliver(route.processors[self.positions.start], DOWN, frame)
         if kind is CancelFrame:
-            call._done[s] = True
+            route.done[s] = True
 
     def _from_downstream_stage(self, frame: Frame) -> None:
         """A system frame travelling upstream, from the next stage."""
-        call = frame._call
-        if not call._done[self.index]:
-            deliver(call._processors[self.positions.stop - 1], UP, frame)
+        route = frame._call
+        if not route.done[self.index]:
+            deliver(route.processors[self.positions.stop - 1], UP, frame)
 
     def _enter_system(self, frame: Frame) -> None:
         """A system frame (or an ``end()`` request) sent into the pipeline from outside."""
-        call = frame._call
-        if call._done[0]:
+        route = frame._call
+        if route.done[0]:
             return
         kind = type(frame)
         if kind is EndFrame:  # runs after the call's queued input: see _take_entry
-            call._end_requested = frame
-            if not call._scheduled:
-                self.entry.schedule(call)
+            route.end_requested = frame
+            if not route.scheduled:
+                self.entry.schedule(route)
             return
         if kind is InterruptionFrame:
-            self._purge(call, everything=False)
+            self._purge(route, everything=False)
         elif kind is CancelFrame:
-            call._input_closed = True
-            _discard(call)
-            self._purge(call, everything=True)
-        deliver(call._processors[0], DOWN, frame)
+            route.input_closed = True
+            _discard(route)
+            self._purge(route, everything=True)
+        deliver(route.processors[0], DOWN, frame)
         if kind is CancelFrame:
-            call._done[0] = True
+            route.done[0] = True
 
     def _take_entry(self) -> int:
         """Queue up to ``quantum`` frames from each ready call, round-robin, until the
@@ -584,7 +648,7 @@ class Stage(threading.Thread):
         cap = self.cap
         while ready and taken < cap:
             try:
-                call = ready.popleft()
+                route = ready.popleft()
             except IndexError:
                 break
             # System frames first: those sent before this call's data (its StartFrame,
@@ -592,41 +656,41 @@ class Stage(threading.Thread):
             # appended before the call was scheduled, so popping the call makes them seen.
             if entry.system:
                 taken += self._handle_system()
-            if call._input_closed:
-                _discard(call)
+            if route.input_closed:
+                _discard(route)
             else:
-                frames = call._input.pop_many(quantum)
-                call._input_taken()
+                frames = route.input.pop_many(quantum)
+                route.input_taken()
                 queue += frames
                 taken += len(frames)
-            if len(call._input):
-                ready.append(call)
+            if len(route.input):
+                ready.append(route)
             else:
-                end = call._end_requested
-                if end is not None and not call._input_closed:
-                    call._input_closed = True
+                end = route.end_requested
+                if end is not None and not route.input_closed:
+                    route.input_closed = True
                     queue.append(end)
                     taken += 1
                 # Unschedule, then look again: a producer that published just before we
                 # cleared the flag saw it set and did not schedule the call.
-                call._scheduled = False
-                if len(call._input) and not call._scheduled:
-                    entry.schedule(call)
+                route.scheduled = False
+                if len(route.input) and not route.scheduled:
+                    entry.schedule(route)
         return taken
 
 
 def _emit_down_many(frames: list[Frame]) -> None:
     """Frames leaving the pipeline downstream, each to its call's output."""
     for frame in frames:
-        frame._call._emit_down(frame)
+        frame._call.emit_down(frame)
 
 
 def _emit_up_many(frames: list[Frame]) -> None:
     for frame in frames:
-        frame._call._emit_up(frame)
+        frame._call.emit_up(frame)
 
 
-def _discard(call: Call) -> None:
+def _discard(route: Route) -> None:
     """Drop a closed call's queued input (the slabs go back to the pool)."""
-    while call._input.pop_many(call._input.capacity):
+    while route.input.pop_many(route.input.capacity):
         pass

@@ -60,6 +60,6 @@ def test_a_failing_callback_fails_its_call_only(runtime):
 
 def test_a_processor_keeps_one_event_loop(runtime):
     call = runtime.open_call(Pipeline([Lookup]), lambda f, d: None)
-    proc = call._processors[0]
+    proc = call.processors[0]
     assert {id(proc.event_loop) for _ in range(5)} == {id(proc.event_loop)}
     call.close()

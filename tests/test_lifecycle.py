@@ -236,8 +236,8 @@ def test_a_calls_start_frame_comes_before_its_data_whenever_it_was_sent():
     pipeline = Pipeline([StartsFirst])
     with Runtime(threads=1) as rt:  # both calls on one stage thread
         first = rt.open_call(pipeline, lambda f, d: None)
-        assert wait_until(lambda: first._processors[0].started)
-        first._processors[0].call_soon(block)
+        assert wait_until(lambda: first.processors[0].started)
+        first.processors[0].call_soon(block)
         assert blocked.wait(5)
         second = rt.open_call(pipeline, lambda f, d: None)
         second.push(TextFrame("early?"))

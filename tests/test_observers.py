@@ -40,6 +40,6 @@ def test_observers_see_each_push_in_both_directions(runtime):
 
 def test_calls_without_observers_are_not_wrapped(runtime):
     call = runtime.open_call(Pipeline([Tag, Tag]), lambda f, d: None)
-    links = [link for p in call._processors for link in (p._down, p._up)]
+    links = [link for p in call.processors for link in (p._down, p._up)]
     assert not any(isinstance(link, Observed) for link in links)
     call.close()

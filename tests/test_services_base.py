@@ -46,7 +46,7 @@ def test_streamed_results_arrive_in_order_with_ttfb_measured(runtime):
     call.push(TextFrame("one two three"))
     assert wait_until(lambda: len(texts(out)) == 3)
     assert texts(out) == ["one", "two", "three"]
-    service = call._processors[0]
+    service = call.processors[0]
     assert service.ttfb.count == 1 and service.ttfb.max >= 15_000_000
     call.close()
 

@@ -44,7 +44,7 @@ class Caller:
                 self.heard += 1
 
         self.call = runtime.open_call(Pipeline([lambda: CallRecorder(directory)]), count)
-        self.recorder = self.call._processors[0]
+        self.recorder = self.call.processors[0]
         self.sent = 0
 
     def user(self, chunks) -> None:

@@ -84,7 +84,7 @@ def test_a_turn_is_heard_in_full_and_recorded(runtime, providers):
         {"role": "system", "content": "You are a test agent."},
         {"role": "user", "content": "hello agent"},
     ]
-    user, assistant = call._processors[0], call._processors[-1]
+    user, assistant = call.processors[0], call.processors[-1]
     assert assistant_messages(user.context) == []  # not yet: the audio is still playing
     assert wait_until(lambda: assistant_messages(user.context) == ["Hi there."], timeout=3)
     assert assistant.response_latency.count == 1
@@ -110,7 +110,7 @@ def test_a_barge_in_leaves_only_the_words_heard_in_the_context(runtime, provider
     heard_for = time.monotonic() - first_audio
     user_says(call, "stop")
     assert wait_until(lambda: len(http.requests) == 2)
-    user = call._processors[0]
+    user = call.processors[0]
     [heard] = assistant_messages(user.context)[:1]
     words = heard.split()
     assert words == LONG.split()[: len(words)]  # a prefix of what was said...

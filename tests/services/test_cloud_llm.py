@@ -168,7 +168,7 @@ def test_tokens_go_downstream_as_they_arrive(runtime, http):
     body = request.json()
     assert body["model"] == "fake-model" and body["stream"] is True and body["messages"] == USER
     assert body["stream_options"] == {"include_usage": True}
-    service = call._processors[0]
+    service = call.processors[0]
     assert wait_until(lambda: service.usage["completion_tokens"] == 5)
     assert service.ttfb.count == 1
     call.close()
@@ -263,7 +263,7 @@ def test_parallel_function_calls_run_together_and_their_results_go_back(runtime,
     assert fed_back[0]["role"] == "assistant" and len(fed_back[0]["tool_calls"]) == 2
     assert [m["tool_call_id"] for m in fed_back[1:]] == ["call_1", "call_2"]
     assert json.loads(fed_back[1]["content"]) == {"city": "Paris", "forecast": "sunny"}
-    context = call._processors[0].context
+    context = call.processors[0].context
     assert wait_until(lambda: "IN_PROGRESS" not in json.dumps(context.messages))
     roles = [m["role"] for m in context.messages]
     assert roles == ["system", "user", "assistant", "tool", "tool"]
@@ -331,7 +331,7 @@ def test_an_interruption_cancels_marked_calls_and_lets_the_others_finish(runtime
     assert wait_until(lambda: out.of(FunctionCallCancelFrame))
     assert [f.tool_call_id for f in out.of(FunctionCallCancelFrame)] == ["slow"]
     assert wait_until(lambda: finished == ["book"])
-    context = call._processors[0].context
+    context = call.processors[0].context
     assert wait_until(lambda: "IN_PROGRESS" not in json.dumps(context.messages))
     results = {
         m["tool_call_id"]: json.loads(m["content"]) for m in context.messages if m["role"] == "tool"
@@ -390,7 +390,7 @@ def test_a_429_is_retried_after_the_wait_it_asks_for(runtime, http):
     assert wait_until(lambda: ended(out))
     assert texts(out) == ["made it"] and not errors(out)
     assert time.monotonic() - start >= 0.95
-    service = call._processors[0]
+    service = call.processors[0]
     assert wait_until(lambda: service.usage["retries"] == 1)
     call.close()
 

@@ -86,7 +86,7 @@ def test_a_spoken_turn_and_the_answer(runtime, realtime):
     assert {f.sample_rate for f in out.of(TTSAudioRawFrame)} == {16000}
     assert audio_secs(out) == pytest.approx(1.0, abs=0.01)
     assert "".join(f.text for f in out.of(TTSTextFrame)).split() == [f"word{i}" for i in range(10)]
-    svc = call._processors[0]
+    svc = call.processors[0]
     assert wait_until(lambda: svc.usage["output_tokens"] == 40)
     call.close()
 

@@ -133,7 +133,7 @@ def test_deepgram_keepalive_finalize_and_an_interruption_that_does_not_stop_it(r
     call.push(UserStoppedSpeakingFrame())
     assert deepgram.wait_for(lambda: "Finalize" in deepgram.controls)
     assert wait_until(lambda: finals(out) == ["turn on the lights"])
-    service = call._processors[0]
+    service = call.processors[0]
     assert service.ttfb.count == 1  # from the end of speech to the final transcript
     call.close()
 

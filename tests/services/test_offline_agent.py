@@ -111,7 +111,7 @@ def test_the_transcript_holds_what_was_heard_and_where_it_was_cut(runtime):
     call.interrupt()
     call.push(TranscriptionFrame("thanks"))
     call.close()
-    assert call._processors[0].transcript.turns == [
+    assert call.processors[0].transcript.turns == [
         Turn("assistant", "Hello. How can I help?"),
         Turn("user", "what time is it"),
         Turn("assistant", "It is noon.", interrupted=True),
@@ -222,7 +222,7 @@ def test_a_scripted_conversation_with_a_barge_in(runtime):
         assert worker.transcribe(pcm.tobytes(), replies).text == " ".join(words(text))
 
     # The transcript holds what the caller heard: the greeting up to where they cut in.
-    turns = call._processors[-1].transcript.turns
+    turns = call.processors[-1].transcript.turns
     assert turns == [
         Turn("assistant", "Hello Alice!", interrupted=True),
         Turn("user", "what time is it"),

@@ -143,7 +143,7 @@ def test_replies_follow_the_graph_with_slots_from_the_call_and_tools(runtime):
     kinds = [type(f) for f, _ in out if type(f) is not TranscriptionFrame]
     assert kinds[1:4] == [LLMFullResponseStartFrame, LLMTextFrame, LLMFullResponseEndFrame]
     assert [f.text for f, _ in out if type(f) is TranscriptionFrame] == said  # passed on
-    processor = call._processors[0]
+    processor = call.processors[0]
     assert processor.slots["city"] == "London" and processor.node == "forecast"
     call.close()
 

@@ -206,7 +206,7 @@ def test_the_stage_transcribes_each_segment_with_its_preroll(runtime, worker, ra
     assert transcripts(out) == ["please tell me the weather", "goodbye"]
     assert not any(isinstance(f, InputAudioRawFrame) for f in out)  # the audio stops here
     call.close()
-    stage = call._processors[0]
+    stage = call.processors[0]
     assert stage.latency.count == 2
     assert wait_until(lambda: runtime.pool.in_use == 0)
 
@@ -238,7 +238,7 @@ def test_the_runtime_shares_one_worker_between_its_calls(runtime):
     for call in calls:
         speak(call, runtime, with_noise(np.concatenate([say("goodbye"), silence(0.3)])))
     assert wait_until(lambda: len(transcripts(out)) == 2, 20)
-    workers = {call._processors[0].worker for call in calls}
+    workers = {call.processors[0].worker for call in calls}
     assert workers == {SphinxWorker.shared(runtime)}
     pid = SphinxWorker.shared(runtime).pid
     for call in calls:

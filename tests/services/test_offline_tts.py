@@ -142,7 +142,7 @@ def test_sentences_are_spoken_in_order_at_the_call_s_output_rate(runtime):
         TranscriptionFrame,
         *order[start + 11 :],
     ]
-    assert call._processors[0].ttfb.count >= 1
+    assert call.processors[0].ttfb.count >= 1
     audio.clear()
     out.clear()
     assert wait_until(lambda: runtime.pool.in_use == 0)

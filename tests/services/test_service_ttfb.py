@@ -44,7 +44,7 @@ class Gated(AsyncService):
 def test_overlapping_jobs_each_count_their_own_time_to_first_byte(runtime):
     out: list = []
     call = runtime.open_call(Pipeline([Gated]), lambda f, d: out.append(f))
-    service = call._processors[0]
+    service = call.processors[0]
     call.push(TextFrame("slow"))  # started first, answers last
     call.push(TextFrame("fast"))
     assert wait_until(lambda: any(getattr(f, "text", "") == "fast" for f in out))
