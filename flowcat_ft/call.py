@@ -10,7 +10,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from flowcat_ft.frames import (
     CancelFrame,
@@ -24,11 +24,10 @@ from flowcat_ft.frames import (
     SystemFrame,
 )
 from flowcat_ft.processor import LIFECYCLE_FRAMES, EventLoop, FrameProcessor
-from flowcat_ft.stage import Entry, Route
+from flowcat_ft.stage import Entry, Route, Shard
 from flowcat_ft.waiting import Doorbell
 
 if TYPE_CHECKING:
-    from flowcat_ft.runtime import PipelineRunner
     from flowcat_ft.slabs import SlabPool
 
 logger = logging.getLogger("flowcat_ft")
@@ -37,6 +36,16 @@ OutputCallback = Callable[[Frame, Direction], None]
 T = TypeVar("T")
 
 _ids = itertools.count(1)
+
+
+class RuntimeServices(Protocol):
+    """What a call hands on to its processors from the runtime that opened it (a
+    :class:`flowcat_ft.runtime.Runtime`): see :meth:`Call.event_loop` and
+    :meth:`Call.shared`."""
+
+    def event_loop(self) -> EventLoop: ...
+
+    def shared(self, key: Hashable, factory: Callable[[], T]) -> T: ...
 
 
 class CallClosedError(RuntimeError):
@@ -79,17 +88,19 @@ class Call:
 
     def __init__(
         self,
-        runner: PipelineRunner,
+        shard: Shard,
+        runtime: RuntimeServices,
         processors: list[FrameProcessor],
         on_output: OutputCallback | None,
         input_capacity: int,
         output_capacity: int | None,
     ) -> None:
         self.id = next(_ids)
-        self._runner = runner
+        self._shard = shard
+        self._runtime = runtime
         self.route = Route(
             processors,
-            len(runner.stages),
+            len(shard.stages),
             input_capacity,
             self._emit_down,
             self._emit_up,
@@ -132,16 +143,16 @@ class Call:
     @property
     def pool(self) -> SlabPool:
         """The runtime's slab pool."""
-        return self._runner.pool
+        return self._shard.pool
 
     def event_loop(self) -> EventLoop:
         """One of the runtime's event-loop threads, handed out in turn, for network I/O."""
-        return self._runner.runtime.event_loop()
+        return self._runtime.event_loop()
 
     def shared(self, key: Hashable, factory: Callable[[], T]) -> T:
         """The object the runtime keeps under ``key`` for every call, made by ``factory()``
         on first use (see :meth:`Runtime.shared <flowcat_ft.runtime.Runtime.shared>`)."""
-        return self._runner.runtime.shared(key, factory)
+        return self._runtime.shared(key, factory)
 
     # -- input -----------------------------------------------------------------------------
 
@@ -174,13 +185,13 @@ class Call:
         route = self.route
         frame._call = route
         if isinstance(frame, SystemFrame):
-            self._runner.entry.send_system(frame)
+            self._shard.entry.send_system(frame)
             return True
         if not route.input.push(frame):
             return False
         self.frames_in += 1
         if not route.scheduled:
-            self._runner.entry.schedule(route)
+            self._shard.entry.schedule(route)
         return True
 
     @contextmanager
@@ -214,7 +225,7 @@ class Call:
         Back-pressure as in :meth:`push`; while every slab is in use (the pipeline holds
         them) it waits for one too, up to ``timeout``, then
         :class:`~flowcat_ft.slabs.PoolExhaustedError`."""
-        pool = self._runner.pool
+        pool = self._shard.pool
         wait = math.inf if timeout is None else timeout
         frame = InputAudioRawFrame.from_bytes(pool, data, sample_rate, num_channels, codec, wait)
         self.push(frame, timeout)
@@ -286,7 +297,7 @@ class Call:
         self.close()
 
     def _refuse_own_thread(self, method: str) -> None:
-        if threading.current_thread() in self._runner.stages:
+        if threading.current_thread() in self._shard.stages:
             raise RuntimeError(
                 f"call {self.id}: {method} on one of the call's own stage threads (in a "
                 "processor or on_output) would never return, since the call ends on them; "
@@ -295,7 +306,7 @@ class Call:
 
     def _send_system(self, frame: Frame) -> None:
         frame._call = self.route
-        self._runner.entry.send_system(frame)
+        self._shard.entry.send_system(frame)
 
     # -- output ----------------------------------------------------------------------------
 
@@ -322,7 +333,7 @@ class Call:
             self.failed = True
             self.cancel(f"fatal error: {frame.error}")
         elif kind is InterruptionFrame and direction is Direction.DOWNSTREAM:
-            self._runner.interruption_ns.add(time.perf_counter_ns() - frame.entered_ns)
+            self._shard.interruption_ns.add(time.perf_counter_ns() - frame.entered_ns)
         self.frames_out += 1
         try:
             self._on_output(frame, direction)
@@ -330,7 +341,7 @@ class Call:
             logger.exception("on_output raised on %r", frame, extra={"call_id": self.id})
         if kind is EndFrame or kind is CancelFrame:
             # The runtime forgets the call first: once wait() returns, it is gone.
-            self._runner.call_finished(self)
+            self._shard.on_call_finished(self.id)
             self._finished.set()
             if self._output is not None:
                 self._output.close()
@@ -384,7 +395,7 @@ class Inbox:
         pending, self._pending = self._pending, []
         by_entry: dict[Entry, list[Route]] = {}
         for call in pending:
-            by_entry.setdefault(call._runner.entry, []).append(call.route)
+            by_entry.setdefault(call._shard.entry, []).append(call.route)
         for entry, routes in by_entry.items():
             entry.schedule_many(routes)
 

@@ -25,12 +25,11 @@ from flowcat_ft.call import Call, OutputCallback
 from flowcat_ft.frames import Direction, StartFrame
 from flowcat_ft.gcpolicy import GcPolicy
 from flowcat_ft.loops import EventLoopThread
-from flowcat_ft.metrics import Histogram
 from flowcat_ft.observers import Observed, Observer
 from flowcat_ft.pipeline import Pipeline, fuse
 from flowcat_ft.processor import FrameProcessor, batch_kernel
 from flowcat_ft.slabs import SLAB_BYTES, SlabPool
-from flowcat_ft.stage import Entry, Link, Stage
+from flowcat_ft.stage import Shard, Stage
 from flowcat_ft.waiting import Doorbell
 
 logger = logging.getLogger("flowcat_ft")
@@ -43,11 +42,11 @@ class RuntimeFullError(RuntimeError):
 
 
 class PipelineRunner:
-    """One shard of a pipeline: a chain of stage threads, and the calls running on them.
+    """One shard of a pipeline: its stage threads (a :class:`~flowcat_ft.stage.Shard`),
+    and the calls running on them, which it opens and wires to the stages.
 
-    ``interruption_ns`` (time for an interruption to sweep the pipeline) is written by the
-    last stage thread only; ``active`` (calls running here) and ``idle_since`` (when the
-    last of them ended) under the runtime's lock.
+    ``active`` (calls running here) and ``idle_since`` (when the last of them ended) are
+    guarded by the runtime's lock.
     """
 
     def __init__(
@@ -55,31 +54,18 @@ class PipelineRunner:
     ) -> None:
         self.runtime = runtime
         self.pipeline = pipeline
-        self.name = name
-        self.pool = runtime.pool
-        self.interruption_ns = Histogram()
         self.active = 0
         self.idle_since = time.monotonic()
         self._classes: list[type[FrameProcessor]] | None = None  # the first call's
-        doorbells = [Doorbell(runtime.wait_strategy) for _ in groups]
-        self.entry = Entry(doorbells[0])
-        self.stages = [
-            Stage(
-                f"{name}-s{s}",
-                s,
-                positions,
-                doorbells[s],
-                self.entry if s == 0 else None,
-                self.pool,
-            )
-            for s, positions in enumerate(groups)
-        ]
-        for left, right in zip(self.stages, self.stages[1:], strict=False):
-            left.out_down = right.in_down = Link(runtime.link_capacity, right.doorbell)
-            right.out_up = left.in_up = Link(runtime.link_capacity, left.doorbell)
-        for stage in self.stages:
-            stage.profile_dir = runtime.profile_dir
-            stage.start()
+        self.shard = Shard(
+            name,
+            groups,
+            runtime.pool,
+            partial(runtime._call_finished, self),
+            wait_strategy=runtime.wait_strategy,
+            link_capacity=runtime.link_capacity,
+            profile_dir=runtime.profile_dir,
+        )
 
     def open_call(
         self,
@@ -89,7 +75,7 @@ class PipelineRunner:
         observers: tuple[Observer, ...] = (),
     ) -> Call:
         rt = self.runtime
-        call = Call(self, processors, on_output, rt.input_capacity, rt.output_capacity)
+        call = Call(self.shard, rt, processors, on_output, rt.input_capacity, rt.output_capacity)
         self._choose_kernels(processors, observers)
         self._wire(call, observers)
         call._send_system(start_frame)
@@ -103,13 +89,14 @@ class PipelineRunner:
         see each push, which a kernel does not make). Runs under the runtime's lock,
         before the call's first frame is sent."""
         classes = [type(proc) for proc in processors]
+        stages = self.shard.stages
         if self._classes is None:
             self._classes = classes
-            for stage in self.stages:
+            for stage in stages:
                 for k, p in enumerate(stage.positions):
                     stage.kernels[k] = batch_kernel(classes[p])
                     stage.queued[k] = stage.kernels[k] is not None
-        for stage in self.stages:
+        for stage in stages:
             for k, p in enumerate(stage.positions):
                 if observers or classes[p] is not self._classes[p]:
                     stage.kernels[k] = None
@@ -122,7 +109,7 @@ class PipelineRunner:
         route = call.route
         processors = route.processors
         last = len(processors) - 1
-        for stage in self.stages:
+        for stage in self.shard.stages:
             first, end = stage.positions.start, stage.positions.stop - 1
             soon = partial(stage.call_soon, route)
             for i in stage.positions:
@@ -143,15 +130,6 @@ class PipelineRunner:
                     down = Observed(down, call, proc, Direction.DOWNSTREAM, observers)
                     up = Observed(up, call, proc, Direction.UPSTREAM, observers)
                 processors[i]._wire(call, down, up, soon)
-
-    def call_finished(self, call: Call) -> None:
-        self.runtime._call_finished(call)
-
-    def stop(self, timeout: float) -> None:
-        for stage in self.stages:
-            stage.stop()
-        for stage in self.stages:
-            stage.join(timeout)
 
 
 class Runtime:
@@ -251,7 +229,7 @@ class Runtime:
             runners = [runner for shards in self._runners.values() for runner in shards]
             self._runners.clear()
         for runner in runners:
-            runner.stop(timeout)
+            runner.shard.stop(timeout)
         with self._lock:
             io_loops, self._io_loops = self._io_loops, []
         for io in io_loops:
@@ -351,10 +329,9 @@ class Runtime:
         with self._lock:
             return list(self._calls.values())
 
-    def _call_finished(self, call: Call) -> None:
+    def _call_finished(self, runner: PipelineRunner, call_id: int) -> None:
         with self._lock:
-            if self._calls.pop(call.id, None) is not None:
-                runner = call._runner
+            if self._calls.pop(call_id, None) is not None:
                 runner.active -= 1
                 if not runner.active:
                     runner.idle_since = time.monotonic()
@@ -371,7 +348,7 @@ class Runtime:
 
     def _stages(self) -> Iterator[Stage]:
         for runner in self._runners_now():
-            yield from runner.stages
+            yield from runner.shard.stages
 
     def _housekeep(self) -> None:
         last = time.monotonic()
@@ -404,18 +381,19 @@ class Runtime:
             ]
             runners = [runner for key in idle for runner in self._runners.pop(key)]
         for runner in runners:
-            runner.stop(timeout=5.0)
+            runner.shard.stop(timeout=5.0)
 
     def metrics(self) -> dict[str, object]:
         """A snapshot of what the runtime is doing, safe to take while it runs."""
         pipelines = []
         for runner in self._runners_now():
+            shard = runner.shard
             pipelines.append(
                 {
-                    "shard": runner.name,
+                    "shard": shard.name,
                     "calls": runner.active,
                     "processors": len(runner.pipeline),
-                    "interruption": runner.interruption_ns.snapshot(),
+                    "interruption": shard.interruption_ns.snapshot(),
                     "stages": [
                         {
                             "thread": stage.name,
@@ -428,7 +406,7 @@ class Runtime:
                             "parks": stage.doorbell.parks,
                             "missed_wakeups": stage.doorbell.missed_wakeups,
                         }
-                        for stage in runner.stages
+                        for stage in shard.stages
                     ],
                 }
             )

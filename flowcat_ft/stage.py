@@ -1,11 +1,11 @@
 """Stage threads: the OS threads that run a pipeline's processors for every call.
 
 A pipeline's processors are split into stages; each stage runs on one dedicated thread
-shared by all calls on that pipeline. Each call has a :class:`Route` through them: its
-processors, its input ring, and the state the stage threads keep for it. Neighbouring
-stages are linked by :class:`Link`\\ s, one per direction, each a pair of SPSC rings:
-system frames on their own ring, read first, so they overtake queued data; data and
-control frames on the other, in order.
+shared by all calls on that pipeline. A :class:`Shard` is one chain of them, and each
+call on it has a :class:`Route` through it: its processors, its input ring, and the state
+the stage threads keep for it. Neighbouring stages are linked by :class:`Link`\\ s,
+one per direction, each a pair of SPSC rings: system frames on their own ring, read
+first, so they overtake queued data; data and control frames on the other, in order.
 
 The first stage also reads the pipeline's entry: one bounded input ring per call, visited
 round-robin a few frames at a time (so a flooding call cannot starve the others), and a
@@ -46,7 +46,7 @@ from flowcat_ft.frames import (
     InterruptionFrame,
     SystemFrame,
 )
-from flowcat_ft.metrics import StageMetrics
+from flowcat_ft.metrics import Histogram, StageMetrics
 from flowcat_ft.processor import LIFECYCLE_FRAMES, Batch, FrameProcessor, Push
 from flowcat_ft.rings import SpscRing
 from flowcat_ft.slabs import PoolExhaustedError, SlabPool
@@ -63,7 +63,7 @@ where a direct ``process()`` hop costs about 0.4 µs."""
 
 
 class Route:
-    """One call's way through the stage threads: its processors, its input ring, and the
+    """One call's way through a :class:`Shard`: its processors, its input ring, and the
     state the stage threads keep for it. Every frame of the call points to it
     (``Frame._call``).
 
@@ -677,6 +677,52 @@ class Stage(threading.Thread):
                 if len(route.input) and not route.scheduled:
                     entry.schedule(route)
         return taken
+
+
+class Shard:
+    """One copy of a pipeline's threads: a chain of stages, stage ``s`` running positions
+    ``groups[s]``, linked in both directions, and the entry the calls' frames come in by.
+
+    Each call on the shard has a :class:`Route` through it. ``pool`` is the runtime's slab
+    pool; ``interruption_ns`` (time for an interruption to sweep the pipeline) is written by
+    the last stage thread only; ``on_call_finished(call_id)`` is called on a stage thread
+    as each call on the shard ends.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        groups: list[range],
+        pool: SlabPool,
+        on_call_finished: Callable[[int], None],
+        *,
+        wait_strategy: str | None = None,
+        link_capacity: int = 1024,
+        profile_dir: str | None = None,
+    ) -> None:
+        self.name = name
+        self.pool = pool
+        self.on_call_finished = on_call_finished
+        self.interruption_ns = Histogram()
+        doorbells = [Doorbell(wait_strategy) for _ in groups]
+        self.entry = Entry(doorbells[0])
+        self.stages = [
+            Stage(f"{name}-s{s}", s, positions, doorbells[s], self.entry if s == 0 else None, pool)
+            for s, positions in enumerate(groups)
+        ]
+        for left, right in zip(self.stages, self.stages[1:], strict=False):
+            left.out_down = right.in_down = Link(link_capacity, right.doorbell)
+            right.out_up = left.in_up = Link(link_capacity, left.doorbell)
+        for stage in self.stages:
+            stage.profile_dir = profile_dir
+            stage.start()
+
+    def stop(self, timeout: float) -> None:
+        """Stop the stage threads and join them."""
+        for stage in self.stages:
+            stage.stop()
+        for stage in self.stages:
+            stage.join(timeout)
 
 
 def _emit_down_many(frames: list[Frame]) -> None:

@@ -110,7 +110,7 @@ def test_memory_per_call_is_bounded_when_a_stage_stalls(small_runtime):
         for _ in range(1000):
             call.push_audio(AUDIO, 8000, timeout=0.2)
     rt = small_runtime
-    stage = rt._runners_now()[0].stages[0]
+    stage = rt._runners_now()[0].shard.stages[0]
     # The call's input ring, the link ring, what the blocked stage popped before blocking
     # (at most a ring's worth) and what one entry turn may leave pending.
     bound = rt.input_capacity + 2 * rt.link_capacity + stage.quantum

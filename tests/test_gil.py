@@ -35,6 +35,6 @@ def test_gil_stays_off_after_importing_everything_and_running_a_pipeline():
             call.end()
         for call in calls:
             assert len(list(call.frames(timeout=10))) == 503
-        threads = {stage.ident for runner in rt._runners_now() for stage in runner.stages}
+        threads = {stage.ident for runner in rt._runners_now() for stage in runner.shard.stages}
         assert len(threads) == 2
     assert sys._is_gil_enabled() is False

@@ -52,7 +52,7 @@ def test_interruption_drops_stale_output_and_lets_new_frames_through(runtime):
     assert wait_until(lambda: runtime.pool.in_use == 50)  # every burst is queued
     call.interrupt()
     # Open the gate once the interruption waits at the gated stage's door.
-    gated = runtime._runners_now()[0].stages[1]
+    gated = runtime._runners_now()[0].shard.stages[1]
     assert wait_until(lambda: len(gated.in_down.system) > 0)
     Blocked.opened.set()
     call.push(TextFrame("new"))
@@ -119,7 +119,7 @@ def test_the_callers_own_audio_and_words_survive_an_interruption(runtime):
         call.push_audio(AUDIO, 8000)
     call.push(TranscriptionFrame("stop please"))
     call.push(TextFrame("stale bot words"))
-    gated = runtime._runners_now()[0].stages[1]
+    gated = runtime._runners_now()[0].shard.stages[1]
     assert wait_until(lambda: len(gated.in_down.data) + len(gated.in_down.pending_data) >= 7)
     call.interrupt()
     assert wait_until(lambda: len(gated.in_down.system) > 0)

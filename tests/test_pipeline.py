@@ -40,8 +40,8 @@ def test_frames_keep_their_order_through_seven_processors_on_two_threads(runtime
     assert isinstance(out[0], StartFrame) and isinstance(out[-1], EndFrame)
     assert texts(out) == [f"{i}+++++++" for i in range(2000)]
     runner = runtime._runners_now()[0]
-    assert len(runner.stages) == 2
-    assert {s.ident for s in runner.stages} != {threading.get_ident()}
+    assert len(runner.shard.stages) == 2
+    assert {s.ident for s in runner.shard.stages} != {threading.get_ident()}
 
 
 def test_each_call_has_its_own_processor_state(runtime):
@@ -98,7 +98,7 @@ def test_threads_and_shards(runtime):
         Pipeline([Tag] * 5, shards=3),
     ):
         run_call(runtime, pipeline, ["x"])
-    shapes = [[len(r.stages) for r in shards] for shards in runtime._runners.values()]
+    shapes = [[len(r.shard.stages) for r in shards] for shards in runtime._runners.values()]
     assert shapes == [[1, 1], [2], [1, 1, 1]]
 
 
@@ -134,7 +134,7 @@ def test_idle_shards_stop_and_a_later_call_starts_new_ones():
         call = rt.open_call(busy)  # on one of busy's two shards; the other has no call
         busy_shards = rt._runners[busy.template]
         assert texts(run_call(rt, idle, ["a"])) == ["a+#1"]
-        idle_stages = [stage for runner in rt._runners[idle.template] for stage in runner.stages]
+        idle_stages = [s for runner in rt._runners[idle.template] for s in runner.shard.stages]
         assert wait_until(lambda: idle.template not in rt._runners)
         for stage in idle_stages:
             stage.join(5)
@@ -145,7 +145,7 @@ def test_idle_shards_stop_and_a_later_call_starts_new_ones():
         call.end()
         assert texts(call.frames(timeout=5)) == ["b#1+"]
         assert texts(run_call(rt, idle, ["c"])) == ["c+#1"]  # on new threads
-        assert all(stage.is_alive() for stage in rt._runners[idle.template][0].stages)
+        assert all(stage.is_alive() for stage in rt._runners[idle.template][0].shard.stages)
     finally:
         rt.stop()
 
@@ -241,4 +241,4 @@ class Heavy(FrameProcessor):
 def test_fusing_sees_the_cost_of_what_a_lambda_makes(runtime):
     run_call(runtime, Pipeline([Tag, Tag, Tag, lambda: Heavy()], threads=2), ["x"])
     runner = runtime._runners_now()[0]
-    assert [s.positions for s in runner.stages] == [range(0, 3), range(3, 4)]
+    assert [s.positions for s in runner.shard.stages] == [range(0, 3), range(3, 4)]
