@@ -1,61 +1,23 @@
 """An asyncio adapter: calls whose output arrives on an event loop, for transports.
 
-Stage threads must never block on an event loop, and waking a loop costs a system call, so
-output crosses over in batches: a :class:`LoopBridge` collects frames from any thread in a
-deque and wakes its loop once per batch (``loop.call_soon_threadsafe``), not once per frame.
+Stage threads must never block on an event loop: output crosses over through a
+:class:`~flowcat_ft.loops.LoopBridge`, one loop wake-up per batch of frames.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from flowcat_ft.frames import CancelFrame, Direction, EndFrame, Frame, StartFrame
+from flowcat_ft.loops import LoopBridge, LoopCallback
 
 if TYPE_CHECKING:
     from flowcat_ft.call import Call
     from flowcat_ft.pipeline import Pipeline
     from flowcat_ft.runtime import Runtime
-
-LoopCallback = Callable[[Frame, Direction], None]
-
-
-class LoopBridge:
-    """Hands frames from stage threads to callbacks run on one event loop.
-
-    Threading contract: ``_batch`` is a deque of ``(callback, frame, direction)``, appended
-    by any thread and drained by the loop. ``_scheduled`` is set by a producer that found it
-    clear (and then wakes the loop) and cleared by the loop before it drains; a producer
-    appends before it reads the flag and the loop clears the flag before it reads the deque,
-    so (with 3.13t's sequentially consistent attribute accesses) no batch is left behind.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self._batch: deque[tuple[LoopCallback, Frame, Direction]] = deque()
-        self._scheduled = False
-        self.wakeups = 0
-
-    def send(self, callback: LoopCallback, frame: Frame, direction: Direction) -> None:
-        """Run ``callback(frame, direction)`` on the loop soon (callable from any thread)."""
-        self._batch.append((callback, frame, direction))
-        if not self._scheduled:
-            self._scheduled = True
-            try:
-                self.loop.call_soon_threadsafe(self._drain)
-            except RuntimeError:  # the loop is closed: nobody is left to deliver to
-                self._batch.clear()
-
-    def _drain(self) -> None:
-        self.wakeups += 1
-        self._scheduled = False
-        batch = self._batch
-        while batch:
-            callback, frame, direction = batch.popleft()
-            callback(frame, direction)
 
 
 class _Room:
@@ -68,7 +30,7 @@ class _Room:
     looks at the ring again. So there is one loop wake-up per wait however often the stage
     takes input, and a wake-up after that look finds ``_woken`` clear and wakes the loop
     again (each side writes, then reads what the other writes: sequentially consistent on
-    3.13t, as for :class:`LoopBridge`).
+    3.13t, as for :class:`~flowcat_ft.loops.LoopBridge`).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -177,4 +139,4 @@ class AsyncCall:
             yield frame
 
 
-__all__ = ["AsyncCall", "LoopBridge"]
+__all__ = ["AsyncCall"]

@@ -1,16 +1,59 @@
-"""Event-loop threads: each runs one asyncio loop, for network I/O beside the stage threads."""
+"""Event-loop threads: each runs one asyncio loop, for network I/O beside the stage threads.
+
+Stage threads must never block on an event loop, and waking a loop costs a system call, so
+frames cross over in batches: a :class:`LoopBridge` collects frames from any thread in a
+deque and wakes its loop once per batch (``loop.call_soon_threadsafe``), not once per frame.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
+from collections import deque
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from functools import partial
 from typing import Any
 
-from flowcat_ft.aio import LoopBridge
 from flowcat_ft.call import Inbox
+from flowcat_ft.frames import Direction, Frame
+
+LoopCallback = Callable[[Frame, Direction], None]
+
+
+class LoopBridge:
+    """Hands frames from stage threads to callbacks run on one event loop.
+
+    Threading contract: ``_batch`` is a deque of ``(callback, frame, direction)``, appended
+    by any thread and drained by the loop. ``_scheduled`` is set by a producer that found it
+    clear (and then wakes the loop) and cleared by the loop before it drains; a producer
+    appends before it reads the flag and the loop clears the flag before it reads the deque,
+    so (with 3.13t's sequentially consistent attribute accesses) no batch is left behind.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._batch: deque[tuple[LoopCallback, Frame, Direction]] = deque()
+        self._scheduled = False
+        self.wakeups = 0
+
+    def send(self, callback: LoopCallback, frame: Frame, direction: Direction) -> None:
+        """Run ``callback(frame, direction)`` on the loop soon (callable from any thread)."""
+        self._batch.append((callback, frame, direction))
+        if not self._scheduled:
+            self._scheduled = True
+            try:
+                self.loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # the loop is closed: nobody is left to deliver to
+                self._batch.clear()
+
+    def _drain(self) -> None:
+        self.wakeups += 1
+        self._scheduled = False
+        batch = self._batch
+        while batch:
+            callback, frame, direction = batch.popleft()
+            callback(frame, direction)
 
 
 class EventLoopThread:

@@ -10,7 +10,8 @@ import pytest
 from processors import Gate, Raise, Tag
 
 from flowcat_ft import CallClosedError, EndFrame, ErrorFrame, Pipeline, Runtime, TextFrame
-from flowcat_ft.aio import AsyncCall, LoopBridge
+from flowcat_ft.aio import AsyncCall
+from flowcat_ft.loops import LoopBridge
 
 
 def test_a_reader_thread_iterates_while_another_thread_pushes(runtime):
