@@ -90,11 +90,14 @@ class WebSocketClient:
         return True
 
     def close(self, timeout: float = 5.0) -> None:
-        """Close the connection (the call is cancelled) and stop the loop thread."""
+        """Close the connection, wait for its call to end (it is cancelled), and stop the
+        loop thread."""
         if self._io is None:
             return
         if self.session is not None:
             self._io.submit(self.session.ws.close(1000, "client closing"))
             self.wait(timeout)
+            if self.session.call is not None:
+                self.session.call.wait(timeout)
         self._io.stop(timeout)
         self._io = None
