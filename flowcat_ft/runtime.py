@@ -359,6 +359,7 @@ class Runtime:
             for stage in self._stages():
                 frames = counts[stage] = stage.metrics.frames
                 stage.metrics.rate = (frames - before.get(stage, frames)) / (now - last)
+                stage.doorbell.nudge()  # the second line of defence against lost wake-ups
             last = now
             with self._lock:
                 active = len(self._calls)
