@@ -287,10 +287,11 @@ def make_plan(args: argparse.Namespace) -> Plan:
     )
 
 
-def default_config(build: str, cores: int) -> tuple[int, int]:
-    """flowcat-ft's (loops, threads) untuned: one event-loop and one stage thread per core on
-    3.13t, one of each on the GIL build (two threads contend for its one GIL)."""
-    return (cores, cores) if build == "ft" else (1, 1)
+def default_config(build: str, cores: int) -> tuple[int | None, int | None]:
+    """flowcat-ft's (loops, threads) untuned: on 3.13t the server's own split of the cores
+    it runs on (None, None: see ``flowcat_ft.transports.server.split_cores``; its ready line
+    says what it chose), one of each on the GIL build (two threads contend for its GIL)."""
+    return (None, None) if build == "ft" else (1, 1)
 
 
 def choose_configs(

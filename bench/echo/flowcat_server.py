@@ -16,7 +16,7 @@ from bench.echo._serving import arguments, name_threads, raise_fd_limit, serve_u
 from flowcat_ft import Pipeline, Runtime
 from flowcat_ft.agents.echo import echo_pipeline
 from flowcat_ft.audio.processors import G711Decoder, G711Encoder
-from flowcat_ft.transports.server import WebSocketServer
+from flowcat_ft.transports.server import WebSocketServer, split_cores
 from flowcat_ft.transports.session import MediaOptions
 from flowcat_ft.waiting import STRATEGIES
 
@@ -35,8 +35,12 @@ def start(
     port: int, loops: int | None = None, threads: int | None = None, wait: str | None = None
 ) -> WebSocketServer:
     """Start the echo server on 127.0.0.1:``port`` (0: a free one) with ``loops`` event-loop
-    threads and ``threads`` stage threads waiting with strategy ``wait`` (default: the
-    runtime's). Stop it with ``server.stop()`` then ``server.runtime.stop()``."""
+    threads and ``threads`` stage threads (default: the server's split of the cores, see
+    :func:`~flowcat_ft.transports.server.split_cores`) waiting with strategy ``wait``
+    (default: the runtime's). Stop it with ``server.stop()`` then
+    ``server.runtime.stop()``."""
+    default_loops, default_threads = split_cores(loops)
+    loops, threads = loops or default_loops, threads or default_threads
     runtime = Runtime(threads=threads, slabs=4 * MAX_CALLS, max_calls=MAX_CALLS, wait_strategy=wait)
     server = WebSocketServer(
         runtime,
@@ -52,8 +56,8 @@ def start(
 
 def main() -> None:
     p = arguments(__doc__)
-    p.add_argument("--loops", type=int, default=None, help="event-loop threads (one per core)")
-    p.add_argument("--threads", type=int, default=None, help="stage threads (one per core)")
+    p.add_argument("--loops", type=int, default=None, help="event-loop threads (half the cores)")
+    p.add_argument("--threads", type=int, default=None, help="stage threads (the other cores)")
     p.add_argument("--wait", choices=STRATEGIES, help="how idle stage threads wait")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -61,7 +65,8 @@ def main() -> None:
     name_threads()
     server = start(args.port, args.loops, args.threads, args.wait)
     try:
-        serve_until_stopped(f"flowcat-ft {server.loop_count} loops")
+        threads = server.runtime.threads
+        serve_until_stopped(f"flowcat-ft {server.loop_count} loops, {threads} stage threads")
     finally:
         server.stop(grace=2)
         server.runtime.stop()

@@ -45,15 +45,18 @@ class Server:
 
 
 def flowcat(build: str, loops: int | None = None, threads: int | None = None) -> Server:
-    """flowcat-ft's echo server on the ``"ft"`` or ``"gil"`` venv (default: one event-loop
-    thread and one stage thread per core)."""
+    """flowcat-ft's echo server on the ``"ft"`` or ``"gil"`` venv (default: the server's
+    own split of the cores between event-loop and stage threads)."""
     args: tuple[str, ...] = ()
     if loops is not None:
         args += ("--loops", str(loops))
     if threads is not None:
         args += ("--threads", str(threads))
     label = "3.13t" if build == "ft" else "GIL"
-    shape = f"{loops or cores()} loops, {threads or cores()} stage threads"
+    if loops is None and threads is None:
+        shape = "the server's split of the cores"
+    else:
+        shape = f"{loops or 'default'} loops, {threads or 'default'} stage threads"
     return Server(
         f"flowcat-ft {label}",
         python_of(build),

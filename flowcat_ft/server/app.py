@@ -26,7 +26,7 @@ from flowcat_ft.server.status import status_pages
 from flowcat_ft.server.webhooks import answer_pages, twilio_guards
 from flowcat_ft.services.offline import SphinxWorker
 from flowcat_ft.transports.http import Guard
-from flowcat_ft.transports.server import WebSocketServer, default_routes
+from flowcat_ft.transports.server import WebSocketServer, default_routes, split_cores
 from flowcat_ft.transports.webrtc import WebRTCGateway
 
 __all__ = ["AgentServer"]
@@ -66,7 +66,10 @@ class AgentServer:
         self._step(f"building the {config.agent.kind} agent")
         agent = build_agent(config)
         gateway = self._webrtc_gateway()
-        runtime = Runtime(max_calls=config.limits.max_calls, profile_dir=self._profile_dir)
+        loops, threads = split_cores(config.server.loops)
+        runtime = Runtime(
+            threads=threads, max_calls=config.limits.max_calls, profile_dir=self._profile_dir
+        )
         carriers = config.transports.carriers
         routes, pages = default_routes(carriers), answer_pages(carriers, config.server.public_url)
         if config.server.playground:
@@ -79,7 +82,7 @@ class AgentServer:
             agent.pipeline,
             host=config.server.host,
             port=config.server.port,
-            loops=config.server.loops,
+            loops=loops,
             routes=routes,
             options=agent.options,
             max_calls=config.limits.max_calls,

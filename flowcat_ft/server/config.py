@@ -88,8 +88,9 @@ Provider = Literal[tuple(PROVIDERS)]
 
 @dataclass(frozen=True, kw_only=True)
 class ServerConfig:
-    """Where the server listens (``loops``: event-loop threads, None for one per core) and
-    what it serves. ``public_url`` is the URL carriers reach the server at
+    """Where the server listens (``loops``: event-loop threads, None for half the cores; the
+    runtime's stage threads get the other cores) and what it serves. ``public_url`` is the
+    URL carriers reach the server at
     (``https://agent.example.com``), written into webhook answers; ``webrtc`` is ``"auto"``
     (serve WebRTC where its companion processes can run), True or False;
     ``webrtc_companions``: how many companion processes (None: one per core);
