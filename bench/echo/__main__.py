@@ -207,11 +207,11 @@ def tune(build: str, seconds: float, warmup: float) -> tuple[tuple[int, int], li
             for calls in TUNING_POINTS:
                 servers.wait_quiet(running)
                 run = measure(running, Load(calls, "raw", seconds, warmup))
-                trials.append({"build": build, "loops": loops, "threads": threads, **run})
+                trials.append({**run, "build": build, "loops": loops, "stage_threads": threads})
                 print(describe(run, f"{build} {loops} loops, {threads} threads"), flush=True)
 
     def score(config: tuple[int, int]) -> tuple[int, float]:
-        mine = [t for t in trials if (t["loops"], t["threads"]) == config]
+        mine = [t for t in trials if (t["loops"], t["stage_threads"]) == config]
         held = max((t["calls"] for t in mine if report.held(t, 5.0)), default=0)
         first = mine[0]["rtt_ms"]["p99"]
         return held, -(first if first is not None else float("inf"))
