@@ -13,65 +13,34 @@ spread it. Least of 3 runs; ``--wait`` picks the stage's wait strategy.
 from __future__ import annotations
 
 import argparse
-import threading
-import time
 
 from bench._common import finish, header, parser, table
+from bench._rounds import Sink, stage_cpu_per_frame
 from bench.echo.flowcat_server import bench_pipeline
-from flowcat_ft import Direction, Frame, InputAudioRawFrame, OutputAudioRawFrame, Runtime
-from flowcat_ft.call import Inbox
+from flowcat_ft import InputAudioRawFrame, OutputAudioRawFrame, Runtime
 from flowcat_ft.waiting import STRATEGIES
 
 BATCHES = (1, 10, 50, 200)
 PAYLOAD = bytes(range(160))
 
 
-class Sink:
-    """Counts audio frames out; ``done`` is set once ``target`` have. One stage thread."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.target = 0
-        self.done = threading.Event()
-
-    def expect(self, frames: int) -> None:
-        self.done.clear()
-        self.target = self.count + frames
-
-    def on_output(self, frame: Frame, direction: Direction) -> None:
-        if type(frame) is OutputAudioRawFrame:
-            self.count += 1
-            if self.count >= self.target:
-                self.done.set()
-
-
 def cpu_per_frame(batch: int, rounds: int, wait: str | None) -> float:
-    """Stage CPU µs per frame at ``batch`` calls a round (least of 3 runs)."""
+    """Stage CPU µs per frame at ``batch`` calls a round."""
     pipeline = bench_pipeline()
     pipeline.shards = 1
-    sink = Sink()
+    sink = Sink(OutputAudioRawFrame)
     with Runtime(threads=1, slabs=8192, wait_strategy=wait) as runtime:
+
+        def audio() -> InputAudioRawFrame:
+            return InputAudioRawFrame.from_bytes(runtime.pool, PAYLOAD, 8000, 1, "mulaw")
+
         calls = [runtime.open_call(pipeline, sink.on_output) for _ in range(batch)]
-        inbox = Inbox(lambda: None)  # flushed by hand: one hand-over per round
-        (stage,) = [t for t in threading.enumerate() if t.name.startswith("flowcat-p")]
-        clock = time.pthread_getcpuclockid(stage.ident)
-        best = float("inf")
-        for _ in range(3):
-            began = time.clock_gettime(clock)
-            for _ in range(rounds):
-                sink.expect(batch)
-                for call in calls:
-                    audio = InputAudioRawFrame.from_bytes(runtime.pool, PAYLOAD, 8000, 1, "mulaw")
-                    inbox.push(call, audio)
-                inbox.flush()
-                if not sink.done.wait(30):
-                    raise RuntimeError(f"only {sink.count} of {sink.target} frames came out")
-            best = min(best, (time.clock_gettime(clock) - began) / (rounds * batch) * 1e6)
+        cost = stage_cpu_per_frame(calls, sink, audio, rounds)
         for call in calls:
             call.end()
         for call in calls:
             call.wait(10)
-    return best
+    return cost
 
 
 def main(args: argparse.Namespace) -> None:

@@ -20,12 +20,10 @@ more than before the batch path (0.6-0.9 µs, measured as wall time per hop).
 from __future__ import annotations
 
 import argparse
-import threading
-import time
 
 from bench._common import finish, header, parser, table
+from bench._rounds import Sink, stage_cpu_per_frame
 from flowcat_ft import Direction, Frame, FrameProcessor, Pipeline, Runtime, TextFrame
-from flowcat_ft.call import Inbox
 
 BATCH_TARGET_US = 0.3
 KINDS = ("plain", "batch")
@@ -43,59 +41,20 @@ class Batched(FrameProcessor):
     """A pass-through called once per batch (the base class's ``process_batch``)."""
 
 
-class Sink:
-    """Counts text frames out of the pipeline; ``done`` is set once ``target`` have.
-    Called on the one stage thread only."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.target = 0
-        self.done = threading.Event()
-
-    def expect(self, frames: int) -> None:
-        self.done.clear()
-        self.target = self.count + frames
-
-    def on_output(self, frame: Frame, direction: Direction) -> None:
-        if type(frame) is TextFrame:
-            self.count += 1
-            if self.count >= self.target:
-                self.done.set()
-
-
-def stage_clock() -> int:
-    """The CPU clock of the runtime's one stage thread."""
-    (stage,) = [t for t in threading.enumerate() if t.name.startswith("flowcat-p")]
-    return time.pthread_getcpuclockid(stage.ident)
-
-
 def cpu_per_frame(kind: str, processors: int, batch: int, rounds: int) -> float:
     """Stage CPU µs per frame through ``processors`` hops of ``kind``, ``batch`` calls a
-    round: the least over three runs (the runs least disturbed by other work)."""
+    round."""
     cls = Plain if kind == "plain" else Batched
     pipeline = Pipeline([cls] * processors, shards=1)
-    sink = Sink()
+    sink = Sink(TextFrame)
     with Runtime(threads=1) as runtime:
         calls = [runtime.open_call(pipeline, sink.on_output) for _ in range(batch)]
-        inbox = Inbox(lambda: None)  # flushed by hand: one hand-over per round
-        clock = stage_clock()
-        best = float("inf")
-        for _ in range(3):
-            frames = [[TextFrame("x") for _ in range(batch)] for _ in range(rounds)]
-            began = time.clock_gettime(clock)
-            for round_frames in frames:
-                sink.expect(batch)
-                for call, frame in zip(calls, round_frames, strict=True):
-                    inbox.push(call, frame)
-                inbox.flush()
-                if not sink.done.wait(30):
-                    raise RuntimeError(f"only {sink.count} of {sink.target} frames came out")
-            best = min(best, (time.clock_gettime(clock) - began) / (rounds * batch) * 1e6)
+        cost = stage_cpu_per_frame(calls, sink, lambda: TextFrame("x"), rounds)
         for call in calls:
             call.end()
         for call in calls:
             call.wait(10)
-    return best
+    return cost
 
 
 def main(args: argparse.Namespace) -> None:
