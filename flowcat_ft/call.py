@@ -182,16 +182,25 @@ class Call:
             raise CallClosedError(f"call {self.id} is closed; no more frames can be pushed")
         if type(frame) in LIFECYCLE_FRAMES:
             raise ValueError(f"use end(), cancel() or interrupt() rather than pushing {frame!r}")
+        if isinstance(frame, SystemFrame):
+            self._send_system(frame)
+            return True
+        if not self._queue(frame):
+            return False
+        route = self.route
+        if not route.scheduled:
+            self._shard.entry.schedule(route)
+        return True
+
+    def _queue(self, frame: Frame) -> bool:
+        """Put a data frame in the input ring (False if full); the pusher then sees to it
+        that the route is scheduled. The frame names its route before the ring publishes
+        it: a first stage that already has the route may take it at once."""
         route = self.route
         frame._call = route
-        if isinstance(frame, SystemFrame):
-            self._shard.entry.send_system(frame)
-            return True
         if not route.input.push(frame):
             return False
         self.frames_in += 1
-        if not route.scheduled:
-            self._shard.entry.schedule(route)
         return True
 
     @contextmanager
@@ -376,11 +385,9 @@ class Inbox:
     def push(self, call: Call, frame: DataFrame) -> bool:
         """Queue ``frame`` in ``call``'s input; False (nothing queued) if the call is
         ending or its input ring is full: the caller drops the frame."""
-        route = call.route
-        if call._closing or not route.input.push(frame):
+        if call._closing or not call._queue(frame):
             return False
-        frame._call = route
-        call.frames_in += 1
+        route = call.route
         if not route.scheduled:
             route.scheduled = True
             self._pending.append(call)
