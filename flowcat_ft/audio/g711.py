@@ -15,7 +15,7 @@ count, allocating no sample buffer::
 
 import numpy as np
 
-__all__ = ["alaw_decode", "alaw_encode", "ulaw_decode", "ulaw_encode"]
+__all__ = ["DECODERS", "ENCODERS", "alaw_decode", "alaw_encode", "ulaw_decode", "ulaw_encode"]
 
 # Largest magnitude of each of the eight segments, in the encoders' 14-bit (µ-law, biased)
 # and 13-bit (A-law) units.
@@ -105,3 +105,10 @@ def alaw_decode(src: np.ndarray, out: np.ndarray) -> int:
 def alaw_encode(src: np.ndarray, out: np.ndarray) -> int:
     """Encode int16 samples into A-law codes (uint8) in ``out``; return ``len(src)``."""
     return _lookup(_ALAW_ENCODE, src, _SAMPLE, out)
+
+
+DECODERS = {"mulaw": ulaw_decode, "alaw": alaw_decode}
+"""Each G.711 codec's decoder, by the codec's name in frames and serializers."""
+
+ENCODERS = {"mulaw": ulaw_encode, "alaw": alaw_encode}
+"""Each G.711 codec's encoder, by name."""

@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from flowcat_ft.audio.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
+from flowcat_ft.audio.g711 import DECODERS, ENCODERS
 from flowcat_ft.audio.resample import StreamingResampler
 from flowcat_ft.frames import (
     AudioRawFrame,
@@ -43,9 +43,6 @@ from flowcat_ft.slabs import Slab, SlabPool
 __all__ = ["G711Decoder", "G711Encoder", "Resampler"]
 
 Kernel = Callable[[np.ndarray, np.ndarray], int]
-
-_DECODERS: dict[str, Kernel] = {"mulaw": ulaw_decode, "alaw": alaw_decode}
-_ENCODERS: dict[str, Kernel] = {"mulaw": ulaw_encode, "alaw": alaw_encode}
 
 
 def _take(pool: SlabPool, nbytes: int) -> Slab:
@@ -95,7 +92,7 @@ class G711Decoder(FrameProcessor):
 
     def process(self, frame: Frame, direction: Direction) -> None:
         if direction is Direction.DOWNSTREAM and isinstance(frame, self.frame_type):
-            decode = _DECODERS.get(frame.codec)
+            decode = DECODERS.get(frame.codec)
             if decode is not None:
                 codes = frame.samples
                 slab = _take(self.pool, 2 * len(codes))
@@ -110,10 +107,10 @@ class G711Decoder(FrameProcessor):
             coded = [
                 frame
                 for frame, proc in zip(frames, batch.processors(), strict=True)
-                if isinstance(frame, proc.frame_type) and frame.codec in _DECODERS
+                if isinstance(frame, proc.frame_type) and frame.codec in DECODERS
             ]
             if coded:
-                _code_in_place(coded, batch.pool, _DECODERS, decoding=True)
+                _code_in_place(coded, batch.pool, DECODERS, decoding=True)
                 for frame in coded:
                     frame.codec = "pcm16"
         batch.push(frames)
@@ -126,11 +123,11 @@ class G711Encoder(FrameProcessor):
         self, codec: str = "mulaw", frame_type: type[AudioRawFrame] = OutputAudioRawFrame
     ) -> None:
         super().__init__()
-        if codec not in _ENCODERS:
-            raise ValueError(f"unknown G.711 codec {codec!r}; expected one of {tuple(_ENCODERS)}")
+        if codec not in ENCODERS:
+            raise ValueError(f"unknown G.711 codec {codec!r}; expected one of {tuple(ENCODERS)}")
         self.codec = codec
         self.frame_type = frame_type
-        self._encode = _ENCODERS[codec]
+        self._encode = ENCODERS[codec]
 
     def process(self, frame: Frame, direction: Direction) -> None:
         if (
@@ -153,7 +150,7 @@ class G711Encoder(FrameProcessor):
                 if isinstance(frame, proc.frame_type) and frame.codec == "pcm16":
                     by_codec.setdefault(proc.codec, []).append(frame)
             for codec, coded in by_codec.items():
-                encoders = {"pcm16": _ENCODERS[codec]}
+                encoders = {"pcm16": ENCODERS[codec]}
                 _code_in_place(coded, batch.pool, encoders, decoding=False)
                 for frame in coded:
                     frame.codec = codec

@@ -29,8 +29,6 @@ if TYPE_CHECKING:
 Admit = Callable[[InputAudioRawFrame], object]
 """Where a new frame goes (the session's, which resamples it if needed and pushes it)."""
 
-_DECODERS = {"mulaw": g711.ulaw_decode, "alaw": g711.alaw_decode}
-
 
 class LoopEdge:
     """The audio one event loop's connections received in this loop turn, and the
@@ -71,7 +69,7 @@ class LoopEdge:
         :class:`~flowcat_ft.slabs.PoolExhaustedError` when no slab is free.
         """
         size = len(payload)
-        decode = decode and codec in _DECODERS
+        decode = decode and codec in g711.DECODERS
         if codec == "pcm16" and size % 2:
             raise ProtocolError(f"{size}-byte pcm16 audio message is not whole samples", 1007)
         if (2 * size if decode else size) > self.pool.slab_bytes:
@@ -107,7 +105,7 @@ class LoopEdge:
         data = data.reshape(len(items), size)
         if decode:
             samples = np.empty((len(items), size), np.int16)
-            _DECODERS[codec](data, samples)
+            g711.DECODERS[codec](data, samples)
             pool.pcm[rows, :size] = samples
             count, codec = size, "pcm16"
         else:

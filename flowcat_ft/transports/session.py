@@ -70,8 +70,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("flowcat_ft.transports")
 
-_ENCODERS = {"mulaw": g711.ulaw_encode, "alaw": g711.alaw_encode}
-
 
 class Turn(NamedTuple):
     """One answered turn: when (wall clock, s), and the response latency: from the user's
@@ -357,9 +355,9 @@ class MediaSession:
             frame = self._resample(frame, self._resample_out, type(frame))
         if frame.codec == wire_codec:
             data = frame.samples.tobytes()
-        elif frame.codec == "pcm16" and wire_codec in _ENCODERS:
+        elif frame.codec == "pcm16" and wire_codec in g711.ENCODERS:
             samples = frame.samples
-            n = _ENCODERS[wire_codec](samples, self._encoded)
+            n = g711.ENCODERS[wire_codec](samples, self._encoded)
             data = self._encoded[:n].tobytes()
         else:
             logger.warning(
