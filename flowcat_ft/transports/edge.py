@@ -30,6 +30,10 @@ Admit = Callable[[InputAudioRawFrame], object]
 """Where a new frame goes (the session's, which resamples it if needed and pushes it)."""
 
 
+_Key = tuple[str, int, bool]
+"""A group of payloads written together: codec, payload length, and whether decoded."""
+
+
 class LoopEdge:
     """The audio one event loop's connections received in this loop turn, and the
     writes they asked for.
@@ -41,9 +45,9 @@ class LoopEdge:
         self.io = io
         self.pool = pool
         # (codec, payload length, decode) -> [(admit, slab, payload, sample rate)], and
-        # every payload's group, in the order they came.
-        self._groups: dict[tuple[str, int, bool], list[tuple[Admit, Slab, bytes, int]]] = {}
-        self._order: list[tuple[list, int]] = []
+        # every payload's place (its group's key, its index there), in the order they came.
+        self._groups: dict[_Key, list[tuple[Admit, Slab, bytes, int]]] = {}
+        self._order: list[tuple[_Key, int]] = []
         self._flushing = False
         self._writes: list[Callable[[], object]] = []
 
@@ -75,8 +79,9 @@ class LoopEdge:
         if (2 * size if decode else size) > self.pool.slab_bytes:
             raise ProtocolError(f"{size}-byte audio message is too long", 1009)
         slab = self.pool.take()
-        group = self._groups.setdefault((codec, size, decode), [])
-        self._order.append((group, len(group)))
+        key = (codec, size, decode)
+        group = self._groups.setdefault(key, [])
+        self._order.append((key, len(group)))
         group.append((admit, slab, payload, sample_rate))
         if not self._flushing:
             self._flushing = True
@@ -88,12 +93,10 @@ class LoopEdge:
         self._flushing = False
         groups, order = self._groups, self._order
         self._groups, self._order = {}, []
-        frames: dict[int, list[InputAudioRawFrame]] = {}
-        for (codec, size, decode), items in groups.items():
-            frames[id(items)] = self._write(codec, size, decode, items)
-        for items, index in order:
-            admit = items[index][0]
-            admit(frames[id(items)][index])
+        frames = {key: self._write(*key, items) for key, items in groups.items()}
+        for key, index in order:
+            admit = groups[key][index][0]
+            admit(frames[key][index])
         self.io.inbox.flush()
 
     def _write(
