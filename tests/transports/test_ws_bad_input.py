@@ -106,6 +106,25 @@ def test_bad_input_closes_only_that_connection(serve, name, messages, code, word
     assert wait_until(lambda: server.runtime.pool.in_use == 0)
 
 
+@pytest.mark.parametrize(
+    ("name", "path", "message", "code", "words"),
+    [
+        ("half a sample", "/raw?codec=pcm16&sample_rate=16000", b"\x01" * 321, 1007, "samples"),
+        ("too long to decode", "/raw?codec=mulaw&sample_rate=8000", b"\x22" * 2000, 1009, "long"),
+    ],
+)
+def test_raw_audio_that_fits_no_slab_closes_only_that_connection(
+    serve, name, path, message, code, words
+):
+    server = serve()
+    got_code, reason, echoed = run_beside_a_healthy_call(server.port, [message], path)
+    assert got_code == code, f"{name}: closed with {got_code} ({reason})"
+    assert words in reason
+    assert echoed > 10, "the healthy call stopped echoing"
+    assert wait_until(lambda: server.runtime.calls == [])
+    assert wait_until(lambda: server.runtime.pool.in_use == 0)
+
+
 class Firehose(FrameProcessor):
     """On any key: six minutes of 16 kHz audio at once, far more than sockets buffer."""
 
