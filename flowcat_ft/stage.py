@@ -390,7 +390,7 @@ class Stage(threading.Thread):
             if link is not None and (link.pending_data or link.pending_system):
                 link.flush()
         handled = self._handle_system() + self._run_soon()
-        taken = 0
+        taken = 0  # data frames: whether the pass batches
         # Data flowing upstream, unless what we already sent that way is still pending.
         in_up = self.in_up
         if in_up is not None and not (out_up is not None and out_up.pending_data):
@@ -401,7 +401,9 @@ class Stage(threading.Thread):
         # Data flowing downstream, likewise.
         if not (out_down is not None and out_down.pending_data):
             if self.entry is not None:
-                taken += self._take_entry()
+                system, data = self._take_entry()
+                handled += system
+                taken += data
             else:
                 frames = self.in_down.data.pop_many(self.batch)
                 if frames:
@@ -516,27 +518,23 @@ class Stage(threading.Thread):
     def _purge(self, route: Route, everything: bool) -> None:
         """Drop ``route``'s frames queued in this stage: the interruptible ones after an
         interruption, all of them after a cancel."""
-        s = self.index
 
         def stale(frame: Frame) -> bool:
             return frame._call is route and (everything or getattr(frame, "interruptible", False))
 
-        queues = [*self._down, *self._up]
-        current = self._current
-        for queue in queues:
-            if any(map(stale, queue)):
-                kept = [frame for frame in queue if not stale(frame)]
-                dropped = len(queue) - len(kept)
-                queue[:] = kept
-                self.metrics.dropped_stale += dropped
-                route.dropped[s] += dropped
-        if current is not None:
-            rest = current[self._current_index :]
-            kept = [frame for frame in rest if not stale(frame)]
-            if len(kept) < len(rest):
-                current[self._current_index :] = kept
-                self.metrics.dropped_stale += len(rest) - len(kept)
-                route.dropped[s] += len(rest) - len(kept)
+        def drop_from(frames: list[Frame], start: int = 0) -> None:
+            kept = [frame for frame in frames[start:] if not stale(frame)]
+            self._count_stale(route, len(frames) - start - len(kept))
+            frames[start:] = kept
+
+        for queue in (*self._down, *self._up):
+            drop_from(queue)
+        if self._current is not None:  # what _one_by_one has still to deliver
+            drop_from(self._current, self._current_index)
+
+    def _count_stale(self, route: Route, dropped: int) -> None:
+        self.metrics.dropped_stale += dropped
+        route.dropped[self.index] += dropped
 
     def _handle_system(self) -> int:
         """Handle every system frame waiting, from any direction."""
@@ -583,8 +581,7 @@ class Stage(threading.Thread):
             if route.done[s]:
                 continue
             if frame._epoch < route.in_epoch[s] and getattr(frame, "interruptible", False):
-                self.metrics.dropped_stale += 1
-                route.dropped[s] += 1
+                self._count_stale(route, 1)
                 continue
             kept.append(frame)
         return kept
@@ -637,14 +634,15 @@ class Stage(threading.Thread):
         if kind is CancelFrame:
             route.done[0] = True
 
-    def _take_entry(self) -> int:
+    def _take_entry(self) -> tuple[int, int]:
         """Queue up to ``quantum`` frames from each ready call, round-robin, until the
-        ready calls are drained or ``cap`` frames are queued."""
+        ready calls are drained or ``cap`` frames are queued. Returns how many system
+        frames it handled on the way, and how many frames it queued."""
         entry = self.entry
         ready = entry.ready
         queue = self._down[0]
         quantum = self.quantum
-        taken = 0
+        system = taken = 0
         cap = self.cap
         while ready and taken < cap:
             try:
@@ -655,7 +653,7 @@ class Stage(threading.Thread):
             # above all) may have arrived after _handle_system last looked. They were
             # appended before the call was scheduled, so popping the call makes them seen.
             if entry.system:
-                taken += self._handle_system()
+                system += self._handle_system()
             if route.input_closed:
                 _discard(route)
             else:
@@ -676,7 +674,7 @@ class Stage(threading.Thread):
                 route.scheduled = False
                 if len(route.input) and not route.scheduled:
                     entry.schedule(route)
-        return taken
+        return system, taken
 
 
 class Shard:
