@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from flowcat_ft import Call, Direction, Frame
+from flowcat_ft import Direction, Frame, Pipeline, Runtime
 from flowcat_ft.call import Inbox
 
 
@@ -38,10 +38,20 @@ class Sink:
 
 
 def stage_cpu_per_frame(
-    calls: list[Call], sink: Sink, make: Callable[[], Frame], rounds: int, runs: int = 3
+    runtime: Runtime,
+    pipeline: Pipeline,
+    calls: int,
+    out: type[Frame],
+    make: Callable[[], Frame],
+    rounds: int,
+    runs: int = 3,
 ) -> float:
-    """The runtime's one stage thread's CPU µs per frame over ``rounds`` rounds, the
-    least of ``runs`` runs (the ones least disturbed by other work)."""
+    """Open ``calls`` calls on ``pipeline`` (one shard: the runtime's one stage thread)
+    and give them ``rounds`` rounds of frames from ``make()``, a round ending when as many
+    frames of type ``out`` have come out; the stage thread's CPU µs per frame, the least
+    of ``runs`` runs (the ones least disturbed by other work). The calls end after."""
+    sink = Sink(out)
+    opened = [runtime.open_call(pipeline, sink.on_output) for _ in range(calls)]
     (stage,) = [t for t in threading.enumerate() if t.name.startswith("flowcat-p")]
     clock = time.pthread_getcpuclockid(stage.ident)
     inbox = Inbox(lambda: None)
@@ -49,11 +59,15 @@ def stage_cpu_per_frame(
     for _ in range(runs):
         began = time.clock_gettime(clock)  # frames are made here, on another thread's clock
         for _ in range(rounds):
-            sink.expect(len(calls))
-            for call in calls:
+            sink.expect(calls)
+            for call in opened:
                 inbox.push(call, make())
             inbox.flush()
             if not sink.done.wait(30):
                 raise RuntimeError(f"only {sink.count} of {sink.target} frames came out")
-        best = min(best, (time.clock_gettime(clock) - began) / (rounds * len(calls)) * 1e6)
+        best = min(best, (time.clock_gettime(clock) - began) / (rounds * calls) * 1e6)
+    for call in opened:
+        call.end()
+    for call in opened:
+        call.wait(10)
     return best

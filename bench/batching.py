@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 from bench._common import finish, header, parser, table
-from bench._rounds import Sink, stage_cpu_per_frame
+from bench._rounds import stage_cpu_per_frame
 from bench.echo.flowcat_server import bench_pipeline
 from flowcat_ft import InputAudioRawFrame, OutputAudioRawFrame, Runtime
 from flowcat_ft.waiting import STRATEGIES
@@ -28,19 +28,12 @@ def cpu_per_frame(batch: int, rounds: int, wait: str | None) -> float:
     """Stage CPU µs per frame at ``batch`` calls a round."""
     pipeline = bench_pipeline()
     pipeline.shards = 1
-    sink = Sink(OutputAudioRawFrame)
     with Runtime(threads=1, slabs=8192, wait_strategy=wait) as runtime:
 
         def audio() -> InputAudioRawFrame:
             return InputAudioRawFrame.from_bytes(runtime.pool, PAYLOAD, 8000, 1, "mulaw")
 
-        calls = [runtime.open_call(pipeline, sink.on_output) for _ in range(batch)]
-        cost = stage_cpu_per_frame(calls, sink, audio, rounds)
-        for call in calls:
-            call.end()
-        for call in calls:
-            call.wait(10)
-    return cost
+        return stage_cpu_per_frame(runtime, pipeline, batch, OutputAudioRawFrame, audio, rounds)
 
 
 def main(args: argparse.Namespace) -> None:

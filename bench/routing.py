@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 
 from bench._common import finish, header, parser, table
-from bench._rounds import Sink, stage_cpu_per_frame
+from bench._rounds import stage_cpu_per_frame
 from flowcat_ft import Direction, Frame, FrameProcessor, Pipeline, Runtime, TextFrame
 
 BATCH_TARGET_US = 0.3
@@ -46,15 +46,10 @@ def cpu_per_frame(kind: str, processors: int, batch: int, rounds: int) -> float:
     round."""
     cls = Plain if kind == "plain" else Batched
     pipeline = Pipeline([cls] * processors, shards=1)
-    sink = Sink(TextFrame)
     with Runtime(threads=1) as runtime:
-        calls = [runtime.open_call(pipeline, sink.on_output) for _ in range(batch)]
-        cost = stage_cpu_per_frame(calls, sink, lambda: TextFrame("x"), rounds)
-        for call in calls:
-            call.end()
-        for call in calls:
-            call.wait(10)
-    return cost
+        return stage_cpu_per_frame(
+            runtime, pipeline, batch, TextFrame, lambda: TextFrame("x"), rounds
+        )
 
 
 def main(args: argparse.Namespace) -> None:
