@@ -22,7 +22,9 @@ at its rings once more, and only then sleeps; a producer publishes first and the
 operations (see :mod:`flowcat_ft.rings`), so either the consumer's second look sees the
 item or the producer sees ``_parked`` and rings. As a second line of defence an owner may
 :meth:`~Doorbell.nudge` the doorbell now and then (the runtime's housekeeper does, twice a
-second); a park that a nudge ends with work waiting is counted in ``missed_wakeups``,
+second). A nudge wakes only a consumer that has stayed in the same park since the previous
+nudge, so a park that a nudge ends with work waiting really was a lost wake-up, not a
+producer caught between publishing and ringing; it is counted in ``missed_wakeups``,
 which the tests require to stay zero.
 
 Parking is a blocking read of a pipe, which a ring writes a byte to: measured on the
@@ -43,6 +45,8 @@ import weakref
 from collections.abc import Callable
 
 STRATEGIES = ("adaptive", "block", "spin", "yield")
+# A ring writes this byte; a nudge writes the number of the park it ends, 1 to 255.
+_RING = b"\x00"
 
 
 def default_strategy() -> str:
@@ -55,18 +59,22 @@ def default_strategy() -> str:
 class Doorbell:
     """One consumer waits here; any number of producers ring.
 
-    Threading contract: ``_parked`` is written by the consumer and read by producers (the
-    ordering argument is in the module docstring). The pipe (``_read``, ``_write``, made
-    on the first park and closed when the doorbell is freed) carries wake-up bytes:
-    producers write (``r`` for a ring, ``n`` for a nudge; a full pipe already holds a
-    wake-up, so a write that would block is dropped), the consumer reads. The counters
-    (``parks``, ``wakeups``, ``missed_wakeups``) and ``_gap_ns`` are written by the
-    consumer only.
+    Threading contract: ``_parked`` and ``_episode`` are written by the consumer and read
+    by producers and the nudger (the ordering argument is in the module docstring; the
+    consumer numbers each park in ``_episode`` before it sets ``_parked``). The pipe
+    (``_read``, ``_write``, made on the first park and closed when the doorbell is freed)
+    carries wake-up bytes: producers write ``_RING``, the nudger writes the number of the
+    park it ends (a full pipe already holds a wake-up, so a write that would block is
+    dropped); the consumer reads. ``_nudged_episode`` is the nudger's own (one nudger per
+    doorbell). The counters (``parks``, ``wakeups``, ``missed_wakeups``) and ``_gap_ns``
+    are written by the consumer only.
     """
 
     __slots__ = (
         "__weakref__",
+        "_episode",
         "_gap_ns",
+        "_nudged_episode",
         "_parked",
         "_poll",
         "_read",
@@ -87,6 +95,8 @@ class Doorbell:
         self._read = self._write = -1
         self._poll: select.poll | None = None
         self._parked = False
+        self._episode = 0
+        self._nudged_episode = -1
         self._gap_ns = 1 << 62
         self.parks = 0
         self.wakeups = 0
@@ -97,12 +107,15 @@ class Doorbell:
     def ring(self) -> None:
         """Wake the consumer if it is parked. Call after publishing; cheap when it is not."""
         if self._parked:
-            self._send(b"r")
+            self._send(_RING)
 
     def nudge(self) -> None:
-        """Wake the consumer if it is parked, to look for work a lost wake-up left."""
-        if self._parked:
-            self._send(b"n")
+        """Wake the consumer if it has been parked since the previous nudge, to look for
+        work a lost wake-up left. Call from one thread, at an interval."""
+        episode = self._episode
+        if self._parked and episode == self._nudged_episode:
+            self._send(_nudge_byte(episode))
+        self._nudged_episode = episode
 
     def _send(self, byte: bytes) -> None:
         with contextlib.suppress(BlockingIOError):  # the pipe is full of wake-ups already
@@ -143,6 +156,7 @@ class Doorbell:
         if self._read < 0:
             self._open()
         while True:
+            self._episode += 1
             self._parked = True
             if has_work():
                 self._parked = False
@@ -160,9 +174,9 @@ class Doorbell:
                 woken = os.read(self._read, 512) if ready else b""
             self._parked = False
             if has_work():
-                if b"r" in woken:
+                if _RING in woken:
                     self.wakeups += 1
-                elif woken:
+                elif _nudge_byte(self._episode) in woken:
                     self.missed_wakeups += 1
                 return True
 
@@ -173,6 +187,10 @@ class Doorbell:
         self._poll = select.poll()
         self._poll.register(self._read, select.POLLIN)
         weakref.finalize(self, _close, self._read, self._write)
+
+
+def _nudge_byte(episode: int) -> bytes:
+    return bytes((1 + episode % 255,))
 
 
 def _close(*fds: int) -> None:

@@ -52,3 +52,26 @@ def test_default_strategy_matches_the_build():
     import sys
 
     assert default_strategy() == ("block" if sys._is_gil_enabled() else "adaptive")
+
+
+def test_a_lost_wakeup_is_ended_by_nudges_and_counted():
+    """Work published without a ring: the first nudge marks the park, the second ends it."""
+    doorbell = Doorbell("block")
+    work: list[int] = []
+    woke = threading.Event()
+
+    def consume() -> None:
+        doorbell.wait(lambda: bool(work))
+        woke.set()
+
+    threading.Thread(target=consume, daemon=True).start()
+    while not doorbell._parked:
+        time.sleep(0.001)
+    time.sleep(0.01)  # into the blocking read
+    work.append(1)  # and no ring: the wake-up is lost
+    doorbell.nudge()
+    assert not woke.wait(0.05), "one nudge must not end a park: a producer may be mid-ring"
+    doorbell.nudge()
+    assert woke.wait(5)
+    assert doorbell.missed_wakeups == 1
+    assert doorbell.wakeups == 0
