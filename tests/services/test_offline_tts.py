@@ -17,6 +17,7 @@ from offline_speech import need_espeak
 
 from flowcat_ft import (
     EndFrame,
+    ErrorFrame,
     InterruptionFrame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
@@ -216,3 +217,28 @@ def test_a_cancel_kills_espeak_and_drops_the_reply_at_once(runtime):
 def test_a_missing_espeak_is_a_clear_error():
     with pytest.raises(FileNotFoundError, match="apt-get install espeak-ng"):
         EspeakTTS(executable="espeak-ng-not-here")
+
+
+def test_speech_waits_for_slabs_when_the_pool_runs_low(runtime):
+    """A server behind on its calls: speech leaves a quarter of the pool to callers' audio,
+    waiting instead of failing the call."""
+    need_espeak()
+    pool = runtime.pool
+    held = [pool.take() for _ in range(pool.capacity - 100)]  # 100 free: under the reserve
+    seen: list[type] = []  # the frames' kinds: the frames themselves go (and their slabs)
+    call = runtime.open_call(
+        Pipeline([lambda: EspeakTTS(max_ahead_secs=60)]),
+        lambda f, d: seen.append(type(f)),
+        start_frame=StartFrame(audio_out_sample_rate=16000),
+    )
+    call.push(TextFrame(" ".join(["this sentence goes on for a while"] * 8) + "."))  # ~8 s
+    assert wait_until(lambda: TTSAudioRawFrame in seen, 5)
+    time.sleep(0.5)
+    assert ErrorFrame not in seen
+    assert seen.count(TTSAudioRawFrame) < 50  # one read of espeak-ng's output, then a wait
+    for slab in held:
+        slab.release()
+    assert wait_until(lambda: TTSTextFrame in seen, 10)
+    assert ErrorFrame not in seen and pool.drops == 0
+    assert seen.count(TTSAudioRawFrame) * 0.02 > 5
+    call.close()

@@ -42,6 +42,10 @@ from flowcat_ft.slabs import SlabPool
 __all__ = ["AudioFramer", "EspeakTTS", "WavReader", "split_sentences"]
 
 FRAME_MS = 20
+POOL_RESERVE = 0.25
+"""The share of the slab pool that synthesis leaves free: when the server is behind and
+its calls' playouts lag their clocks, speech waits for slabs rather than taking the ones
+the callers' audio needs."""
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\s*\n\s*")
 
 
@@ -186,7 +190,8 @@ class EspeakTTS(AsyncService):
     espeak-ng speaks far faster than real time. The stage reads its output only as fast
     as it would play, plus *max_ahead_secs*, counting from when the bot started speaking:
     a long reply holds a few dozen slabs, not thousands, and espeak-ng waits on its pipe
-    meanwhile (so an interruption has a process to kill).
+    meanwhile (so an interruption has a process to kill). It also waits while less than
+    :data:`POOL_RESERVE` of the pool is free.
 
     An interruption kills the running espeak-ng and drops the sentences waiting (control
     frames waiting among them go on at once). An :class:`~flowcat_ft.frames.EndFrame`
@@ -315,6 +320,8 @@ class EspeakTTS(AsyncService):
                 until = max(until, now) + len(frames) * FRAME_MS / 1000
                 if until - now > self.max_ahead_secs:  # let the caller catch up
                     await asyncio.sleep(until - now - self.max_ahead_secs)
+                while self.pool.available < self.pool.capacity * POOL_RESERVE:
+                    await asyncio.sleep(FRAME_MS / 1000)  # leave the slabs to callers' audio
             code = await process.wait()
             if code != 0 or framer is None:
                 error = (await process.stderr.read()).decode(errors="replace").strip()
