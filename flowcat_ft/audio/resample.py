@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-__all__ = ["StreamingResampler"]
+__all__ = ["StreamingResampler", "resample"]
 
 _STOPBAND_DB = 80.0
 _PASSBAND_EDGE = 0.8  # of the lower Nyquist frequency; the stopband starts at 1.0
@@ -141,3 +141,17 @@ class StreamingResampler:
             buffer[: self._history] = self._buffer[: self._history]
             self._buffer = buffer
             self._scratch = np.zeros(-(-n_in * self._up // self._down))
+
+
+def resample(samples: np.ndarray, in_rate: int, out_rate: int) -> np.ndarray:
+    """A whole clip of int16 *samples* converted from *in_rate* to *out_rate*, aligned with
+    the input: the filter's delay is cut off the start and its tail fed in silence, so the
+    result holds ``len(samples) * out_rate // in_rate`` samples."""
+    if in_rate == out_rate:
+        return samples.copy()
+    resampler = StreamingResampler(in_rate, out_rate, len(samples) + in_rate // 10)
+    padded = np.concatenate([samples, np.zeros(in_rate // 10, np.int16)])
+    out = np.empty(resampler.out_samples(len(padded)), np.int16)
+    resampler.process(padded, out)
+    start = resampler.delay_samples
+    return out[start : start + len(samples) * out_rate // in_rate]

@@ -284,11 +284,12 @@ class AgentConfig:
     - ``"echo"``: the caller hears themselves.
 
     ``sample_rate``: the rate the pipeline works at (None: the carrier's; the default is
-    16000, and None for the echo agent).
+    None for the offline and echo agents, which then take a phone call's 8 kHz audio
+    without resampling it, and 16000 for a pipeline of cloud engines).
     """
 
     kind: Literal["offline", "pipeline", "echo"] = "offline"
-    sample_rate: Literal[8000, 16000, 24000, 48000] | None = 16000
+    sample_rate: Literal[8000, 16000, 24000, 48000] | None = None
     vad: VADConfig = VADConfig()
     turns: TurnsConfig = TurnsConfig()
     stt: STTConfig = SphinxSTTConfig()
@@ -338,8 +339,8 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
 
 def _resolve(config: Config) -> Config:
     agent, written = config.agent, config.lines
-    if agent.kind == "echo" and "agent.sample_rate" not in written:
-        agent = dataclasses.replace(agent, sample_rate=None)
+    if agent.kind == "pipeline" and "agent.sample_rate" not in written:
+        agent = dataclasses.replace(agent, sample_rate=16000)
     llm = agent.llm
     if isinstance(llm, OpenAILLMConfig):
         preset = PROVIDERS[llm.provider]

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from flowcat_ft.audio.resample import StreamingResampler
+from flowcat_ft.audio.resample import StreamingResampler, resample
 
 RATES = (8000, 16000, 24000, 48000)
 PAIRS = [pair for pair in itertools.product(RATES, RATES) if pair[0] != pair[1]]
@@ -130,3 +130,17 @@ def test_out_too_short_is_refused():
     resampler = StreamingResampler(8000, 16000)
     with pytest.raises(ValueError):
         resampler.process(np.zeros(160, np.int16), np.empty(319, np.int16))
+
+
+@pytest.mark.parametrize(("in_rate", "out_rate"), [(8000, 16000), (16000, 8000), (22050, 16000)])
+def test_a_whole_clip_comes_out_aligned_and_whole(in_rate, out_rate):
+    n = in_rate // 2 + 37
+    clip = to_int16(sine(440.0, in_rate, n, 8000.0))
+    out = resample(clip, in_rate, out_rate)
+    assert len(out) == n * out_rate // in_rate
+    # No lag: the output is the same sine at the new rate, to its last sample.
+    ideal = sine(440.0, out_rate, len(out), 8000.0)
+    assert np.max(np.abs(out[20:-20] - ideal[20:-20])) < 80
+    assert resample(clip, in_rate, in_rate) is not clip and np.array_equal(
+        resample(clip, in_rate, in_rate), clip
+    )

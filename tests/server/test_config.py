@@ -130,7 +130,7 @@ def test_an_empty_file_or_none_is_the_default_offline_agent(tmp_path):
     assert config.logging == LoggingConfig(level="INFO", format="text")
     assert config.transports.carriers == CARRIERS
     agent = config.agent
-    assert (agent.kind, agent.sample_rate) == ("offline", 16000)
+    assert (agent.kind, agent.sample_rate) == ("offline", None)  # the carrier's own rate
     assert agent.vad.params == VADParams(stop_secs=0.2)  # the offline agent's
     assert agent.turns == TurnsConfig(timeout_secs=0.8, min_barge_in_secs=0.5)
     assert agent.stt == SphinxSTTConfig(mode="auto")
@@ -459,7 +459,7 @@ def test_the_offline_agent(tmp_path):
     )
     pipeline, options = build_agent(config)
     assert (options.sample_rate, options.idle_timeout, options.max_frames_per_second) == (
-        16000,
+        None,
         9.0,
         70,
     )

@@ -12,7 +12,7 @@ import wave
 import numpy as np
 import pytest
 
-from flowcat_ft.audio.resample import StreamingResampler
+from flowcat_ft.audio.resample import resample
 from flowcat_ft.services.offline.sphinx_stt import SphinxWorkerError, find_worker_python
 
 RATE = 16000
@@ -48,12 +48,7 @@ def _say(text: str, rate: int) -> bytes:
     with wave.open(io.BytesIO(wav)) as reader:
         in_rate = reader.getframerate()
         speech = np.frombuffer(reader.readframes(reader.getnframes()), np.int16)
-    resampler = StreamingResampler(in_rate, rate, len(speech) + in_rate)
-    padded = np.concatenate([speech, np.zeros(in_rate // 10, np.int16)])
-    out = np.empty(resampler.out_samples(len(padded)), np.int16)
-    resampler.process(padded, out)
-    start = resampler.delay_samples
-    return out[start : start + len(speech) * rate // in_rate].tobytes()
+    return resample(speech, in_rate, rate).tobytes()
 
 
 def say(text: str, rate: int = RATE) -> np.ndarray:

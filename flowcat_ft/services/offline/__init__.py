@@ -93,7 +93,8 @@ def offline_agent_pipeline(
     dictation: bool = False,
     echo: bool = False,
 ) -> Pipeline:
-    """The offline agent, for 16 kHz mono PCM in and out.
+    """The offline agent, for mono PCM in and out at 8 or 16 kHz (Silero VAD's rates; at
+    other rates the energy VAD listens).
 
     The caller's audio goes through a turn detector (a VAD processor that also handles
     barge-in; *analyzer* makes each call's analyzer, :func:`vad_analyzer` by default),

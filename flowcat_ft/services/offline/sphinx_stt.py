@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from flowcat_ft.audio.resample import StreamingResampler
+from flowcat_ft.audio.resample import resample
 from flowcat_ft.frames import (
     Direction,
     Frame,
@@ -382,8 +382,9 @@ class SphinxSTT(AsyncService):
     :class:`~flowcat_ft.frames.UserStartedSpeakingFrame`, since a detector reports speech
     a little after it starts (longer still for a barge-in); a segment longer than
     *max_segment_secs* is sent when it reaches that length. Audio at a rate other than
-    16 kHz is resampled. The caller's audio is consumed here unless *audio_passthrough*
-    (audio going on would reach the output, and the caller would hear themselves).
+    16 kHz is kept at its rate and resampled a segment at a time, as it is sent. The
+    caller's audio is consumed here unless *audio_passthrough* (audio going on would reach
+    the output, and the caller would hear themselves).
 
     The call's segments go to *worker*, or to the runtime's shared one. Nothing is pushed
     for a segment in which nothing in the grammar was heard. An interruption does not
@@ -417,6 +418,10 @@ class SphinxSTT(AsyncService):
         self.audio_passthrough = audio_passthrough
         self.language = language
         self.latency = Histogram()
+        self.preroll_secs = preroll_secs
+        self.max_segment_secs = max_segment_secs
+        # The caller's audio at its own rate; a segment is resampled once, when sent.
+        self._rate = SAMPLE_RATE
         self._preroll: deque[np.ndarray] = deque()
         self._preroll_samples = 0
         self._preroll_limit = round(preroll_secs * SAMPLE_RATE)
@@ -426,7 +431,6 @@ class SphinxSTT(AsyncService):
         self._segments = 0
         self._waiting: deque[tuple[bytes, str, int]] = deque()  # segments not yet sent
         self._busy = False  # a segment is being recognised
-        self._resampler: StreamingResampler | None = None
 
     def on_start(self, frame: StartFrame) -> None:
         if self.worker is None:
@@ -456,16 +460,9 @@ class SphinxSTT(AsyncService):
     def _audio(self, frame: InputAudioRawFrame) -> None:
         if frame.codec != "pcm16" or frame.num_channels != 1:
             raise ValueError(f"{self.name} takes mono pcm16 audio, not {frame!r}")
-        samples = frame.samples
-        if frame.sample_rate != SAMPLE_RATE:
-            resampler = self._resampler
-            if resampler is None or resampler.in_rate != frame.sample_rate:
-                resampler = self._resampler = StreamingResampler(frame.sample_rate, SAMPLE_RATE)
-            out = np.empty(resampler.out_samples(len(samples)), np.int16)
-            resampler.process(samples, out)
-            samples = out
-        else:
-            samples = samples.copy()  # the slab goes back to the pool
+        if frame.sample_rate != self._rate:
+            self._set_rate(frame.sample_rate)
+        samples = frame.samples.copy()  # the slab goes back to the pool
         if self._segment is not None:
             self._segment.append(samples)
             self._segment_samples += len(samples)
@@ -478,13 +475,25 @@ class SphinxSTT(AsyncService):
         while self._preroll_samples - len(self._preroll[0]) >= self._preroll_limit:
             self._preroll_samples -= len(self._preroll.popleft())
 
+    def _set_rate(self, rate: int) -> None:
+        """The caller's audio comes at *rate* (from its first frame): what was kept at
+        another rate goes."""
+        self._rate = rate
+        self._preroll.clear()
+        self._preroll_samples = 0
+        self._preroll_limit = round(self.preroll_secs * rate)
+        self._segment_limit = round(self.max_segment_secs * rate)
+        if self._segment is not None:
+            self._segment, self._segment_samples = [], 0
+
     def _send_segment(self) -> None:
         segment, self._segment = self._segment, None
         if not segment:
             return
         self._segments += 1
         tag = f"call{self.call.id}-seg{self._segments}"
-        self._waiting.append((np.concatenate(segment).tobytes(), tag, time.perf_counter_ns()))
+        pcm = resample(np.concatenate(segment), self._rate, SAMPLE_RATE)
+        self._waiting.append((pcm.tobytes(), tag, time.perf_counter_ns()))
         self._next_segment()
 
     def _next_segment(self) -> None:
