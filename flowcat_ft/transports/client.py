@@ -21,6 +21,7 @@ from flowcat_ft.loops import EventLoopThread
 from flowcat_ft.pipeline import Pipeline
 from flowcat_ft.runtime import Runtime
 from flowcat_ft.serializers import Serializer
+from flowcat_ft.transports.connection import MediaClientConnection
 from flowcat_ft.transports.edge import LoopEdge
 from flowcat_ft.transports.pacer import Ticker
 from flowcat_ft.transports.session import MediaOptions, MediaSession
@@ -63,7 +64,11 @@ class WebSocketClient:
 
     async def _run(self) -> None:
         async with connect(
-            self.url, max_size=self.max_message_bytes, compression=None, open_timeout=10
+            self.url,
+            max_size=self.max_message_bytes,
+            compression=None,
+            open_timeout=10,
+            create_connection=MediaClientConnection,
         ) as ws:
             io = self._io
             self.session = MediaSession(

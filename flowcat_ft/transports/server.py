@@ -37,10 +37,10 @@ from flowcat_ft.loops import EventLoopThread
 from flowcat_ft.pipeline import Pipeline
 from flowcat_ft.runtime import Runtime
 from flowcat_ft.serializers import Serializer, make_serializer
+from flowcat_ft.transports.connection import MediaConnection
 from flowcat_ft.transports.edge import LoopEdge
 from flowcat_ft.transports.http import (
     Guard,
-    HttpConnection,
     HttpRequest,
     HttpResponse,
     PageHandler,
@@ -199,10 +199,10 @@ class WebSocketServer:
             max_size=self.max_message_bytes,
             compression=None,
             process_request=self._http,
-            create_connection=HttpConnection,
+            create_connection=MediaConnection,
         )
 
-    async def _http(self, connection: HttpConnection, request: Request) -> Response | None:
+    async def _http(self, connection: MediaConnection, request: Request) -> Response | None:
         """Answer a page; anything else goes on to the WebSocket handshake (both once the
         path's guard, if it has one, lets the request through)."""
         url = urlsplit(request.path)
@@ -221,6 +221,8 @@ class WebSocketServer:
         if page is None:
             upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
             if connection.method == "GET" and (upgrade or url.path in self.routes):
+                if url.path in self.routes:
+                    connection.hold_messages()  # for its MediaSession
                 return None  # the handshake (or websockets' 426 for a plain GET)
             return connection.respond(HTTPStatus.NOT_FOUND, f"nothing at {url.path}\n")
         if connection.body_error is not None:

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from flowcat_ft.audio import g711
@@ -61,12 +60,11 @@ from flowcat_ft.transports.edge import LoopEdge
 from flowcat_ft.transports.pacer import FRAME_SECS, Playout, Ticker
 
 if TYPE_CHECKING:
-    from websockets.asyncio.connection import Connection
-
     from flowcat_ft.call import Call
     from flowcat_ft.loops import EventLoopThread
     from flowcat_ft.pipeline import Pipeline
     from flowcat_ft.runtime import Runtime
+    from flowcat_ft.transports.connection import MediaClientConnection, MediaConnection
 
 logger = logging.getLogger("flowcat_ft.transports")
 
@@ -108,7 +106,7 @@ class MediaSession:
 
     def __init__(
         self,
-        ws: Connection,
+        ws: MediaConnection | MediaClientConnection,
         serializer: Serializer,
         runtime: Runtime,
         pipeline: Pipeline,
@@ -166,19 +164,8 @@ class MediaSession:
         """Serve the connection until it closes, then end the call."""
         self._ticker.every_second(self._check_idle)
         try:
-            async for message in self.ws:
-                if self._ending:
-                    continue  # closing: keep reading so the closing handshake gets through
-                self._last_input = self._loop.time()
-                try:
-                    events = self.serializer.receive(message)
-                except ProtocolError as error:
-                    self._close_soon(error.close_code, str(error))
-                    continue
-                for event in events:
-                    self._handle(event)
-        except ConnectionClosed:
-            pass
+            self.ws.take_messages(self._receive)
+            await self.ws.wait_closed()
         finally:
             self._ticker.discard(self._playout, self._check_idle)
             if self.call is not None and not self.call.done:
@@ -227,6 +214,21 @@ class MediaSession:
             self._close_soon(1001, f"idle for {self.options.idle_timeout:g} s")
 
     # -- input -----------------------------------------------------------------------------
+
+    def _receive(self, message: str | bytes) -> None:
+        """One whole message from the peer, handed over as it is read (see
+        :mod:`~flowcat_ft.transports.connection`)."""
+        if self._ending:
+            return  # closing: the connection reads on, so the closing handshake gets through
+        self._last_input = self._loop.time()
+        try:
+            for event in self.serializer.receive(message):
+                self._handle(event)
+        except ProtocolError as error:
+            self._close_soon(error.close_code, str(error))
+        except Exception:
+            logger.exception("failed on a message", extra=self.log_context())
+            self._close_soon(1011, "internal error")
 
     def _handle(self, event: object) -> None:
         if isinstance(event, AudioIn):
