@@ -18,6 +18,18 @@ def pytest_report_header() -> str:
     return f"flowcat-ft tests on {sys.version.split()[0]} ({build} build)"
 
 
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+
+
+@pytest.fixture(autouse=True)
+def _no_proxies_from_this_machine(monkeypatch):
+    """Requests to the local fake providers go straight to them, whatever proxy this
+    machine's environment names (the proxy tests set their own)."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
 @pytest.fixture
 def runtime():
     rt = Runtime(threads=2, slabs=512).start()

@@ -2,9 +2,10 @@
 
 Each runs on 127.0.0.1 (port 0) on an event-loop thread of its own, records what clients
 sent, and can misbehave on demand: garbage, a close mid-stream, a stall, an error message,
-a 429 with Retry-After. What a test wants of a server is set on its attributes before
-(or while) the client talks to it. Given a server-side ``ssl_context``, the HTTP and
-WebSocket servers speak TLS (``https``/``wss`` URLs).
+a 429 with Retry-After. What a test wants of a server is set on its attributes before (or
+while) the client talks to it. Given a server-side ``ssl_context``, the HTTP and WebSocket
+servers speak TLS (``https``/``wss`` URLs); the HTTP server speaks HTTP/2 (over hyper-h2's
+Sans-I/O state machine) to TLS clients that take it, when asked to offer it.
 """
 
 from __future__ import annotations
@@ -15,13 +16,19 @@ import contextlib
 import json
 import math
 import ssl
+import subprocess
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
 import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -41,6 +48,34 @@ def tone(seconds: float, rate: int, value: int = 1000) -> bytes:
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
+
+
+def self_signed_certificate(where: Path) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 and its key (PEM files in ``where``), made
+    with the ``openssl`` command line."""
+    cert, key = str(where / "cert.pem"), str(where / "key.pem")
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            *("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"),
+            *("-keyout", key, "-out", cert, "-days", "2"),
+            *("-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def server_context(certificate: tuple[str, str]) -> ssl.SSLContext:
+    """A TLS server context with ``certificate`` (a fresh one each time: a server may set
+    its ALPN protocols)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*certificate)
+    return context
 
 
 class _Threaded:
@@ -71,39 +106,40 @@ class HTTPRequest:
     path: str
     headers: dict[str, str]
     body: bytes
+    http_version: str = "HTTP/1.1"
 
     def json(self) -> Any:
         return json.loads(self.body)
 
 
 class Reply:
-    """What a handler uses to answer one request."""
+    """What a handler uses to answer one request; :class:`_H1Reply` and :class:`_H2Reply`
+    put it on the wire. ``closed_by_client`` is set once the client has gone away (over
+    HTTP/1.1 it closed the connection; over HTTP/2 it reset the stream)."""
 
-    def __init__(self, server: FakeHTTPServer, reader, writer) -> None:
+    def __init__(self, server: FakeHTTPServer) -> None:
         self.server = server
-        self.reader = reader
-        self.writer = writer
         self.closed_by_client = asyncio.Event()
-        self._watch: asyncio.Task | None = None
 
-    def watch_client(self) -> None:
-        """Notice the client going away while we stream (it sends nothing mid-response)."""
-
-        async def watch() -> None:
-            # Poll rather than read: a read could take a byte of the next request.
-            while not self.reader.at_eof():
-                await asyncio.sleep(0.01)
+    def _client_gone(self) -> None:
+        if not self.closed_by_client.is_set():
             self.closed_by_client.set()
             self.server.disconnects += 1
             self.server.notify()
 
-        self._watch = asyncio.ensure_future(watch())
-
     async def head(self, status: int, headers: dict[str, str]) -> None:
-        reason = HTTPStatus(status).phrase
-        lines = [f"HTTP/1.1 {status} {reason}"] + [f"{k}: {v}" for k, v in headers.items()]
-        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-        await self.writer.drain()
+        raise NotImplementedError
+
+    async def body(self, data: bytes, end: bool = False) -> bool:
+        """Send part of the body (``end``: the last part); False if the client has gone."""
+        raise NotImplementedError
+
+    def cut(self) -> None:
+        """Drop the connection mid-response."""
+        raise NotImplementedError
+
+    async def stop_watching(self) -> None:
+        """Stop watching for the client going away (at the end of the response)."""
 
     async def json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
         body = json.dumps(obj).encode()
@@ -115,36 +151,21 @@ class Reply:
                 **(headers or {}),
             },
         )
-        self.writer.write(body)
-        await self.writer.drain()
+        await self.body(body, end=True)
 
     async def start_chunked(self, content_type: str) -> None:
-        await self.head(200, {"Content-Type": content_type, "Transfer-Encoding": "chunked"})
-        self.watch_client()
+        """Start a body streamed in parts of any size (chunked, over HTTP/1.1)."""
+        raise NotImplementedError
 
     async def chunk(self, data: bytes) -> bool:
-        """Send one chunk; False if the client has gone."""
+        """Send one part; False if the client has gone."""
         if self.closed_by_client.is_set():
             return False
-        try:
-            self.writer.write(b"%x\r\n%s\r\n" % (len(data), data))
-            await self.writer.drain()
-        except (ConnectionError, OSError):
-            return False
-        return True
+        return await self.body(data)
 
     async def end_chunked(self) -> None:
-        with _suppress():
-            self.writer.write(b"0\r\n\r\n")
-            await self.writer.drain()
+        await self.body(b"", end=True)
         await self.stop_watching()
-
-    async def stop_watching(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
-            self._watch = None
 
     async def sse(
         self,
@@ -158,7 +179,7 @@ class Reply:
         await self.start_chunked("text/event-stream")
         for i, event in enumerate(events):
             if cut_after is not None and i == cut_after:
-                self.writer.close()
+                self.cut()
                 return
             if stall_after is not None and i == stall_after:
                 await self.closed_by_client.wait()
@@ -176,28 +197,186 @@ class Reply:
         await self.end_chunked()
 
 
-class _suppress:
-    def __enter__(self) -> None:
-        return None
+class _H1Reply(Reply):
+    def __init__(self, server: FakeHTTPServer, reader, writer) -> None:
+        super().__init__(server)
+        self.reader = reader
+        self.writer = writer
+        self._chunked = False
+        self._watch: asyncio.Task | None = None
 
-    def __exit__(self, *exc: object) -> bool:
-        return exc[0] is not None and issubclass(exc[0], ConnectionError | OSError)
+    def watch_client(self) -> None:
+        """Notice the client going away while we stream (it sends nothing mid-response)."""
+
+        async def watch() -> None:
+            # Poll rather than read: a read could take a byte of the next request.
+            while not self.reader.at_eof():
+                await asyncio.sleep(0.01)
+            self._client_gone()
+
+        self._watch = asyncio.ensure_future(watch())
+
+    async def head(self, status: int, headers: dict[str, str]) -> None:
+        reason = HTTPStatus(status).phrase
+        lines = [f"HTTP/1.1 {status} {reason}"] + [f"{k}: {v}" for k, v in headers.items()]
+        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        await self.writer.drain()
+
+    async def start_chunked(self, content_type: str) -> None:
+        await self.head(200, {"Content-Type": content_type, "Transfer-Encoding": "chunked"})
+        self._chunked = True
+        self.watch_client()
+
+    async def body(self, data: bytes, end: bool = False) -> bool:
+        if self._chunked:
+            data = (b"%x\r\n%s\r\n" % (len(data), data) if data else b"") + (
+                b"0\r\n\r\n" if end else b""
+            )
+        try:
+            self.writer.write(data)
+            await self.writer.drain()
+        except (ConnectionError, OSError):
+            return False
+        return True
+
+    def cut(self) -> None:
+        self.writer.close()
+
+    async def stop_watching(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
+
+
+class _H2Connection:
+    """One HTTP/2 connection's server side, on hyper-h2's Sans-I/O state machine: bytes
+    in, events out; each complete request runs its handler as a task of its own."""
+
+    def __init__(self, server: FakeHTTPServer, reader, writer) -> None:
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        self.h2 = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
+        )
+        self.window_open = asyncio.Event()
+        self._requests: dict[int, HTTPRequest] = {}
+        self._replies: dict[int, _H2Reply] = {}
+        self._tasks: set[asyncio.Task] = set()
+
+    def flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data and not self.writer.is_closing():
+            self.writer.write(data)
+
+    async def serve(self) -> None:
+        self.h2.initiate_connection()
+        self.flush()
+        try:
+            while data := await self.reader.read(65536):
+                for event in self.h2.receive_data(data):
+                    self._event(event)
+                self.flush()
+        finally:
+            for reply in self._replies.values():
+                reply._client_gone()
+            for task in self._tasks:
+                task.cancel()
+
+    def _event(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.RequestReceived):
+            headers = dict(event.headers)
+            request = HTTPRequest(
+                headers.pop(":method"),
+                headers.pop(":path"),
+                {k: v for k, v in headers.items() if not k.startswith(":")},
+                b"",
+                "HTTP/2",
+            )
+            self._requests[event.stream_id] = request
+        elif isinstance(event, h2.events.DataReceived):
+            self._requests[event.stream_id].body += event.data
+            self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        elif isinstance(event, h2.events.StreamEnded):
+            request = self._requests.pop(event.stream_id)
+            reply = self._replies[event.stream_id] = _H2Reply(self, event.stream_id)
+            task = asyncio.ensure_future(self.server._answer(request, reply))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        elif isinstance(event, h2.events.StreamReset):
+            reply = self._replies.pop(event.stream_id, None)
+            if reply is not None:
+                reply._client_gone()
+        elif isinstance(event, h2.events.WindowUpdated):
+            self.window_open.set()
+
+
+class _H2Reply(Reply):
+    def __init__(self, connection: _H2Connection, stream_id: int) -> None:
+        super().__init__(connection.server)
+        self.connection = connection
+        self.stream_id = stream_id
+
+    async def head(self, status: int, headers: dict[str, str]) -> None:
+        fields = [(":status", str(status))] + [(k.lower(), v) for k, v in headers.items()]
+        self.connection.h2.send_headers(self.stream_id, fields)
+        self.connection.flush()
+        await self.connection.writer.drain()
+
+    async def start_chunked(self, content_type: str) -> None:
+        await self.head(200, {"Content-Type": content_type})
+
+    async def body(self, data: bytes, end: bool = False) -> bool:
+        connection = self.connection
+        conn = connection.h2
+        try:
+            while data:
+                size = min(
+                    len(data),
+                    conn.local_flow_control_window(self.stream_id),
+                    conn.max_outbound_frame_size,
+                )
+                if size <= 0:  # wait for the client to open its window
+                    connection.window_open.clear()
+                    await connection.window_open.wait()
+                    continue
+                conn.send_data(self.stream_id, data[:size])
+                data = data[size:]
+            if end:
+                conn.end_stream(self.stream_id)
+                connection._replies.pop(self.stream_id, None)  # answered: no longer watched
+            connection.flush()
+            await connection.writer.drain()
+        except (h2.exceptions.StreamClosedError, ConnectionError, OSError):
+            return False
+        return True
+
+    def cut(self) -> None:
+        self.connection.writer.close()
 
 
 Handler = Callable[[HTTPRequest, Reply], Awaitable[None]]
 
 
 class FakeHTTPServer(_Threaded):
-    """HTTP/1.1 on 127.0.0.1 with keep-alive. ``routes[path]`` is a handler, or a list of
-    handlers taken one per request (the last one repeats)."""
+    """HTTP on 127.0.0.1 with keep-alive. ``routes[path]`` is a handler, or a list of
+    handlers taken one per request (the last one repeats). Over TLS with ``http2``, the
+    server offers HTTP/2 in ALPN (and HTTP/1.1 to clients that do not take it)."""
 
-    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext | None = None, *, http2: bool = False) -> None:
         super().__init__("fake-http")
         self.routes: dict[str, Handler | list[Handler]] = {}
         self.requests: list[HTTPRequest] = []
         self.connections = 0
+        self.connections_closed = 0
         self.disconnects = 0
         self.events_sent = 0
+        if http2:
+            if ssl_context is None:
+                raise ValueError("HTTP/2 is offered in TLS's ALPN: give an ssl_context")
+            ssl_context.set_alpn_protocols(["h2", "http/1.1"])
         self._ssl = ssl_context
         self._server: asyncio.AbstractServer | None = None
         self.port = self.run(self._start())
@@ -222,23 +401,17 @@ class FakeHTTPServer(_Threaded):
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        tls = writer.get_extra_info("ssl_object")
         try:
+            if tls is not None and tls.selected_alpn_protocol() == "h2":
+                await _H2Connection(self, reader, writer).serve()
+                return
             while True:
                 request = await self._read_request(reader)
                 if request is None:
                     return
-                self.requests.append(request)
-                self.notify()
-                route = self.routes.get(request.path)
-                if isinstance(route, list):
-                    handler = route.pop(0) if len(route) > 1 else route[0]
-                else:
-                    handler = route
-                reply = Reply(self, reader, writer)
-                if handler is None:
-                    await reply.json(404, {"error": {"message": "no such route"}})
-                    continue
-                await handler(request, reply)
+                reply = _H1Reply(self, reader, writer)
+                await self._answer(request, reply)
                 await reply.stop_watching()
                 if writer.is_closing() or reply.closed_by_client.is_set():
                     return
@@ -246,6 +419,21 @@ class FakeHTTPServer(_Threaded):
             pass
         finally:
             writer.close()
+            self.connections_closed += 1
+            self.notify()
+
+    async def _answer(self, request: HTTPRequest, reply: Reply) -> None:
+        self.requests.append(request)
+        self.notify()
+        route = self.routes.get(request.path)
+        if isinstance(route, list):
+            handler = route.pop(0) if len(route) > 1 else route[0]
+        else:
+            handler = route
+        if handler is None:
+            await reply.json(404, {"error": {"message": "no such route"}})
+            return
+        await handler(request, reply)
 
     async def _read_request(self, reader: asyncio.StreamReader) -> HTTPRequest | None:
         try:
@@ -399,10 +587,9 @@ def status_handler(status: int, body: Any = None, headers: dict[str, str] | None
 
 def raw_handler(data: bytes, close: bool = True) -> Handler:
     async def handle(request: HTTPRequest, reply: Reply) -> None:
-        reply.writer.write(data)
-        await reply.writer.drain()
+        await reply.body(data)
         if close:
-            reply.writer.close()
+            reply.cut()
 
     return handle
 

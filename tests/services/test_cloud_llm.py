@@ -352,7 +352,7 @@ def test_an_interruption_cancels_marked_calls_and_lets_the_others_finish(runtime
         (sse_handler(["data: {this is not json\n\n"]), "not JSON"),
         (
             sse_handler(openai_chunks(["a", "b", "c"]), cut_after=2),
-            "closed the connection mid-body",
+            "broke off mid-body",
         ),
         (sse_handler(openai_chunks(["a", "b", "c"]), stall_after=2), "HTTPTimeoutError"),
         (sse_handler(['data: {"error": {"message": "model overloaded"}}\n\n']), "overloaded"),

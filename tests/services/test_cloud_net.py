@@ -1,6 +1,6 @@
-"""The networking under the cloud services: SSE and HTTP/1.1 parsing without sockets, the
-HTTP client against a local server (streaming, keep-alive, retries, timeouts, errors), and
-API keys kept out of logs and reprs."""
+"""The networking under the cloud services: SSE parsing without sockets, the HTTP client
+against a local server (streaming, keep-alive, retries, timeouts, errors), and API keys
+kept out of logs and reprs. HTTP/2 and proxies: test_cloud_http2.py."""
 
 from __future__ import annotations
 
@@ -13,17 +13,12 @@ from fake_providers import FakeHTTPServer, FakeWSServer, pcm_handler, raw_handle
 
 from flowcat_ft.services.net.auth import MissingAPIKeyError, Secret, api_key, redact_headers
 from flowcat_ft.services.net.http import (
-    BodyChunk,
-    EndOfMessage,
     HTTPClient,
     HTTPConnectError,
     HTTPProtocolError,
     HTTPStatusError,
     HTTPTimeoutError,
-    ResponseHead,
-    ResponseParser,
     Timeouts,
-    build_request,
 )
 from flowcat_ft.services.net.retry import RetryPolicy, parse_retry_after, retrying
 from flowcat_ft.services.net.sse import SSEEvent, SSEParser
@@ -88,87 +83,6 @@ def test_sse_refuses_an_endless_line():
     parser = SSEParser(max_line=100)
     with pytest.raises(ValueError):
         parser.feed(b"data: " + b"x" * 200)
-
-
-# -- HTTP/1.1 without sockets --------------------------------------------------------------
-
-
-def parse(data: bytes, step: int | None = None, head_request: bool = False) -> list:
-    parser = ResponseParser(head_request=head_request)
-    events = []
-    chunks = [data] if step is None else [data[i : i + step] for i in range(0, len(data), step)]
-    for chunk in chunks:
-        events += parser.feed(chunk)
-    return events
-
-
-def body_of(events: list) -> bytes:
-    return b"".join(e.data for e in events if isinstance(e, BodyChunk))
-
-
-CHUNKED = (
-    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n"
-    b"5;ext=1\r\nhello\r\n1\r\n \r\nA\r\n0123456789\r\n0\r\nTrailer: x\r\n\r\n"
-)
-
-
-@pytest.mark.parametrize("step", [None, 1, 4])
-def test_chunked_bodies_are_decoded_at_any_split(step):
-    events = parse(CHUNKED, step)
-    head = events[0]
-    assert isinstance(head, ResponseHead) and head.status == 200
-    assert head.headers.get("content-type") == "text/plain"
-    assert body_of(events) == b"hello 0123456789"
-    assert events[-1] == EndOfMessage(keep_alive=True)
-
-
-def test_content_length_until_close_informational_and_no_body():
-    events = parse(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc")
-    assert [type(e) for e in events] == [ResponseHead, BodyChunk, EndOfMessage]
-    assert body_of(events) == b"abc"
-    parser = ResponseParser()
-    events = parser.feed(b"HTTP/1.0 200 OK\r\n\r\nuntil") + parser.eof()
-    assert body_of(events) == b"until" and events[-1] == EndOfMessage(keep_alive=False)
-    assert parse(b"HTTP/1.1 204 No Content\r\n\r\n")[-1] == EndOfMessage(True)
-    events = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", head_request=True)
-    assert events[-1] == EndOfMessage(True)
-    events = parse(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
-    assert events[-1] == EndOfMessage(keep_alive=False)
-
-
-@pytest.mark.parametrize(
-    "garbage",
-    [
-        b"<html>bad gateway</html>",
-        b"HTTP/1.1 abc Nope\r\n\r\n",
-        b"HTTP/1.1 200 OK\r\nbad header line\r\n\r\n",
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXY",
-        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
-    ],
-)
-def test_garbage_responses_are_protocol_errors(garbage):
-    with pytest.raises(HTTPProtocolError):
-        parse(garbage)
-
-
-def test_a_connection_closed_mid_body_is_a_protocol_error():
-    parser = ResponseParser()
-    parser.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
-    with pytest.raises(HTTPProtocolError, match="mid-body"):
-        parser.eof()
-
-
-def test_requests_are_built_with_host_length_and_secrets_revealed_only_there():
-    data = build_request(
-        "POST", "/v1/x?y=1", "api.example", {"Authorization": Secret("Bearer sk-1234")}, b"{}"
-    )
-    assert data.startswith(b"POST /v1/x?y=1 HTTP/1.1\r\nHost: api.example\r\n")
-    assert b"Authorization: Bearer sk-1234\r\n" in data and b"Content-Length: 2\r\n" in data
-    assert data.endswith(b"\r\n\r\n{}")
-    with pytest.raises(ValueError):
-        build_request("GET", "/", "h", {"X-Bad": "a\r\nInjected: 1"})
 
 
 # -- retries -----------------------------------------------------------------------------------
@@ -242,13 +156,22 @@ def test_429_is_retried_after_retry_after(server):
     ]
 
     async def main():
-        client = HTTPClient(retry=FAST)
+        client = HTTPClient()
+        retries = []
         start = time.monotonic()
-        response = await client.request("POST", server.url + "/x", json={})
-        return await response.json(), time.monotonic() - start, client.retries
+        response = await client.request(
+            "POST",
+            server.url + "/x",
+            json={},
+            retry=FAST,
+            on_retry=lambda retry, error, delay: retries.append((retry, delay)),
+        )
+        body, elapsed = await response.json(), time.monotonic() - start
+        await client.aclose()
+        return body, elapsed, retries
 
     body, elapsed, retries = run(main())
-    assert body == {"ok": True} and retries == 1
+    assert body == {"ok": True} and retries == [(1, 1.0)]
     assert elapsed >= 0.95  # it waited as asked
 
 
@@ -256,9 +179,9 @@ def test_5xx_retries_run_out_into_an_error_with_status_and_truncated_body(server
     server.routes["/x"] = status_handler(503, {"error": {"message": "overloaded " * 400}})
 
     async def main():
-        client = HTTPClient(retry=FAST)
+        client = HTTPClient()
         with pytest.raises(HTTPStatusError) as caught:
-            await client.request("GET", server.url + "/x")
+            await client.request("GET", server.url + "/x", retry=FAST)
         return caught.value
 
     error = run(main())
@@ -272,7 +195,7 @@ def test_4xx_is_not_retried(server):
 
     async def main():
         with pytest.raises(HTTPStatusError, match="401"):
-            await HTTPClient(retry=FAST).request("GET", server.url + "/x")
+            await HTTPClient().request("GET", server.url + "/x", retry=FAST)
 
     run(main())
     assert len(server.requests) == 1
@@ -284,7 +207,7 @@ def test_connect_refused_is_retried_then_reported(server):
 
     async def main():
         with pytest.raises(HTTPConnectError):
-            await HTTPClient(retry=FAST).request("GET", f"http://127.0.0.1:{port}/x")
+            await HTTPClient().request("GET", f"http://127.0.0.1:{port}/x", retry=FAST)
 
     run(main())
 
@@ -293,8 +216,9 @@ def test_a_stalled_stream_times_out(server):
     server.routes["/pcm"] = pcm_handler(b"x" * 4000, chunk_bytes=1000, stall_after=1)
 
     async def main():
-        client = HTTPClient(timeouts=Timeouts(connect=1, head=1, read=0.2))
-        response = await client.request("GET", server.url + "/pcm")
+        client = HTTPClient()
+        timeouts = Timeouts(connect=1, head=1, read=0.2)
+        response = await client.request("GET", server.url + "/pcm", timeouts=timeouts)
         with pytest.raises(HTTPTimeoutError):
             async for _ in response.aiter_bytes():
                 pass
@@ -308,7 +232,7 @@ def test_garbage_from_the_server_is_a_protocol_error(server):
 
     async def main():
         with pytest.raises(HTTPProtocolError):
-            await HTTPClient(retry=FAST).request("GET", server.url + "/x")
+            await HTTPClient().request("GET", server.url + "/x", retry=FAST)
 
     run(main())
 
@@ -341,13 +265,14 @@ def test_keys_never_reach_a_log_line_even_at_debug(server, caplog):
     caplog.set_level(logging.DEBUG)
 
     async def main():
-        client = HTTPClient(retry=FAST)
+        client = HTTPClient()
         with pytest.raises(HTTPStatusError) as caught:
             await client.request(
                 "POST",
                 server.url + "/x",
                 headers={"Authorization": Secret(f"Bearer {secret}")},
                 json={"q": 1},
+                retry=FAST,
             )
         texts = [str(caught.value), repr(caught.value), repr(caught.value.headers)]
         ws = await connect_ws(
@@ -376,6 +301,7 @@ def test_the_cloud_services_leave_the_gil_off():
     import sys
 
     modules = [
+        "h2.connection",  # httpx imports it only once an HTTP/2 connection is made
         "flowcat_ft.services.net.http",
         "flowcat_ft.services.net.ws",
         "flowcat_ft.services.llm.openai",

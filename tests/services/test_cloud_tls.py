@@ -7,10 +7,17 @@ from __future__ import annotations
 import asyncio
 import shutil
 import ssl
-import subprocess
 
 import pytest
-from fake_providers import FakeDeepgram, FakeHTTPServer, Recorder, pcm_handler, tone
+from fake_providers import (
+    FakeDeepgram,
+    FakeHTTPServer,
+    Recorder,
+    pcm_handler,
+    self_signed_certificate,
+    server_context,
+    tone,
+)
 from helpers import wait_until
 
 from flowcat_ft import (
@@ -34,33 +41,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 FAST = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.05)
+ONCE = RetryPolicy(attempts=1)
 
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory) -> tuple[str, str]:
-    """A self-signed certificate for 127.0.0.1 and its key (PEM files)."""
-    where = tmp_path_factory.mktemp("tls")
-    cert, key = str(where / "cert.pem"), str(where / "key.pem")
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            *("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"),
-            *("-keyout", key, "-out", cert, "-days", "2"),
-            *("-subj", "/CN=127.0.0.1"),
-            *("-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
-
-
-def server_context(certificate) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(*certificate)
-    return context
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture
@@ -78,10 +64,11 @@ def errors(out: Recorder) -> list[ErrorFrame]:
 # -- the HTTP client --------------------------------------------------------------------------
 
 
-def fetch(client: HTTPClient, url: str) -> bytes:
+def fetch(url: str, **tls) -> bytes:
     async def go() -> bytes:
+        client = HTTPClient(**tls)
         try:
-            response = await client.request("POST", url, json={"input": "hi"})
+            response = await client.request("POST", url, json={"input": "hi"}, retry=ONCE)
             return await response.read()
         finally:
             await client.aclose()
@@ -91,14 +78,14 @@ def fetch(client: HTTPClient, url: str) -> bytes:
 
 def test_https_with_the_server_s_ca_trusted(https, certificate):
     trusting = ssl.create_default_context(cafile=certificate[0])
-    body = fetch(HTTPClient(ssl_context=trusting), https.url + "/v1/audio/speech")
+    body = fetch(https.url + "/v1/audio/speech", ssl_context=trusting)
     assert len(body) == len(tone(0.3, 24000))
     assert https.requests[0].json() == {"input": "hi"}
 
 
 def test_https_certificates_are_verified_by_default(https):
     with pytest.raises(HTTPConnectError, match="CERTIFICATE_VERIFY_FAILED"):
-        fetch(HTTPClient(retry=RetryPolicy(attempts=1)), https.url + "/v1/audio/speech")
+        fetch(https.url + "/v1/audio/speech")
     assert not https.requests  # nothing was sent over the untrusted connection
 
 

@@ -307,13 +307,7 @@ class HTTPStreamingLLMService(LLMService):
         """POST ``body`` (with retries) and hand each event of the stream to ``on_event``
         until it returns True (the stream is complete) or the stream ends. Cancelling this
         closes the connection."""
-        http = self.http_client()
-        before = http.retries
-        try:
-            response = await http.request("POST", url, headers=headers, json=body)
-        finally:
-            if http.retries > before:
-                self.count(retries=http.retries - before)
+        response = await self.http_request("POST", url, headers=headers, json=body)
         events = SSEParser()
         async with response:
             async for data in response.aiter_bytes():

@@ -1,62 +1,68 @@
-"""A small HTTP/1.1 client for providers' REST and streaming APIs, over asyncio streams.
+"""Providers' HTTP: requests through httpx, with the retries, timeouts and errors a call needs.
 
-Two layers, as in the ``websockets`` library:
+httpx (with h2) speaks the protocol: HTTP/1.1, and HTTP/2 where the provider offers it in
+TLS's ALPN (then many calls' requests share one connection); pools of connections kept
+alive; proxies from the environment (``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``,
+``NO_PROXY``, read when a client is made).
 
-- **Sans-I/O**: :func:`build_request` turns a request into bytes; :class:`ResponseParser`
-  turns the bytes of a response, fed in as they arrive, into events: a
-  :class:`ResponseHead` (status, reason, headers), :class:`BodyChunk`\\ s and one
-  :class:`EndOfMessage`. It decodes ``Transfer-Encoding: chunked`` (RFC 9112 §7.1), honours
-  ``Content-Length``, and otherwise reads the body until the connection closes; it refuses
-  malformed input with :class:`HTTPProtocolError`. Tested without sockets.
-- **I/O**: :class:`HTTPClient` sends requests over ``asyncio.open_connection`` (TLS through
-  :mod:`ssl` for ``https``), keeps idle connections for reuse, and hands back a
-  :class:`Response` whose body streams with :meth:`Response.aiter_bytes`. Timeouts bound
-  connecting (TLS included), waiting for the response head, and every wait for more of the
-  body (a provider that stalls mid-stream raises :class:`HTTPTimeoutError`). A status of
-  400 or more raises :class:`HTTPStatusError` carrying the status, the headers and the
-  start of the body. :meth:`HTTPClient.request` retries connect errors, 429 and 5xx per a
-  :class:`~flowcat_ft.services.net.retry.RetryPolicy`.
+**Streamed responses stay on HTTP/1.1.** An LLM's tokens or a TTS's audio are often cut
+off (the caller barges in), and the provider must see the client go away, or it goes on
+generating (and billing). Over HTTP/1.1, closing a response before its end closes its
+connection. httpcore does not reset an HTTP/2 stream closed before its end
+(encode/httpcore#943, declined): the provider would go on sending, and the unread data
+would use up the shared connection's flow-control window until every stream on it stalls.
+So a request says whether its response is ``streamed`` (the default); only those read
+whole (a transcription's JSON) go over HTTP/2.
 
-Credentials in headers never reach a log line or a ``repr``
-(:func:`~flowcat_ft.services.net.auth.redact_headers`).
+This module adds:
 
-Threading: a client and its connections belong to one event loop.
+- **Timeouts per phase** (:class:`Timeouts`): connecting, the response head, and each wait
+  for more of the body, so a provider that stalls mid-stream is an error, not a silence.
+- **Retries** of connect errors, 429 and 5xx per a
+  :class:`~flowcat_ft.services.net.retry.RetryPolicy`, before anything has streamed.
+- **Errors of its own** (:class:`HTTPError` and its subclasses), whose messages say what
+  failed and never carry a credential; a status of 400 or more raises
+  :class:`HTTPStatusError` with the status, the headers and the start of the body.
+- **Credentials**: header values may be :class:`~flowcat_ft.services.net.auth.Secret`\\ s,
+  revealed only into the request; httpx's and httpcore's loggers scrub secrets like this
+  package's (:func:`~flowcat_ft.services.net.auth.get_logger`).
+
+Threading: an :class:`HTTPClient` and its responses belong to the event loop they are used
+on (httpx's ``AsyncClient`` is not thread-safe). The cloud services share one per event
+loop and TLS setting (:class:`LoopClients`), held while some call on the loop uses it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json as jsonlib
+import os
 import ssl
-from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 
-from flowcat_ft.services.net.auth import Secret, get_logger, redact, redact_headers
+import httpx
+
+from flowcat_ft.services.net.auth import Secret, get_logger, redact
 from flowcat_ft.services.net.retry import RetryPolicy, parse_retry_after, retrying
 
 __all__ = [
-    "BodyChunk",
-    "EndOfMessage",
     "HTTPClient",
     "HTTPConnectError",
     "HTTPError",
     "HTTPProtocolError",
     "HTTPStatusError",
     "HTTPTimeoutError",
-    "Headers",
+    "LoopClients",
     "Response",
-    "ResponseHead",
-    "ResponseParser",
+    "TLSKey",
     "Timeouts",
-    "build_request",
 ]
 
 logger = get_logger("flowcat_ft.services.net")
+get_logger("httpx")  # logs each request's URL at INFO level
+get_logger("httpcore")  # logs its steps at DEBUG level
 
-MAX_HEAD_BYTES = 64 * 1024
 MAX_ERROR_BODY = 2048
 """How much of an error response's body is read and kept (the rest is not read)."""
 ERROR_BODY_SHOWN = 300
@@ -67,11 +73,11 @@ ERROR_BODY_SHOWN = 300
 
 
 class HTTPError(Exception):
-    """Base of this client's errors."""
+    """Base of this module's errors."""
 
 
 class HTTPConnectError(HTTPError, ConnectionError):
-    """The connection could not be made (refused, reset, name or TLS failure)."""
+    """The connection could not be made (refused, reset, a name, TLS or proxy failure)."""
 
 
 class HTTPTimeoutError(HTTPError, TimeoutError):
@@ -79,12 +85,8 @@ class HTTPTimeoutError(HTTPError, TimeoutError):
 
 
 class HTTPProtocolError(HTTPError):
-    """The server broke HTTP/1.1: garbage instead of a status line, a bad chunk size, a
-    connection closed before the body it announced was complete."""
-
-
-class _StaleConnection(Exception):
-    """A reused idle connection turned out to be closed before any response arrived."""
+    """The server broke HTTP: garbage instead of a response, a body cut short, a connection
+    lost mid-body."""
 
 
 class HTTPStatusError(HTTPError):
@@ -94,416 +96,122 @@ class HTTPStatusError(HTTPError):
     leniently); ``retry_after`` is the wait a ``Retry-After`` header asked for, in seconds.
     """
 
-    def __init__(self, status: int, reason: str, headers: Headers, body: str, url: str) -> None:
+    def __init__(self, status: int, headers: httpx.Headers, body: str, url: str) -> None:
         self.status = status
-        self.reason = reason
+        self.reason = httpx.codes.get_reason_phrase(status)
         self.headers = headers
         self.body = body
         self.url = url
         self.retry_after = parse_retry_after(headers.get("retry-after"))
         shown = body[:ERROR_BODY_SHOWN] + ("…" if len(body) > ERROR_BODY_SHOWN else "")
-        super().__init__(redact(f"HTTP {status} {reason} from {url}: {shown}".rstrip(": ")))
+        super().__init__(redact(f"HTTP {status} {self.reason} from {url}: {shown}".rstrip(": ")))
 
 
-# -- the Sans-I/O part --------------------------------------------------------------------
+def _error(error: httpx.HTTPError, url: str, timeouts: Timeouts, mid_body: bool) -> HTTPError:
+    """This module's error for one of httpx's."""
+    where = redact(url)
+    detail = redact(str(error) or type(error).__name__)
+    if isinstance(error, httpx.TimeoutException):
+        if isinstance(error, httpx.ConnectTimeout | httpx.PoolTimeout):
+            return HTTPTimeoutError(f"could not connect to {where} within {timeouts.connect:g} s")
+        return HTTPTimeoutError(f"no data from {where} for {timeouts.read:g} s")
+    if mid_body:
+        return HTTPProtocolError(f"the response from {where} broke off mid-body: {detail}")
+    if isinstance(error, httpx.ConnectError | httpx.ProxyError):
+        return HTTPConnectError(f"could not connect to {where}: {detail}")
+    if isinstance(error, httpx.NetworkError):
+        return HTTPConnectError(f"{where}: {type(error).__name__}: {detail}")
+    return HTTPProtocolError(f"{where}: {detail}")
 
 
-class Headers:
-    """Response headers: ``(name, value)`` pairs in order, looked up without regard to case."""
-
-    __slots__ = ("_items",)
-
-    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
-        self._items = list(items)
-
-    def get(self, name: str, default: str | None = None) -> str | None:
-        """The first value of ``name``, or ``default``."""
-        name = name.lower()
-        for key, value in self._items:
-            if key.lower() == name:
-                return value
-        return default
-
-    def get_all(self, name: str) -> list[str]:
-        name = name.lower()
-        return [value for key, value in self._items if key.lower() == name]
-
-    def items(self) -> list[tuple[str, str]]:
-        return list(self._items)
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self.get(name) is not None
-
-    def __repr__(self) -> str:
-        return f"Headers({redact_headers(self._items)!r})"
-
-
-def build_request(
-    method: str,
-    target: str,
-    host: str,
-    headers: Mapping[str, str | Secret] | None = None,
-    body: bytes | None = None,
-) -> bytes:
-    """The bytes of one HTTP/1.1 request (head and body). ``Host``, ``Content-Length`` and
-    ``Connection: keep-alive`` are added unless given; header values may be
-    :class:`~flowcat_ft.services.net.auth.Secret`\\ s."""
-    lines = [f"{method} {target} HTTP/1.1"]
-    given = {k.lower() for k in headers or ()}
-    if "host" not in given:
-        lines.append(f"Host: {host}")
-    for name, value in (headers or {}).items():
-        text = value.reveal() if isinstance(value, Secret) else str(value)
-        if any(c in text for c in "\r\n\0") or any(c in name for c in "\r\n\0: "):
-            raise ValueError(f"header {name!r} has a character HTTP does not allow")
-        lines.append(f"{name}: {text}")
-    if body is not None and "content-length" not in given:
-        lines.append(f"Content-Length: {len(body)}")
-    elif body is None and method in ("POST", "PUT", "PATCH") and "content-length" not in given:
-        lines.append("Content-Length: 0")
-    if "connection" not in given:
-        lines.append("Connection: keep-alive")
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    return head + (body or b"")
-
-
-@dataclass(frozen=True, slots=True)
-class ResponseHead:
-    status: int
-    reason: str
-    headers: Headers
-    version: str = "HTTP/1.1"
-
-
-@dataclass(frozen=True, slots=True, repr=False)
-class BodyChunk:
-    data: bytes
-
-    def __repr__(self) -> str:
-        return f"BodyChunk(<{len(self.data)} bytes>)"
-
-
-@dataclass(frozen=True, slots=True)
-class EndOfMessage:
-    """The body is complete. ``keep_alive``: the connection may carry another request."""
-
-    keep_alive: bool = True
-
-
-type ResponseEvent = ResponseHead | BodyChunk | EndOfMessage
-
-_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS, _UNTIL_CLOSE, _DONE = range(8)
-
-
-class ResponseParser:
-    """One response's bytes in, events out (see the module docstring).
-
-    ``head_request``: the request was HEAD, so the response has no body whatever its
-    headers say. Informational responses (1xx) are skipped.
-    """
-
-    def __init__(self, *, head_request: bool = False, max_head: int = MAX_HEAD_BYTES) -> None:
-        self._buf = bytearray()
-        self._state = _HEAD
-        self._remaining = 0
-        self._keep_alive = True
-        self._head_request = head_request
-        self.max_head = max_head
-        self.head: ResponseHead | None = None
-
-    @property
-    def done(self) -> bool:
-        return self._state == _DONE
-
-    def feed(self, data: bytes) -> list[ResponseEvent]:
-        """The events the bytes received so far complete."""
-        if self._state == _DONE:
-            if data:
-                self._keep_alive = False  # bytes after the end: do not reuse this connection
-            return []
-        self._buf += data
-        events: list[ResponseEvent] = []
-        while self._step(events):
-            pass
-        return events
-
-    def eof(self) -> list[ResponseEvent]:
-        """The connection closed: the end of a read-until-close body, or an error."""
-        if self._state == _UNTIL_CLOSE:
-            self._state = _DONE
-            events: list[ResponseEvent] = []
-            if self._buf:
-                events.append(BodyChunk(bytes(self._buf)))
-                self._buf.clear()
-            events.append(EndOfMessage(keep_alive=False))
-            return events
-        if self._state == _DONE:
-            return []
-        where = "before the response head" if self._state == _HEAD else "mid-body"
-        raise HTTPProtocolError(f"the server closed the connection {where}")
-
-    # -- states --------------------------------------------------------------------------
-
-    def _step(self, events: list[ResponseEvent]) -> bool:
-        state = self._state
-        buf = self._buf
-        if state == _HEAD:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buf) > self.max_head:
-                    raise HTTPProtocolError(f"a response head over {self.max_head} bytes")
-                if not b"HTTP/".startswith(bytes(buf[:5])):
-                    raise HTTPProtocolError(f"not an HTTP response: {bytes(buf[:40])!r}")
-                return False
-            head = bytes(buf[:end])
-            del buf[: end + 4]
-            return self._on_head(head, events)
-        if state == _LENGTH:
-            if not buf:
-                return False
-            if self._body_chunk(events):
-                self._finish(events)
-            return bool(buf) and self._state != _DONE
-        if state == _CHUNK_SIZE:
-            end = buf.find(b"\r\n")
-            if end < 0:
-                if len(buf) > 1024:
-                    raise HTTPProtocolError("a chunk-size line over 1024 bytes")
-                return False
-            line = bytes(buf[:end]).split(b";", 1)[0].strip()
-            del buf[: end + 2]
-            try:
-                size = int(line, 16)
-            except ValueError:
-                raise HTTPProtocolError(f"a bad chunk size: {line[:40]!r}") from None
-            if size < 0 or not line or not all(c in b"0123456789abcdefABCDEF" for c in line):
-                raise HTTPProtocolError(f"a bad chunk size: {line[:40]!r}")
-            if size == 0:
-                self._state = _TRAILERS
-            else:
-                self._remaining = size
-                self._state = _CHUNK_DATA
-            return True
-        if state == _CHUNK_DATA:
-            if not buf:
-                return False
-            if self._body_chunk(events):
-                self._state = _CHUNK_CRLF
-            return bool(buf)
-        if state == _CHUNK_CRLF:
-            if len(buf) < 2:
-                return False
-            if buf[:2] != b"\r\n":
-                raise HTTPProtocolError("a chunk not followed by CRLF")
-            del buf[:2]
-            self._state = _CHUNK_SIZE
-            return True
-        if state == _TRAILERS:
-            end = buf.find(b"\r\n")
-            if end < 0:
-                if len(buf) > self.max_head:
-                    raise HTTPProtocolError("trailers too long")
-                return False
-            line = bytes(buf[:end])
-            del buf[: end + 2]
-            if not line:  # the blank line after the (ignored) trailer fields
-                self._finish(events)
-            return self._state != _DONE
-        if state == _UNTIL_CLOSE:
-            if buf:
-                events.append(BodyChunk(bytes(buf)))
-                buf.clear()
-            return False
-        return False
-
-    def _on_head(self, head: bytes, events: list[ResponseEvent]) -> bool:
-        try:
-            text = head.decode("latin-1")
-        except UnicodeDecodeError:  # pragma: no cover (latin-1 decodes anything)
-            raise HTTPProtocolError("an undecodable response head") from None
-        status_line, *header_lines = text.split("\r\n")
-        parts = status_line.split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-            raise HTTPProtocolError(f"a bad status line: {status_line[:60]!r}")
-        status = int(parts[1])
-        if not 100 <= status <= 599:
-            raise HTTPProtocolError(f"a bad status code: {status}")
-        reason = parts[2] if len(parts) > 2 else ""
-        items = []
-        for line in header_lines:
-            name, colon, value = line.partition(":")
-            if not colon or not name or name != name.strip():
-                raise HTTPProtocolError(f"a bad header line: {line[:60]!r}")
-            items.append((name, value.strip()))
-        headers = Headers(items)
-        if 100 <= status < 200:
-            return True  # informational: the real response follows
-        version = parts[0]
-        connection = (headers.get("connection") or "").lower()
-        self._keep_alive = version == "HTTP/1.1" and "close" not in connection
-        self.head = ResponseHead(status, reason, headers, version)
-        events.append(self.head)
-        transfer = (headers.get("transfer-encoding") or "").lower()
-        length = headers.get("content-length")
-        if self._head_request or status in (204, 304):
-            self._finish(events)
-        elif transfer:
-            if transfer.rsplit(",", 1)[-1].strip() != "chunked":
-                raise HTTPProtocolError(f"an unsupported transfer encoding: {transfer!r}")
-            self._state = _CHUNK_SIZE
-        elif length is not None:
-            lengths = {v.strip() for v in headers.get_all("content-length")}
-            if len(lengths) != 1 or not length.strip().isdigit():
-                raise HTTPProtocolError(f"a bad Content-Length: {length!r}")
-            self._remaining = int(length)
-            self._state = _LENGTH
-            if self._remaining == 0:
-                self._finish(events)
-        else:
-            self._keep_alive = False
-            self._state = _UNTIL_CLOSE
-        return self._state != _DONE
-
-    def _body_chunk(self, events: list[ResponseEvent]) -> bool:
-        """Pass on as much of the body part being read as has arrived; True once all of
-        it has."""
-        buf = self._buf
-        take = min(len(buf), self._remaining)
-        events.append(BodyChunk(bytes(buf[:take])))
-        del buf[:take]
-        self._remaining -= take
-        return self._remaining == 0
-
-    def _finish(self, events: list[ResponseEvent]) -> None:
-        self._state = _DONE
-        if self._buf:
-            self._keep_alive = False
-        events.append(EndOfMessage(keep_alive=self._keep_alive))
-
-
-# -- the I/O part -------------------------------------------------------------------------
+# -- requests and responses ---------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Seconds allowed for connecting (TLS included), for the response head once the
-    request is sent, and for each wait for more of the body (a stall)."""
+    """Seconds allowed: ``connect``, to connect (TLS and a proxy's tunnel included);
+    ``head``, from the start of a request (its connection included) to the response head;
+    ``read``, for each wait for more of the body (a stall)."""
 
     connect: float = 5.0
     head: float = 15.0
     read: float = 15.0
 
-
-@dataclass
-class _Connection:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    origin: tuple[str, str, int]
-
-    def usable(self) -> bool:
-        return not self.writer.is_closing() and not self.reader.at_eof()
-
-    def close(self) -> None:
-        self.writer.close()
+    def for_httpx(self) -> httpx.Timeout:
+        """httpx's per-operation timeouts: each socket read waits at most the longer of
+        ``head`` and ``read`` (the shorter one is enforced over the phase it bounds)."""
+        return httpx.Timeout(
+            connect=self.connect,
+            read=max(self.head, self.read),
+            write=self.connect,
+            pool=self.connect,
+        )
 
 
-@dataclass
-class _Origin:
-    scheme: str
-    host: str
-    port: int
-    target: str
-
-    @classmethod
-    def of(cls, url: str) -> _Origin:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {url!r}")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        target = parts.path or "/"
-        if parts.query:
-            target += "?" + parts.query
-        return cls(parts.scheme, parts.hostname, port, target)
-
-    @property
-    def key(self) -> tuple[str, str, int]:
-        return (self.scheme, self.host, self.port)
-
-    @property
-    def host_header(self) -> str:
-        default = 443 if self.scheme == "https" else 80
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return host if self.port == default else f"{host}:{self.port}"
-
-
-@dataclass(repr=False)
 class Response:
     """A response whose head has arrived; the body streams on demand.
 
     Read the body with :meth:`aiter_bytes` (or :meth:`read`, :meth:`json`); close it with
-    :meth:`aclose` (or ``async with``), which, if the body was not read to its end, closes
-    the connection: the server sees the client go away, as a cancelled LLM stream must.
+    :meth:`aclose` (or ``async with``). Closing a body not read to its end tells the server
+    the client went away (over HTTP/1.1 the connection closes; over HTTP/2 the stream is
+    reset), as a cancelled LLM stream must.
     """
 
-    status: int
-    reason: str
-    headers: Headers
-    url: str
-    _conn: _Connection | None = field(default=None)
-    _parser: ResponseParser | None = field(default=None)
-    _client: HTTPClient | None = field(default=None)
-    _pending: deque = field(default_factory=deque)
-    _read_timeout: float = 15.0
-    _done: bool = False
+    def __init__(self, response: httpx.Response, url: str, timeouts: Timeouts) -> None:
+        self._response = response
+        self.url = url
+        self._timeouts = timeouts
+        self._read_timeout = timeouts.read
+        self._chunks = response.aiter_bytes()  # one iterator, whoever reads (see finish)
+
+    @property
+    def status(self) -> int:
+        return self._response.status_code
+
+    @property
+    def headers(self) -> httpx.Headers:
+        return self._response.headers
+
+    @property
+    def http_version(self) -> str:
+        """``"HTTP/1.1"`` or ``"HTTP/2"``."""
+        return self._response.http_version
 
     def __repr__(self) -> str:
-        return f"<Response {self.status} {self.reason} from {redact(self.url)}>"
+        return f"<Response {self.status} {self.http_version} from {redact(self.url)}>"
 
     async def aiter_bytes(self) -> AsyncIterator[bytes]:
-        """The body's bytes as they arrive (chunked framing removed)."""
+        """The body's bytes as they arrive (transfer and content codings removed); a wait
+        for more longer than the ``read`` timeout raises :class:`HTTPTimeoutError`."""
+        chunks = self._chunks
         try:
-            while not self._done:
-                while self._pending:
-                    event = self._pending.popleft()
-                    if isinstance(event, BodyChunk):
-                        if event.data:
-                            yield event.data
-                    elif isinstance(event, EndOfMessage):
-                        self._release(event.keep_alive)
-                        return
-                await self._receive()
+            while True:
+                try:
+                    async with asyncio.timeout(self._read_timeout):
+                        data = await anext(chunks)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise HTTPTimeoutError(
+                        f"no data from {redact(self.url)} for {self._read_timeout:g} s"
+                    ) from None
+                except httpx.HTTPError as error:
+                    raise _error(error, self.url, self._timeouts, mid_body=True) from None
+                if data:
+                    yield data
         except BaseException:
             await self.aclose()
             raise
 
-    async def _receive(self) -> None:
-        conn, parser = self._conn, self._parser
-        if conn is None or parser is None:
-            raise HTTPProtocolError("the response is closed")
-        try:
-            data = await asyncio.wait_for(conn.reader.read(65536), self._read_timeout)
-        except TimeoutError:
-            raise HTTPTimeoutError(
-                f"no data from {redact(self.url)} for {self._read_timeout:g} s"
-            ) from None
-        except (ConnectionError, OSError) as error:
-            raise HTTPProtocolError(f"the connection failed mid-body: {error}") from None
-        self._pending.extend(parser.feed(data) if data else parser.eof())
-
     async def finish(self, timeout: float = 0.5) -> None:
         """Read what is left of the body (a stream's last bytes after its final event) so
         that the connection can be reused; close it if that takes longer than ``timeout``."""
-        if self._done:
-            return
-        read_timeout, self._read_timeout = self._read_timeout, timeout
+        self._read_timeout = timeout
         try:
             async for _ in self.aiter_bytes():
                 pass
         except HTTPError:
             pass
-        finally:
-            self._read_timeout = read_timeout
-            await self.aclose()
 
     async def read(self, limit: int = 64 << 20) -> bytes:
         """The whole body (up to ``limit`` bytes, else :class:`HTTPProtocolError`)."""
@@ -522,25 +230,10 @@ class Response:
         except ValueError as error:
             raise HTTPProtocolError(f"a response that is not JSON: {body[:60]!r}") from error
 
-    def _release(self, keep_alive: bool) -> None:
-        self._done = True
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        if keep_alive and self._client is not None:
-            self._client._give_back(conn)
-        else:
-            conn.close()
-
     async def aclose(self) -> None:
-        """Stop reading; a body not read to its end closes the connection."""
-        if not self._done:
-            self._done = True
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                conn.close()
-                with contextlib.suppress(TimeoutError, ConnectionError, OSError, ssl.SSLError):
-                    await asyncio.wait_for(conn.writer.wait_closed(), 1.0)
+        """Stop reading (see the class docstring)."""
+        await self._chunks.aclose()
+        await self._response.aclose()
 
     async def __aenter__(self) -> Response:
         return self
@@ -550,29 +243,44 @@ class Response:
 
 
 class HTTPClient:
-    """Requests to one or more hosts, from one event loop, reusing idle connections.
+    """Requests from one event loop, over connections httpx pools: one pool for streamed
+    responses (HTTP/1.1) and one for responses read whole (HTTP/2 where offered); see the
+    module docstring.
 
-    ``ssl_context`` defaults to :func:`ssl.create_default_context` (certificates checked);
-    ``max_idle`` connections per host are kept for reuse.
+    Certificates are verified against the system's CAs, or those in ``ca_file``. An
+    ``ssl_context`` of the caller's is used as it is, over HTTP/1.1 only: httpx sets the
+    ALPN protocols of the context it is given, and offering ``h2`` on a context a WebSocket
+    service shares would break its handshakes. ``trust_env``: take proxies from the
+    environment.
     """
 
     def __init__(
         self,
         *,
-        timeouts: Timeouts | None = None,
-        retry: RetryPolicy | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
         ssl_context: ssl.SSLContext | None = None,
-        max_idle: int = 4,
+        trust_env: bool = True,
         user_agent: str = "flowcat-ft",
     ) -> None:
-        self.timeouts = timeouts or Timeouts()
-        self.retry = retry or RetryPolicy()
-        self._ssl = ssl_context
-        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
-        self.max_idle = max_idle
-        self.user_agent = user_agent
-        self.retries = 0
-        """How many retries this client made (a usage counter)."""
+        if ssl_context is not None and ca_file is not None:
+            raise ValueError("give ssl_context or ca_file, not both")
+
+        def client(http2: bool) -> httpx.AsyncClient:
+            # A context of its own per pool: httpx sets its ALPN protocols at each connect.
+            context = ssl_context or ssl.create_default_context(
+                cafile=os.fspath(ca_file) if ca_file is not None else None
+            )
+            return httpx.AsyncClient(
+                verify=context,
+                http2=http2,
+                trust_env=trust_env,
+                headers={"User-Agent": user_agent},
+                timeout=Timeouts().for_httpx(),
+                follow_redirects=False,
+            )
+
+        self._streams = client(http2=False)
+        self._whole = client(http2=True) if ssl_context is None else self._streams
 
     async def request(
         self,
@@ -582,158 +290,106 @@ class HTTPClient:
         headers: Mapping[str, str | Secret] | None = None,
         json: object = None,
         content: bytes | None = None,
-        retry: RetryPolicy | None = None,
         timeouts: Timeouts | None = None,
+        retry: RetryPolicy | None = None,
+        on_retry: Callable[[int, BaseException, float], None] | None = None,
+        streamed: bool = True,
     ) -> Response:
         """Send a request and return once the response head has arrived (with retries).
 
         The body is JSON-encoded from ``json``, or sent as ``content``. A status of 400 or
         more raises :class:`HTTPStatusError` (after reading up to ``MAX_ERROR_BODY`` bytes of
-        the body); 429 and 5xx are retried first, as the policy says.
+        the body); 429 and 5xx are retried first, as ``retry`` says (``on_retry(retry,
+        error, delay)`` is told of each retry). ``streamed=False``: the response will be
+        read whole, so it may go over HTTP/2 (see the module docstring).
         """
-        policy = retry or self.retry
-        all_headers: dict[str, str | Secret] = {"User-Agent": self.user_agent}
-        body = content
-        if json is not None:
-            body = jsonlib.dumps(json).encode()
-            all_headers["Content-Type"] = "application/json"
-        all_headers.update(headers or {})
-
-        def counted(retry_number: int, error: BaseException, delay: float) -> None:
-            self.retries += 1
-
+        timeouts = timeouts or Timeouts()
+        plain = {
+            name: value.reveal() if isinstance(value, Secret) else value
+            for name, value in (headers or {}).items()
+        }
+        client = self._streams if streamed else self._whole
+        try:
+            request = client.build_request(
+                method, url, headers=plain, json=json, content=content, timeout=timeouts.for_httpx()
+            )
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as error:
+            raise ValueError(f"not an http(s) URL: {redact(url)!r}: {error}") from None
         return await retrying(
-            lambda: self._send(method, url, all_headers, body, timeouts or self.timeouts),
-            policy,
+            lambda: self._send(client, request, url, timeouts),
+            retry or RetryPolicy(),
             what=f"{method} {redact(url)}",
-            on_retry=counted,
+            on_retry=on_retry,
         )
 
     async def _send(
-        self,
-        method: str,
-        url: str,
-        headers: Mapping[str, str | Secret],
-        body: bytes | None,
-        timeouts: Timeouts,
+        self, client: httpx.AsyncClient, request: httpx.Request, url: str, timeouts: Timeouts
     ) -> Response:
-        origin = _Origin.of(url)
-        data = build_request(method, origin.target, origin.host_header, headers, body)
-        logger.debug("%s %s %s", method, redact(url), redact_headers(headers))
-        conn = self._idle_connection(origin.key)
-        if conn is not None:
-            try:
-                return await self._exchange(conn, method, url, data, timeouts, reused=True)
-            except _StaleConnection:
-                pass  # the server closed the idle connection as we reused it: a fresh one
-        conn = await self._connect(origin, timeouts.connect)
-        return await self._exchange(conn, method, url, data, timeouts, reused=False)
-
-    async def _exchange(
-        self,
-        conn: _Connection,
-        method: str,
-        url: str,
-        data: bytes,
-        timeouts: Timeouts,
-        reused: bool,
-    ) -> Response:
-        parser = ResponseParser(head_request=method == "HEAD")
-        pending: deque[ResponseEvent] = deque()
-        received = False
         try:
-            conn.writer.write(data)
-            await asyncio.wait_for(conn.writer.drain(), timeouts.connect)
-            while parser.head is None:
-                try:
-                    chunk = await asyncio.wait_for(conn.reader.read(65536), timeouts.head)
-                except TimeoutError:
-                    raise HTTPTimeoutError(
-                        f"no response from {redact(url)} within {timeouts.head:g} s"
-                    ) from None
-                if not chunk and reused and not received:
-                    raise _StaleConnection
-                received = True
-                pending.extend(parser.feed(chunk) if chunk else parser.eof())
-        except _StaleConnection:
-            conn.close()
-            raise
-        except HTTPError:
-            conn.close()
-            raise
-        except (ConnectionError, OSError) as error:
-            conn.close()
-            if reused and not received:
-                raise _StaleConnection from None
-            raise HTTPConnectError(f"{redact(url)}: {type(error).__name__}: {error}") from None
-        except BaseException:
-            conn.close()
-            raise
-        head = parser.head
-        response = Response(
-            head.status, head.reason, head.headers, url, conn, parser, self, pending, timeouts.read
-        )
-        if head.status >= 400:
-            text = await self._error_body(response)
-            raise HTTPStatusError(head.status, head.reason, head.headers, text, redact(url))
-        return response
-
-    async def _error_body(self, response: Response) -> str:
-        out = bytearray()
-        try:
-            async for data in response.aiter_bytes():
-                out += data
-                if len(out) >= MAX_ERROR_BODY:
-                    break
-        except HTTPError:
-            pass
-        finally:
-            await response.aclose()
-        return bytes(out[:MAX_ERROR_BODY]).decode("utf-8", "replace")
-
-    async def _connect(self, origin: _Origin, timeout: float) -> _Connection:
-        context = None
-        if origin.scheme == "https":
-            context = self._ssl or ssl.create_default_context()
-        try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(
-                    origin.host,
-                    origin.port,
-                    ssl=context,
-                    server_hostname=origin.host if context else None,
-                ),
-                timeout,
-            )
+            async with asyncio.timeout(timeouts.head):
+                sent = await client.send(request, stream=True)
         except TimeoutError:
             raise HTTPTimeoutError(
-                f"could not connect to {origin.host}:{origin.port} within {timeout:g} s"
+                f"no response from {redact(url)} within {timeouts.head:g} s"
             ) from None
-        except (OSError, ssl.SSLError) as error:
-            raise HTTPConnectError(
-                f"could not connect to {origin.host}:{origin.port}: {error}"
-            ) from None
-        return _Connection(reader, writer, origin.key)
-
-    def _idle_connection(self, key: tuple[str, str, int]) -> _Connection | None:
-        conns = self._idle.get(key)
-        while conns:
-            conn = conns.pop()
-            if conn.usable():
-                return conn
-            conn.close()
-        return None
-
-    def _give_back(self, conn: _Connection) -> None:
-        conns = self._idle.setdefault(conn.origin, [])
-        if len(conns) < self.max_idle and conn.usable():
-            conns.append(conn)
-        else:
-            conn.close()
+        except httpx.UnsupportedProtocol as error:
+            raise ValueError(f"not an http(s) URL: {redact(url)!r}: {error}") from None
+        except httpx.HTTPError as error:
+            raise _error(error, url, timeouts, mid_body=False) from None
+        response = Response(sent, url, timeouts)
+        if sent.status_code >= 400:
+            body = await _error_body(response)
+            raise HTTPStatusError(sent.status_code, sent.headers, body, redact(url))
+        return response
 
     async def aclose(self) -> None:
-        """Close every idle connection."""
-        idle, self._idle = self._idle, {}
-        for conns in idle.values():
-            for conn in conns:
-                conn.close()
+        """Close every pooled connection."""
+        await self._streams.aclose()
+        if self._whole is not self._streams:
+            await self._whole.aclose()
+
+
+async def _error_body(response: Response) -> str:
+    out = bytearray()
+    try:
+        async for data in response.aiter_bytes():
+            out += data
+            if len(out) >= MAX_ERROR_BODY:
+                break
+    except HTTPError:
+        pass
+    finally:
+        await response.aclose()
+    return bytes(out[:MAX_ERROR_BODY]).decode("utf-8", "replace")
+
+
+type TLSKey = str | ssl.SSLContext | None
+"""What sets a client's TLS apart: a CA file's path, a caller's context, or None (the
+system's CAs)."""
+
+
+class LoopClients:
+    """The HTTP clients of one event loop, one per TLS setting, shared by every call's
+    services on the loop: a client is made when the first of them holds it and closed
+    when the last lets it go (so its connections serve every call while there are some).
+
+    Threading contract: ``_held`` is used on the loop's thread only (services hold and let
+    go from coroutines running there).
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[TLSKey, tuple[HTTPClient, int]] = {}
+
+    def hold(self, tls: TLSKey, make: Callable[[], HTTPClient]) -> HTTPClient:
+        """The client for ``tls`` (made by ``make()`` if none is held); let it go once."""
+        client, holders = self._held.get(tls) or (make(), 0)
+        self._held[tls] = (client, holders + 1)
+        return client
+
+    async def let_go(self, tls: TLSKey) -> None:
+        """One holder is done with the client for ``tls``; the last one closes it."""
+        client, holders = self._held.pop(tls)
+        if holders > 1:
+            self._held[tls] = (client, holders - 1)
+        else:
+            await client.aclose()

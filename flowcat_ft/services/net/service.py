@@ -17,10 +17,15 @@ What it adds to :class:`AsyncService`:
   verified against the system's CAs unless the service is given ``ssl_context`` (an
   :class:`ssl.SSLContext` of the application's own) or ``ca_file`` (a PEM bundle of the
   CAs to trust instead, e.g. a private gateway's or a test server's).
+- **HTTP requests** (:meth:`http_request`) through the client of its event loop
+  (:meth:`http_client`): one :class:`~flowcat_ft.services.net.http.HTTPClient` per event
+  loop and TLS setting (:class:`~flowcat_ft.services.net.http.LoopClients`), so every
+  call's services on a loop share its connections (over HTTP/2, multiplexed).
 
 Threading contract: as :class:`AsyncService`. ``usage`` is written on the stage thread only
-(:meth:`count`, from a coroutine, goes through :meth:`call_soon`); ``_background`` is
-written on the service's event loop only.
+(:meth:`count`, from a coroutine, goes through :meth:`call_soon`); ``_background``,
+``_http`` and ``_http_over`` are used on the service's event loop only (the end of the
+call lets the HTTP client go from there too).
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ from flowcat_ft.frames import Direction, ErrorFrame, MetricsFrame
 from flowcat_ft.services.base import AsyncService, call_later
 from flowcat_ft.services.llm.frames import TTSSpeakFrame
 from flowcat_ft.services.net.auth import get_logger, redact
-from flowcat_ft.services.net.http import HTTPClient
+from flowcat_ft.services.net.http import HTTPClient, LoopClients, Response, Timeouts, TLSKey
+from flowcat_ft.services.net.retry import RetryPolicy
 
 __all__ = ["CloudService", "call_later"]
 
@@ -53,6 +59,11 @@ class CloudService(AsyncService):
     certificate (see the module docstring; at most one of them).
     """
 
+    timeouts: Timeouts = Timeouts()
+    """The timeouts of :meth:`http_request` (an HTTP service sets its own)."""
+    retry: RetryPolicy = RetryPolicy()
+    """How connecting to the provider is retried (a service sets its own)."""
+
     def __init__(
         self,
         *,
@@ -65,11 +76,13 @@ class CloudService(AsyncService):
         if ssl_context is not None and ca_file is not None:
             raise ValueError("give ssl_context or ca_file, not both")
         self.fallback_text = fallback_text
-        self.ssl_context = _trusting(os.fspath(ca_file)) if ca_file is not None else ssl_context
+        self.ca_file = os.fspath(ca_file) if ca_file is not None else None
+        self.ssl_context = _trusting(self.ca_file) if self.ca_file is not None else ssl_context
         """Verifies the provider's certificate; None: the system's CAs."""
         self.usage: Counter[str] = Counter()
-        self._http: HTTPClient | None = None
         self._background: set[asyncio.Task] = set()
+        self._http: HTTPClient | None = None  # held from the loop's clients
+        self._http_over = False  # the call has ended: hold no client
 
     # -- work that outlives a turn ------------------------------------------------------------
 
@@ -148,28 +161,64 @@ class CloudService(AsyncService):
     # -- hooks ---------------------------------------------------------------------------------
 
     def http_client(self) -> HTTPClient:
-        """This service's HTTP client, made on first use (on its event loop) with the
-        service's ``timeouts``, ``retry`` and TLS settings, and closed when the call ends."""
+        """The HTTP client of this service's event loop and TLS settings, shared with
+        every call's services that have the same (see the module docstring); held from
+        the first use to the end of the call. Call it on the service's event loop."""
         if self._http is None:
-            self._http = HTTPClient(
-                timeouts=self.timeouts, retry=self.retry, ssl_context=self.ssl_context
-            )
+            if self._http_over or self.call is None:
+                raise RuntimeError("this service's call has ended, or not begun")
+            ca_file, ssl_context = self.ca_file, self.ssl_context
+
+            def make() -> HTTPClient:
+                if ca_file is not None:  # a context of its own: httpx sets its ALPN protocols
+                    return HTTPClient(ca_file=ca_file)
+                return HTTPClient(ssl_context=ssl_context)
+
+            self._http = self._loop_clients().hold(self._tls(), make)
         return self._http
 
-    def _close_http(self) -> None:
-        http, self._http = self._http, None
-        if http is not None and self._io is not None:
-            self._io.submit(http.aclose())
+    def _loop_clients(self) -> LoopClients:
+        return self.call.shared((LoopClients, self.event_loop), LoopClients)
+
+    def _tls(self) -> TLSKey:
+        return self.ca_file if self.ca_file is not None else self.ssl_context
+
+    def _let_go_of_http(self) -> None:
+        """At the end of the call (on the stage thread): let the HTTP client go, on its loop."""
+        if self._io is None:
+            return  # the service never used an event loop
+
+        async def let_go() -> None:
+            self._http_over = True
+            if self._http is not None:
+                self._http = None
+                await self._loop_clients().let_go(self._tls())
+
+        if not self._io.loop.is_closed():
+            self._io.submit(let_go())
+
+    async def http_request(self, method: str, url: str, **options: Any) -> Response:
+        """:meth:`HTTPClient.request <flowcat_ft.services.net.http.HTTPClient.request>`
+        through :meth:`http_client`, with the service's ``timeouts`` and ``retry``; its
+        retries are counted in ``usage``."""
+        return await self.http_client().request(
+            method,
+            url,
+            timeouts=self.timeouts,
+            retry=self.retry,
+            on_retry=lambda retry, error, delay: self.count(retries=1),
+            **options,
+        )
 
     def on_end(self) -> None:
         self.cancel_work()
         self._stop_background()
-        self._close_http()
+        self._let_go_of_http()
 
     def on_cancel(self) -> None:
         super().on_cancel()
         self._stop_background()
-        self._close_http()
+        self._let_go_of_http()
 
 
 @functools.lru_cache(maxsize=16)

@@ -166,7 +166,6 @@ class OpenAISTTService(STTService):
     async def _transcribe(self, pcm: bytes, sample_rate: int) -> None:
         if self._order is None:
             self._order = asyncio.Lock()
-        http = self.http_client()
         fields = {"model": self.model, "response_format": "json"}
         if self.language:
             fields["language"] = self.language
@@ -179,8 +178,12 @@ class OpenAISTTService(STTService):
         if self._key is not None:
             headers["Authorization"] = Secret(f"Bearer {self._key.reveal()}")
         async with self._order:  # one segment at a time, so transcripts keep their order
-            response = await http.request(
-                "POST", f"{self.base_url}/audio/transcriptions", headers=headers, content=body
+            response = await self.http_request(
+                "POST",
+                f"{self.base_url}/audio/transcriptions",
+                headers=headers,
+                content=body,
+                streamed=False,  # read whole: it may go over HTTP/2
             )
             result = await response.json()
         if not isinstance(result, dict) or not isinstance(result.get("text"), str):

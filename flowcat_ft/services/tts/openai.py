@@ -79,7 +79,6 @@ class OpenAITTSService(TTSService):
         self.retry = retry or RetryPolicy()
 
     async def _synthesize(self, generation: int, feed: TextFeed, turn: TurnAudio) -> None:
-        http = self.http_client()
         headers: dict[str, str | Secret] = {}
         if self._key is not None:
             headers["Authorization"] = Secret(f"Bearer {self._key.reveal()}")
@@ -92,7 +91,7 @@ class OpenAITTSService(TTSService):
                 speed=self.speed,
             )
             turn.words.add([(turn.chunker.seconds, text)])
-            response = await http.request(
+            response = await self.http_request(
                 "POST", f"{self.base_url}/audio/speech", headers=headers, json=body
             )
             async with response:
