@@ -57,10 +57,12 @@ class Agent(NamedTuple):
     options: MediaOptions
 
 
-def build_agent(config: Config) -> Agent:
+def build_agent(config: Config, tracer: ProcessorFactory | None = None) -> Agent:
     """Assemble the agent of *config*. What its engines need from this machine is checked
     here, as :class:`~flowcat_ft.server.config.ConfigError`\\ s naming the field: the
-    Silero model, espeak-ng, PocketSphinx's worker python, a graph that loads."""
+    Silero model, espeak-ng, PocketSphinx's worker python, a graph that loads. *tracer*
+    (a :class:`~flowcat_ft.telemetry.tracing.ConversationTracer` factory) traces each
+    conversation of the offline and pipeline agents."""
     agent = config.agent
     options = MediaOptions(
         sample_rate=agent.sample_rate,
@@ -81,7 +83,7 @@ def build_agent(config: Config) -> Agent:
         except FileNotFoundError as error:
             raise config.error("agent.tts.engine", str(error)) from None
     if agent.kind == "offline":
-        return Agent(_offline(config, analyzer), options)
+        return Agent(_offline(config, analyzer, tracer), options)
     turns = partial(
         TurnDetector,
         analyzer,
@@ -94,6 +96,7 @@ def build_agent(config: Config) -> Agent:
         stt=_stt(agent.stt),
         turns=turns,
         context=LLMContextAggregatorPair(system_prompt=getattr(agent.llm, "system_prompt", None)),
+        tracer=tracer,
     )
     return Agent(pipeline, options)
 
@@ -114,7 +117,9 @@ def _analyzer(config: Config) -> Callable[[int], VADAnalyzer]:
     return analyzer
 
 
-def _offline(config: Config, analyzer: Callable[[int], VADAnalyzer]) -> Pipeline:
+def _offline(
+    config: Config, analyzer: Callable[[int], VADAnalyzer], tracer: ProcessorFactory | None
+) -> Pipeline:
     agent = config.agent
     llm, tts = agent.llm, agent.tts
     try:
@@ -127,6 +132,7 @@ def _offline(config: Config, analyzer: Callable[[int], VADAnalyzer]) -> Pipeline
             analyzer=analyzer,
             dictation=agent.stt.mode == "dictation",
             echo=isinstance(llm, EchoLLMConfig),
+            tracer=tracer,
         )
     except GraphError as error:
         raise ConfigError(error.source, error.line, error.field, error.problem) from None

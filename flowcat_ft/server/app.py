@@ -3,8 +3,10 @@
 :class:`AgentServer` puts the pieces together: the runtime, the agent
 (:mod:`flowcat_ft.server.agent`), the WebSocket server with one media route per carrier,
 the carriers' webhook answers (:mod:`~flowcat_ft.server.webhooks`), the status page
-(:mod:`~flowcat_ft.server.status`), the browser playground and WebRTC through its
-companion process. It is what the command line runs, and works the same embedded::
+(:mod:`~flowcat_ft.server.status`), the browser playground, WebRTC through its
+companion process, and, where the configuration names an OTLP endpoint, traces of every
+conversation (:mod:`flowcat_ft.telemetry`). It is what the command line runs, and works
+the same embedded::
 
     server = AgentServer(load_config("agent.yaml")).start()
     ...
@@ -17,6 +19,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from flowcat_ft.runtime import Runtime
 from flowcat_ft.server.agent import build_agent
@@ -28,6 +31,9 @@ from flowcat_ft.services.offline import SphinxWorker
 from flowcat_ft.transports.http import Guard
 from flowcat_ft.transports.server import WebSocketServer, default_routes, split_cores
 from flowcat_ft.transports.webrtc import WebRTCGateway
+
+if TYPE_CHECKING:
+    from flowcat_ft.telemetry.export import Telemetry
 
 __all__ = ["AgentServer"]
 
@@ -52,6 +58,7 @@ class AgentServer:
         self.runtime: Runtime | None = None
         self.server: WebSocketServer | None = None
         self.gateway: WebRTCGateway | None = None
+        self.telemetry: Telemetry | None = None
 
     @property
     def port(self) -> int:
@@ -64,7 +71,8 @@ class AgentServer:
         config = self.config
         started = time.monotonic()
         self._step(f"building the {config.agent.kind} agent")
-        agent = build_agent(config)
+        telemetry = self._telemetry()
+        agent = build_agent(config, telemetry.tracer_factory() if telemetry else None)
         gateway = self._webrtc_gateway()
         loops, threads = split_cores(config.server.loops)
         runtime = Runtime(
@@ -96,8 +104,11 @@ class AgentServer:
             server.start()
         except OSError:
             runtime.stop()
+            if telemetry is not None:
+                telemetry.shutdown()
             raise
         self.runtime, self.server, self.gateway = runtime, server, gateway
+        self.telemetry = telemetry
         self._step(f"listening on {config.server.host}:{server.port}")
         self._warm_up(runtime)
         if gateway is not None:
@@ -129,7 +140,19 @@ class AgentServer:
             self.gateway.stop()
         if self.runtime is not None:
             self.runtime.stop()
-        self.server = self.runtime = self.gateway = None
+        if self.telemetry is not None:
+            self.telemetry.shutdown()  # exports the last calls' spans
+        self.server = self.runtime = self.gateway = self.telemetry = None
+
+    def _telemetry(self) -> Telemetry | None:
+        """Traces exported where the config says (the SDK is loaded only then)."""
+        telemetry = self.config.telemetry
+        if telemetry.otlp_endpoint is None:
+            return None
+        from flowcat_ft.telemetry.export import Telemetry
+
+        self._step(f"traces: exporting to {telemetry.otlp_endpoint} over OTLP/HTTP")
+        return Telemetry(telemetry.otlp_endpoint, service_name=telemetry.service_name)
 
     def _guards(self) -> dict[str, Guard]:
         """Twilio's signatures checked, where the config names its auth token."""

@@ -68,6 +68,7 @@ __all__ = [
     "OpenAITTSConfig",
     "ServerConfig",
     "SphinxSTTConfig",
+    "TelemetryConfig",
     "TransportsConfig",
     "TurnsConfig",
     "VADConfig",
@@ -122,6 +123,16 @@ class LimitsConfig:
 class LoggingConfig:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     format: Literal["text", "json"] = "text"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TelemetryConfig:
+    """OpenTelemetry traces of every conversation (a span per call, user turn and STT, LLM
+    or TTS job), exported over OTLP/HTTP to ``otlp_endpoint`` (``http://localhost:4318``:
+    a collector, Jaeger, Tempo...; None: no traces, at no cost), as ``service_name``."""
+
+    otlp_endpoint: str | None = None
+    service_name: str = "flowcat-ft"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -305,6 +316,7 @@ class Config:
     server: ServerConfig = ServerConfig()
     limits: LimitsConfig = LimitsConfig()
     logging: LoggingConfig = LoggingConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
     transports: TransportsConfig = TransportsConfig()
     agent: AgentConfig = AgentConfig()
     source: str = internal(default="<defaults>", compare=False)
@@ -367,6 +379,14 @@ def _check(config: Config) -> list[ConfigError]:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             error("server.public_url", f"expected an http:// or https:// URL, got {url!r}")
+    endpoint = config.telemetry.otlp_endpoint
+    if endpoint is not None:
+        parts = urlsplit(endpoint)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            error(
+                "telemetry.otlp_endpoint",
+                f"expected an http:// or https:// URL (OTLP over HTTP), got {endpoint!r}",
+            )
     if not config.transports.carriers:
         error("transports.carriers", "serve at least one carrier")
     token_env = config.server.twilio_auth_token_env

@@ -12,6 +12,11 @@ the call ends, as pipecat processes an ``EndFrame`` in order after the work queu
 it: the :class:`~flowcat_ft.frames.EndFrame` waits in the service until its work in flight
 is done (a TTS says the reply it already received), then goes on. A
 :class:`~flowcat_ft.frames.CancelFrame` still drops everything at once.
+
+In a traced call (:mod:`flowcat_ft.telemetry.tracing`), a service whose class names its
+``trace_kind`` makes a span per job: from :meth:`AsyncService.start_work` to the job's end,
+with its time to first byte, what :meth:`AsyncService.annotate` adds, an ``interruption``
+event if one cuts it off, and the error that fails it.
 """
 
 from __future__ import annotations
@@ -24,11 +29,19 @@ from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Future
 from typing import Any
 
-from flowcat_ft.frames import CancelFrame, Direction, EndFrame, Frame, InterruptionFrame
+from flowcat_ft.frames import (
+    CancelFrame,
+    Direction,
+    EndFrame,
+    Frame,
+    InterruptionFrame,
+    StartFrame,
+)
 from flowcat_ft.metrics import Histogram
 from flowcat_ft.processor import FrameProcessor
+from flowcat_ft.telemetry.tracing import CallTrace, JobSpan
 
-__all__ = ["AsyncService", "call_later"]
+__all__ = ["AsyncService", "call_later", "current_job"]
 
 logger = logging.getLogger("flowcat_ft.services")
 
@@ -71,13 +84,17 @@ def call_later(
 class _Job:
     """One piece of work started with :meth:`AsyncService.start_work`, for its TTFB:
     ``started_ns`` is written when it starts, ``measured`` when its first frame is pushed,
-    both on the stage thread."""
+    both on the stage thread. ``span``: its span, in a traced call (else None), ended
+    when the coroutine ends (``running`` is set on the loop as it starts), or, if it was
+    cancelled before it ever ran, when its future is."""
 
-    __slots__ = ("measured", "started_ns")
+    __slots__ = ("measured", "running", "span", "started_ns")
 
-    def __init__(self) -> None:
+    def __init__(self, span: JobSpan | None) -> None:
         self.started_ns = time.perf_counter_ns()
         self.measured = False
+        self.running = False
+        self.span = span
 
 
 _current_job: contextvars.ContextVar[_Job | None] = contextvars.ContextVar(
@@ -85,6 +102,12 @@ _current_job: contextvars.ContextVar[_Job | None] = contextvars.ContextVar(
 )
 """The job whose coroutine is running (each job runs as a task of its own, so each sees
 its own value; tasks it starts inherit it)."""
+
+
+def current_job() -> JobSpan | None:
+    """The span of the job whose coroutine is running, in a traced call (else None)."""
+    job = _current_job.get()
+    return job.span if job is not None else None
 
 
 class AsyncService(FrameProcessor):
@@ -101,23 +124,30 @@ class AsyncService(FrameProcessor):
     on. An interruption meanwhile cancels the work and lets it go at once; if the work
     takes longer than ``end_timeout`` seconds, it is cancelled with an error frame.
 
-    Threading contract: ``_generation``, ``_tasks``, ``_held_end`` and ``_end_timer`` are
-    written on the stage thread only (:meth:`start_work`, the hooks, callbacks that come
-    back through :meth:`call_soon`); coroutines read ``_generation`` only through the value
-    they were started with, and hand results back with :meth:`emit`, which is safe from any
-    thread. ``ttfb`` is written on the stage thread.
+    ``trace_kind`` (``"stt"``, ``"llm"``, ``"tts"``; None: no spans) names the span each
+    job makes in a traced call.
+
+    Threading contract: ``_generation``, ``_tasks``, ``_held_end``, ``_end_timer`` and
+    ``trace`` are written on the stage thread only (:meth:`start_work`, the hooks,
+    callbacks that come back through :meth:`call_soon`); coroutines read ``_generation``
+    only through the value they were started with, and hand results back with
+    :meth:`emit`, which is safe from any thread. ``ttfb`` is written on the stage thread;
+    a job's span ends on the event loop when its coroutine does (spans are thread-safe).
     """
 
     drain_on_end = False
     end_timeout: float = 30.0
+    trace_kind: str | None = None
 
     def __init__(self, *, name: str | None = None) -> None:
         super().__init__(name=name)
         self._generation = 0
-        self._tasks: set[Future] = set()
+        self._tasks: dict[Future, _Job] = {}
         self._held_end: Frame | None = None
         self._end_timer: Callable[[], None] | None = None
         self.ttfb = Histogram()
+        self.trace: CallTrace | None = None
+        """The call's trace (None: the call is not traced)."""
 
     # -- starting and stopping work ------------------------------------------------------
 
@@ -127,28 +157,50 @@ class AsyncService(FrameProcessor):
         ``work`` passes its generation to :meth:`emit`. If it raises, an error frame goes
         upstream (not fatal: the service decides whether the call can go on).
         """
-        future = self.event_loop.submit(self._guard(work, self._generation, _Job()))
-        self._tasks.add(future)
+        job = _Job(self.job_span())
+        future = self.event_loop.submit(self._guard(work, self._generation, job))
+        self._tasks[future] = job
+        if job.span is not None:  # a coroutine cancelled before it ran ends no span itself
+            future.add_done_callback(lambda f: None if job.running else job.span.end())
         future.add_done_callback(lambda f: self.call_soon(self._work_done, f))
+
+    def job_span(self, **attributes: Any) -> JobSpan | None:
+        """A span for a job of this service, in a traced call (else None)."""
+        if self.trace is None or self.trace_kind is None:
+            return None
+        return self.trace.job(self.trace_kind, self.name, attributes)
+
+    def annotate(self, **attributes: Any) -> None:
+        """Add attributes to the span of the job whose coroutine calls this (if traced)."""
+        span = current_job()
+        if span is not None:
+            span.annotate(attributes)
 
     async def _guard(
         self, work: Callable[[int], Awaitable[Any]], generation: int, job: _Job
     ) -> None:
         _current_job.set(job)
+        job.running = True
         try:
             await work(generation)
         except asyncio.CancelledError:
             raise
         except Exception as error:
             logger.warning("%s: %s: %s", self.name, type(error).__name__, error)
-            self.call_soon(self._report, generation, f"{type(error).__name__}: {error}")
+            message = f"{type(error).__name__}: {error}"
+            if job.span is not None:
+                job.span.fail(message)
+            self.call_soon(self._report, generation, message)
+        finally:
+            if job.span is not None:
+                job.span.end()
 
     def _report(self, generation: int, message: str) -> None:
         if generation == self._generation:
             self.push_error(f"{self.name}: {message}")
 
     def _work_done(self, future: Future) -> None:
-        self._tasks.discard(future)
+        self._tasks.pop(future, None)
         self._release_end()
 
     def cancel_work(self) -> None:
@@ -163,11 +215,17 @@ class AsyncService(FrameProcessor):
         self, generation: int, frame: Frame, direction: Direction = Direction.DOWNSTREAM
     ) -> None:
         """Push ``frame`` from a coroutine (any thread), unless its work was cancelled."""
-        self.call_soon(self._emit, generation, frame, direction, _current_job.get())
+        job = _current_job.get()
+        if job is not None and job.span is not None:
+            job.span.first_byte()
+        self.call_soon(self._emit, generation, frame, direction, job)
 
     def emit_many(self, generation: int, frames: Iterable[Frame]) -> None:
         """Push ``frames`` downstream, in order, as :meth:`emit` does (one hand-off)."""
-        self.call_soon(self._emit_many, generation, list(frames), _current_job.get())
+        job = _current_job.get()
+        if job is not None and job.span is not None:
+            job.span.first_byte()
+        self.call_soon(self._emit_many, generation, list(frames), job)
 
     def _emit_many(self, generation: int, frames: list[Frame], job: _Job | None) -> None:
         for frame in frames:
@@ -194,7 +252,9 @@ class AsyncService(FrameProcessor):
     def _lifecycle(self, frame: Frame, direction: Direction) -> None:
         """The runtime's lifecycle dispatch, holding the EndFrame while the work drains."""
         kind = type(frame)
-        if kind is EndFrame and direction is Direction.DOWNSTREAM and self.drain_on_end:
+        if kind is StartFrame:
+            self.trace = CallTrace.of(frame)
+        elif kind is EndFrame and direction is Direction.DOWNSTREAM and self.drain_on_end:
             self.drain()
             if self.has_pending_work():
                 self._held_end = frame
@@ -230,6 +290,9 @@ class AsyncService(FrameProcessor):
     # -- hooks --------------------------------------------------------------------------------
 
     def on_interruption(self) -> None:
+        for job in self._tasks.values():
+            if job.span is not None:
+                job.span.interrupted()
         self.cancel_work()
 
     def on_cancel(self) -> None:

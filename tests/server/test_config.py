@@ -363,6 +363,17 @@ def test_every_mistake_is_reported_at_once(tmp_path):
     )
 
 
+def test_traces_go_to_an_otlp_http_url(tmp_path):
+    path = write(tmp_path, "telemetry: {otlp_endpoint: http://collector:4318}\n")
+    assert load_config(path).telemetry.otlp_endpoint == "http://collector:4318"
+    assert load_config(None).telemetry.otlp_endpoint is None  # off by default
+    error, path = mistakes(tmp_path, "telemetry: {otlp_endpoint: 'collector:4317'}\n")
+    assert str(error) == (
+        f"{path}:1: telemetry.otlp_endpoint: expected an http:// or https:// URL "
+        "(OTLP over HTTP), got 'collector:4317'"
+    )
+
+
 def test_a_missing_file_and_a_yaml_syntax_error(tmp_path):
     missing = tmp_path / "nope.yaml"
     with pytest.raises(ConfigError) as caught:

@@ -311,6 +311,7 @@ def test_the_cloud_services_leave_the_gil_off():
         "flowcat_ft.services.s2s",
         "flowcat_ft.services.aggregators",
         "flowcat_ft.services.tools",
+        "flowcat_ft.telemetry.export",  # the OpenTelemetry SDK, the OTLP exporter, protobuf
     ]
     code = f"import sys, {', '.join(modules)}; print(sys._is_gil_enabled())"
     result = subprocess.run(

@@ -116,6 +116,7 @@ class LLMService(CloudService):
     schema_style = "openai"
     cost = 0.5
     drain_on_end = True
+    trace_kind = "llm"
 
     def __init__(
         self,
@@ -175,6 +176,10 @@ class LLMService(CloudService):
             if text:
                 self.emit(generation, LLMTextFrame(text))
 
+        model = getattr(self, "model", None)
+        if isinstance(model, str):
+            self.annotate(**{"gen_ai.request.model": model})
+        tokens = [0, 0]  # prompt, completion: for the job's span, over its rounds
         try:
             for round_ in range(self.max_tool_rounds + 1):
                 completion = await self._complete(messages, tools, tool_choice, on_text)
@@ -182,6 +187,14 @@ class LLMService(CloudService):
                     requests=1,
                     prompt_tokens=completion.prompt_tokens,
                     completion_tokens=completion.completion_tokens,
+                )
+                tokens[0] += completion.prompt_tokens
+                tokens[1] += completion.completion_tokens
+                self.annotate(
+                    **{
+                        "gen_ai.usage.input_tokens": tokens[0],
+                        "gen_ai.usage.output_tokens": tokens[1],
+                    }
                 )
                 if not completion.tool_calls:
                     break

@@ -40,7 +40,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from flowcat_ft.frames import Direction, ErrorFrame, MetricsFrame
-from flowcat_ft.services.base import AsyncService, call_later
+from flowcat_ft.services.base import AsyncService, call_later, current_job
 from flowcat_ft.services.llm.frames import TTSSpeakFrame
 from flowcat_ft.services.net.auth import get_logger, redact
 from flowcat_ft.services.net.http import HTTPClient, LoopClients, Response, Timeouts, TLSKey
@@ -134,6 +134,9 @@ class CloudService(AsyncService):
         """
         message = redact(message)
         logger.warning("%s: %s", self.name, message)
+        job = current_job()
+        if job is not None:
+            job.fail(message)
         self.call_soon(self._report_now, generation, message, fallback, fatal)
 
     def _report_now(

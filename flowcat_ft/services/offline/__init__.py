@@ -16,12 +16,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 
 from flowcat_ft.audio.turns import TurnDetector
 from flowcat_ft.audio.vad import EnergyVADAnalyzer, VADParams
 from flowcat_ft.audio.vad_processor import VADAnalyzer
 from flowcat_ft.pipeline import Pipeline
+from flowcat_ft.processor import FrameProcessor
 from flowcat_ft.services.offline.echo_llm import EchoLLM
 from flowcat_ft.services.offline.espeak_tts import EspeakTTS
 from flowcat_ft.services.offline.graph import ConversationGraph, GraphError, GraphLLM, load_graph
@@ -92,6 +94,7 @@ def offline_agent_pipeline(
     analyzer: Callable[[int], VADAnalyzer] | None = None,
     dictation: bool = False,
     echo: bool = False,
+    tracer: Callable[[], FrameProcessor] | None = None,
 ) -> Pipeline:
     """The offline agent, for mono PCM in and out at 8 or 16 kHz (Silero VAD's rates; at
     other rates the energy VAD listens).
@@ -104,6 +107,8 @@ def offline_agent_pipeline(
     the bot speaks. The last stage records the conversation as the caller heard it.
     *dictation*: PocketSphinx takes any words, not only the graph's phrases. *echo*: the
     :class:`EchoLLM` answers in place of a graph, with what it heard (taken by dictation).
+    *tracer* (a :class:`~flowcat_ft.telemetry.tracing.ConversationTracer` factory), placed
+    after the turn detector, traces the conversation.
     """
     if echo:
         phrases, llm = None, EchoLLM
@@ -111,13 +116,16 @@ def offline_agent_pipeline(
         graph = load_graph(graph_path or DEFAULT_GRAPH, tools)
         phrases, llm = None if dictation else graph.phrases, lambda: GraphLLM(graph)
     analyzer = analyzer or vad_analyzer()
+    turns = partial(
+        TurnDetector,
+        analyzer,
+        turn_timeout_secs=turn_timeout_secs,
+        min_barge_in_secs=min_barge_in_secs,
+    )
     return Pipeline(
         [
-            lambda: TurnDetector(
-                analyzer,
-                turn_timeout_secs=turn_timeout_secs,
-                min_barge_in_secs=min_barge_in_secs,
-            ),
+            turns,
+            *([tracer] if tracer is not None else []),
             lambda: SphinxSTT(phrases),
             llm,
             lambda: EspeakTTS(voice, rate_wpm),

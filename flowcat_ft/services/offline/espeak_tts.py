@@ -205,6 +205,7 @@ class EspeakTTS(AsyncService):
     """
 
     drain_on_end = True
+    trace_kind = "tts"
 
     def __init__(
         self,
@@ -292,6 +293,7 @@ class EspeakTTS(AsyncService):
     # -- synthesis, on an event loop --------------------------------------------------------
 
     async def _speak(self, generation: int, text: str, until: float) -> None:
+        self.annotate(**{"metrics.character_count": len(text)})
         process = None
         try:
             process = await asyncio.create_subprocess_exec(

@@ -401,6 +401,7 @@ class GraphLLM(AsyncService):
     """
 
     drain_on_end = True
+    trace_kind = "llm"
 
     def __init__(
         self, graph: ConversationGraph, *, end_timeout_secs: float = 10.0, name: str | None = None

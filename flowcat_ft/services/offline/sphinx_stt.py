@@ -398,6 +398,8 @@ class SphinxSTT(AsyncService):
     on an event loop and come back through :meth:`call_soon` and :meth:`emit`.
     """
 
+    trace_kind = "stt"
+
     def __init__(
         self,
         phrases: Iterable[str] | Grammar | None = None,
@@ -516,5 +518,6 @@ class SphinxSTT(AsyncService):
             self.call_soon(self._recognized, generation, ended)
         logger.debug("%s: %r in %.0f ms", tag, result.text, result.decode_ms)
         if result.text:
+            self.annotate(transcript=result.text)
             stamp = datetime.now(UTC).isoformat()
             self.emit(generation, TranscriptionFrame(result.text, "", stamp, self.language))

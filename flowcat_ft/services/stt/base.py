@@ -11,6 +11,10 @@ final transcript that ends it.
 ``ttfb`` here is the time from the end of the user's speech (a
 :class:`~flowcat_ft.frames.UserStoppedSpeakingFrame` passing the service) to the next
 final transcript: how long the rest of the pipeline waits on speech recognition.
+
+In a traced call, each utterance is a span (``stt``): from the user starting to speak to
+the first final transcript after they stopped (or their next turn), with the transcripts
+and that ``metrics.ttfb``.
 """
 
 from __future__ import annotations
@@ -27,10 +31,12 @@ from flowcat_ft.frames import (
     InterimTranscriptionFrame,
     StartFrame,
     TranscriptionFrame,
+    UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
 from flowcat_ft.services.llm.frames import UtteranceEndFrame
 from flowcat_ft.services.net.service import CloudService
+from flowcat_ft.telemetry.tracing import JobSpan
 
 __all__ = ["STTService", "now_iso"]
 
@@ -43,9 +49,14 @@ def now_iso() -> str:
 class STTService(CloudService):
     """Base of the STT services; subclasses implement :meth:`send_audio` (on the stage
     thread: hand the bytes to the loop, never block) and push transcripts with
-    :meth:`transcript` (from any thread)."""
+    :meth:`transcript` (from any thread).
+
+    Threading contract: ``_utterance`` and ``_heard`` (the span of the utterance being
+    transcribed, and its final transcripts) are used on the stage thread only.
+    """
 
     cost = 0.5
+    trace_kind = "stt"
 
     def __init__(
         self,
@@ -59,6 +70,8 @@ class STTService(CloudService):
         self.user_id = user_id
         self.sample_rate = 16000
         self._stopped_ns: int | None = None
+        self._utterance: JobSpan | None = None
+        self._heard: list[str] = []
 
     def on_start(self, frame: StartFrame) -> None:
         self.sample_rate = frame.audio_in_sample_rate
@@ -67,6 +80,9 @@ class STTService(CloudService):
         if direction is Direction.DOWNSTREAM:
             if isinstance(frame, InputAudioRawFrame):
                 self.send_audio(frame)
+            elif isinstance(frame, UserStartedSpeakingFrame):
+                self._end_utterance()
+                self._utterance = self.job_span()
             elif isinstance(frame, UserStoppedSpeakingFrame):
                 self._stopped_ns = time.perf_counter_ns()
                 self.user_stopped()
@@ -93,10 +109,23 @@ class STTService(CloudService):
     def _push_transcript(self, frame: TranscriptionFrame) -> None:
         if type(frame) is TranscriptionFrame:
             self.usage["transcripts"] += 1
+            self._heard.append(frame.text)
             if self._stopped_ns is not None:
-                self.ttfb.add(time.perf_counter_ns() - self._stopped_ns)
+                ttfb = time.perf_counter_ns() - self._stopped_ns
+                self.ttfb.add(ttfb)
                 self._stopped_ns = None
+                if self._utterance is not None:
+                    self._utterance.annotate({"metrics.ttfb": ttfb / 1e9})
+                    self._end_utterance()
         self.push(frame)
+
+    def _end_utterance(self) -> None:
+        span, self._utterance = self._utterance, None
+        heard, self._heard = self._heard, []
+        if span is not None:
+            if heard:
+                span.annotate({"transcript": " ".join(heard)})
+            span.end()
 
     def _push_utterance_end(self) -> None:
         self.usage["utterances"] += 1
@@ -104,3 +133,11 @@ class STTService(CloudService):
 
     def on_interruption(self) -> None:
         """Keep listening: the caller's barge-in is what this service is for."""
+
+    def on_end(self) -> None:
+        super().on_end()
+        self._end_utterance()
+
+    def on_cancel(self) -> None:
+        super().on_cancel()
+        self._end_utterance()

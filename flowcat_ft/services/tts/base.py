@@ -178,9 +178,13 @@ class TextFeed:
         self._loop = loop
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self.ended = False
+        # Characters put so far: written on the stage thread; read on the loop once get()
+        # has returned None, or, at an interruption, as far as the loop has seen them.
+        self.characters = 0
         self._drained = False  # get() has returned the end (on the loop)
 
     def put(self, text: str) -> None:
+        self.characters += len(text)
         self._loop.call_soon_threadsafe(self._queue.put_nowait, text)
 
     def end(self) -> None:
@@ -216,6 +220,7 @@ class TTSService(CloudService):
 
     cost = 0.5
     drain_on_end = True
+    trace_kind = "tts"
 
     def __init__(
         self,
@@ -310,6 +315,8 @@ class TTSService(CloudService):
                 self.report_error(message, generation=generation, fallback=False)
                 while await feed.get() is not None:  # let the rest of the turn's text go by
                     pass
+            finally:
+                self.annotate(**{"metrics.character_count": feed.characters})
             for word in turn.words.rest():
                 self.emit(generation, TTSTextFrame(word))
             if turn.started:
