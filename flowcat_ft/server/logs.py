@@ -68,3 +68,5 @@ def configure_logging(level: str = "INFO", format: Literal["text", "json"] = "te
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # httpx logs each provider request at INFO (one per turn and per sentence): debugging.
+    logging.getLogger("httpx").setLevel("DEBUG" if level.upper() == "DEBUG" else "WARNING")
