@@ -40,7 +40,7 @@ from flowcat_ft.frames import (
 from flowcat_ft.pipeline import ParallelPipeline, Pipeline
 from flowcat_ft.processor import FrameProcessor
 from flowcat_ft.runtime import Runtime
-from flowcat_ft.slabs import PoolExhaustedError, Slab, SlabPool
+from flowcat_ft.slabs import PoolExhaustedError, Slab, SlabPool, SlabReleasedError
 
 __all__ = [
     "AudioRawFrame",
@@ -71,6 +71,7 @@ __all__ = [
     "Runtime",
     "Slab",
     "SlabPool",
+    "SlabReleasedError",
     "StartFrame",
     "SystemFrame",
     "TTSAudioRawFrame",

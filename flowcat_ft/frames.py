@@ -54,6 +54,10 @@ class Frame:
     def name(self) -> str:
         return type(self).__name__
 
+    def release(self) -> None:
+        """Give back the pooled memory the frame holds, now (most frames hold none; see
+        :meth:`AudioRawFrame.release`)."""
+
     def __repr__(self) -> str:
         return f"{self.name}(pts={self.pts})"
 
@@ -313,8 +317,11 @@ class AudioRawFrame(DataFrame):
     @property
     def samples(self) -> np.ndarray:
         """The audio as a numpy view into the slab: int16 for PCM, uint8 for G.711."""
+        slab = self.slab
+        if slab is None:
+            raise ValueError(f"{self!r} has no audio any more: its slab was released or moved")
         n = self.num_frames * self.num_channels
-        return self.slab.pcm[:n] if self.codec == "pcm16" else self.slab.u8[:n]
+        return slab.pcm[:n] if self.codec == "pcm16" else slab.u8[:n]
 
     @property
     def audio(self) -> bytes:
@@ -325,6 +332,18 @@ class AudioRawFrame(DataFrame):
         """Detach the slab so a new frame can own it (no copy, no return to the pool)."""
         slab, self.slab = self.slab, None
         return slab
+
+    def release(self) -> None:
+        """Give the slab back to its pool now, not when the frame is freed: for the owner
+        of a frame that is done with its audio (the runtime, for frames it drops; a
+        transport, once the audio is on the wire). The frame has no audio afterwards.
+
+        A frame freed on another thread than the one that made it is freed only when
+        that thread next runs Python code (3.13t's biased reference counting); releasing
+        the slab explicitly brings it back at once, whichever thread frees the frame."""
+        slab, self.slab = self.slab, None
+        if slab is not None:
+            slab.release()
 
     def __del__(self) -> None:
         slab = self.slab

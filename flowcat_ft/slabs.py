@@ -21,20 +21,32 @@ class PoolExhaustedError(RuntimeError):
     """No slab was free: the pool is sized too small for the load, or slabs leak."""
 
 
+class SlabReleasedError(RuntimeError):
+    """A slab was given back that is not lent out: released twice, or never taken."""
+
+
 class Slab:
     """One preallocated buffer, seen as bytes (``u8``) and as 16-bit samples (``pcm``).
 
     A slab is owned by one frame at a time; it goes back to its pool when that frame is
-    freed (see :class:`~flowcat_ft.frames.AudioRawFrame`).
+    freed (see :class:`~flowcat_ft.frames.AudioRawFrame`). Giving it back twice raises
+    :class:`SlabReleasedError` rather than putting it in the pool twice (which would lend
+    one buffer to two frames).
+
+    ``lent`` is True while a frame (or a caller of :meth:`SlabPool.take`) holds the slab:
+    written by the taking thread, then by the releasing one, which the frame's hand-off
+    between them orders. Two releases racing on two threads at the same instant can both
+    see it True (a flag, not an atomic exchange, which would cost an allocation per frame).
     """
 
-    __slots__ = ("index", "pcm", "pool", "u8")
+    __slots__ = ("index", "lent", "pcm", "pool", "u8")
 
     def __init__(self, pool: SlabPool, index: int, row: np.ndarray) -> None:
         self.pool = pool
         self.index = index
         self.u8 = row
         self.pcm = row.view(np.int16)
+        self.lent = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Copy ``data`` into the start of the slab."""
@@ -44,7 +56,7 @@ class Slab:
         self.u8[:n] = np.frombuffer(data, dtype=np.uint8)
 
     def release(self) -> None:
-        """Give the slab back to its pool."""
+        """Give the slab back to its pool; :class:`SlabReleasedError` if it is free already."""
         self.pool.release(self)
 
 
@@ -110,6 +122,11 @@ class SlabPool:
 
     def take(self, wait: float = 0.0) -> Slab:
         """Take a free slab; see the class docstring for what happens when none is free."""
+        slab = self._take(wait)
+        slab.lent = True
+        return slab
+
+    def _take(self, wait: float) -> Slab:
         cache = self._my_cache()
         if cache is not None:
             try:
@@ -142,7 +159,18 @@ class SlabPool:
         )
 
     def release(self, slab: Slab) -> None:
-        """Return ``slab`` to the pool (called when the frame that owned it is freed)."""
+        """Return ``slab`` to the pool (called when the frame that owned it is freed).
+
+        Raises :class:`SlabReleasedError`, leaving the pool as it was, if the slab is free
+        already (released twice) or is not this pool's."""
+        if slab.pool is not self:
+            raise SlabReleasedError(f"slab {slab.index} belongs to another pool")
+        if not slab.lent:
+            raise SlabReleasedError(
+                f"slab {slab.index} was released twice (it is free already): a frame's slab "
+                "given back by hand and again when the frame was freed?"
+            )
+        slab.lent = False
         cache = self._my_cache()
         if cache is None:
             self._free.append(slab)

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from flowcat_ft import InputAudioRawFrame, PoolExhaustedError, SlabPool
+from flowcat_ft import InputAudioRawFrame, PoolExhaustedError, SlabPool, SlabReleasedError
 
 
 def test_take_and_release_reuse_the_same_buffers():
@@ -174,3 +174,31 @@ def test_threads_never_get_the_same_slab():
     assert clashes == []
     del threads
     assert pool.in_use == 0 and pool.drops == 0
+
+
+def test_a_slab_released_twice_is_a_clear_error_and_lent_once():
+    pool = SlabPool(2, slab_bytes=64)
+    slab = pool.take()
+    slab.release()
+    with pytest.raises(SlabReleasedError, match=f"slab {slab.index} was released twice"):
+        slab.release()
+    assert pool.available == 2  # in the pool once, not twice
+    assert {pool.take().index, pool.take().index} == {0, 1}
+
+
+def test_a_slab_of_another_pool_is_refused():
+    pool, other = SlabPool(1, slab_bytes=64), SlabPool(1, slab_bytes=64)
+    with pytest.raises(SlabReleasedError, match="another pool"):
+        pool.release(other.take())
+
+
+def test_a_frame_released_by_hand_gives_its_slab_back_once():
+    pool = SlabPool(2)
+    frame = InputAudioRawFrame.from_bytes(pool, b"\x01\x00" * 160, 8000)
+    frame.release()
+    assert pool.in_use == 0
+    with pytest.raises(ValueError, match="no audio any more"):
+        frame.samples  # noqa: B018
+    frame.release()  # nothing left to give back
+    del frame
+    assert pool.in_use == 0 and pool.available == 2
