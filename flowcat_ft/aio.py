@@ -66,10 +66,11 @@ class AsyncCall:
         on_output: LoopCallback | None = None,
         start_frame: StartFrame | None = None,
     ) -> None:
+        # Without on_output, frames go to _queue (not through a bound method of self kept
+        # on self: that would be a reference cycle, left for the garbage collector).
         self._queue: asyncio.Queue[Frame | None] | None = None
         if on_output is None:
             self._queue = asyncio.Queue()
-            on_output = self._enqueue
         self._on_output = on_output
         self._ended = asyncio.Event()
         self._room_turn = asyncio.Lock()  # a call wakes one pusher: they wait in turn
@@ -82,14 +83,15 @@ class AsyncCall:
         return self.call.id
 
     def _deliver(self, frame: Frame, direction: Direction) -> None:
-        self._on_output(frame, direction)
+        queue = self._queue
+        if queue is None:
+            self._on_output(frame, direction)
+        else:
+            queue.put_nowait(frame)
         if type(frame) in (EndFrame, CancelFrame) and direction is Direction.DOWNSTREAM:
             self._ended.set()
-            if self._queue is not None:
-                self._queue.put_nowait(None)
-
-    def _enqueue(self, frame: Frame, direction: Direction) -> None:
-        self._queue.put_nowait(frame)
+            if queue is not None:
+                queue.put_nowait(None)
 
     def push_nowait(self, frame: Frame) -> bool:
         """Push without waiting; False if the call's input ring is full (or pushes are

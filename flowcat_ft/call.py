@@ -7,6 +7,7 @@ import logging
 import math
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
@@ -98,6 +99,7 @@ class Call:
         self.id = next(_ids)
         self._shard = shard
         self._runtime = runtime
+        self._processors = processors
         self.route = Route(
             processors,
             len(shard.stages),
@@ -133,7 +135,7 @@ class Call:
     @property
     def processors(self) -> list[FrameProcessor]:
         """The call's own processors, in pipeline order (each used on its stage thread)."""
-        return self.route.processors
+        return self._processors
 
     @property
     def dropped(self) -> list[int]:
@@ -351,9 +353,41 @@ class Call:
         if kind is EndFrame or kind is CancelFrame:
             # The runtime forgets the call first: once wait() returns, it is gone.
             self._shard.on_call_finished(self.id)
-            self._finished.set()
+            self._let_go()
             if self._output is not None:
                 self._output.close()
+            self._finished.set()
+
+    def _let_go(self) -> None:
+        """The call has ended (on the stage thread its last frame left from): break the
+        reference cycles between its parts, so that when its holder lets go of it (a
+        transport's session, an :class:`~flowcat_ft.aio.AsyncCall`, the embedder) the
+        call, its processors, the frames they buffer and its unread output go at once,
+        by reference counting, slabs and all, leaving the collector nothing to find.
+
+        The cycles: each processor holds the call and its neighbours, the route holds the
+        processors and the call's output methods, and the output callback often holds
+        the call's holder. From here on processors hold the call by a weak proxy and
+        their pushes are dropped (:meth:`FrameProcessor._unwire
+        <flowcat_ft.processor.FrameProcessor._unwire>`); the route holds the processors
+        by weak proxies, so a frame still in flight reaches them while the call lives and
+        is dropped after; the route's outputs and the output callback drop frames; and
+        every stage marks the call ``done``, dropping its frames at the next stage
+        boundary. :attr:`processors` and :meth:`frames` keep working.
+
+        The stage threads change each of these fields with one atomic store; a stage
+        that reads the old value an instant later does what it did before the end.
+        """
+        route = self.route
+        me = weakref.proxy(self)
+        for proc in self._processors:
+            proc._unwire(me)
+        route.processors = [weakref.proxy(proc) for proc in self._processors]
+        route.emit_down = route.emit_up = _drop
+        route.input_taken = _nothing
+        for stage in range(len(route.done)):
+            route.done[stage] = True
+        self._on_output = _ignore
 
     def _emit_down(self, frame: Frame) -> None:
         self._emit(frame, Direction.DOWNSTREAM)
@@ -405,6 +439,18 @@ class Inbox:
             by_entry.setdefault(call._shard.entry, []).append(call.route)
         for entry, routes in by_entry.items():
             entry.schedule_many(routes)
+
+
+def _drop(frame: Frame) -> None:
+    frame.release()
+
+
+def _nothing() -> None:
+    pass
+
+
+def _ignore(frame: Frame, direction: Direction) -> None:
+    frame.release()
 
 
 _CLOSED = object()

@@ -40,8 +40,11 @@ def deliver(proc: FrameProcessor, direction: Direction, frame: Frame) -> None:
 
 def contain(proc: FrameProcessor, frame: Frame | None, error: Exception) -> None:
     """Report ``proc``'s error as a fatal :class:`ErrorFrame` upstream (once per call)."""
-    call = proc.call
-    if call is None or call.failed:
+    try:
+        call = proc.call
+        if call is None or call.failed:
+            return
+    except ReferenceError:  # a late frame of an ended call that is gone (Call._let_go)
         return
     call.failed = True
     where = traceback.extract_tb(error.__traceback__)[-1]

@@ -153,6 +153,12 @@ class _Parallel(FrameProcessor):
                 up = partial(deliver, branch[i - 1], Direction.UPSTREAM) if i else self._merge_up
                 proc._wire(call, down, up, soon)
 
+    def _unwire(self, call: CallContext) -> None:
+        super()._unwire(call)
+        for branch in self.branches:
+            for proc in branch:
+                proc._unwire(call)
+
     def _merge_down(self, frame: Frame) -> None:
         if type(frame) not in LIFECYCLE_FRAMES:
             self._down(frame)

@@ -98,6 +98,16 @@ def _unwired(*args: object) -> None:
     raise RuntimeError("this processor is not part of a running call")
 
 
+def _dropped(frame: Frame) -> None:
+    """Where a processor's pushes go once its call has ended: nowhere (the frame's slab
+    goes back to the pool at once)."""
+    frame.release()
+
+
+def _ignored(*args: object) -> None:
+    """Where a processor's ``call_soon`` goes once its call has ended."""
+
+
 class FrameProcessor:
     """Base class for processors.
 
@@ -242,6 +252,15 @@ class FrameProcessor:
         self._up = up
         if soon is not None:
             self._soon = soon
+
+    def _unwire(self, call: CallContext) -> None:
+        """The call has ended: hold it by ``call`` (a weak proxy) from now on, and drop
+        whatever is pushed or handed to :meth:`call_soon`, so the processor is part of
+        no reference cycle with its call, its neighbours or the stage threads (see
+        :meth:`flowcat_ft.call.Call._let_go`)."""
+        self.call = call
+        self._down = self._up = _dropped
+        self._soon = _ignored
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {getattr(self, 'name', '?')}>"

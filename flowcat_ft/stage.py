@@ -15,7 +15,8 @@ Interruptions: each call's route keeps, per stage, an epoch stamped on every fra
 stage sends downstream (``Route.out_epoch``), raised when an interruption crosses the
 boundary; and the epoch the interruption carried in (``Route.in_epoch``). A data frame
 arriving with an older epoch was queued before the interruption and is dropped (its slab
-goes back to the pool), unless it is the caller's own input (``interruptible`` is False).
+goes back to the pool at once), unless it is the caller's own input (``interruptible`` is
+False).
 The interruption itself travels on the system ring, ahead of the frames it makes stale.
 
 Other threads hand work to a processor's stage thread with
@@ -83,9 +84,12 @@ class Route:
       pushing thread and cleared by the first stage thread (see :meth:`Stage._take_entry`
       for the ordering that keeps a call from being forgotten);
     - ``in_epoch[s]``, ``out_epoch[s]``, ``done[s]`` (the call was cancelled there) and
-      ``dropped[s]`` are written only by stage thread ``s``; ``input_closed`` (the first
-      stage has passed the call's end or cancel and reads no more input) and
-      ``end_requested`` by the first stage's thread.
+      ``dropped[s]`` are written only by stage thread ``s``, except that when the call
+      ends the last stage's thread sets every ``done[s]`` and replaces ``processors``
+      and the ``emit`` callbacks (:meth:`Call._let_go <flowcat_ft.call.Call._let_go>`;
+      each a single store, after which nothing of the call is left to run);
+      ``input_closed`` (the first stage has passed the call's end or cancel and reads no
+      more input) and ``end_requested`` by the first stage's thread.
     """
 
     __slots__ = (
@@ -523,7 +527,12 @@ class Stage(threading.Thread):
             return frame._call is route and (everything or getattr(frame, "interruptible", False))
 
         def drop_from(frames: list[Frame], start: int = 0) -> None:
-            kept = [frame for frame in frames[start:] if not stale(frame)]
+            kept = []
+            for frame in frames[start:]:
+                if stale(frame):
+                    frame.release()
+                else:
+                    kept.append(frame)
             self._count_stale(route, len(frames) - start - len(kept))
             frames[start:] = kept
 
@@ -579,8 +588,10 @@ class Stage(threading.Thread):
         for frame in frames:
             route = frame._call
             if route.done[s]:
+                frame.release()
                 continue
             if frame._epoch < route.in_epoch[s] and getattr(frame, "interruptible", False):
+                frame.release()
                 self._count_stale(route, 1)
                 continue
             kept.append(frame)
@@ -589,7 +600,13 @@ class Stage(threading.Thread):
     def _live(self, frames: list[Frame]) -> list[Frame]:
         """Frames from the next stage, less those of calls cancelled here."""
         s = self.index
-        return [frame for frame in frames if not frame._call.done[s]]
+        kept = []
+        for frame in frames:
+            if frame._call.done[s]:
+                frame.release()
+            else:
+                kept.append(frame)
+        return kept
 
     def _from_upstream_stage(self, frame: Frame) -> None:
         """A system frame travelling downstream, from the previous stage."""
@@ -628,6 +645,7 @@ class Stage(threading.Thread):
             self._purge(route, everything=False)
         elif kind is CancelFrame:
             route.input_closed = True
+            route.end_requested = None
             _discard(route)
             self._purge(route, everything=True)
         deliver(route.processors[0], DOWN, frame)
@@ -667,6 +685,7 @@ class Stage(threading.Thread):
                 end = route.end_requested
                 if end is not None and not route.input_closed:
                     route.input_closed = True
+                    route.end_requested = None  # it points back to the route: no cycle
                     queue.append(end)
                     taken += 1
                 # Unschedule, then look again: a producer that published just before we
@@ -736,5 +755,6 @@ def _emit_up_many(frames: list[Frame]) -> None:
 
 def _discard(route: Route) -> None:
     """Drop a closed call's queued input (the slabs go back to the pool)."""
-    while route.input.pop_many(route.input.capacity):
-        pass
+    while frames := route.input.pop_many(route.input.capacity):
+        for frame in frames:
+            frame.release()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 FREE_THREADED = not sys._is_gil_enabled()
 
@@ -17,3 +18,55 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.002)
     return predicate()
+
+
+def reference_cycles(objects: Iterable[object]) -> list[list[object]]:
+    """The reference cycles among ``objects``: each group of two or more that all reach
+    each other, or one that refers to itself (Tarjan's strongly connected components,
+    over ``gc.get_referents``).
+
+    What a collection finds (``gc.DEBUG_SAVEALL``) is cyclic garbage and, on 3.13t,
+    objects that another thread freed and that their maker has yet to free for good
+    (biased reference counting): those form no cycle, and this tells them apart."""
+    by_id = {id(obj): obj for obj in objects}
+    edges = {
+        i: [id(ref) for ref in gc.get_referents(obj) if id(ref) in by_id]
+        for i, obj in by_id.items()
+    }
+    index: dict[int, int] = {}
+    low: dict[int, int] = {}
+    stack: list[int] = []
+    on_stack: set[int] = set()
+    found: list[list[object]] = []
+    for root in edges:
+        if root in index:
+            continue
+        work = [(root, 0)]
+        while work:
+            node, start = work.pop()
+            if start == 0:
+                index[node] = low[node] = len(index)
+                stack.append(node)
+                on_stack.add(node)
+            for k in range(start, len(edges[node])):
+                nxt = edges[node][k]
+                if nxt not in index:
+                    work += [(node, k + 1), (nxt, 0)]
+                    break
+                if nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+            else:
+                if low[node] == index[node]:
+                    group = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        group.append(member)
+                        if member == node:
+                            break
+                    if len(group) > 1 or node in edges[node]:
+                        found.append([by_id[member] for member in group])
+                if work:
+                    parent = work[-1][0]
+                    low[parent] = min(low[parent], low[node])
+    return found

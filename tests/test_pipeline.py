@@ -230,11 +230,12 @@ def test_frames_pushed_upstream_leave_at_the_input_end(runtime):
 
     call = runtime.open_call(Pipeline([Tag, Tag, Echo, Tag], threads=2), on_output)
     call.push(TextFrame("hi"))
+    # The reply travels back on its own; output still on its way once the call has
+    # ended is dropped (the call lets go of its parts), so wait for it before ending.
+    assert wait_until(lambda: ("re:hi++", Direction.UPSTREAM) in seen)
     call.end()
     assert done.wait(5)
     assert ("hi+++", Direction.DOWNSTREAM) in seen
-    # The reply travels back on its own: it may still be on its way when the end arrives.
-    assert wait_until(lambda: ("re:hi++", Direction.UPSTREAM) in seen)
 
 
 class Heavy(FrameProcessor):
