@@ -1,25 +1,38 @@
-"""The garbage-collection policy: no automatic collection while calls run.
+"""The garbage-collection policy for a process that serves calls for weeks and never idles.
 
 CPython's cyclic garbage collector stops every thread while it runs (on 3.13t too), which
-on a busy server shows up as an audio glitch on every call at once. The runtime's hot path
-makes no reference cycles (frames, slabs and ring slots are freed by reference counting),
-so automatic collection is not needed there. The policy:
+on a busy server shows up as an audio glitch on every call at once. The runtime makes no
+reference cycles on its hot path (frames, slabs and ring slots are freed by reference
+counting) nor per call (a call breaks its cycles when it ends: see
+:meth:`Call._let_go <flowcat_ft.call.Call._let_go>`), so in the steady state there is
+nothing for the collector to find. Libraries may still make cycles. The policy:
 
 1. at start-up, collect once and ``gc.freeze()`` everything that exists (modules, classes,
-   the slab pool), so later collections do not scan it;
-2. turn automatic collection off while the runtime runs;
-3. collect only when the runtime decides: when it has been idle (no calls) for
-   ``idle_after`` seconds and garbage may have built up, and when a call ends if
-   ``max_interval`` seconds have passed since the last collection (so a server that is
-   never idle still reclaims cycles that processors or libraries create);
-4. count every collection, its reason and its pause (``collections``, ``pauses``).
+   the slab pool), so later collections do not scan it, and turn automatic collection off;
+2. measure the garbage that may have built up: the growth of the number of objects the
+   collector tracks since the last collection (``gc.get_count()[0]``: allocations less
+   deallocations, on both builds). Frames, calls and their parts that reference counting
+   frees cancel out; what cycles keep alive does not;
+3. while calls are live, collect only when that growth has passed ``threshold`` objects,
+   and at most once every ``min_interval`` seconds: one pause per interval at most, whose
+   length is measured (on 3.13t about 0.15 µs per tracked object not frozen: a few ms with
+   hundreds of calls);
+4. once the process has had no call for ``idle_after`` seconds, collect whatever growth
+   there is past a tenth of ``threshold`` (a pause then costs no call anything);
+5. count every collection, its reason, what it found and its pause; ``gc.callbacks``
+   also times collections that others run (a library's ``gc.collect()``), which count
+   as the last collection too.
 
-On stop, automatic collection is restored as it was. ``bench/gcpause.py`` measures hop
-latency with this policy against default ``gc`` (:class:`InterpreterGc`).
+The settings are process-wide (``gc.disable()``, ``gc.freeze()``): the first policy to
+start saves the embedding application's own (enabled or not, thresholds, whether it had
+frozen objects) and the last to stop restores them; in between every runtime's policy
+shares one record of the last collection and of which runtimes have live calls, so two
+runtimes neither collect twice as often nor collect "idle" while the other has calls.
+Objects frozen at start-up are unfrozen on the last stop unless the application had
+frozen some itself (there is no unfreezing only ours): then they stay frozen.
 
-Measured on 3.13t: frozen objects still cost a collection about a quarter of what they
-cost unfrozen (on the GIL build, next to nothing), so a collection during calls is short,
-not free; hence collections wait for idle time, or for ``max_interval``.
+``bench/gcpause.py`` measures hop latency with this policy against default ``gc``
+(:class:`InterpreterGc`); ``bench.soak`` reports the pauses of a long run.
 """
 
 from __future__ import annotations
@@ -30,43 +43,111 @@ import time
 
 from flowcat_ft.metrics import Histogram
 
+__all__ = ["GcPolicy", "InterpreterGc"]
+
+
+class _ProcessGc:
+    """The process-wide side of every running :class:`GcPolicy`.
+
+    Threading contract: ``users``, ``saved`` and the callback's registration change under
+    ``lock`` (policies start and stop on any thread); ``baseline`` and ``last`` are written
+    by the gc callback, which runs on whichever thread collects, with every other thread
+    stopped (3.13t) or holding no GIL (GIL build), and read without the lock; ``pauses``
+    has that callback as its single writer.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users: dict[GcPolicy, int] = {}  # running policies -> their live calls
+        self.saved: tuple[bool, tuple[int, ...], bool] | None = None
+        self.baseline = 0  # gc.get_count()[0] after the last collection
+        self.last = time.monotonic()  # when the last collection ended
+        self.pauses = Histogram()  # every collection in the process, by anyone
+        self._started_ns = 0
+
+    def acquire(self, policy: GcPolicy) -> None:
+        with self.lock:
+            if not self.users:
+                self.saved = (gc.isenabled(), gc.get_threshold(), gc.get_freeze_count() > 0)
+                gc.callbacks.append(self._on_gc)
+                policy.collect("start-up")
+                gc.freeze()
+                gc.disable()
+            self.users[policy] = 0
+
+    def release(self, policy: GcPolicy) -> None:
+        with self.lock:
+            if self.users.pop(policy, None) is None or self.users:
+                return
+            enabled, threshold, had_frozen = self.saved
+            gc.callbacks.remove(self._on_gc)
+            if not had_frozen:
+                gc.unfreeze()
+            gc.set_threshold(*threshold)
+            if enabled:
+                gc.enable()
+
+    def idle(self) -> bool:
+        """No running policy's runtime has a live call."""
+        return not any(list(self.users.values()))
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started_ns = time.perf_counter_ns()
+            return
+        self.pauses.add(time.perf_counter_ns() - self._started_ns)
+        self.baseline = gc.get_count()[0]
+        self.last = time.monotonic()
+
+
+_process = _ProcessGc()
+
 
 class GcPolicy:
     """Runtime-controlled garbage collection (see the module docstring).
 
-    Threading contract: :meth:`call_ended` runs on stage threads and only sets ``_dirty``;
-    :meth:`tick` runs on the runtime's housekeeper thread; ``_lock`` serialises collections
-    and guards the counters, which readers may read without it.
+    ``threshold``: growth in tracked objects that makes a collection due while calls are
+    live; ``min_interval``: seconds between collections while calls are live, at least;
+    ``idle_after``: seconds without calls (in any runtime of the process) before an idle
+    collection.
+
+    Threading contract: :meth:`tick` runs on the runtime's housekeeper thread, and
+    :meth:`start` and :meth:`stop` on the thread that starts and stops the runtime;
+    ``_lock`` serialises this policy's collections and guards its counters, which readers
+    may read without it.
     """
 
-    def __init__(self, idle_after: float = 1.0, max_interval: float = 60.0) -> None:
+    def __init__(
+        self, threshold: int = 20_000, min_interval: float = 30.0, idle_after: float = 1.0
+    ) -> None:
+        self.threshold = threshold
+        self.min_interval = min_interval
         self.idle_after = idle_after
-        self.max_interval = max_interval
         self.collections = 0
         self.collected = 0
         self.reasons: dict[str, int] = {}
         self.pauses = Histogram()
         self._lock = threading.Lock()
-        self._was_enabled = gc.isenabled()
-        self._last = time.monotonic()
-        self._dirty = False
         self._active = False
 
+    @property
+    def garbage(self) -> int:
+        """Objects the collector tracks now, less those right after the last collection
+        in the process: the most that collecting now could find."""
+        return gc.get_count()[0] - _process.baseline
+
     def start(self) -> None:
-        """Collect, freeze what survives, and turn automatic collection off."""
-        self._was_enabled = gc.isenabled()
-        self.collect("start-up")
-        gc.freeze()
-        gc.disable()
-        self._active = True
+        """Join the process-wide policy (the first to join collects, freezes what
+        survives, and turns automatic collection off)."""
+        if not self._active:
+            self._active = True
+            _process.acquire(self)
 
     def stop(self) -> None:
-        """Give garbage collection back to the interpreter's defaults."""
+        """Leave it (the last to leave gives the application back its own settings)."""
         if self._active:
             self._active = False
-            gc.unfreeze()
-            if self._was_enabled:
-                gc.enable()
+            _process.release(self)
 
     def collect(self, reason: str) -> int:
         """Run a full collection now; returns the number of objects found unreachable."""
@@ -77,30 +158,35 @@ class GcPolicy:
             self.collections += 1
             self.collected += found
             self.reasons[reason] = self.reasons.get(reason, 0) + 1
-            self._last = time.monotonic()
-            self._dirty = False
         return found
 
-    def call_ended(self) -> None:
-        """A call ended, so garbage may exist (called on a stage thread: never collects)."""
-        self._dirty = True
-
     def tick(self, active_calls: int, idle_for: float) -> None:
-        """Called by the runtime's housekeeper thread now and then: collect if due."""
-        if not (self._active and self._dirty):
-            return
-        if active_calls == 0 and idle_for >= self.idle_after:
-            self.collect("idle")
-        elif time.monotonic() - self._last >= self.max_interval:
-            self.collect("interval")
+        """Called by the runtime's housekeeper now and then: collect if due.
+
+        ``active_calls``: the runtime's live calls; ``idle_for``: seconds since its last
+        call ended (0 while it has calls)."""
+        with _process.lock:
+            if self not in _process.users:
+                return
+            _process.users[self] = active_calls
+        garbage = self.garbage
+        if _process.idle():
+            if idle_for >= self.idle_after and garbage >= self.threshold // 10:
+                self.collect("idle")
+        elif garbage >= self.threshold and time.monotonic() - _process.last >= self.min_interval:
+            self.collect("garbage")
 
     def snapshot(self) -> dict[str, object]:
+        """Counters for metrics: this policy's collections, every collection's pauses in
+        the process (``process_pause``), and the garbage that may be waiting now."""
         return {
             "automatic": gc.isenabled(),
             "collections": self.collections,
             "collected": self.collected,
             "reasons": dict(self.reasons),
             "pause": self.pauses.snapshot(),
+            "process_pause": _process.pauses.snapshot(),
+            "garbage": self.garbage,
             "frozen": gc.get_freeze_count(),
         }
 

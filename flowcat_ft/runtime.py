@@ -338,7 +338,6 @@ class Runtime:
             self._calls_ended += 1
             if not self._calls:
                 self._idle_since = time.monotonic()
-        self.gc.call_ended()
 
     # -- housekeeping and metrics ------------------------------------------------------------
 
