@@ -68,6 +68,13 @@ class Playout:
             self._until = max(self._until, now) + duration
         return bool(queue)
 
+    def stop(self) -> None:
+        """The connection is gone: drop what is queued and send nothing more. This also
+        lets go of ``send`` (a method of the session that holds this playout), so the two
+        are no reference cycle."""
+        self.clear()
+        self._send = _gone
+
     def clear(self) -> int:
         """Drop queued audio and marks (an interruption); return how many were dropped."""
         queue = self._queue
@@ -76,6 +83,10 @@ class Playout:
         queue.clear()
         self._until = 0.0
         return n
+
+
+def _gone(message: str | bytes) -> None:
+    """Where a stopped playout sends: nowhere."""
 
 
 class Ticker:

@@ -168,6 +168,7 @@ class MediaSession:
             await self.ws.wait_closed()
         finally:
             self._ticker.discard(self._playout, self._check_idle)
+            self._playout.stop()
             if self.call is not None and not self.call.done:
                 self.call.cancel(self.close_reason or "connection closed")
             if self.close_code is None:
@@ -334,6 +335,7 @@ class MediaSession:
             return
         if isinstance(frame, AudioRawFrame):
             self._audio_out(frame)
+            frame.release()  # the audio is on its way out: the slab comes back now
         elif type(frame) is InterruptionFrame:
             self._interrupted()
         elif type(frame) is TTSStoppedFrame:
