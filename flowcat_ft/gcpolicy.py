@@ -20,8 +20,8 @@ nothing for the collector to find. Libraries may still make cycles. The policy:
 4. once the process has had no call for ``idle_after`` seconds, collect whatever growth
    there is past a tenth of ``threshold`` (a pause then costs no call anything);
 5. count every collection, its reason, what it found and its pause; ``gc.callbacks``
-   also times collections that others run (a library's ``gc.collect()``), which count
-   as the last collection too.
+   also times every collection after start-up, whoever runs it (a library's
+   ``gc.collect()`` counts as the last collection too).
 
 The settings are process-wide (``gc.disable()``, ``gc.freeze()``): the first policy to
 start saves the embedding application's own (enabled or not, thresholds, whether it had
@@ -62,17 +62,18 @@ class _ProcessGc:
         self.saved: tuple[bool, tuple[int, ...], bool] | None = None
         self.baseline = 0  # gc.get_count()[0] after the last collection
         self.last = time.monotonic()  # when the last collection ended
-        self.pauses = Histogram()  # every collection in the process, by anyone
+        self.pauses = Histogram()  # every collection in the process after start-up
         self._started_ns = 0
 
     def acquire(self, policy: GcPolicy) -> None:
         with self.lock:
             if not self.users:
                 self.saved = (gc.isenabled(), gc.get_threshold(), gc.get_freeze_count() > 0)
-                gc.callbacks.append(self._on_gc)
                 policy.collect("start-up")
                 gc.freeze()
                 gc.disable()
+                self.baseline, self.last = gc.get_count()[0], time.monotonic()
+                gc.callbacks.append(self._on_gc)
             self.users[policy] = 0
 
     def release(self, policy: GcPolicy) -> None:
@@ -177,8 +178,9 @@ class GcPolicy:
             self.collect("garbage")
 
     def snapshot(self) -> dict[str, object]:
-        """Counters for metrics: this policy's collections, every collection's pauses in
-        the process (``process_pause``), and the garbage that may be waiting now."""
+        """Counters for metrics: this policy's collections (start-up included), the pauses
+        of every collection in the process since start-up, whoever ran it
+        (``process_pause``), and the garbage that may be waiting now."""
         return {
             "automatic": gc.isenabled(),
             "collections": self.collections,

@@ -7,7 +7,9 @@ and the server publish for other threads (see their threading contracts).
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from importlib import resources
@@ -16,7 +18,7 @@ from flowcat_ft.runtime import Runtime
 from flowcat_ft.transports.http import HttpRequest, HttpResponse, PageHandler
 from flowcat_ft.transports.server import WebSocketServer
 
-__all__ = ["TURN_WINDOW_SECS", "snapshot", "status_pages"]
+__all__ = ["TURN_WINDOW_SECS", "process_usage", "snapshot", "status_pages"]
 
 TURN_WINDOW_SECS = 300.0
 """How far back the latency chart goes."""
@@ -79,7 +81,14 @@ def snapshot(
         "calls": sorted(calls, key=lambda c: c["id"]),
         "stages": stages,
         "slabs": metrics["slabs"],
-        "gc": {"collections": gc["collections"], "pause": gc["pause"]},
+        "gc": {
+            "collections": gc["collections"],
+            "reasons": gc["reasons"],
+            "pause": gc["pause"],
+            "all_pauses": gc["process_pause"],
+            "garbage": gc["garbage"],
+        },
+        "process": process_usage(),
         "turns": [
             [round(t.at, 3), round(t.latency_ms, 1)]
             for t in list(server.turns)
@@ -87,6 +96,20 @@ def snapshot(
         ],
         **{name: report() for name, report in (extras or {}).items()},
     }
+
+
+def process_usage() -> dict[str, int]:
+    """This process's resident memory (bytes), open file descriptors and threads: what a
+    long run watches for leaks (``bench.soak``). Read from ``/proc`` (Linux); ``-1`` where
+    there is none."""
+    try:
+        with open("/proc/self/statm") as statm:
+            rss = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        fds = len(os.listdir("/proc/self/fd"))
+        threads = len(os.listdir("/proc/self/task"))
+    except OSError:
+        rss, fds, threads = -1, -1, threading.active_count()
+    return {"rss_bytes": rss, "open_fds": fds, "threads": threads}
 
 
 def status_pages(

@@ -44,6 +44,10 @@ def test_status_json_shows_live_calls_stages_and_turns(serve):
     assert len(status["turns"]) == 2
     assert {stage["thread"] for stage in status["stages"]} >= {"flowcat-p0.0-s0"}
     assert status["slabs"]["capacity"] > 0
+    assert status["gc"]["all_pauses"]["count"] >= status["gc"]["pause"]["count"]
+    process = status["process"]
+    assert process["rss_bytes"] > 1_000_000 and process["open_fds"] > 3
+    assert process["threads"] >= 4  # main, housekeeper, a stage, two event loops
     assert status["webrtc"] == {"running": False}
     assert wait_until(lambda: json.loads(get(server.port, "/status.json")[1])["calls"] == [])
 
