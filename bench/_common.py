@@ -174,6 +174,21 @@ def finish(result: dict[str, object], args: argparse.Namespace) -> None:
     print(line, flush=True)
 
 
+def plot_on_gil(module: str, json_path: Path, png: Path) -> str | None:
+    """Draw a result's plot with ``python -m module JSON PNG`` on the GIL venv, where
+    matplotlib has a wheel (installed there if missing); the PNG's file name, or None if
+    it could not be drawn."""
+    python = python_of("gil")
+    has = subprocess.run([python, "-c", "import matplotlib"], capture_output=True, check=False)
+    if has.returncode != 0:
+        pip = [python, "-m", "pip", "install", "-q", "--only-binary", ":all:", "matplotlib"]
+        if subprocess.run(pip, check=False).returncode != 0:
+            print("no plot: matplotlib does not install on the GIL venv", flush=True)
+            return None
+    done = subprocess.run([python, "-m", module, str(json_path), str(png)], cwd=ROOT, check=False)
+    return png.name if done.returncode == 0 else None
+
+
 # -- child processes -----------------------------------------------------------------------
 
 

@@ -47,3 +47,19 @@ def test_idle_calls_open_and_stay_open(server: WebSocketServer):
     assert (report["opened"], report["failed"], report["closed"]) == (CALLS, 0, 0)
     assert report["expected"] == report["received"] == 0
     assert report["throughput"] is None
+
+
+def test_churn_ends_calls_and_dials_new_ones_reporting_each_interval(server: WebSocketServer):
+    intervals: list[dict] = []
+    load = loadgen.Load(CALLS, seconds=3.0, warmup=0.2, churn=0.4, report=1.0)
+    report = loadgen.run(server.port, load, on_interval=intervals.append)
+
+    assert [row["t"] for row in intervals] == [1.0, 2.0, 3.0]
+    assert report["calls_opened"] > CALLS  # calls ended and their slots dialled again
+    assert report["calls_opened"] == report["calls_ended"]  # every call hung up at the end
+    assert (report["calls_failed"], report["closed"], report["corrupt"]) == (0, 0, 0)
+    assert sum(row["calls_ended"] for row in intervals) > 0
+    assert 0 < report["received"] <= report["sent"] == sum(row["sent"] for row in intervals)
+    for row in intervals:
+        rtt = row["rtt_ms"]
+        assert 0 < rtt["p50"] <= rtt["p99"] <= rtt["p99.9"] <= rtt["max"]

@@ -24,15 +24,13 @@ import argparse
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from bench._common import ROOT, cores, finish, header, parser, python_of, table
+from bench._common import ROOT, cores, finish, header, parser, plot_on_gil, table
 from bench.echo import cpus, loadgen, report, servers
 from bench.echo.cpus import Setup
 from bench.echo.loadgen import Load
@@ -446,25 +444,9 @@ def write(result: dict[str, Any]) -> None:
     stem = RESULTS / f"{result['date']}-{result['cores']}c-echo"
     json_path = stem.with_suffix(".json")
     json_path.write_text(json.dumps(result, indent=1) + "\n")
-    plotted = plot(json_path, stem.with_suffix(".png"))
+    plotted = plot_on_gil("bench.echo.plot", json_path, stem.with_suffix(".png"))
     stem.with_suffix(".md").write_text(report.markdown(result, plotted))
     print(f"wrote {stem}.json, .md" + (", .png" if plotted else ""), flush=True)
-
-
-def plot(json_path: Path, png: Path) -> str | None:
-    """Draw the plot with matplotlib on the GIL venv (installed there if missing and a
-    wheel exists); the PNG's file name, or None if it could not be drawn."""
-    python = python_of("gil")
-    has = subprocess.run([python, "-c", "import matplotlib"], capture_output=True, check=False)
-    if has.returncode != 0:
-        pip = [python, "-m", "pip", "install", "-q", "--only-binary", ":all:", "matplotlib"]
-        if subprocess.run(pip, check=False).returncode != 0:
-            print("no plot: matplotlib does not install on the GIL venv", flush=True)
-            return None
-    done = subprocess.run(
-        [python, "-m", "bench.echo.plot", str(json_path), str(png)], cwd=ROOT, check=False
-    )
-    return png.name if done.returncode == 0 else None
 
 
 if __name__ == "__main__":

@@ -69,7 +69,10 @@ class Load:
     (``"raw"`` binary µ-law or ``"twilio"`` JSON), opened over ``ramp`` s, then ``warmup``
     s of traffic, then ``seconds`` s measured, then up to ``grace`` s for the last echoes.
     ``idle``: each call sends one frame, then the connections are held for ``seconds``.
-    ``cpus``: the CPUs the load generator runs on (None: any)."""
+    ``churn``: calls last a log-normal length with this median (s), each slot dialling a
+    new call when its call has ended; ``report``: a JSON line per this many seconds of the
+    window (0: none); see ``loadgen.c``. ``cpus``: the CPUs the load generator runs on
+    (None: any)."""
 
     calls: int
     mode: str = "raw"
@@ -77,6 +80,8 @@ class Load:
     warmup: float = 2.0
     grace: float = 2.0
     idle: bool = False
+    churn: float = 0.0
+    report: float = 0.0
     cpus: tuple[int, ...] | None = None
 
     @property
@@ -93,6 +98,10 @@ class Load:
             argv.append("--twilio")
         if self.idle:
             argv.append("--idle")
+        if self.churn:
+            argv += ["--churn", f"{self.churn:g}"]
+        if self.report:
+            argv += ["--report", f"{self.report:g}"]
         return argv
 
     @property
@@ -102,11 +111,15 @@ class Load:
 
 
 def run(
-    port: int, load: Load, on_progress: Callable[[str], None] | None = None
+    port: int,
+    load: Load,
+    on_progress: Callable[[str], None] | None = None,
+    on_interval: Callable[[dict[str, object]], None] | None = None,
 ) -> dict[str, object]:
     """Run ``load`` against 127.0.0.1:``port``; return the load generator's JSON report.
 
-    ``on_progress`` gets each progress line as it comes, on this thread.
+    ``on_progress`` gets each progress line as it comes, on this thread; ``on_interval``
+    each interval's report (``Load.report``), on another thread, as it comes.
     """
     binary = build()
     with pinned(load.cpus):
@@ -115,15 +128,27 @@ def run(
         )
     watchdog = threading.Timer(load.longest + 10, proc.kill)
     watchdog.start()
+    lines: list[str] = []
+
+    def read_stdout() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if on_interval is not None and line.startswith('{"interval"'):
+                on_interval(json.loads(line))
+
+    reader = threading.Thread(target=read_stdout, name="loadgen-stdout", daemon=True)
+    reader.start()
     try:
-        assert proc.stderr is not None and proc.stdout is not None
+        assert proc.stderr is not None
         for line in proc.stderr:
             if on_progress is not None:
                 on_progress(line.strip())
-        out = proc.stdout.read()
         code = proc.wait()
+        reader.join()
     finally:
         watchdog.cancel()
-    if code != 0 or not out.strip():
-        raise RuntimeError(f"the load generator failed (exit {code}): {out}")
-    return json.loads(out.strip().splitlines()[-1])
+    last = lines[-1].strip() if lines else ""
+    if code != 0 or not last.startswith("{"):
+        raise RuntimeError(f"the load generator failed (exit {code}): {''.join(lines)}")
+    return json.loads(last)

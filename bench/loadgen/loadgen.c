@@ -18,9 +18,20 @@
  * (close frame, then up to 1 s for the server's).  --idle instead sends one frame per call
  * (so each call starts) and holds the connections open for --seconds once all are open.
  *
- * Output: one JSON object on stdout at the end. Progress on stderr, one line each:
- * "open N" once every connection is open or has failed, "measure" when the window opens,
- * "measured" when it closes.
+ * --churn S (the soak benchmark's mode) instead gives every call a length of its own,
+ * drawn from a log-normal distribution with median S (between S/10 and 10 S: most calls
+ * short, a few long, as calls are): when its time is up the call stops sending, closes the
+ * connection cleanly 0.3 s later (close code 1000, once the last echoes are back), and
+ * its slot dials a new call 0.1 to 1 s after, so about N calls are up all along while
+ * calls start and end throughout. Every frame sent in the window counts; a frame whose
+ * call the server closed before it came back is lost. --report S prints, every S s of the
+ * window, one JSON line on stdout for that interval ("interval": true, its round-trip
+ * percentiles, frames, calls opened and ended).
+ *
+ * Output: one JSON object on stdout at the end (after any interval lines). Progress on
+ * stderr, one line each: "open N" once every connection is open or has failed (the first
+ * time each slot dials, with --churn), "measure" when the window opens, "measured" when it
+ * closes.
  *
  * Build: cc -O2 -o loadgen loadgen.c (bench/echo/loadgen.py does it).
  */
@@ -54,6 +65,9 @@
 
 enum state { IDLE, CONNECTING, HANDSHAKE, OPEN, CLOSING, DONE };
 
+#define DRAIN_NS 300000000LL    /* --churn: a call stops sending this long before it closes */
+#define CLOSE_WAIT_NS 2000000000LL /* --churn: how long a close waits for the server's */
+
 struct conn {
     int fd;
     enum state state;
@@ -64,6 +78,10 @@ struct conn {
     size_t rlen;
     char *wbuf;          /* bytes the socket did not take yet, sent when it is writable */
     size_t wlen, woff;
+    int dialled;         /* --churn: the slot has dialled before (its first call resolved) */
+    int64_t ends_at;     /* --churn: when the call stops sending (then closes) */
+    int64_t closing_at;  /* --churn: when the close was sent */
+    int64_t redial_at;   /* --churn: when the slot dials its next call */
 };
 
 struct options {
@@ -74,11 +92,13 @@ struct options {
     double ramp, warmup, seconds, grace;
     int fps;
     int idle;
+    double churn, report;
 };
 
 static struct options opt = {
     .port = 0, .path = "/raw?codec=mulaw&sample_rate=8000", .twilio = 0, .calls = 10,
     .ramp = 1.0, .warmup = 1.0, .seconds = 10.0, .grace = 2.0, .fps = 50, .idle = 0,
+    .churn = 0, .report = 0,
 };
 
 /* -- counters and round trips -------------------------------------------------------- */
@@ -89,6 +109,12 @@ static int64_t t0, m0 = INT64_MAX, m1 = INT64_MAX; /* start, measured window [m0
 static uint64_t expected, sent, received, corrupt, dropped, other_messages;
 static uint64_t *rtts;
 static size_t rtt_count, rtt_cap;
+/* The current --report interval: its round trips and counts, and the calls' counts. */
+static uint64_t *irtts;
+static size_t irtt_count, irtt_cap;
+static uint64_t isent, ireceived;
+static uint64_t calls_opened, calls_ended, calls_failed, icalls_opened, icalls_ended;
+static uint64_t icalls_closed;
 static int opened_count, resolved_count, closed_early;
 static int collecting = 1; /* round trips are recorded until the grace period ends */
 static int codes[MAX_CODES], code_counts[MAX_CODES], code_kinds;
@@ -117,13 +143,33 @@ static void count_close(int code) {
     if (code_kinds < MAX_CODES) { codes[code_kinds] = code; code_counts[code_kinds++] = 1; }
 }
 
-static void record_rtt(uint64_t ns) {
-    if (rtt_count == rtt_cap) {
-        rtt_cap = rtt_cap ? rtt_cap * 2 : 65536;
-        rtts = realloc(rtts, rtt_cap * sizeof *rtts);
-        if (!rtts) { perror("loadgen: realloc"); exit(1); }
+static void push_rtt(uint64_t **v, size_t *count, size_t *cap, uint64_t ns) {
+    if (*count == *cap) {
+        *cap = *cap ? *cap * 2 : 65536;
+        *v = realloc(*v, *cap * sizeof **v);
+        if (!*v) { perror("loadgen: realloc"); exit(1); }
     }
-    rtts[rtt_count++] = ns;
+    (*v)[(*count)++] = ns;
+}
+
+static void record_rtt(uint64_t ns) {
+    push_rtt(&rtts, &rtt_count, &rtt_cap, ns);
+    if (opt.report > 0) push_rtt(&irtts, &irtt_count, &irtt_cap, ns);
+}
+
+/* A draw from the log-normal distribution of call lengths (seconds), by Box-Muller. */
+static uint64_t rng = 88172645463325252ULL;
+static double uniform(void) {
+    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+    return ((rng >> 11) + 0.5) / 9007199254740992.0;
+}
+
+static double call_length(void) {
+    double z = sqrt(-2.0 * log(uniform())) * cos(2.0 * M_PI * uniform());
+    double s = opt.churn * exp(z);
+    if (s < opt.churn / 10) s = opt.churn / 10;
+    if (s > opt.churn * 10) s = opt.churn * 10;
+    return s;
 }
 
 /* -- base64 ----------------------------------------------------------------------------- */
@@ -305,15 +351,24 @@ static void resolve(int ok) {
 static void close_conn(int i, int early) {
     struct conn *c = &conns[i];
     if (c->state == DONE) return;
-    if (!c->opened && c->state != IDLE) resolve(0);
-    if (early && c->opened) closed_early++;
+    if (!c->opened && c->state != IDLE) {
+        if (!c->dialled) resolve(0);
+        calls_failed++;
+    }
+    if (early && c->opened) { closed_early++; icalls_closed++; }
+    if (c->opened) { calls_ended++; icalls_ended++; }
     epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
     c->state = DONE;
+    c->dialled = 1;
+    if (opt.churn > 0) c->redial_at = now_ns() + (int64_t)((0.1 + 0.9 * uniform()) * 1e9);
 }
 
 static void start_connect(int i) {
     struct conn *c = &conns[i];
+    c->opened = 0;
+    c->frames_sent = 0;
+    c->rlen = c->wlen = c->woff = 0;
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(opt.port)};
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
@@ -363,7 +418,10 @@ static void read_handshake(int i) {
     c->rlen -= header;
     c->state = OPEN;
     c->opened = 1;
-    resolve(1);
+    calls_opened++;
+    icalls_opened++;
+    if (!c->dialled) resolve(1);
+    if (opt.churn > 0) c->ends_at = now_ns() + (int64_t)(call_length() * 1e9);
     if (opt.twilio) send_twilio_preamble(i);
 }
 
@@ -375,6 +433,7 @@ static void echo_arrived(const uint8_t *payload, size_t n, int64_t t) {
     if (n <= STAMP_BYTES || unstamp(payload, &sent_at) < 0) { corrupt++; return; }
     if (!collecting || payload[STAMP_BYTES] != IN_WINDOW) return; /* only the window's frames */
     received++;
+    ireceived++;
     record_rtt((uint64_t)(t - (t0 + (int64_t)sent_at)));
 }
 
@@ -487,6 +546,7 @@ static void send_slot(uint64_t g, int64_t due) {
     int i = (int)(g % (uint64_t)opt.calls);
     struct conn *c = &conns[i];
     int in_window = !opt.idle && due >= m0 && due < m1;
+    if (opt.churn > 0 && (c->state != OPEN || due >= c->ends_at)) return; /* between calls */
     expected += in_window;
     if (c->state != OPEN || (opt.idle && c->frames_sent > 0)) {
         dropped += in_window;
@@ -498,6 +558,7 @@ static void send_slot(uint64_t g, int64_t due) {
     }
     c->frames_sent++;
     sent += in_window;
+    isent += in_window;
 }
 
 static void arm_timer(int64_t at) {
@@ -546,15 +607,54 @@ static int by_value(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-static double percentile_ms(double p) {
-    if (!rtt_count) return NAN;
-    size_t rank = (size_t)ceil(p / 100.0 * (double)rtt_count);
-    return rtts[(rank ? rank : 1) - 1] / 1e6;
+static double percentile_of(const uint64_t *v, size_t n, double p) {
+    if (!n) return NAN;
+    size_t rank = (size_t)ceil(p / 100.0 * (double)n);
+    return v[(rank ? rank : 1) - 1] / 1e6;
 }
+
+static double percentile_ms(double p) { return percentile_of(rtts, rtt_count, p); }
 
 static void print_ms(const char *name, double v, const char *sep) {
     if (isnan(v)) printf("\"%s\":null%s", name, sep);
     else printf("\"%s\":%.3f%s", name, v, sep);
+}
+
+/* --report: one line for the interval that ends at `t` (seconds into the window). */
+static void report_interval(double t) {
+    qsort(irtts, irtt_count, sizeof *irtts, by_value);
+    printf("{\"interval\":true,\"t\":%.3f,\"sent\":%llu,\"received\":%llu,", t,
+           (unsigned long long)isent, (unsigned long long)ireceived);
+    printf("\"calls_opened\":%llu,\"calls_ended\":%llu,\"closed_by_server\":%llu,",
+           (unsigned long long)icalls_opened, (unsigned long long)icalls_ended,
+           (unsigned long long)icalls_closed);
+    int up = 0;
+    for (int i = 0; i < opt.calls; i++) up += conns[i].state == OPEN;
+    printf("\"calls_up\":%d,\"rtt_ms\":{", up);
+    print_ms("p50", percentile_of(irtts, irtt_count, 50), ",");
+    print_ms("p99", percentile_of(irtts, irtt_count, 99), ",");
+    print_ms("p99.9", percentile_of(irtts, irtt_count, 99.9), ",");
+    print_ms("max", irtt_count ? irtts[irtt_count - 1] / 1e6 : NAN, "}}\n");
+    fflush(stdout);
+    irtt_count = 0;
+    isent = ireceived = icalls_opened = icalls_ended = icalls_closed = 0;
+}
+
+/* --churn: end calls whose time is up, and dial new ones in the slots that are free. */
+static void churn(int64_t now) {
+    static const uint8_t normal[2] = {0x03, 0xE8}; /* 1000 */
+    for (int i = 0; i < opt.calls; i++) {
+        struct conn *c = &conns[i];
+        if (c->state == OPEN && now >= c->ends_at + DRAIN_NS) {
+            c->state = CLOSING;
+            c->closing_at = now;
+            send_ws(i, 0x8, normal, 2);
+        } else if (c->state == CLOSING && now >= c->closing_at + CLOSE_WAIT_NS) {
+            close_conn(i, 0);
+        } else if (c->state == DONE && c->dialled && now >= c->redial_at && now < m1) {
+            start_connect(i);
+        }
+    }
 }
 
 static void report(double window_cpu, double window_s) {
@@ -570,6 +670,9 @@ static void report(double window_cpu, double window_s) {
            (unsigned long long)received, (unsigned long long)dropped);
     printf("\"corrupt\":%llu,\"other_messages\":%llu,", (unsigned long long)corrupt,
            (unsigned long long)other_messages);
+    printf("\"calls_opened\":%llu,\"calls_ended\":%llu,\"calls_failed\":%llu,",
+           (unsigned long long)calls_opened, (unsigned long long)calls_ended,
+           (unsigned long long)calls_failed);
     if (expected) printf("\"throughput\":%.6f,", (double)received / (double)expected);
     else printf("\"throughput\":null,");
     printf("\"rtt_ms\":{");
@@ -587,7 +690,8 @@ static void report(double window_cpu, double window_s) {
 static void usage(void) {
     fprintf(stderr,
             "usage: loadgen --port P [--path PATH] [--twilio] [--calls N] [--ramp S]\n"
-            "               [--warmup S] [--seconds S] [--grace S] [--fps N] [--idle]\n");
+            "               [--warmup S] [--seconds S] [--grace S] [--fps N] [--idle]\n"
+            "               [--churn S] [--report S]\n");
     exit(2);
 }
 
@@ -596,7 +700,8 @@ static void parse(int argc, char **argv) {
         {"port", 1, 0, 'p'},   {"path", 1, 0, 'P'},    {"twilio", 0, 0, 't'},
         {"calls", 1, 0, 'n'},  {"ramp", 1, 0, 'r'},    {"warmup", 1, 0, 'w'},
         {"seconds", 1, 0, 's'}, {"grace", 1, 0, 'g'},  {"fps", 1, 0, 'f'},
-        {"idle", 0, 0, 'i'},   {0, 0, 0, 0},
+        {"idle", 0, 0, 'i'},   {"churn", 1, 0, 'c'},   {"report", 1, 0, 'R'},
+        {0, 0, 0, 0},
     };
     int ch;
     while ((ch = getopt_long(argc, argv, "", longs, NULL)) != -1) {
@@ -611,11 +716,14 @@ static void parse(int argc, char **argv) {
         case 'g': opt.grace = atof(optarg); break;
         case 'f': opt.fps = atoi(optarg); break;
         case 'i': opt.idle = 1; break;
+        case 'c': opt.churn = atof(optarg); break;
+        case 'R': opt.report = atof(optarg); break;
         default: usage();
         }
     }
     if (opt.port <= 0 || opt.port > 65535 || opt.calls < 1 || opt.calls > 100000 ||
-        opt.fps < 1 || opt.fps > 1000 || opt.seconds <= 0 || opt.seconds > 3600 ||
+        opt.fps < 1 || opt.fps > 1000 || opt.seconds <= 0 || opt.seconds > 86400 ||
+        opt.churn < 0 || opt.report < 0 || (opt.churn > 0 && opt.idle) ||
         opt.ramp < 0 || opt.ramp > 600 || opt.warmup < 0 || opt.warmup > 600 ||
         opt.grace < 0 || opt.grace > 60 || strlen(opt.path) > 256 || opt.path[0] != '/')
         usage();
@@ -645,18 +753,27 @@ int main(int argc, char **argv) {
     int64_t deadline = t0 + (int64_t)((opt.ramp + opt.warmup + opt.seconds + opt.grace + 30) * 1e9);
     int next_open = 0, measuring = 0;
     uint64_t next_slot = 0;
+    int64_t next_report = INT64_MAX;
     double cpu_at_m0 = 0, window_cpu = 0, window_s = 0;
     struct epoll_event events[256];
 
     for (;;) {
         int64_t now = now_ns();
         while (next_open < opt.calls && open_time(next_open) <= now) start_connect(next_open++);
-        while (slot_time(next_slot) <= now && slot_time(next_slot) < m1)
-            send_slot(next_slot, slot_time(next_slot)), next_slot++;
-        if (!measuring && now >= m0) {
+        if (opt.churn > 0) churn(now);
+        if (!measuring && now >= m0) { /* before this turn's sends, which the window counts */
             measuring = 1;
             cpu_at_m0 = cpu_seconds();
             progress("measure");
+            irtt_count = 0;
+            isent = ireceived = icalls_opened = icalls_ended = icalls_closed = 0;
+            if (opt.report > 0) next_report = m0 + (int64_t)(opt.report * 1e9);
+        }
+        while (slot_time(next_slot) <= now && slot_time(next_slot) < m1)
+            send_slot(next_slot, slot_time(next_slot)), next_slot++;
+        while (measuring == 1 && now >= next_report && next_report <= m1) {
+            report_interval((double)(next_report - m0) / 1e9);
+            next_report += (int64_t)(opt.report * 1e9);
         }
         if (measuring == 1 && now >= m1) {
             measuring = 2;
@@ -675,6 +792,8 @@ int main(int argc, char **argv) {
         if (slot_time(next_slot) < m1 && slot_time(next_slot) < wake) wake = slot_time(next_slot);
         if (!measuring && m0 < wake) wake = m0;
         if (measuring == 1 && m1 < wake) wake = m1;
+        if (measuring == 1 && next_report < wake) wake = next_report;
+        if (opt.churn > 0 && now + 20000000LL < wake) wake = now + 20000000LL; /* churn ticks */
         if (wake > deadline) wake = deadline;
         if (wake < now + MIN_GAP_NS) wake = now + MIN_GAP_NS;
         arm_timer(wake);
