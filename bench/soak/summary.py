@@ -1,0 +1,193 @@
+"""A soak run's figures: the targets it is judged by, a row per interval as text and as
+markdown. Pure functions of the result, so they are tested without running one."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from bench._common import table
+
+Row = dict[str, Any]
+
+COLUMNS = (
+    "min",
+    "calls up",
+    "started",
+    "ended",
+    "server closed",
+    "p50 ms",
+    "p99 ms",
+    "p99.9 ms",
+    "max ms",
+    "RSS MB",
+    "FDs",
+    "threads",
+    "slabs in use",
+    "gc pauses",
+    "gc max ms",
+    "server cores",
+    "others cores",
+)
+
+
+def cells(row: Row, interval: float) -> list[object]:
+    rtt = row["rtt_ms"]
+    others = (row["machine_busy_s"] - row["server_cpu_s"]) / interval
+    return [
+        round(row["t"] / 60, 1),
+        row["calls_up"],
+        row["calls_opened"],
+        row["calls_ended"],
+        row["closed_by_server"],
+        _ms(rtt["p50"]),
+        _ms(rtt["p99"]),
+        _ms(rtt["p99.9"]),
+        _ms(rtt["max"]),
+        round(row["rss_bytes"] / 1e6, 1),
+        row["open_fds"],
+        row["threads"],
+        row["slabs_in_use"],
+        row["gc_pauses"],
+        round(row["gc_max_pause_ms"], 2),
+        round(row["server_cpu_s"] / interval, 2),
+        round(max(0.0, others), 2),
+    ]
+
+
+def lost_percent(sent: int, received: int) -> float:
+    return round(100 * (sent - received) / sent, 3) if sent else math.nan
+
+
+def _ms(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def table_text(result: dict[str, Any]) -> str:
+    interval = result["interval_s"]
+    return table(COLUMNS, [cells(row, interval) for row in result["rows"]])
+
+
+def line(row: Row) -> str:
+    """One interval as it ends, for the console."""
+    rtt = row["rtt_ms"]
+    return (
+        f"  {row['t']:7.0f} s: {row['calls_up']} up, p99 {_ms(rtt['p99']):.2f} ms, "
+        f"max {_ms(rtt['max']):.2f} ms, RSS {row['rss_bytes'] / 1e6:.1f} MB, "
+        f"{row['open_fds']} FDs, {row['threads']} threads, {row['slabs_in_use']} slabs, "
+        f"{row['gc_pauses']} gc pauses"
+    )
+
+
+def rss_slope(rows: Sequence[Row]) -> float | None:
+    """Least-squares growth of RSS in MB per hour over ``rows`` (None under 2 rows)."""
+    if len(rows) < 2:
+        return None
+    xs = [row["at_s"] / 3600 for row in rows]
+    ys = [row["rss_bytes"] / 1e6 for row in rows]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    spread = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / spread
+
+
+def warmup_rows(rows: Sequence[Row]) -> int:
+    """Rows left out of the RSS slope: the first tenth of the run, at least one."""
+    return max(1, len(rows) // 10)
+
+
+def summarise(result: dict[str, Any]) -> dict[str, Any]:
+    """The run's figures and its targets (``met``: True, False, or None where unknown)."""
+    rows, start, end, totals = result["rows"], result["start"], result["end"], result["totals"]
+    steady = rows[warmup_rows(rows) :]
+    slope = rss_slope(steady)
+    p99s = [row["rtt_ms"]["p99"] for row in rows if row["rtt_ms"]["p99"] is not None]
+    p99_ratio = max(p99s) / p99s[0] if p99s and p99s[0] else None
+    fds = [row["open_fds"] for row in steady]
+    threads = [row["threads"] for row in steady]
+    pauses = end["gc_pauses"] - start["gc_pauses"]
+    figures = {
+        "rss_slope_mb_per_h": None if slope is None else round(slope, 2),
+        "rss_mb": [round(rows[0]["rss_bytes"] / 1e6, 1), round(end["rss_bytes"] / 1e6, 1)]
+        if rows
+        else None,
+        "fds": [min(fds), max(fds)] if fds else None,
+        "threads": [min(threads), max(threads)] if threads else None,
+        "slabs_in_use_at_end": end["slabs_in_use"],
+        "p99_ratio_to_first": None if p99_ratio is None else round(p99_ratio, 2),
+        "rtt_max_ms": totals["rtt_ms"]["max"],
+        "frames_lost_percent": lost_percent(totals["sent"], totals["received"]),
+        "calls_started": totals["calls_opened"],
+        "calls_failed": totals["calls_failed"],
+        "gc_pauses": pauses,
+        "gc_max_pause_ms": end["gc_max_pause_ms"],
+        "gc_collections_by_policy": end["gc_reasons"],
+    }
+    figures["targets"] = [
+        ("RSS slope ≤ 1 MB/h after warm-up", _fmt(slope, "MB/h"), _le(slope, 1.0)),
+        ("FDs flat", _span(fds), _flat(fds)),
+        ("threads flat", _span(threads), _flat(threads)),
+        ("every slab back at the end", f"{end['slabs_in_use']} in use", end["slabs_in_use"] == 0),
+        ("p99 in every interval ≤ 1.5x the first's", _fmt(p99_ratio, "x"), _le(p99_ratio, 1.5)),
+        ("gc pauses reported", f"{pauses}, longest {end['gc_max_pause_ms']:.2f} ms", None),
+    ]
+    return figures
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    return "-" if value is None else f"{value:.2f} {unit}"
+
+
+def _le(value: float | None, limit: float) -> bool | None:
+    return None if value is None else value <= limit
+
+
+def _span(values: Sequence[int]) -> str:
+    return f"{min(values)}..{max(values)}" if values else "-"
+
+
+def _flat(values: Sequence[int]) -> bool | None:
+    """Flat: no more than a few apart (a connection or a thread coming and going)."""
+    return None if not values else max(values) - min(values) <= 4
+
+
+def markdown(result: dict[str, Any], plotted: str | None) -> str:
+    summary = result["summary"]
+    kind = "quick run" if result["quick"] else "run"
+    lines = [
+        f"# Soak {kind}, {result['date']}, {result.get('cores', '?')} cores",
+        "",
+        f"`{result['command']}`: `{result['server_command']}` (the echo agent) loaded with "
+        f"{result['calls']} calls ({result['load']:g} of {result['capacity']}, from "
+        f"{result['capacity_from']}) for {result['seconds']:g} s; calls of "
+        f"{result['call_length_median_s']:g} s median (log-normal, a tenth to ten times), "
+        "each slot dialling a new call as its call ends; µ-law at 50 fps; round trip = load "
+        "generator send → echo back, through the server's real-time output pacing.",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+        *(f"| {name} | {shown} | {_verdict(met)} |" for name, shown, met in summary["targets"]),
+        "",
+        f"{summary['calls_started']} calls started ({summary['calls_failed']} failed to open), "
+        f"{summary['frames_lost_percent']}% of frames lost, max round trip "
+        f"{summary['rtt_max_ms']} ms; collections by the server's policy: "
+        f"{summary['gc_collections_by_policy']}.",
+        "",
+        _markdown_table(table_text(result)),
+    ]
+    if plotted:
+        lines += ["", f"![soak]({plotted})"]
+    return "\n".join(lines) + "\n"
+
+
+def _verdict(met: bool | None) -> str:
+    return {True: "yes", False: "**no**", None: "-"}[met]
+
+
+def _markdown_table(text: str) -> str:
+    rows = [line.split("  ") for line in text.splitlines()]
+    rows = [[cell.strip() for cell in row if cell.strip()] for row in rows]
+    head, body = rows[0], rows[2:]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(out)

@@ -1,0 +1,118 @@
+"""The soak benchmark: its figures from a run's rows, and a few seconds of a real run
+through ``flowcat-ft serve`` that samples the server and finds every slab back."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bench._common import ROOT
+from bench.echo import loadgen
+from bench.soak.summary import markdown, rss_slope, summarise
+
+
+def row(t: float, rss_mb: float, p99: float, fds: int = 20, threads: int = 6) -> dict:
+    return {
+        "t": t,
+        "at_s": t,
+        "sent": 1000,
+        "received": 1000,
+        "calls_opened": 3,
+        "calls_ended": 3,
+        "closed_by_server": 0,
+        "calls_up": 8,
+        "rtt_ms": {"p50": p99 / 2, "p99": p99, "p99.9": p99 * 1.2, "max": p99 * 2},
+        "server_cpu_s": 6.0,
+        "machine_busy_s": 30.0,
+        "calls_active": 8,
+        "rss_bytes": int(rss_mb * 1e6),
+        "open_fds": fds,
+        "threads": threads,
+        "slabs_in_use": 16,
+        "slab_drops": 0,
+        "gc_collections": 1,
+        "gc_reasons": {"start-up": 1},
+        "gc_pauses": 0,
+        "gc_max_pause_ms": 0.0,
+        "gc_garbage": 0,
+    }
+
+
+def result(rows: list[dict], slabs_at_end: int = 0) -> dict:
+    end = {**rows[-1], "slabs_in_use": slabs_at_end, "gc_pauses": 2, "gc_max_pause_ms": 3.5}
+    totals = {
+        "sent": 4000,
+        "received": 3996,
+        "calls_opened": 12,
+        "calls_failed": 0,
+        "rtt_ms": {"max": 9.0},
+    }
+    return {
+        "quick": True,
+        "date": "2026-12-06",
+        "command": "python -m bench.soak --quick",
+        "server_command": "-m flowcat_ft.cli serve soak.yaml --agent echo",
+        "calls": 8,
+        "load": 0.8,
+        "capacity": 10,
+        "capacity_from": "--capacity",
+        "seconds": 240.0,
+        "interval_s": 60.0,
+        "call_length_median_s": 30.0,
+        "rows": rows,
+        "start": rows[0],
+        "end": end,
+        "totals": totals,
+    }
+
+
+def test_rss_slope_is_the_least_squares_growth_per_hour():
+    rows = [row(t, 50 + t / 3600 * 2.0, 1.0) for t in (60, 120, 180, 240)]
+    assert rss_slope(rows) == pytest.approx(2.0, rel=1e-3)
+    assert rss_slope(rows[:1]) is None
+
+
+def test_a_steady_run_meets_its_targets_and_a_leaking_one_does_not():
+    steady = result([row(t, 50.0, 2.0) for t in (60, 120, 180, 240)])
+    summary = summarise(steady)
+    assert [met for _, _, met in summary["targets"]] == [True, True, True, True, True, None]
+    assert summary["frames_lost_percent"] == 0.1
+    assert summary["gc_pauses"] == 2
+
+    leaking = [row(60, 50, 2.0), row(120, 60, 2.0, fds=20), row(180, 70, 4.0, fds=40)]
+    summary = summarise(result(leaking, slabs_at_end=3))
+    verdicts = dict((name, met) for name, _, met in summary["targets"])
+    assert verdicts["RSS slope ≤ 1 MB/h after warm-up"] is False
+    assert verdicts["FDs flat"] is False
+    assert verdicts["every slab back at the end"] is False
+    assert verdicts["p99 in every interval ≤ 1.5x the first's"] is False
+
+
+def test_the_markdown_has_the_targets_and_a_row_per_interval():
+    steady = result([row(t, 50.0, 2.0) for t in (60, 120)])
+    steady["summary"] = summarise(steady)
+    text = markdown(steady, "soak.png")
+    assert "| every slab back at the end | 0 in use | yes |" in text
+    assert text.count("\n| 1 |") + text.count("\n| 2 |") == 2  # minutes 1 and 2
+    assert "![soak](soak.png)" in text
+
+
+@pytest.mark.skipif(loadgen.compiler() is None, reason="no C compiler to build the load generator")
+def test_a_short_soak_through_the_real_server():
+    command = [sys.executable, "-m", "bench.soak", "--seconds", "6", "--interval", "3"]
+    command += ["--capacity", "5", "--call-length", "1.5", "--no-write"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    run = json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert run["calls"] == 4 and len(run["rows"]) == 2
+    assert run["totals"]["calls_opened"] > 4  # calls ended and new ones started
+    for sample in run["rows"]:
+        assert sample["rss_bytes"] > 0 and sample["open_fds"] > 0 and sample["threads"] > 0
+        assert sample["calls_active"] <= 4
+    assert run["end"]["calls_active"] == 0
+    assert run["summary"]["slabs_in_use_at_end"] == 0
+    assert run["server_exit_code"] == 0  # SIGTERM stopped it cleanly
