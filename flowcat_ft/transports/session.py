@@ -13,7 +13,9 @@ Bad input closes this connection only, with a close code that says why, and a lo
 malformed messages (1007/1008, from the serializer), messages over the size limit (1009,
 by the websockets library), a flood of frames faster than real time (1008), a peer that
 stops reading what we send (1008), or silence past the idle timeout (1001). The call is
-cancelled and its slabs go back to the pool; every other call carries on.
+cancelled and its slabs go back to the pool; every other call carries on. A call whose
+pipeline fails (a processor raised) is closed with 1011 and no detail: the error is in
+the log, not sent to the peer.
 """
 
 from __future__ import annotations
@@ -421,12 +423,15 @@ class MediaSession:
         if self._ending or self.close_code is not None:
             return
         self._ending = True
-        reason = "call ended" if type(frame) is EndFrame else frame.reason
+        code, reason = 1000, "call ended" if type(frame) is EndFrame else frame.reason
+        if self.call is not None and self.call.failed:
+            # The error is in the log; the peer learns only that the agent failed.
+            code, reason = 1011, "the agent failed"
 
         async def close_after_playout() -> None:
             while self._playout.queued and type(frame) is EndFrame:
                 await asyncio.sleep(FRAME_SECS)
-            await self._close(1000, reason)
+            await self._close(code, reason)
 
         self._spawn(close_after_playout())
 
