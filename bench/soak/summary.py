@@ -122,6 +122,7 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
         "gc_pauses": pauses,
         "gc_max_pause_ms": end["gc_max_pause_ms"],
         "gc_collections_by_policy": end["gc_reasons"],
+        "gc_objects_collected": end.get("gc_collected"),
     }
     figures["targets"] = [
         ("RSS slope ≤ 1 MB/h after warm-up", _fmt(slope, "MB/h"), _le(slope, 1.0)),
@@ -171,13 +172,35 @@ def markdown(result: dict[str, Any], plotted: str | None) -> str:
         f"{summary['calls_started']} calls started ({summary['calls_failed']} failed to open), "
         f"{summary['frames_lost_percent']}% of frames lost, max round trip "
         f"{summary['rtt_max_ms']} ms; collections by the server's policy: "
-        f"{summary['gc_collections_by_policy']}.",
+        f"{summary['gc_collections_by_policy']} (objects they found, start-up's included: "
+        f"{summary['gc_objects_collected']}).",
         "",
+        *_busy_note(result),
         _markdown_table(table_text(result)),
     ]
     if plotted:
         lines += ["", f"![soak]({plotted})"]
     return "\n".join(lines) + "\n"
+
+
+def others_cores(result: dict[str, Any]) -> float:
+    """What the rest of the machine used on average over the run, in cores."""
+    rows, interval = result["rows"], result["interval_s"]
+    used = [(row["machine_busy_s"] - row["server_cpu_s"]) / interval for row in rows]
+    return max(0.0, sum(used) / len(used)) if used else 0.0
+
+
+def _busy_note(result: dict[str, Any]) -> list[str]:
+    others, total = others_cores(result), result.get("cores") or 1
+    if others < total / 4:
+        return []
+    return [
+        f"**The machine was busy**: other processes (the load generator among them) used "
+        f"{others:.2f} of its {total} cores on average (*others cores*). A stall longer "
+        "than the echo agent's 80 ms pacing lead stays in that call's round trip until it "
+        "ends, so these round trips measure the machine as much as the server.",
+        "",
+    ]
 
 
 def _verdict(met: bool | None) -> str:

@@ -83,6 +83,7 @@ def snapshot(
         "slabs": metrics["slabs"],
         "gc": {
             "collections": gc["collections"],
+            "collected": gc["collected"],
             "reasons": gc["reasons"],
             "pause": gc["pause"],
             "all_pauses": gc["process_pause"],
