@@ -8,6 +8,7 @@ deque and wakes its loop once per batch (``loop.call_soon_threadsafe``), not onc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -81,6 +82,14 @@ class EventLoopThread:
     def _flush_inbox(self) -> None:
         self.inbox.flush()
 
+    def wake(self) -> None:
+        """Have the loop's thread run Python code once, soon, even when it has nothing to
+        do: on 3.13t an object this thread made and another freed is freed only when this
+        thread next runs (biased reference counting), audio frames with their slabs. The
+        runtime's housekeeper wakes its loops now and then."""
+        with contextlib.suppress(RuntimeError):  # closed: nothing is left to free
+            self.loop.call_soon_threadsafe(_nothing)
+
     def submit(self, coro: Coroutine[Any, Any, Any]) -> Future:
         """Run ``coro`` on this loop; returns a :class:`concurrent.futures.Future`."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
@@ -101,3 +110,7 @@ class EventLoopThread:
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout)
+
+
+def _nothing() -> None:
+    pass

@@ -158,7 +158,10 @@ class Runtime:
     number of calls without it too, to refuse early, and again under it), ``_shared`` by
     ``_shared_lock`` (taken before ``_lock``, never after, so a factory may take ``_lock``
     in :meth:`event_loop`). The housekeeper thread samples stage rates, ticks the GC
-    policy and stops idle shards.
+    policy, stops idle shards, and wakes idle stage and event-loop threads now and then, so
+    that frames other threads freed for them (and their slabs) are freed within a second
+    or so on 3.13t (see :meth:`EventLoopThread.wake
+    <flowcat_ft.loops.EventLoopThread.wake>`).
     """
 
     def __init__(
@@ -358,11 +361,16 @@ class Runtime:
             for stage in self._stages():
                 frames = counts[stage] = stage.metrics.frames
                 stage.metrics.rate = (frames - before.get(stage, frames)) / (now - last)
-                stage.doorbell.nudge()  # the second line of defence against lost wake-ups
+                # The second line of defence against lost wake-ups; it also has a parked
+                # stage thread free what other threads freed for it (see EventLoopThread.wake).
+                stage.doorbell.nudge()
             last = now
             with self._lock:
                 active = len(self._calls)
                 idle_for = now - self._idle_since if not active else 0.0
+                io_loops = list(self._io_loops)
+            for io in io_loops:
+                io.wake()
             self.gc.tick(active, idle_for)
             self._stop_idle_shards(now)
 

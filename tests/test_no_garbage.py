@@ -151,3 +151,20 @@ def test_reference_cycles_finds_cycles_and_only_cycles():
     chain = [[1], [2]]
     found = reference_cycles([ring, ring[0], itself, chain, *chain])
     assert sorted(len(cycle) for cycle in found) == [1, 2]
+
+
+def test_a_frame_an_idle_loop_made_and_another_thread_freed_gives_its_slab_back(
+    never_collecting,
+):
+    # On 3.13t an object is freed by the thread that made it, when that thread next runs:
+    # the runtime wakes its idle event-loop threads for that.
+    io, made = never_collecting.event_loop(), []
+
+    def make() -> None:
+        made.append(InputAudioRawFrame.from_bytes(never_collecting.pool, AUDIO, 16000))
+
+    io.loop.call_soon_threadsafe(make)
+    assert wait_until(lambda: made)
+    made.pop()  # the last reference goes on this thread; the loop has nothing to do
+    assert wait_until(lambda: never_collecting.pool.in_use == 0, 10)
+    assert not gc.isenabled()
