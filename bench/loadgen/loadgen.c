@@ -781,7 +781,10 @@ int main(int argc, char **argv) {
             window_s = (double)(now - m0) / 1e9;
             progress("measured");
         }
-        if (measuring == 2 && (opt.idle || received >= sent || now >= m1 + (int64_t)(opt.grace * 1e9)))
+        /* With --churn the calls stay up for the whole grace (a caller samples the server
+         * after the last interval's line, with its calls still up). */
+        int all_back = received >= sent && opt.churn == 0;
+        if (measuring == 2 && (opt.idle || all_back || now >= m1 + (int64_t)(opt.grace * 1e9)))
             break;
         if (now >= deadline) {
             progress("loadgen: deadline passed; giving up");
