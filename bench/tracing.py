@@ -181,7 +181,7 @@ def main() -> None:
     args = args_parser.parse_args()
     if args.quick:
         args.calls, args.turns, args.repeats = 20, 3, 2
-    header("agent", args)
+    header("tracing", args)
     receiver = subprocess.Popen([sys.executable, "-c", RECEIVER], stdout=subprocess.PIPE, text=True)
     try:
         endpoint = f"http://127.0.0.1:{receiver.stdout.readline().strip()}"
