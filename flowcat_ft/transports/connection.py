@@ -56,6 +56,10 @@ class _MessagesToCallback:
         for message in held:
             on_message(message)
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)  # type: ignore[misc]
+        self._on_message = self._held = None  # the session and the connection part
+
     def process_event(self, event: object) -> None:
         direct = self._held is not None or self._on_message is not None
         if not (direct and isinstance(event, Frame) and event.opcode in DATA_OPCODES):
