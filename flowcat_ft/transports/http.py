@@ -38,7 +38,8 @@ MAX_BODY_BYTES = 64 * 1024
 @dataclass(frozen=True)
 class HttpRequest:
     """A plain HTTP request: ``query`` holds the URL's parameters, ``body`` the raw body,
-    ``target`` the path and query exactly as the client sent them (for signatures)."""
+    ``target`` the path and query exactly as the client sent them (for signatures),
+    ``remote`` the IP address of the peer that sent it (a proxy's, behind one)."""
 
     method: str
     path: str
@@ -46,6 +47,7 @@ class HttpRequest:
     headers: Headers
     body: bytes = b""
     target: str = ""
+    remote: str = ""
 
     def form(self) -> dict[str, str]:
         """A form post's fields (``application/x-www-form-urlencoded``), or the query's
@@ -79,9 +81,10 @@ class HttpResponse:
 
 type PageHandler = Callable[[HttpRequest], HttpResponse | Awaitable[HttpResponse]]
 
-type Guard = Callable[[HttpRequest], HttpResponse | None]
+type Guard = Callable[[HttpRequest], HttpResponse | Awaitable[HttpResponse | None] | None]
 """Checks a request before its page or WebSocket handshake: None lets it through, a
-response refuses it (a 403 for a bad signature, say)."""
+response refuses it (a 403 for a bad signature, say). It runs on the connection's event
+loop: a check that costs CPU time returns a coroutine that does that work elsewhere."""
 
 
 class HttpConnection(ServerConnection):

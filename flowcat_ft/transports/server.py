@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import inspect
 import logging
 import os
@@ -36,7 +37,7 @@ from websockets.http11 import Request, Response
 from flowcat_ft.loops import EventLoopThread
 from flowcat_ft.pipeline import Pipeline
 from flowcat_ft.runtime import Runtime
-from flowcat_ft.serializers import Serializer, make_serializer
+from flowcat_ft.serializers import Serializer, StreamStarted, make_serializer
 from flowcat_ft.transports.connection import MediaConnection
 from flowcat_ft.transports.edge import LoopEdge
 from flowcat_ft.transports.http import (
@@ -57,6 +58,10 @@ SerializerFactory = Callable[[Mapping[str, str]], Serializer]
 SocketHandler = Callable[[ServerConnection], Awaitable[None]]
 """Serves a WebSocket endpoint that is not a media stream, for as long as it is open."""
 
+StartCheck = Callable[[str, StreamStarted], str | None]
+"""Checks a media stream's start against its handshake's request target (path and query):
+None lets the call open, a reason refuses it (the connection closes with 1008 first)."""
+
 CARRIERS = ("twilio", "telnyx", "plivo", "exotel", "vonage", "raw")
 
 
@@ -75,7 +80,9 @@ def split_cores(loops: int | None = None, cores: int | None = None) -> tuple[int
 
 def default_routes(carriers: Iterable[str] = CARRIERS) -> dict[str, SerializerFactory]:
     """``/twilio``, ``/telnyx``, ... ``/raw``: one path per serializer (of ``carriers``);
-    query parameters (``?codec=mulaw&sample_rate=8000``) become the serializer's options."""
+    query parameters (``?codec=mulaw&sample_rate=8000``) become the serializer's options.
+    A route also serves the paths one segment below it (``/twilio/<token>``), for stream
+    URLs that carry a credential where a carrier passes no query string."""
     return {f"/{name}": _by_name(name) for name in carriers}
 
 
@@ -96,7 +103,9 @@ class WebSocketServer:
     messages close the connection with 1009; ``options``: see :class:`MediaOptions`;
     ``pages``: plain HTTP endpoints by path, added to the operations endpoints;
     ``sockets``: WebSocket endpoints by path that are not media streams; ``guards``: checks
-    by path, run before a page or a handshake (see :data:`~flowcat_ft.transports.http.Guard`).
+    by path, run before a page or a handshake (see :data:`~flowcat_ft.transports.http.Guard`;
+    a media route's guard also runs for the paths below it); ``start_checks``: checks by
+    media route of each stream's start, before its call opens (see :data:`StartCheck`).
 
     Threading contract: :meth:`start` and :meth:`stop` from any one thread; ``_active``
     (the sessions open now, across all loops), ``close_codes`` and ``refused`` are written
@@ -118,6 +127,7 @@ class WebSocketServer:
         pages: Mapping[str, PageHandler] | None = None,
         sockets: Mapping[str, SocketHandler] | None = None,
         guards: Mapping[str, Guard] | None = None,
+        start_checks: Mapping[str, StartCheck] | None = None,
     ) -> None:
         self.runtime = runtime
         self.pipeline = pipeline
@@ -136,6 +146,7 @@ class WebSocketServer:
         }
         self.sockets = dict(sockets or {})
         self.guards = dict(guards or {})
+        self.start_checks = dict(start_checks or {})
         self.refused = 0
         self.close_codes: Counter[int] = Counter()  # how connections ended, by close code
         # Every call's answered turns, newest last: appended by the loops (deque appends
@@ -213,15 +224,21 @@ class WebSocketServer:
             request.headers,
             connection.body,
             request.path,
+            _address(connection.remote_address),
         )
-        guard = self.guards.get(url.path)
-        if guard is not None and (refusal := guard(http_request)) is not None:
-            return _to_websockets(refusal)
+        route = self._route(url.path)
+        guard = self.guards.get(route)
+        if guard is not None:
+            refusal = guard(http_request)
+            if inspect.isawaitable(refusal):
+                refusal = await refusal
+            if refusal is not None:
+                return _to_websockets(refusal)
         page = self.pages.get(url.path)
         if page is None:
             upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
-            if connection.method == "GET" and (upgrade or url.path in self.routes):
-                if url.path in self.routes:
+            if connection.method == "GET" and (upgrade or route in self.routes):
+                if route in self.routes:
                     connection.hold_messages()  # for its MediaSession
                 return None  # the handshake (or websockets' 426 for a plain GET)
             return connection.respond(HTTPStatus.NOT_FOUND, f"nothing at {url.path}\n")
@@ -236,6 +253,14 @@ class WebSocketServer:
                 logger.exception("page %s failed", url.path)
                 answer = HttpResponse.error(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
         return _to_websockets(answer)
+
+    def _route(self, path: str) -> str:
+        """The path whose page, guard or media route serves ``path``: itself, or for a
+        path one segment below a media route (``/twilio/<token>``), that route."""
+        if path in self.routes or path in self.pages or path in self.sockets:
+            return path
+        parent = path.rpartition("/")[0]
+        return parent if parent in self.routes else path
 
     # -- the operations endpoints (see flowcat_ft.transports.ops) --------------------------
 
@@ -270,7 +295,8 @@ class WebSocketServer:
         if socket_handler is not None:
             await socket_handler(ws)
             return
-        factory = self.routes.get(url.path)
+        route = self._route(url.path)
+        factory = self.routes.get(route)
         if factory is None:
             await ws.close(1008, f"no media stream at {url.path}; try one of {sorted(self.routes)}")
             return
@@ -279,6 +305,7 @@ class WebSocketServer:
         except (TypeError, ValueError) as error:
             await ws.close(1008, f"bad stream options: {error}"[:120])
             return
+        check = self.start_checks.get(route)
         session = MediaSession(
             ws,
             serializer,
@@ -289,6 +316,7 @@ class WebSocketServer:
             edge,
             self.options,
             self.turns,
+            check_start=None if check is None else functools.partial(check, ws.request.path),
         )
         with self._lock:
             full = self.max_calls is not None and len(self._active) >= self.max_calls
@@ -329,6 +357,11 @@ class WebSocketServer:
     def _calls_ended(self) -> bool:
         with self._lock:
             return not self._active
+
+
+def _address(remote: object) -> str:
+    """The IP address in a socket's peer address (empty if it has none)."""
+    return str(remote[0]) if isinstance(remote, tuple) and remote else ""
 
 
 def _to_websockets(answer: HttpResponse) -> Response:

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -117,6 +117,7 @@ class MediaSession:
         edge: LoopEdge,
         options: MediaOptions,
         turn_log: deque[Turn] | None = None,
+        check_start: Callable[[StreamStarted], str | None] | None = None,
     ) -> None:
         self.ws = ws
         self.serializer = serializer
@@ -152,6 +153,7 @@ class MediaSession:
         # Response latency per turn: the last few here, every call's in the server's log.
         self.turns: deque[Turn] = deque(maxlen=20)
         self._turn_log = turn_log
+        self._check_start = check_start  # a reason to refuse the stream's start, or None
         self._user_stopped_ns = 0  # pts of the user's last end of speech, until answered
 
     @property
@@ -249,6 +251,9 @@ class MediaSession:
     def _start(self, event: StreamStarted) -> None:
         if self.call is not None:
             self._close_soon(1008, "a second start event on one stream")
+            return
+        if self._check_start is not None and (refusal := self._check_start(event)):
+            self._close_soon(1008, refusal)
             return
         rate = self.options.sample_rate or event.sample_rate
         if rate != event.sample_rate:
