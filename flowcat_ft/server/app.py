@@ -23,10 +23,20 @@ from typing import TYPE_CHECKING
 
 from flowcat_ft.runtime import Runtime
 from flowcat_ft.server.agent import build_agent
-from flowcat_ft.server.config import Config, SphinxSTTConfig
+from flowcat_ft.server.carrierauth import (
+    exotel_guards,
+    merge,
+    plivo_guards,
+    telnyx_guards,
+    twilio_guards,
+    vonage_guards,
+)
+from flowcat_ft.server.config import Config, SphinxSTTConfig, TransportsConfig
 from flowcat_ft.server.playground import MEDIA_PATH, playground_pages, playground_routes
+from flowcat_ft.server.signatures import ReplayMemory, ed25519_public_key
 from flowcat_ft.server.status import status_pages
-from flowcat_ft.server.webhooks import answer_pages, twilio_guards
+from flowcat_ft.server.streamtokens import StreamTokens
+from flowcat_ft.server.webhooks import CALL_ID_FIELDS, answer_pages
 from flowcat_ft.services.offline import SphinxWorker
 from flowcat_ft.transports.http import Guard
 from flowcat_ft.transports.server import WebSocketServer, default_routes, split_cores
@@ -35,7 +45,7 @@ from flowcat_ft.transports.webrtc import WebRTCGateway
 if TYPE_CHECKING:
     from flowcat_ft.telemetry.export import Telemetry
 
-__all__ = ["AgentServer"]
+__all__ = ["AgentServer", "stream_tokens"]
 
 
 class AgentServer:
@@ -79,7 +89,9 @@ class AgentServer:
             threads=threads, max_calls=config.limits.max_calls, profile_dir=self._profile_dir
         )
         carriers = config.transports.carriers
-        routes, pages = default_routes(carriers), answer_pages(carriers, config.server.public_url)
+        tokens = stream_tokens(config.transports)
+        routes = default_routes(carriers)
+        pages = answer_pages(carriers, tokens, config.server.public_url)
         if config.server.playground:
             routes |= playground_routes()
             pages |= playground_pages()
@@ -96,7 +108,8 @@ class AgentServer:
             max_calls=config.limits.max_calls,
             pages=pages,
             sockets=gateway.sockets() if gateway is not None else None,
-            guards=self._guards(),
+            guards=self._guards(tokens),
+            start_checks=tokens.start_checks(_webhook_carriers(carriers)),
         )
         extras = {"webrtc": gateway.status} if gateway is not None else None
         server.pages.update(status_pages(server, runtime, extras))
@@ -110,6 +123,11 @@ class AgentServer:
         self.runtime, self.server, self.gateway = runtime, server, gateway
         self.telemetry = telemetry
         self._step(f"listening on {config.server.host}:{server.port}")
+        for carrier in config.transports.unverified:
+            self._step(
+                f"{carrier}: webhooks are not verified: anyone who reaches /{carrier}/answer "
+                f"can start calls (see transports.{carrier} in examples/agent.yaml)"
+            )
         self._warm_up(runtime)
         if gateway is not None:
             self._step(f"WebRTC: starting {gateway.companions} companion processes")
@@ -154,12 +172,27 @@ class AgentServer:
         self._step(f"traces: exporting to {telemetry.otlp_endpoint} over OTLP/HTTP")
         return Telemetry(telemetry.otlp_endpoint, service_name=telemetry.service_name)
 
-    def _guards(self) -> dict[str, Guard]:
-        """Twilio's signatures checked, where the config names its auth token."""
-        token_env = self.config.server.twilio_auth_token_env
-        if token_env is None or "twilio" not in self.config.transports.carriers:
-            return {}
-        return twilio_guards(os.environ[token_env], self.config.server.public_url)
+    def _guards(self, tokens: StreamTokens) -> dict[str, Guard]:
+        """Stream tokens on every carrier's stream, and each carrier's own signatures (or
+        credentials) on its requests where the config names its secret."""
+        transports, public_url = self.config.transports, self.config.server.public_url
+        carriers = _webhook_carriers(transports.carriers)
+        tolerance, replays, env = transports.webhook_tolerance, ReplayMemory(), os.environ
+        guards = []
+        if "twilio" in carriers and (name := transports.twilio.auth_token_env):
+            guards.append(twilio_guards(env[name], public_url, replays))
+        if "plivo" in carriers and (name := transports.plivo.auth_token_env):
+            guards.append(plivo_guards(env[name], public_url, replays))
+        if "telnyx" in carriers and (name := transports.telnyx.public_key_env):
+            guards.append(telnyx_guards(ed25519_public_key(env[name]), tolerance, replays))
+        if "vonage" in carriers and (name := transports.vonage.signature_secret_env):
+            guards.append(vonage_guards(env[name], tolerance, replays))
+        exotel = transports.exotel
+        if "exotel" in carriers and (exotel.username_env or exotel.allow_from):
+            username = env[exotel.username_env] if exotel.username_env else None
+            password = env[exotel.password_env] if exotel.password_env else None
+            guards.append(exotel_guards(username, password, exotel.allow_from))
+        return merge(*guards, tokens.guards(carriers))
 
     def _webrtc_gateway(self) -> WebRTCGateway | None:
         """The gateway to WebRTC's companion process, where the config wants one and a
@@ -199,6 +232,19 @@ class AgentServer:
         """One line about the interpreter serving."""
         build = "GIL" if sys._is_gil_enabled() else "free-threaded, GIL off"
         return f"flowcat-ft on Python {sys.version.split()[0]} ({build})"
+
+
+def stream_tokens(transports: TransportsConfig) -> StreamTokens:
+    """The stream tokens of a configuration: signed with the key its
+    ``stream_token_key_env`` names, or a random one."""
+    key_env = transports.stream_token_key_env
+    key = os.environ[key_env].encode() if key_env else None
+    return StreamTokens(key, transports.stream_token_ttl)
+
+
+def _webhook_carriers(carriers: tuple[str, ...]) -> list[str]:
+    """The carriers that reach their stream through a webhook answer (all but raw)."""
+    return [carrier for carrier in carriers if carrier in CALL_ID_FIELDS]
 
 
 RAW = "/raw?codec=pcm16&sample_rate=16000"

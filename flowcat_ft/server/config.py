@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -40,6 +41,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from flowcat_ft.audio.vad import VADParams
+from flowcat_ft.server.signatures import ed25519_public_key
 from flowcat_ft.server.yamlconfig import ConfigError, bounded, internal, load_yaml
 from flowcat_ft.services.llm.anthropic import AnthropicLLMService
 from flowcat_ft.services.llm.openai import PROVIDERS
@@ -60,18 +62,23 @@ __all__ = [
     "EchoLLMConfig",
     "ElevenLabsTTSConfig",
     "EspeakTTSConfig",
+    "ExotelConfig",
     "GraphLLMConfig",
     "LimitsConfig",
     "LoggingConfig",
     "OpenAILLMConfig",
     "OpenAISTTConfig",
     "OpenAITTSConfig",
+    "PlivoConfig",
     "ServerConfig",
     "SphinxSTTConfig",
     "TelemetryConfig",
+    "TelnyxConfig",
     "TransportsConfig",
     "TurnsConfig",
+    "TwilioConfig",
     "VADConfig",
+    "VonageConfig",
     "load_config",
 ]
 
@@ -94,9 +101,7 @@ class ServerConfig:
     URL carriers reach the server at
     (``https://agent.example.com``), written into webhook answers; ``webrtc`` is ``"auto"``
     (serve WebRTC where its companion processes can run), True or False;
-    ``webrtc_companions``: how many companion processes (None: one per core);
-    ``twilio_auth_token_env``: the environment variable holding the Twilio auth token, to
-    verify that webhooks and media streams come from Twilio (None: not verified)."""
+    ``webrtc_companions``: how many companion processes (None: one per core)."""
 
     host: str = "0.0.0.0"
     port: int = bounded(8765, 0, 65535)
@@ -105,7 +110,6 @@ class ServerConfig:
     playground: bool = True
     webrtc: Literal["auto"] | bool = "auto"
     webrtc_companions: int | None = bounded(None, 1)
-    twilio_auth_token_env: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,10 +140,83 @@ class TelemetryConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TwilioConfig:
+    """``auth_token_env``: the environment variable with the account's auth token, to
+    verify ``X-Twilio-Signature`` on webhooks and stream handshakes (None: not verified)."""
+
+    auth_token_env: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TelnyxConfig:
+    """``public_key_env``: the environment variable with the account's public key (base64,
+    from the portal), to verify ``telnyx-signature-ed25519`` on webhooks (None: not
+    verified)."""
+
+    public_key_env: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlivoConfig:
+    """``auth_token_env``: the environment variable with the account's auth token, to
+    verify ``X-Plivo-Signature-V3`` on webhooks (None: not verified)."""
+
+    auth_token_env: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class VonageConfig:
+    """``signature_secret_env``: the environment variable with the account's signature
+    secret, to verify the JWT of signed webhooks (None: not verified)."""
+
+    signature_secret_env: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExotelConfig:
+    """Exotel signs nothing; it offers HTTP basic auth (``username_env`` and
+    ``password_env`` name the environment variables with the credentials put in the URL
+    given to Exotel) and an allow-list of its addresses (``allow_from``: IP addresses or
+    networks), checked on webhooks and stream handshakes (none given: not verified)."""
+
+    username_env: str | None = None
+    password_env: str | None = None
+    allow_from: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
 class TransportsConfig:
-    """The carriers served, each on its own path (``/twilio``...)."""
+    """The carriers served, each on its own path (``/twilio``...), and how their requests
+    are verified. ``stream_token_key_env``: the environment variable with the key that
+    signs stream tokens (None: a random key per process; set one for tokens that outlive
+    a restart or are shared by several servers, and for ``flowcat-ft stream-url``);
+    ``stream_token_ttl``: seconds from a webhook answer to its stream's handshake;
+    ``webhook_tolerance``: seconds a timestamped signature (Telnyx, Vonage) stays valid."""
 
     carriers: tuple[Carrier, ...] = CARRIERS
+    stream_token_key_env: str | None = None
+    stream_token_ttl: float = bounded(120.0, above=0)
+    webhook_tolerance: float = bounded(300.0, above=0)
+    twilio: TwilioConfig = TwilioConfig()
+    telnyx: TelnyxConfig = TelnyxConfig()
+    plivo: PlivoConfig = PlivoConfig()
+    vonage: VonageConfig = VonageConfig()
+    exotel: ExotelConfig = ExotelConfig()
+
+    @property
+    def unverified(self) -> list[str]:
+        """The carriers served whose webhooks are not verified: anyone who reaches their
+        ``/<carrier>/answer`` gets a stream token, and so a call."""
+        verified = {
+            "twilio": self.twilio.auth_token_env,
+            "telnyx": self.telnyx.public_key_env,
+            "plivo": self.plivo.auth_token_env,
+            "vonage": self.vonage.signature_secret_env,
+            "exotel": self.exotel.username_env or self.exotel.allow_from,
+        }
+        return [
+            carrier for carrier in self.carriers if carrier in verified and not verified[carrier]
+        ]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -367,6 +444,70 @@ def _resolve(config: Config) -> Config:
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
+def _carrier_errors(config: Config) -> list[ConfigError]:
+    """The mistakes in how carriers' requests are verified: secrets that are not set,
+    keys that are not keys."""
+    errors: list[ConfigError] = []
+    transports = config.transports
+    secrets = {
+        "stream_token_key_env": (transports.stream_token_key_env, "the stream token key"),
+        "twilio.auth_token_env": (transports.twilio.auth_token_env, "the Twilio auth token"),
+        "telnyx.public_key_env": (transports.telnyx.public_key_env, "the Telnyx public key"),
+        "plivo.auth_token_env": (transports.plivo.auth_token_env, "the Plivo auth token"),
+        "vonage.signature_secret_env": (
+            transports.vonage.signature_secret_env,
+            "the Vonage signature secret",
+        ),
+        "exotel.username_env": (transports.exotel.username_env, "the Exotel user name"),
+        "exotel.password_env": (transports.exotel.password_env, "the Exotel password"),
+    }
+    for name, (env, what) in secrets.items():
+        if env is None:
+            continue
+        field = f"transports.{name}"
+        if not _ENV_NAME.match(env):
+            errors.append(
+                config.error(field, f"expected the name of an environment variable, not {what}")
+            )
+        elif not os.environ.get(env):
+            errors.append(
+                config.error(field, f"the environment variable {env} ({what}) is not set")
+            )
+    key_env = transports.stream_token_key_env
+    key = os.environ.get(key_env) if key_env else None
+    if key and len(key) < 32:
+        errors.append(
+            config.error(
+                "transports.stream_token_key_env",
+                f"the key in {key_env} is too short: give at least 32 random characters",
+            )
+        )
+    public_key_env = transports.telnyx.public_key_env
+    if public_key_env and os.environ.get(public_key_env):
+        try:
+            ed25519_public_key(os.environ[public_key_env])
+        except ValueError as problem:
+            errors.append(
+                config.error("transports.telnyx.public_key_env", f"{public_key_env}: {problem}")
+            )
+    exotel = transports.exotel
+    if (exotel.username_env is None) != (exotel.password_env is None):
+        errors.append(
+            config.error("transports.exotel", "give both username_env and password_env, or neither")
+        )
+    for i, entry in enumerate(exotel.allow_from):
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            errors.append(
+                config.error(
+                    f"transports.exotel.allow_from[{i}]",
+                    f"expected an IP address or network (203.0.113.0/24), got {entry!r}",
+                )
+            )
+    return errors
+
+
 def _check(config: Config) -> list[ConfigError]:
     """The mistakes that involve several fields, the file system or the environment."""
     errors: list[ConfigError] = []
@@ -389,12 +530,7 @@ def _check(config: Config) -> list[ConfigError]:
             )
     if not config.transports.carriers:
         error("transports.carriers", "serve at least one carrier")
-    token_env = config.server.twilio_auth_token_env
-    if token_env is not None and not os.environ.get(token_env):
-        error(
-            "server.twilio_auth_token_env",
-            f"the environment variable {token_env} (the Twilio auth token) is not set",
-        )
+    errors += _carrier_errors(config)
 
     agent = config.agent
     sections = {"stt": agent.stt, "llm": agent.llm, "tts": agent.tts}

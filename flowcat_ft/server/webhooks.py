@@ -15,29 +15,24 @@ when a call arrives and the answer tells it to stream the call's audio to this s
 
 Each lives at ``/<carrier>/answer``. The stream URL is built from ``public_url`` when the
 server knows it, else from the request's ``Host`` (and ``X-Forwarded-Proto`` /
-``X-Forwarded-Host``, set by TLS-terminating proxies and tunnels).
-
-:func:`twilio_guards` verifies that requests come from Twilio: Twilio signs each webhook
-and each media stream's WebSocket handshake with the account's auth token
-(``X-Twilio-Signature``: base64 HMAC-SHA1 of the URL it requested, followed by a POST's
-form fields sorted by name, each name then value). The URL is rebuilt the way
-:func:`stream_url` builds it, so ``public_url`` (or the proxy's headers) must say where
-Twilio reaches the server.
+``X-Forwarded-Host``, set by TLS-terminating proxies and tunnels), and ends in a stream
+token for the call the webhook names (:mod:`~flowcat_ft.server.streamtokens`):
+``wss://agent.example.com/twilio/<token>``. A webhook that names no call is refused (400).
+Whether a webhook comes from its carrier is for the guards of
+:mod:`~flowcat_ft.server.carrierauth` to say, before the answer runs.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 from collections.abc import Callable, Iterable, Mapping
 from http import HTTPStatus
 from urllib.parse import urlsplit
 from xml.sax.saxutils import escape, quoteattr
 
-from flowcat_ft.transports.http import Guard, HttpRequest, HttpResponse, PageHandler
+from flowcat_ft.server.streamtokens import StreamTokens
+from flowcat_ft.transports.http import HttpRequest, HttpResponse, PageHandler
 
-__all__ = ["answer_pages", "stream_url", "twilio_guards", "twilio_signature"]
+__all__ = ["CALL_ID_FIELDS", "answer_pages", "request_url", "stream_url"]
 
 _XML = "application/xml; charset=utf-8"
 _KEEP_ALIVE_SECS = 14400  # Telnyx: <Pause> for the longest call we expect to carry
@@ -49,6 +44,15 @@ def stream_url(request: HttpRequest, path: str, public_url: str | None = None) -
     return f"{'wss' if secure else 'ws'}://{host}{path}"
 
 
+def request_url(request: HttpRequest, public_url: str | None = None) -> str:
+    """The URL the carrier requested (``https://...`` for a page, ``wss://...`` for a
+    handshake), rebuilt the way :func:`stream_url` builds it: what carriers sign."""
+    secure, host = _public_origin(request, public_url)
+    websocket = request.headers.get("Upgrade", "").lower() == "websocket"
+    scheme = ("wss" if secure else "ws") if websocket else ("https" if secure else "http")
+    return f"{scheme}://{host}{request.target or request.path}"
+
+
 def _public_origin(request: HttpRequest, public_url: str | None) -> tuple[bool, str]:
     """Whether the carrier reaches us over TLS, and at which host."""
     if public_url:
@@ -58,32 +62,6 @@ def _public_origin(request: HttpRequest, public_url: str | None) -> tuple[bool, 
     proto = headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
     host = headers.get("X-Forwarded-Host") or headers.get("Host", "localhost")
     return proto in ("https", "wss"), host
-
-
-def twilio_signature(auth_token: str, url: str, params: Mapping[str, str]) -> str:
-    """What Twilio sends as ``X-Twilio-Signature`` for a request to ``url`` with the form
-    fields ``params`` (none for a GET or a WebSocket handshake)."""
-    signed = url + "".join(name + params[name] for name in sorted(params))
-    digest = hmac.new(auth_token.encode(), signed.encode(), hashlib.sha1).digest()
-    return base64.b64encode(digest).decode()
-
-
-def twilio_guards(auth_token: str, public_url: str | None = None) -> dict[str, Guard]:
-    """Guards for ``/twilio/answer`` and ``/twilio`` that refuse (403) a request whose
-    ``X-Twilio-Signature`` is missing or wrong."""
-
-    def guard(request: HttpRequest) -> HttpResponse | None:
-        secure, host = _public_origin(request, public_url)
-        websocket = request.headers.get("Upgrade", "").lower() == "websocket"
-        scheme = ("wss" if secure else "ws") if websocket else ("https" if secure else "http")
-        url = f"{scheme}://{host}{request.target or request.path}"
-        params = request.form() if request.method == "POST" else {}
-        expected = twilio_signature(auth_token, url, params)
-        if hmac.compare_digest(expected, request.headers.get("X-Twilio-Signature", "")):
-            return None
-        return HttpResponse.error(HTTPStatus.FORBIDDEN, "missing or wrong X-Twilio-Signature")
-
-    return {"/twilio/answer": guard, "/twilio": guard}
 
 
 def _caller(form: Mapping[str, str], *names: tuple[str, str]) -> dict[str, str]:
@@ -141,6 +119,15 @@ def _exotel(url: str, form: Mapping[str, str]) -> HttpResponse:
     return HttpResponse.json({"url": url})
 
 
+CALL_ID_FIELDS = {
+    "twilio": "CallSid",
+    "telnyx": "CallSid",  # TeXML's CallSid is the call_control_id its stream starts with
+    "plivo": "CallUUID",
+    "vonage": "uuid",
+    "exotel": "CallSid",
+}
+"""The webhook field that names the call, by carrier: what its stream token is bound to."""
+
 _ANSWERS: dict[str, Callable[[str, Mapping[str, str]], HttpResponse]] = {
     "twilio": _twilio,
     "telnyx": _telnyx,
@@ -150,16 +137,42 @@ _ANSWERS: dict[str, Callable[[str, Mapping[str, str]], HttpResponse]] = {
 }
 
 
-def answer_pages(carriers: Iterable[str], public_url: str | None = None) -> dict[str, PageHandler]:
+def answer_pages(
+    carriers: Iterable[str], tokens: StreamTokens, public_url: str | None = None
+) -> dict[str, PageHandler]:
     """``/<carrier>/answer`` pages for those of ``carriers`` that have a webhook (every
-    carrier but ``raw``), each pointing the carrier at ``/<carrier>``."""
+    carrier but ``raw``), each pointing the carrier at ``/<carrier>/<token>``, the token
+    from ``tokens`` for the call the webhook names."""
 
     def page(carrier: str) -> PageHandler:
-        answer = _ANSWERS[carrier]
+        answer, call_field = _ANSWERS[carrier], CALL_ID_FIELDS[carrier]
 
         def handle(request: HttpRequest) -> HttpResponse:
-            return answer(stream_url(request, f"/{carrier}", public_url), request.form())
+            fields = _fields(request)
+            if fields is None:
+                return HttpResponse.error(HTTPStatus.BAD_REQUEST, "the body is not a JSON object")
+            call_id = fields.get(call_field)
+            if not call_id:
+                return HttpResponse.error(
+                    HTTPStatus.BAD_REQUEST, f"the webhook names no call: no {call_field}"
+                )
+            path = f"/{carrier}/{tokens.issue(carrier, call_id)}"
+            return answer(stream_url(request, path, public_url), fields)
 
         return handle
 
     return {f"/{name}/answer": page(name) for name in carriers if name in _ANSWERS}
+
+
+def _fields(request: HttpRequest) -> dict[str, str] | None:
+    """The webhook's fields: a form's or a query's, or a JSON body's top level (Vonage
+    posts JSON); None for a JSON body that is not an object."""
+    if request.method != "POST" or "json" not in request.headers.get("Content-Type", ""):
+        return request.form()
+    try:
+        body = request.json()
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    return {k: str(v) for k, v in body.items() if isinstance(v, str | int | float)}

@@ -47,7 +47,7 @@ def test_the_configured_server_has_every_entry_point(tmp_path, agent_server):
     port = server.port
     assert get(port, "/")[1].startswith(b"<!doctype html>")  # the playground
     assert get(port, "/status")[0] == 200
-    assert get(port, "/twilio/answer")[0] == 200
+    assert get(port, "/twilio/answer?CallSid=CA1")[0] == 200
     assert get(port, "/telnyx/answer")[0] == 404  # not a configured carrier
     assert wait_until(lambda: json.loads(get(port, "/status.json")[1])["webrtc"]["running"], 30)
     assert set(server.urls()) == {"status", "playground", "twilio", "raw"}
@@ -81,13 +81,16 @@ def test_twilio_requests_are_verified_when_the_config_names_the_token(
     tmp_path, agent_server, monkeypatch
 ):
     monkeypatch.setenv("TEST_TWILIO_TOKEN", "secret-token")
-    cfg = config(tmp_path, ", twilio_auth_token_env: TEST_TWILIO_TOKEN, webrtc: false")
-    server = agent_server(cfg)
-    assert get(server.port, "/twilio/answer")[0] == 403  # unsigned
-    assert get(server.port, "/plivo/answer")[0] == 200
+    twilio = "transports: {twilio: {auth_token_env: TEST_TWILIO_TOKEN}}\n"
+    server = agent_server(config(tmp_path, ", webrtc: false", twilio))
+    assert get(server.port, "/twilio/answer?CallSid=CA1") == (403, b"missing X-Twilio-Signature\n")
+    assert get(server.port, "/plivo/answer?CallUUID=u1")[0] == 200
 
 
 def test_a_twilio_token_variable_that_is_not_set_stops_start_up(tmp_path, monkeypatch):
     monkeypatch.delenv("TEST_TWILIO_TOKEN", raising=False)
-    with pytest.raises(ConfigError, match=r"server\.twilio_auth_token_env: .*TEST_TWILIO_TOKEN"):
-        config(tmp_path, ", twilio_auth_token_env: TEST_TWILIO_TOKEN")
+    twilio = "transports: {twilio: {auth_token_env: TEST_TWILIO_TOKEN}}\n"
+    with pytest.raises(
+        ConfigError, match=r"transports\.twilio\.auth_token_env: .*TEST_TWILIO_TOKEN"
+    ):
+        config(tmp_path, rest=twilio)

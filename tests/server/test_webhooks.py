@@ -17,12 +17,10 @@ from websockets.datastructures import Headers
 from flowcat_ft.agents.echo import Echo
 from flowcat_ft.frames import StartFrame
 from flowcat_ft.pipeline import Pipeline
-from flowcat_ft.server.webhooks import (
-    answer_pages,
-    stream_url,
-    twilio_guards,
-    twilio_signature,
-)
+from flowcat_ft.server.carrierauth import merge, twilio_guards
+from flowcat_ft.server.signatures import twilio_signature
+from flowcat_ft.server.streamtokens import StreamTokens
+from flowcat_ft.server.webhooks import answer_pages, stream_url
 from flowcat_ft.transports.http import HttpRequest
 from flowcat_ft.transports.server import CARRIERS
 
@@ -35,12 +33,22 @@ def webhook(method: str = "POST", form=FORM, **headers) -> HttpRequest:
     return HttpRequest(method, "/x/answer", query, Headers(Host="agent.test:8765", **headers), body)
 
 
+TOKENS = StreamTokens()
+
+
 def answer(carrier: str, request: HttpRequest, public_url: str | None = None):
-    return answer_pages([carrier], public_url)[f"/{carrier}/answer"](request)
+    return answer_pages([carrier], TOKENS, public_url)[f"/{carrier}/answer"](request)
+
+
+def stream_token(url: str, carrier: str, call_id: str) -> str:
+    """The stream URL without its token, once the token is checked to be the call's."""
+    base, _, token = url.rpartition("/")
+    assert TOKENS.check(carrier, token).call_id == call_id
+    return base
 
 
 def test_every_carrier_but_raw_has_an_answer():
-    assert sorted(answer_pages(CARRIERS)) == [
+    assert sorted(answer_pages(CARRIERS, TOKENS)) == [
         f"/{name}/answer" for name in sorted(set(CARRIERS) - {"raw"})
     ]
 
@@ -60,7 +68,7 @@ def test_twiml_connects_a_bidirectional_stream_with_the_callers_numbers(method):
     assert response.content_type.startswith("application/xml")
     root = ET.fromstring(response.body)
     stream = root.find("./Connect/Stream")
-    assert stream.get("url") == "wss://voice.example.com/twilio"
+    assert stream_token(stream.get("url"), "twilio", "CA9") == "wss://voice.example.com/twilio"
     parameters = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
     assert parameters == {"call_sid": "CA9", "from": "+15550001111", "to": "+15550002222"}
 
@@ -75,15 +83,13 @@ def test_answers_escape_what_the_caller_controls():
 def test_telnyx_plivo_vonage_and_exotel_answers():
     texml = ET.fromstring(answer("telnyx", webhook()).body)
     stream = texml.find("./Start/Stream")
-    assert (stream.get("url"), stream.get("bidirectionalMode")) == (
-        "ws://agent.test:8765/telnyx",
-        "rtp",
-    )
+    assert stream_token(stream.get("url"), "telnyx", "CA9") == "ws://agent.test:8765/telnyx"
+    assert stream.get("bidirectionalMode") == "rtp"
     assert texml.find("./Pause") is not None  # keeps the call up while it streams
 
     plivo_form = {"CallUUID": "u1", "From": "15550001111", "To": "15550002222"}
     plivo = ET.fromstring(answer("plivo", webhook(form=plivo_form)).body).find("./Stream")
-    assert plivo.text == "ws://agent.test:8765/plivo"
+    assert stream_token(plivo.text, "plivo", "u1") == "ws://agent.test:8765/plivo"
     assert plivo.get("bidirectional") == "true"
     assert plivo.get("extraHeaders") == "call_uuid=u1,from=15550001111,to=15550002222"
 
@@ -91,11 +97,35 @@ def test_telnyx_plivo_vonage_and_exotel_answers():
     ncco = json.loads(answer("vonage", webhook("GET", vonage_form)).body)
     endpoint = ncco[0]["endpoint"][0]
     assert ncco[0]["action"] == "connect"
-    assert endpoint["uri"] == "ws://agent.test:8765/vonage"
+    assert stream_token(endpoint["uri"], "vonage", "v1") == "ws://agent.test:8765/vonage"
     assert endpoint["content-type"] == "audio/l16;rate=16000"
     assert endpoint["headers"] == {"uuid": "v1", "from": "447700900000", "to": "447700900001"}
 
-    assert json.loads(answer("exotel", webhook()).body) == {"url": "ws://agent.test:8765/exotel"}
+    exotel = json.loads(answer("exotel", webhook()).body)
+    assert stream_token(exotel["url"], "exotel", "CA9") == "ws://agent.test:8765/exotel"
+
+
+def test_vonage_may_post_its_webhook_as_json():
+    body = json.dumps({"uuid": "v2", "from": "447700900000", "to": "447700900001"}).encode()
+    headers = Headers(Host="agent.test", **{"Content-Type": "application/json"})
+    request = HttpRequest("POST", "/vonage/answer", {}, headers, body)
+    endpoint = json.loads(answer("vonage", request).body)[0]["endpoint"][0]
+    assert stream_token(endpoint["uri"], "vonage", "v2") == "ws://agent.test/vonage"
+    assert endpoint["headers"] == {"uuid": "v2", "from": "447700900000", "to": "447700900001"}
+    not_json = HttpRequest("POST", "/vonage/answer", {}, headers, b"[1, 2]")
+    assert (answer("vonage", not_json).status, answer("vonage", not_json).body) == (
+        400,
+        "the body is not a JSON object\n",
+    )
+
+
+@pytest.mark.parametrize(
+    ("carrier", "field"),
+    [("twilio", "CallSid"), ("telnyx", "CallSid"), ("plivo", "CallUUID"), ("vonage", "uuid")],
+)
+def test_a_webhook_that_names_no_call_gets_no_stream(carrier, field):
+    refused = answer(carrier, webhook(form={"From": "+15550001111"}))
+    assert (refused.status, refused.body) == (400, f"the webhook names no call: no {field}\n")
 
 
 class RecordStart(Echo):
@@ -110,7 +140,12 @@ class RecordStart(Echo):
 def test_a_twilio_call_placed_through_the_webhook(serve):
     """What Twilio does: post the webhook, follow the TwiML to the stream, stream audio."""
     RecordStart.starts = []
-    server = serve(Pipeline([RecordStart]), pages=answer_pages(CARRIERS))
+    server = serve(
+        Pipeline([RecordStart]),
+        pages=answer_pages(CARRIERS, TOKENS),
+        guards=TOKENS.guards(["twilio"]),
+        start_checks=TOKENS.start_checks(["twilio"]),
+    )
     form = urllib.parse.urlencode(FORM).encode()
     url = f"http://127.0.0.1:{server.port}/twilio/answer"
     with urllib.request.urlopen(urllib.request.Request(url, form), timeout=5) as reply:
@@ -145,42 +180,51 @@ def test_twilio_signatures_are_computed_as_twilio_documents():
 
 
 def test_only_signed_twilio_requests_reach_the_answer_and_the_stream(serve):
-    token, public = "secret-token", "https://voice.example.com"
-    server = serve(pages=answer_pages(CARRIERS, public), guards=twilio_guards(token, public))
+    auth_token, public = "secret-token", "https://voice.example.com"
+    server = serve(
+        pages=answer_pages(CARRIERS, TOKENS, public),
+        guards=merge(twilio_guards(auth_token, public), TOKENS.guards(["twilio"])),
+    )
     form = urllib.parse.urlencode(FORM).encode()
-    answer = f"http://127.0.0.1:{server.port}/twilio/answer"
+    answer_url = f"http://127.0.0.1:{server.port}/twilio/answer"
 
-    def post(signature: str | None) -> int:
+    def post(signature: str | None) -> tuple[int, bytes]:
         headers = {} if signature is None else {"X-Twilio-Signature": signature}
         try:
-            with urllib.request.urlopen(urllib.request.Request(answer, form, headers)) as reply:
-                return reply.status
+            with urllib.request.urlopen(urllib.request.Request(answer_url, form, headers)) as reply:
+                return reply.status, reply.read()
         except urllib.error.HTTPError as error:
-            return error.code
+            return error.code, error.read()
 
-    good = twilio_signature(token, f"{public}/twilio/answer", FORM)
-    assert post(good) == 200
-    assert post(None) == 403
-    assert post(twilio_signature("another-token", f"{public}/twilio/answer", FORM)) == 403
-    assert post(twilio_signature(token, f"{public}/twilio/answer", {**FORM, "To": "+1"})) == 403
+    good = twilio_signature(auth_token, f"{public}/twilio/answer", FORM)
+    status, twiml = post(good)
+    assert status == 200
+    assert post(good) == (403, b"replayed request: this signature was accepted before\n")
+    assert post(None) == (403, b"missing X-Twilio-Signature\n")
+    assert post(twilio_signature("another-token", f"{public}/twilio/answer", FORM))[0] == 403
+    tampered = twilio_signature(auth_token, f"{public}/twilio/answer", {**FORM, "To": "+1"})
+    assert post(tampered) == (403, b"wrong X-Twilio-Signature\n")
+
+    stream_path = urllib.parse.urlsplit(ET.fromstring(twiml).find(".//Stream").get("url")).path
 
     async def stream(signature: str | None) -> int | None:
         headers = {} if signature is None else {"X-Twilio-Signature": signature}
-        url = f"ws://127.0.0.1:{server.port}/twilio"
+        url = f"ws://127.0.0.1:{server.port}{stream_path}"
         try:
             async with websockets.connect(url, additional_headers=headers) as ws:
-                await ws.send(twilio_start())
+                await ws.send(twilio_start(call="CA9"))
                 await ws.send(twilio_media(b"\x55" * 160, 0))
                 await asyncio.wait_for(ws.recv(), 5)  # the echo
                 return None
         except websockets.InvalidStatus as refused:
             return refused.response.status_code
 
-    signed_stream = twilio_signature(token, "wss://voice.example.com/twilio", {})
+    signed_stream = twilio_signature(auth_token, f"wss://voice.example.com{stream_path}", {})
     assert asyncio.run(stream(signed_stream)) is None
+    assert asyncio.run(stream(signed_stream)) is None  # a handshake is not held to once
     assert asyncio.run(stream(None)) == 403
     assert asyncio.run(stream(good)) == 403  # the answer's signature, not the stream's
-    assert request_status(server.port, "/telnyx/answer") == 200  # other carriers unguarded
+    assert request_status(server.port, "/telnyx/answer?CallSid=x") == 200  # not guarded here
 
 
 def request_status(port: int, path: str) -> int:
