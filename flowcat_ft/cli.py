@@ -1,4 +1,5 @@
-"""The ``flowcat-ft`` command: ``flowcat-ft serve [agent.yaml]``."""
+"""The ``flowcat-ft`` command: ``flowcat-ft serve [agent.yaml]``, and ``flowcat-ft
+stream-url CARRIER [agent.yaml]`` for a carrier that streams to it without a webhook."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from flowcat_ft.server.app import AgentServer
+from flowcat_ft.server.app import AgentServer, stream_tokens
 from flowcat_ft.server.config import Config, ConfigError, GraphLLMConfig, load_config
 from flowcat_ft.server.logs import configure_logging
+from flowcat_ft.server.webhooks import CALL_ID_FIELDS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,9 +44,26 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="profile stage threads with pyinstrument into DIR (turns the GIL on)",
     )
+    stream_url = commands.add_parser(
+        "stream-url",
+        help="a stream URL for a carrier that streams to this server without a webhook",
+        description="Print a media-stream URL with a long-lived token that admits any call "
+        "of CARRIER, for streams started without a webhook answer (a carrier's REST API, a "
+        "URL typed into its console). Needs server.public_url and "
+        "transports.stream_token_key_env in CONFIG.",
+    )
+    stream_url.add_argument("carrier", choices=sorted(CALL_ID_FIELDS))
+    stream_url.add_argument("config", nargs="?", help="agent YAML (see examples/agent.yaml)")
+    stream_url.add_argument(
+        "--days", type=float, default=30.0, help="how long the URL stays valid (default 30)"
+    )
     args = parser.parse_args(argv)
     try:
-        config = _with_options(load_config(args.config), args)
+        config = load_config(args.config)
+        if args.command == "stream-url":
+            print(_stream_url(config, args.carrier, args.days))
+            return 0
+        config = _with_options(config, args)
     except ConfigError as error:
         print(f"flowcat-ft: {error}", file=sys.stderr)
         return 2
@@ -76,6 +96,26 @@ def _with_options(config: Config, args: argparse.Namespace) -> Config:
             config, agent=dataclasses.replace(config.agent, sample_rate=None)
         )
     return config
+
+
+def _stream_url(config: Config, carrier: str, days: float) -> str:
+    """A ``wss://`` URL of ``carrier``'s stream route with a token for any of its calls."""
+    public_url = config.server.public_url
+    if public_url is None:
+        raise config.error("server.public_url", "say where the carrier reaches this server")
+    if config.transports.stream_token_key_env is None:
+        raise config.error(
+            "transports.stream_token_key_env",
+            "name the key that signs stream tokens: a random one dies with the process",
+        )
+    if carrier not in config.transports.carriers:
+        raise config.error("transports.carriers", f"{carrier} is not served")
+    if days <= 0:
+        raise ConfigError("--days", None, "", f"must be more than 0, got {days:g}")
+    token = stream_tokens(config.transports).issue(carrier, ttl=days * 86400)
+    parts = urlsplit(public_url)
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    return f"{scheme}://{parts.netloc}/{carrier}/{token}"
 
 
 def _replace(section, options: dict[str, object]):

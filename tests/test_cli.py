@@ -10,9 +10,14 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
+import xml.etree.ElementTree as ET
 
 import websockets
 from carrier_messages import twilio_media, twilio_start
+
+from flowcat_ft.server.streamtokens import StreamTokens
 
 SERVE = [sys.executable, "-m", "flowcat_ft.cli", "serve"]
 
@@ -33,10 +38,13 @@ def start_server(*args: str) -> tuple[subprocess.Popen, int]:
 def test_serve_echoes_a_twilio_call_and_stops_on_sigterm():
     proc, port = start_server("--agent", "echo", "--port", "0", "--log-level", "WARNING")
     try:
+        answer = f"http://127.0.0.1:{port}/twilio/answer?CallSid=CA1"
+        with urllib.request.urlopen(answer, timeout=10) as reply:  # as Twilio does first
+            stream = ET.fromstring(reply.read()).find("./Connect/Stream").get("url")
 
         async def call() -> list[bytes]:
-            async with websockets.connect(f"ws://127.0.0.1:{port}/twilio") as ws:
-                await ws.send(twilio_start())
+            async with websockets.connect(stream) as ws:
+                await ws.send(twilio_start(call="CA1"))
                 for i in range(5):
                     await ws.send(twilio_media(b"\x55" * 160, i))
                 replies = [json.loads(await asyncio.wait_for(ws.recv(), 5)) for _ in range(5)]
@@ -158,3 +166,26 @@ def test_a_config_mistake_stops_start_up_naming_file_line_and_field(tmp_path):
     assert result.returncode == 2
     assert f"{config}:3: server.prot: unknown field (did you mean 'port'?)" in result.stderr
     assert f"{config}:6: agent.vad.stop_secs: " in result.stderr
+
+
+def test_stream_url_gives_a_carrier_without_a_webhook_a_lasting_stream_url(tmp_path, monkeypatch):
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        "server: {public_url: https://agent.example.com}\n"
+        "transports: {stream_token_key_env: TEST_STREAM_KEY}\n"
+    )
+    env = {"TEST_STREAM_KEY": "s" * 32}
+    monkeypatch.setenv("TEST_STREAM_KEY", env["TEST_STREAM_KEY"])
+    command = [sys.executable, "-m", "flowcat_ft.cli", "stream-url", "exotel", str(config)]
+    result = subprocess.run([*command, "--days", "7"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    url = result.stdout.strip()
+    assert url.startswith("wss://agent.example.com/exotel/")
+    grant = StreamTokens(env["TEST_STREAM_KEY"].encode()).check("exotel", url.rsplit("/", 1)[1])
+    assert grant.call_id == ""  # any call of the carrier
+    assert 6.9 * 86400 < grant.expires - time.time() <= 7 * 86400
+
+    config.write_text("transports: {stream_token_key_env: TEST_STREAM_KEY}\n")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "server.public_url: say where the carrier reaches this server" in result.stderr

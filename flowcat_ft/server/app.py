@@ -123,10 +123,11 @@ class AgentServer:
         self.runtime, self.server, self.gateway = runtime, server, gateway
         self.telemetry = telemetry
         self._step(f"listening on {config.server.host}:{server.port}")
-        for carrier in config.transports.unverified:
+        if unverified := config.transports.unverified:
             self._step(
-                f"{carrier}: webhooks are not verified: anyone who reaches /{carrier}/answer "
-                f"can start calls (see transports.{carrier} in examples/agent.yaml)"
+                f"webhooks not verified for {', '.join(unverified)}: anyone who reaches "
+                "/<carrier>/answer can start calls (set transports.<carrier>, see "
+                "examples/agent.yaml)"
             )
         self._warm_up(runtime)
         if gateway is not None:
