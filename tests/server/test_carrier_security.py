@@ -26,11 +26,14 @@ from carrier_messages import (
 )
 from ecdsa import Ed25519, SigningKey
 from helpers import wait_until
+from websockets.datastructures import Headers
 
 from flowcat_ft.server.app import AgentServer
+from flowcat_ft.server.carrierauth import exotel_guards
 from flowcat_ft.server.config import load_config
 from flowcat_ft.server.signatures import plivo_signature, twilio_signature, vonage_payload_hash
 from flowcat_ft.server.streamtokens import StreamTokens
+from flowcat_ft.transports.http import HttpRequest
 
 SECRETS = {
     "TEST_STREAM_KEY": "k" * 32,
@@ -330,3 +333,13 @@ def test_start_up_names_the_carriers_whose_webhooks_are_not_verified(tmp_path):
         ) in steps
     finally:
         server.stop(grace=0)
+
+
+def test_exotel_is_asked_for_its_credentials():
+    guard = exotel_guards("exotel-key", "exotel-token")["/exotel"]
+    request = HttpRequest("GET", "/exotel", {}, Headers(), remote="127.0.0.1")
+    refusal = guard(request)
+    assert (refusal.status, refusal.headers) == (
+        401,
+        {"WWW-Authenticate": 'Basic realm="flowcat-ft"'},
+    )
