@@ -81,8 +81,9 @@ def split_cores(loops: int | None = None, cores: int | None = None) -> tuple[int
 def default_routes(carriers: Iterable[str] = CARRIERS) -> dict[str, SerializerFactory]:
     """``/twilio``, ``/telnyx``, ... ``/raw``: one path per serializer (of ``carriers``);
     query parameters (``?codec=mulaw&sample_rate=8000``) become the serializer's options.
-    A route also serves the paths one segment below it (``/twilio/<token>``), for stream
-    URLs that carry a credential where a carrier passes no query string."""
+    A route also takes the handshakes for the paths one segment below it
+    (``/twilio/<token>``), for stream URLs that carry a credential where a carrier passes
+    no query string."""
     return {f"/{name}": _by_name(name) for name in carriers}
 
 
@@ -104,7 +105,7 @@ class WebSocketServer:
     ``pages``: plain HTTP endpoints by path, added to the operations endpoints;
     ``sockets``: WebSocket endpoints by path that are not media streams; ``guards``: checks
     by path, run before a page or a handshake (see :data:`~flowcat_ft.transports.http.Guard`;
-    a media route's guard also runs for the paths below it); ``start_checks``: checks by
+    a media route's guard also runs for the handshakes below it); ``start_checks``: checks by
     media route of each stream's start, before its call opens (see :data:`StartCheck`).
 
     Threading contract: :meth:`start` and :meth:`stop` from any one thread; ``_active``
@@ -226,7 +227,8 @@ class WebSocketServer:
             request.path,
             _address(connection.remote_address),
         )
-        route = self._route(url.path)
+        upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+        route = self._route(url.path) if upgrade else url.path
         guard = self.guards.get(route)
         if guard is not None:
             refusal = guard(http_request)
@@ -236,7 +238,6 @@ class WebSocketServer:
                 return _to_websockets(refusal)
         page = self.pages.get(url.path)
         if page is None:
-            upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
             if connection.method == "GET" and (upgrade or route in self.routes):
                 if route in self.routes:
                     connection.hold_messages()  # for its MediaSession
@@ -255,8 +256,8 @@ class WebSocketServer:
         return _to_websockets(answer)
 
     def _route(self, path: str) -> str:
-        """The path whose page, guard or media route serves ``path``: itself, or for a
-        path one segment below a media route (``/twilio/<token>``), that route."""
+        """The path whose guard and media route serve a handshake for ``path``: itself, or
+        for a path one segment below a media route (``/twilio/<token>``), that route."""
         if path in self.routes or path in self.pages or path in self.sockets:
             return path
         parent = path.rpartition("/")[0]
