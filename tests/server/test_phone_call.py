@@ -1,7 +1,8 @@
 """A phone call to the default agent, as Twilio makes it: `flowcat-ft serve`'s configuration
-with no file, a Media Streams WebSocket carrying 8 kHz µ-law at real time, a question the
-agent answers, and a "goodbye" that ends the call. The pipeline works at the carrier's 8 kHz
-(no resampling on the way in or out); what the caller heard is transcribed back."""
+with no file, the TwiML webhook, then a Media Streams WebSocket carrying 8 kHz µ-law at real
+time, a question the agent answers, and a "goodbye" that ends the call. The pipeline works at
+the carrier's 8 kHz (no resampling on the way in or out); what the caller heard is
+transcribed back."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import base64
 import json
 import threading
 import time
+import urllib.request
+import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
@@ -59,9 +62,12 @@ def test_a_twilio_call_to_the_default_agent_at_8_khz(tmp_path):
         question_at = 6.0
         heard: list[tuple[float, bytes]] = []  # (seconds into the call, µ-law)
         events: list[str] = []
-        with connect(f"ws://127.0.0.1:{server.port}/twilio") as ws:
+        answer_url = f"http://127.0.0.1:{server.port}/twilio/answer?CallSid=CA1"
+        with urllib.request.urlopen(answer_url, timeout=10) as reply:  # Twilio asks first
+            stream = ET.fromstring(reply.read()).find("./Connect/Stream").get("url")
+        with connect(stream) as ws:
             ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
-            ws.send(twilio_start())
+            ws.send(twilio_start(call="CA1"))
             start = time.monotonic()
 
             def listen() -> None:
