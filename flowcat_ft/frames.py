@@ -262,6 +262,12 @@ class InterimTranscriptionFrame(TranscriptionFrame):
 CODECS = ("pcm16", "mulaw", "alaw")
 """Audio encodings a slab may hold: 16-bit signed PCM, or G.711 bytes."""
 
+SAMPLE_RATES = (8000, 16000, 24000, 44100, 48000)
+"""The rates audio may arrive at, in Hz: telephone, wideband, and the studio rates."""
+
+MAX_CHANNELS = 2
+"""Audio arrives mono or stereo."""
+
 
 class AudioRawFrame(DataFrame):
     """Audio held in a slab: ``num_frames`` samples per channel, interleaved.

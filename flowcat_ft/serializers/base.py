@@ -15,8 +15,9 @@ A peer that breaks its protocol makes :meth:`~Serializer.receive` raise
 :class:`ProtocolError`, whose ``close_code`` (a ``websockets`` :class:`CloseCode`) is the code
 to close the connection with:
 
-- 1003 ``UNSUPPORTED_DATA``: a binary message where the protocol has only text, or an audio
-  encoding flowcat cannot carry;
+- 1003 ``UNSUPPORTED_DATA``: a binary message where the protocol has only text, or audio
+  flowcat cannot carry: an encoding, a sample rate (:data:`~flowcat_ft.frames.SAMPLE_RATES`)
+  or a number of channels (:data:`~flowcat_ft.frames.MAX_CHANNELS`) it does not take;
 - 1007 ``INVALID_DATA``: malformed content: bad JSON, a missing field or a field of the wrong
   type, bad base64, a partial PCM sample, a bad DTMF digit;
 - 1008 ``POLICY_VIOLATION``: a well-formed message out of protocol: an unknown event, audio
@@ -35,6 +36,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from websockets.frames import CloseCode
+
+from flowcat_ft.frames import MAX_CHANNELS, SAMPLE_RATES
 
 if TYPE_CHECKING:
     from flowcat_ft.frames import Frame
@@ -167,6 +170,10 @@ class Serializer(abc.ABC):
     ignores_unknown_events: ClassVar[bool] = False
     """The default for ``ignore_unknown_events``."""
 
+    query_options: ClassVar[tuple[str, ...]] = ()
+    """The constructor's options that a media route's URL query may set (``codec``,
+    ``sample_rate``); a carrier's route takes none, and ignores what the carrier adds."""
+
     def __init__(
         self,
         *,
@@ -237,6 +244,17 @@ class Serializer(abc.ABC):
         if self._stream is not None:
             raise ProtocolError(
                 "a second start: the stream has already started", CloseCode.POLICY_VIOLATION
+            )
+        if stream.sample_rate not in SAMPLE_RATES:
+            raise ProtocolError(
+                f"a sample rate of {stream.sample_rate} Hz: flowcat takes "
+                f"{', '.join(map(str, SAMPLE_RATES))}",
+                CloseCode.UNSUPPORTED_DATA,
+            )
+        if not 1 <= stream.channels <= MAX_CHANNELS:
+            raise ProtocolError(
+                f"{stream.channels} channels: flowcat takes 1 to {MAX_CHANNELS}",
+                CloseCode.UNSUPPORTED_DATA,
             )
         self._stream = stream
         return [stream]

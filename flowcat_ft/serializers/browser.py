@@ -54,6 +54,7 @@ class BrowserSerializer(RawSerializer):
     """The raw protocol at 16 kHz PCM16, with the conversation's events for the page."""
 
     name = "browser"
+    query_options = ()
 
     def __init__(
         self,

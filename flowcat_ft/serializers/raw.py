@@ -28,9 +28,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from flowcat_ft.frames import CODECS
+from flowcat_ft.frames import CODECS, SAMPLE_RATES
 from flowcat_ft.serializers._json import JsonSerializer, dumps, optional, require
-from flowcat_ft.serializers.base import MAX_MESSAGE_BYTES, Event, StreamStarted, StreamStopped
+from flowcat_ft.serializers.base import (
+    MAX_MESSAGE_BYTES,
+    Event,
+    StreamStarted,
+    StreamStopped,
+    quoted,
+)
 
 __all__ = ["RawSerializer"]
 
@@ -38,9 +44,11 @@ _CLEAR = dumps({"event": "clear"})
 
 
 class RawSerializer(JsonSerializer):
-    """Binary audio in a configured codec and rate; JSON control messages."""
+    """Binary audio in a configured codec and rate (one of
+    :data:`~flowcat_ft.frames.SAMPLE_RATES`); JSON control messages."""
 
     name = "raw"
+    query_options = ("codec", "sample_rate")
 
     def __init__(
         self,
@@ -51,9 +59,10 @@ class RawSerializer(JsonSerializer):
         ignore_unknown_events: bool | None = None,
     ) -> None:
         if codec not in CODECS:
-            raise ValueError(f"unknown codec {codec!r}; expected one of {', '.join(CODECS)}")
-        if sample_rate <= 0:
-            raise ValueError(f"sample_rate must be positive, not {sample_rate}")
+            raise ValueError(f"codec must be one of {', '.join(CODECS)}, not {quoted(codec)}")
+        if not (isinstance(sample_rate, int) and sample_rate in SAMPLE_RATES):
+            rates = ", ".join(map(str, SAMPLE_RATES))
+            raise ValueError(f"sample_rate must be one of {rates}, not {quoted(sample_rate)}")
         super().__init__(
             max_message_bytes=max_message_bytes, ignore_unknown_events=ignore_unknown_events
         )

@@ -23,6 +23,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 
 __all__ = [
+    "CREDENTIAL_PARAMS",
     "MAX_BODY_BYTES",
     "Guard",
     "HttpConnection",
@@ -33,6 +34,11 @@ __all__ = [
 
 MAX_BODY_BYTES = 64 * 1024
 """The largest request body read: a webhook's form or an SDP offer is a few KB."""
+
+CREDENTIAL_PARAMS = frozenset({"access_token"})
+"""Query parameters that carry credentials (``access_token``, as RFC 6750 names it for
+clients that cannot send an ``Authorization`` header, such as a browser's WebSocket): a
+guard checks them; they are never a route's options."""
 
 
 @dataclass(frozen=True)

@@ -37,10 +37,12 @@ from websockets.http11 import Request, Response
 from flowcat_ft.loops import EventLoopThread
 from flowcat_ft.pipeline import Pipeline
 from flowcat_ft.runtime import Runtime
-from flowcat_ft.serializers import Serializer, StreamStarted, make_serializer
+from flowcat_ft.serializers import SERIALIZERS, Serializer, StreamStarted, make_serializer
+from flowcat_ft.serializers.base import quoted
 from flowcat_ft.transports.connection import MediaConnection
 from flowcat_ft.transports.edge import LoopEdge
 from flowcat_ft.transports.http import (
+    CREDENTIAL_PARAMS,
     Guard,
     HttpRequest,
     HttpResponse,
@@ -48,7 +50,7 @@ from flowcat_ft.transports.http import (
 )
 from flowcat_ft.transports.ops import prometheus_text
 from flowcat_ft.transports.pacer import Ticker
-from flowcat_ft.transports.session import MediaOptions, MediaSession, Turn
+from flowcat_ft.transports.session import MediaOptions, MediaSession, Turn, close_reason
 
 logger = logging.getLogger("flowcat_ft.transports")
 
@@ -79,20 +81,36 @@ def split_cores(loops: int | None = None, cores: int | None = None) -> tuple[int
 
 
 def default_routes(carriers: Iterable[str] = CARRIERS) -> dict[str, SerializerFactory]:
-    """``/twilio``, ``/telnyx``, ... ``/raw``: one path per serializer (of ``carriers``);
-    query parameters (``?codec=mulaw&sample_rate=8000``) become the serializer's options.
-    A route also takes the handshakes for the paths one segment below it
-    (``/twilio/<token>``), for stream URLs that carry a credential where a carrier passes
-    no query string."""
+    """``/twilio``, ``/telnyx``, ... ``/raw``: one path per serializer (of ``carriers``).
+    The query parameters a serializer takes (its ``query_options``: ``/raw?codec=mulaw&
+    sample_rate=8000``) become its options; any other is refused, naming those it takes.
+    A carrier's route takes none, and ignores what the carrier adds to its URL. A route
+    also takes the handshakes for the paths one segment below it (``/twilio/<token>``),
+    for stream URLs that carry a credential where a carrier passes no query string."""
     return {f"/{name}": _by_name(name) for name in carriers}
 
 
 def _by_name(name: str) -> SerializerFactory:
     def make(query: Mapping[str, str]) -> Serializer:
-        options = {k: int(v) if v.isdigit() else v for k, v in query.items()}
-        return make_serializer(name, **options)
+        return make_serializer(name, **route_options(SERIALIZERS[name], query))
 
     return make
+
+
+def route_options(serializer: type[Serializer], query: Mapping[str, str]) -> dict[str, object]:
+    """The options a URL's ``query`` sets for ``serializer``: numbers as ``int``, the rest as
+    text for the serializer to check; credentials (:data:`CREDENTIAL_PARAMS`) are left out.
+    Raises ``ValueError`` naming an option the serializer does not take."""
+    taken = serializer.query_options
+    options: dict[str, object] = {}
+    for name, value in query.items():
+        if name in CREDENTIAL_PARAMS or (name not in taken and not taken):
+            continue
+        if name not in taken:
+            raise ValueError(f"unknown option {quoted(name)}: this route takes {', '.join(taken)}")
+        number = value.isascii() and value.isdecimal() and len(value) < 10
+        options[name] = int(value) if number else value
+    return options
 
 
 class WebSocketServer:
@@ -299,12 +317,13 @@ class WebSocketServer:
         route = self._route(url.path)
         factory = self.routes.get(route)
         if factory is None:
-            await ws.close(1008, f"no media stream at {url.path}; try one of {sorted(self.routes)}")
+            routes = ", ".join(sorted(self.routes))
+            await ws.close(1008, close_reason(f"no media stream at {url.path}; try {routes}"))
             return
         try:
             serializer = factory(dict(parse_qsl(url.query)))
-        except (TypeError, ValueError) as error:
-            await ws.close(1008, f"bad stream options: {error}"[:120])
+        except ValueError as error:  # its message is written for the peer
+            await ws.close(1008, close_reason(f"bad stream options: {error}"))
             return
         check = self.start_checks.get(route)
         session = MediaSession(

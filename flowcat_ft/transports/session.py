@@ -192,7 +192,7 @@ class MediaSession:
             self.close_code, self.close_reason = code, reason
             if code not in (1000, 1001):
                 logger.warning("closing: %s", reason, extra=self.log_context(close_code=code))
-        await self.ws.close(code, reason[:120])
+        await self.ws.close(code, close_reason(reason))
 
     def _close_soon(self, code: int, reason: str) -> None:
         self._ending = True
@@ -485,6 +485,14 @@ class MediaSession:
             )
             outbox.clear()
             ws.transport.abort()
+
+
+def close_reason(text: str) -> str:
+    """``text`` cut to fit a close frame's reason (123 bytes of UTF-8)."""
+    return text.encode()[:_MAX_CLOSE_REASON].decode(errors="ignore")
+
+
+_MAX_CLOSE_REASON = 123
 
 
 def _address(address: object) -> str:

@@ -405,7 +405,46 @@ def test_any_binary_is_events_or_protocol_error(name, data):
 
 
 def test_raw_options_are_checked():
-    with pytest.raises(ValueError, match="unknown codec 'opus'"):
+    with pytest.raises(ValueError, match="codec must be one of pcm16, mulaw, alaw, not 'opus'"):
         RawSerializer(codec="opus")
-    with pytest.raises(ValueError, match="sample_rate must be positive"):
-        RawSerializer(sample_rate=0)
+    for rate in (0, 22050, 999_999_999, "16000", 16000.0):
+        with pytest.raises(ValueError, match="sample_rate must be one of 8000, 16000, 24000"):
+            RawSerializer(sample_rate=rate)
+
+
+RATE_FIELDS = {
+    "twilio": "start.mediaFormat.sampleRate",
+    "telnyx": "start.media_format.sample_rate",
+    "plivo": "start.mediaFormat.sampleRate",
+    "exotel": "start.media_format.sample_rate",
+}
+
+
+@pytest.mark.parametrize("name", sorted(RATE_FIELDS))
+@pytest.mark.parametrize("rate", [1, 11025, 22050, 96000, 999_999_999])
+def test_a_start_at_a_rate_flowcat_does_not_take_closes_with_1003(name, rate):
+    start = json.loads(json.dumps(STARTS[name]))
+    *path, last = RATE_FIELDS[name].split(".")
+    fields = start
+    for key in path:
+        fields = fields[key]
+    fields[last] = rate
+    refused = f"a sample rate of {rate} Hz: flowcat takes 8000, "
+    with pytest.raises(ProtocolError, match=refused) as e:
+        make_serializer(name).receive(json.dumps(start))
+    assert e.value.close_code == CloseCode.UNSUPPORTED_DATA
+
+
+@pytest.mark.parametrize("name", ["twilio", "telnyx"])  # the carriers that say how many
+@pytest.mark.parametrize("channels", [2, 3, 64])
+def test_a_start_with_more_than_two_channels_closes_with_1003(name, channels):
+    start = json.loads(json.dumps(STARTS[name]))
+    media_format = start["start"]["mediaFormat" if name == "twilio" else "media_format"]
+    media_format["channels"] = channels
+    serializer = make_serializer(name)
+    if channels == 2:
+        assert serializer.receive(json.dumps(start))[0].channels == 2
+        return
+    with pytest.raises(ProtocolError, match=f"{channels} channels: flowcat takes 1 to 2") as e:
+        serializer.receive(json.dumps(start))
+    assert e.value.close_code == CloseCode.UNSUPPORTED_DATA

@@ -125,6 +125,56 @@ def test_raw_audio_that_fits_no_slab_closes_only_that_connection(
     assert wait_until(lambda: server.runtime.pool.in_use == 0)
 
 
+RATES = "8000, 16000, 24000, 44100, 48000"
+
+
+@pytest.mark.parametrize(
+    ("query", "words"),
+    [
+        ("sample_rate=abc", f"sample_rate must be one of {RATES}, not 'abc'"),
+        ("sample_rate=999999999", f"sample_rate must be one of {RATES}, not 999999999"),
+        ("sample_rate=99999999999999999999", f"sample_rate must be one of {RATES}, not '9999"),
+        ("sample_rate=%C2%B2", f"sample_rate must be one of {RATES}, not '\u00b2'"),
+        ("sample_rate=-8000", f"sample_rate must be one of {RATES}, not '-8000'"),
+        ("codec=opus", "codec must be one of pcm16, mulaw, alaw, not 'opus'"),
+        ("codec=" + "%C3%A9" * 200, "codec must be one of pcm16, mulaw, alaw, not 'éé"),
+        ("sample_rat=8000", "unknown option 'sample_rat': this route takes codec, sample_rate"),
+        ("max_message_bytes=99999999", "unknown option 'max_message_bytes'"),
+    ],
+)
+def test_bad_raw_options_are_refused_naming_the_option_and_its_values(serve, query, words):
+    server = serve()
+    code, reason, echoed = run_beside_a_healthy_call(server.port, [], f"/raw?{query}")
+    assert code == 1008 and reason.startswith(f"bad stream options: {words}"), reason
+    assert len(reason.encode()) <= 123
+    assert echoed > 10, "the healthy call stopped echoing"
+    assert wait_until(lambda: server.runtime.calls == [])
+
+
+def test_a_carrier_route_ignores_what_the_carrier_adds_to_its_url(serve):
+    server = serve()
+
+    async def call() -> bytes:
+        url = f"ws://127.0.0.1:{server.port}/twilio?sample-rate=16000&custom=1"
+        async with websockets.connect(url) as ws:
+            await ws.send(twilio_start())
+            await ws.send(MEDIA_OK)
+            return json.loads(await asyncio.wait_for(ws.recv(), 5))["event"]
+
+    assert asyncio.run(call()) == "media"
+
+
+def test_a_carrier_start_at_a_rate_flowcat_does_not_take_opens_no_call(serve):
+    server = serve()
+    start = json.loads(twilio_start())
+    start["start"]["mediaFormat"]["sampleRate"] = 999_999_999
+    code, reason, echoed = run_beside_a_healthy_call(server.port, [json.dumps(start)])
+    assert code == 1003 and "a sample rate of 999999999 Hz: flowcat takes 8000" in reason
+    assert echoed > 10, "the healthy call stopped echoing"
+    assert wait_until(lambda: server.runtime.calls == [])
+    assert wait_until(lambda: server.runtime.pool.in_use == 0)
+
+
 class Firehose(FrameProcessor):
     """On any key: six minutes of 16 kHz audio at once, far more than sockets buffer."""
 
