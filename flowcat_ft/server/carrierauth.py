@@ -175,8 +175,8 @@ def exotel_guards(
     networks = [ipaddress.ip_network(entry, strict=False) for entry in allow_from]
 
     def guard(request: HttpRequest) -> HttpResponse | None:
-        if networks and not address_allowed(request.remote, networks):
-            return _forbidden(f"requests from {request.remote or 'this address'} are not allowed")
+        if networks and not address_allowed(request.client, networks):
+            return _forbidden(f"requests from {request.client or 'this address'} are not allowed")
         if username is not None and password is not None:
             try:
                 verify_basic_auth(request.headers.get("Authorization", ""), username, password)

@@ -96,4 +96,11 @@ def prometheus_text(runtime: Mapping[str, Any], server: Mapping[str, Any]) -> st
         "Connections closed, by close code.",
         [(f'{{code="{code}"}}', n) for code, n in sorted(server["close_codes"].items())],
     )
+    if "limits" in server:
+        metric(
+            "client_limit_refusals_total",
+            "counter",
+            "Connections and requests refused by a limit per client address (429).",
+            [("", server["limits"]["refused"])],
+        )
     return "\n".join(lines) + "\n"

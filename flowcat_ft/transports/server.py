@@ -11,6 +11,13 @@ threads::
     server = WebSocketServer(runtime, pipeline, port=8765).start()
     ...
     server.stop()
+
+Every request is checked before it is served, cheapest first: the request head's size
+(:class:`~flowcat_ft.transports.http.HttpConnection`, 414 and 431), its client's limits
+(:class:`~flowcat_ft.transports.limits.ClientLimits`, 429: connections being opened, then
+the rate of WebSocket handshakes and of each limited page), then the path's guard (401 or
+403, say). A handshake not done within ``handshake_timeout`` (TLS included) is dropped.
+So a refused peer opens no call and takes no slab.
 """
 
 from __future__ import annotations
@@ -20,13 +27,17 @@ import errno
 import functools
 import inspect
 import logging
+import math
 import os
 import socket
+import ssl
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from email.utils import formatdate
 from http import HTTPStatus
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -40,6 +51,7 @@ from flowcat_ft.runtime import Runtime
 from flowcat_ft.serializers import SERIALIZERS, Serializer, StreamStarted, make_serializer
 from flowcat_ft.serializers.base import quoted
 from flowcat_ft.transports.connection import MediaConnection
+from flowcat_ft.transports.clients import Client, TrustedProxies, client_key
 from flowcat_ft.transports.edge import LoopEdge
 from flowcat_ft.transports.http import (
     CREDENTIAL_PARAMS,
@@ -48,6 +60,7 @@ from flowcat_ft.transports.http import (
     HttpResponse,
     PageHandler,
 )
+from flowcat_ft.transports.limits import ClientLimits
 from flowcat_ft.transports.ops import prometheus_text
 from flowcat_ft.transports.pacer import Ticker
 from flowcat_ft.transports.session import MediaOptions, MediaSession, Turn, close_reason
@@ -125,6 +138,13 @@ class WebSocketServer:
     by path, run before a page or a handshake (see :data:`~flowcat_ft.transports.http.Guard`;
     a media route's guard also runs for the handshakes below it); ``start_checks``: checks by
     media route of each stream's start, before its call opens (see :data:`StartCheck`).
+    ``limits``: per client address (see :class:`~flowcat_ft.transports.limits.ClientLimits`;
+    its rates: ``"handshake"`` for WebSocket handshakes, a path for a page), none by
+    default; ``exempt``: the requests whose rates are not limited (a carrier's media
+    streams, the server's own helpers); ``proxies``: whose ``X-Forwarded-For`` and
+    ``X-Forwarded-Proto`` to believe (:mod:`~flowcat_ft.transports.clients`);
+    ``handshake_timeout``: seconds a connection has to complete its handshake (TLS's
+    included); ``tls``: serve ``https`` and ``wss`` with this context.
 
     Threading contract: :meth:`start` and :meth:`stop` from any one thread; ``_active``
     (the sessions open now, across all loops), ``close_codes`` and ``refused`` are written
@@ -147,6 +167,11 @@ class WebSocketServer:
         sockets: Mapping[str, SocketHandler] | None = None,
         guards: Mapping[str, Guard] | None = None,
         start_checks: Mapping[str, StartCheck] | None = None,
+        limits: ClientLimits | None = None,
+        exempt: Callable[[HttpRequest], bool] = lambda request: False,
+        proxies: TrustedProxies | None = None,
+        handshake_timeout: float = 10.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.runtime = runtime
         self.pipeline = pipeline
@@ -166,6 +191,11 @@ class WebSocketServer:
         self.sockets = dict(sockets or {})
         self.guards = dict(guards or {})
         self.start_checks = dict(start_checks or {})
+        self.limits = limits
+        self.exempt = exempt
+        self.proxies = proxies or TrustedProxies()
+        self.handshake_timeout = handshake_timeout
+        self.tls = tls
         self.refused = 0
         self.close_codes: Counter[int] = Counter()  # how connections ended, by close code
         # Every call's answered turns, newest last: appended by the loops (deque appends
@@ -203,7 +233,10 @@ class WebSocketServer:
         except OSError:
             self.stop(grace=0)
             raise
-        logger.info("listening on ws://%s:%d (%d loops)", self.host, self.port, self.loop_count)
+        scheme = "wss" if self.tls is not None else "ws"
+        logger.info(
+            "listening on %s://%s:%d (%d loops)", scheme, self.host, self.port, self.loop_count
+        )
         return self
 
     def _refuse_a_port_in_use(self) -> None:
@@ -221,6 +254,9 @@ class WebSocketServer:
         async def handler(ws: ServerConnection) -> None:
             await self._serve(ws, io, ticker, edge)
 
+        def connection(*args: object, **kwargs: object) -> _Connection:
+            return _Connection(self.limits, self.proxies, *args, **kwargs)
+
         return await serve(
             handler,
             self.host,
@@ -229,13 +265,16 @@ class WebSocketServer:
             max_size=self.max_message_bytes,
             compression=None,
             process_request=self._http,
-            create_connection=MediaConnection,
+            create_connection=connection,
+            open_timeout=self.handshake_timeout,
+            ssl=self.tls,
         )
 
-    async def _http(self, connection: MediaConnection, request: Request) -> Response | None:
+    async def _http(self, connection: _Connection, request: Request) -> Response | None:
         """Answer a page; anything else goes on to the WebSocket handshake (both once the
-        path's guard, if it has one, lets the request through)."""
+        client's limits and the path's guard, if it has one, let the request through)."""
         url = urlsplit(request.path)
+        client = connection.client(request.headers)
         http_request = HttpRequest(
             connection.method,
             url.path,
@@ -243,8 +282,11 @@ class WebSocketServer:
             request.headers,
             connection.body,
             request.path,
-            _address(connection.remote_address),
+            client.address,
+            client.secure,
         )
+        if (refusal := self._limit(connection, http_request)) is not None:
+            return _to_websockets(refusal)
         upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
         route = self._route(url.path) if upgrade else url.path
         guard = self.guards.get(route)
@@ -281,6 +323,31 @@ class WebSocketServer:
         parent = path.rpartition("/")[0]
         return parent if parent in self.routes else path
 
+    def _limit(self, connection: _Connection, request: HttpRequest) -> HttpResponse | None:
+        """Count the request against its client's limits: None, or the 429 refusing it."""
+        limits = self.limits
+        if limits is None:
+            return None
+        if not connection.counted and not connection.count(request.client):
+            at_most = limits.connections
+            return _too_many(
+                f"too many connections from {request.client}: at most {at_most} at once"
+            )
+        if self.exempt(request):
+            return None
+        websocket = request.headers.get("Upgrade", "").lower() == "websocket"
+        kind = "handshake" if websocket else request.path
+        wait = limits.take(kind, client_key(request.client), time.monotonic())
+        if not wait:
+            return None
+        what = "WebSocket handshakes" if websocket else f"requests to {request.path}"
+        rate = limits.rates[kind]
+        refusal = _too_many(
+            f"too many {what} from {request.client}: at most {rate.per_minute:g} a minute"
+        )
+        refusal.headers["Retry-After"] = str(math.ceil(wait))
+        return refusal
+
     # -- the operations endpoints (see flowcat_ft.transports.ops) --------------------------
 
     def _health(self, request: HttpRequest) -> HttpResponse:
@@ -298,17 +365,22 @@ class WebSocketServer:
         return HttpResponse(HTTPStatus.OK, text, "text/plain; version=0.0.4; charset=utf-8")
 
     def stats(self) -> dict[str, object]:
-        """Connections open now, refused, and closed by close code."""
+        """Connections open now, refused (at capacity), and closed by close code; and with
+        limits, theirs (``limits``: see :meth:`ClientLimits.stats`)."""
         with self._lock:
-            return {
+            stats: dict[str, object] = {
                 "connections": len(self._active),
                 "refused": self.refused,
                 "close_codes": dict(self.close_codes),
             }
+        if self.limits is not None:
+            stats["limits"] = self.limits.stats()
+        return stats
 
     async def _serve(
-        self, ws: ServerConnection, io: EventLoopThread, ticker: Ticker, edge: LoopEdge
+        self, ws: _Connection, io: EventLoopThread, ticker: Ticker, edge: LoopEdge
     ) -> None:
+        ws.uncount()  # open: a call (max_calls counts those) or one of the server's sockets
         url = urlsplit(ws.request.path)
         socket_handler = self.sockets.get(url.path)
         if socket_handler is not None:
@@ -379,9 +451,62 @@ class WebSocketServer:
             return not self._active
 
 
-def _address(remote: object) -> str:
-    """The IP address in a socket's peer address (empty if it has none)."""
-    return str(remote[0]) if isinstance(remote, tuple) and remote else ""
+class _Connection(MediaConnection):
+    """A connection counted against its client's :class:`ClientLimits` until it closes or
+    opens as a WebSocket: from the moment it is accepted, by its peer's address, or, from a
+    trusted proxy, once its head says whose request it carries. Runs on its loop."""
+
+    counted = ""  # the client key it is counted under ("" while not counted)
+
+    def __init__(
+        self, limits: ClientLimits | None, proxies: TrustedProxies, *args: Any, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._limits = limits
+        self._proxies = proxies
+        self._peer = ""
+        self._tls = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        self._peer = peer[0] if isinstance(peer, tuple) else ""
+        self._tls = transport.get_extra_info("ssl_object") is not None
+        if self._limits is None or self._peer in self._proxies:
+            return  # a proxy's connections are counted by the client each one carries
+        if not self.count(self._peer):
+            at_most = self._limits.connections
+            self.refuse(
+                HTTPStatus.TOO_MANY_REQUESTS,
+                f"too many connections from {self._peer}: at most {at_most} at once",
+            )
+
+    def client(self, headers: Headers) -> Client:
+        """Who the request on this connection comes from."""
+        return self._proxies.client(self._peer, headers, self._tls)
+
+    def count(self, address: str) -> bool:
+        """Count this connection against ``address``'s limit; False if it has its fill."""
+        assert self._limits is not None and not self.counted
+        key = client_key(address)
+        if not self._limits.open(key):
+            return False
+        self.counted = key
+        return True
+
+    def uncount(self) -> None:
+        """Stop counting this connection against its client (if it was counted)."""
+        if self.counted and self._limits is not None:
+            self._limits.close(self.counted)
+            self.counted = ""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.uncount()
+        super().connection_lost(exc)
+
+
+def _too_many(message: str) -> HttpResponse:
+    return HttpResponse.error(HTTPStatus.TOO_MANY_REQUESTS, message)
 
 
 def _to_websockets(answer: HttpResponse) -> Response:

@@ -339,7 +339,7 @@ def test_start_up_names_the_carriers_whose_webhooks_are_not_verified(tmp_path):
 
 def test_exotel_is_asked_for_its_credentials():
     guard = exotel_guards("exotel-key", "exotel-token")["/exotel"]
-    request = HttpRequest("GET", "/exotel", {}, Headers(), remote="127.0.0.1")
+    request = HttpRequest("GET", "/exotel", {}, Headers(), client="127.0.0.1")
     refusal = guard(request)
     assert (refusal.status, refusal.headers) == (
         401,

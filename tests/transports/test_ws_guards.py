@@ -74,7 +74,7 @@ def test_a_media_routes_guard_runs_for_the_paths_below_it(serve):
     assert handshake(server.port, "/twilio/bad", CALL) == 403
     assert len(handshake(server.port, "/twilio/good", CALL)) == 3
     assert [r.path for r in seen] == ["/twilio", "/twilio/bad", "/twilio/good"]
-    assert {r.remote for r in seen} == {"127.0.0.1"}
+    assert {r.client for r in seen} == {"127.0.0.1"}
     # Only the good one opened a call.
     assert wait_until(lambda: server.runtime.metrics()["calls"]["ended"] == 1)
     assert server.runtime.calls == []
