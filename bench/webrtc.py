@@ -119,7 +119,12 @@ def serving(companions: int) -> Iterator[tuple[WebSocketServer, list[int]]]:
         raise SystemExit(gateway.status()["last_error"])
     runtime = Runtime(slabs=4096)
     server = WebSocketServer(
-        runtime, echo_pipeline(), port=0, pages=gateway.pages(), sockets=gateway.sockets()
+        runtime,
+        echo_pipeline(),
+        port=0,
+        pages=gateway.pages(),
+        sockets=gateway.sockets(),
+        guards=gateway.guards(),
     ).start()
     gateway.start(f"ws://127.0.0.1:{server.port}")
     try:

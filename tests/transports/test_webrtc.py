@@ -62,7 +62,9 @@ def webrtc(serve, aiortc_python):
 
     def start(pipeline=None, companions=1, **options):
         gateway = WebRTCGateway(MEDIA, aiortc_python, companions=companions, **options)
-        server = serve(pipeline, pages=gateway.pages(), sockets=gateway.sockets())
+        server = serve(
+            pipeline, pages=gateway.pages(), sockets=gateway.sockets(), guards=gateway.guards()
+        )
         gateways.append(gateway.start(f"ws://127.0.0.1:{server.port}"))
         assert wait_until(lambda: all(c["running"] for c in companions_of(gateway)), 60)
         return server, gateway
@@ -388,6 +390,11 @@ def test_bad_offers_get_clear_answers_and_stop_ends_the_companions(webrtc):
     assert status == 400 and '"sdp"' in body
     status, body = post(port, OFFER, BAD_OFFER)
     assert status == 400 and body.startswith("bad offer:")
+    assert "Error" not in body and "Traceback" not in body  # the companion's words are logged
+    for headers in ({}, {"Authorization": "Bearer not-the-token"}):
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            asyncio.run(open_control_link(port, headers))
+        assert refused.value.response.status_code == 403
     pids = [companion["pid"] for companion in companions_of(gateway)]
     assert len(set(pids)) == 2 and gateway.status()["pid"] == pids[0]
     gateway.stop()
@@ -396,6 +403,12 @@ def test_bad_offers_get_clear_answers_and_stop_ends_the_companions(webrtc):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert post(port, OFFER, BAD_OFFER)[0] == 503
+
+
+async def open_control_link(port: int, headers: dict[str, str]) -> None:
+    url = f"ws://127.0.0.1:{port}/webrtc/companion"
+    async with websockets.connect(url, additional_headers=headers):
+        pass
 
 
 def test_companions_must_be_at_least_one():

@@ -8,8 +8,15 @@ aiortc imports (the GIL twin), never imported by the free-threaded server::
 
 It connects to the gateway's control socket, says hello (the token from the environment,
 its pid) and answers each offer the gateway forwards (protocol in the gateway's module
-docs). Each answered offer is a :class:`Peer`: once its connection is up, it opens a
-WebSocket client connection to ``--server`` + ``--media`` and sends ``start``; then
+docs). Each of its connections to the server carries the token as a bearer token
+(``Authorization: Bearer TOKEN``), which lets it through the server's access checks and
+exempts it from the limits per client address: the browsers it serves are counted when
+they post their offers. Where the server serves ``wss`` (``--server wss://...``) the
+server's certificate is not checked: the companion connects to its own parent on loopback,
+whatever name the certificate is for.
+
+Each answered offer is a :class:`Peer`: once its connection is up, it opens a WebSocket
+client connection to ``--server`` + ``--media`` and sends ``start``; then
 
 - the peer's audio (Opus, decoded by aiortc to 48 kHz) is resampled to PCM16 mono 20 ms
   frames at the media route's rate and sent as binary messages;
@@ -38,6 +45,7 @@ import logging
 import os
 import secrets
 import signal
+import ssl
 import sys
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
@@ -74,9 +82,11 @@ class Companion:
         control: websockets.ClientConnection,
         media_url: str,
         ice_servers: list[str],
+        connect_options: dict[str, Any] | None = None,
     ) -> None:
         self.control = control
         self.media_url = media_url
+        self.connect_options = connect_options or {}  # for websockets.connect: credentials
         self.sample_rate = int(dict(parse_qsl(urlsplit(media_url).query)).get("sample_rate", 16000))
         import aiortc  # on demand: this module is imported where aiortc is not (3.13t)
 
@@ -197,7 +207,8 @@ class Peer:
         start = {"event": "start", "call_id": self.id}
         start["parameters"] = {"transport": "webrtc", "peer": self.id}
         try:
-            async with websockets.connect(self.companion.media_url, compression=None) as ws:
+            url, options = self.companion.media_url, self.companion.connect_options
+            async with websockets.connect(url, compression=None, **options) as ws:
                 self.ws = ws
                 await ws.send(json.dumps(start))
                 uplink = asyncio.get_running_loop().create_task(self._uplink(ws))
@@ -274,10 +285,11 @@ async def run(server: str, control_path: str, media_path: str, ice_servers: list
     import aiortc
 
     token = os.environ.pop(TOKEN_ENV, "")
-    async with websockets.connect(server + control_path, compression=None) as control:
+    options = connect_options(server, token)
+    async with websockets.connect(server + control_path, compression=None, **options) as control:
         hello = {"op": "hello", "token": token, "pid": os.getpid(), "aiortc": aiortc.__version__}
         await control.send(json.dumps(hello))
-        companion = Companion(control, server + media_path, ice_servers)
+        companion = Companion(control, server + media_path, ice_servers, options)
         logger.info("serving WebRTC for %s (aiortc %s)", server, aiortc.__version__)
         serving = asyncio.get_running_loop().create_task(companion.serve())
         loop = asyncio.get_running_loop()
@@ -289,6 +301,19 @@ async def run(server: str, control_path: str, media_path: str, ice_servers: list
             logger.warning("the gateway closed the control link: %s", control.close_reason)
         await companion.close()
     logger.info("stopped")
+
+
+def connect_options(server: str, token: str) -> dict[str, Any]:
+    """``websockets.connect`` options for the connections to ``server``: the token, and
+    for ``wss`` TLS that does not check the certificate (the server is this process's own
+    parent, on loopback)."""
+    options: dict[str, Any] = {"additional_headers": {"Authorization": f"Bearer {token}"}}
+    if server.startswith("wss://"):
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        options["ssl"] = context
+    return options
 
 
 def main(argv: list[str] | None = None) -> None:

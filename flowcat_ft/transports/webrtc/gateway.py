@@ -32,7 +32,11 @@ The control link: each companion connects back to the server as a WebSocket clie
 
 The token (a secret made per gateway, handed to the companions in the environment
 variable :data:`TOKEN_ENV`) and the process id keep anyone else from taking a companion's
-place; the pid also says which companion of the pool a link belongs to.
+place; the pid also says which companion of the pool a link belongs to. The companions
+send the token as a bearer token on every connection to the server, too: the control
+link's handshake is refused without it (:meth:`WebRTCGateway.guards`), and
+:meth:`WebRTCGateway.is_companion` tells the server's access checks and limits per client
+which connections are the companions' own.
 
 The pool: a companion is one process on a GIL build, so it uses at most one core (10 to
 16 calls, see below), while the server uses every core. ``companions`` sets how many run;
@@ -74,7 +78,7 @@ Usage, beside a :class:`~flowcat_ft.transports.server.WebSocketServer`::
 
     gateway = WebRTCGateway(media_path="/playground")
     server = WebSocketServer(runtime, pipeline, pages=gateway.pages(),
-                             sockets=gateway.sockets()).start()
+                             sockets=gateway.sockets(), guards=gateway.guards()).start()
     gateway.start(f"ws://127.0.0.1:{server.port}")
     ...
     gateway.stop()  # first: the control connections would hold up the server's closing
@@ -104,7 +108,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from websockets.exceptions import ConnectionClosed
 
-from flowcat_ft.transports.http import HttpRequest, HttpResponse, PageHandler
+from flowcat_ft.transports.http import Guard, HttpRequest, HttpResponse, PageHandler
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
@@ -378,6 +382,24 @@ class WebRTCGateway:
         """The companions' control endpoint, for :class:`WebSocketServer`'s ``sockets``."""
         return {CONTROL_PATH: self._control}
 
+    def guards(self) -> dict[str, Guard]:
+        """For :class:`WebSocketServer`'s ``guards``: the control endpoint refuses (403) a
+        handshake that does not carry the companions' token."""
+
+        def guard(request: HttpRequest) -> HttpResponse | None:
+            if self.is_companion(request):
+                return None
+            return HttpResponse.error(HTTPStatus.FORBIDDEN, "for the WebRTC companions only")
+
+        return {CONTROL_PATH: guard}
+
+    def is_companion(self, request: HttpRequest) -> bool:
+        """Whether ``request`` carries the companions' token (``Authorization: Bearer``)."""
+        scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            credential.strip().encode(), self._token.encode()
+        )
+
     def start(self, server_url: str) -> WebRTCGateway:
         """Start the companions, which connect to ``server_url`` (the server, started, as
         they reach it: ``ws://127.0.0.1:PORT``). Without a python with aiortc this logs why
@@ -468,9 +490,13 @@ class WebRTCGateway:
             return HttpResponse.error(
                 HTTPStatus.GATEWAY_TIMEOUT, "the WebRTC companion did not answer in time"
             )
-        if answer.get("op") != "answer":
-            message = answer.get("message", "the offer was refused")
-            return HttpResponse.error(HTTPStatus.BAD_REQUEST, f"bad offer: {message}")
+        if answer.get("op") != "answer":  # the companion's words are aiortc's: logged
+            logger.info("WebRTC offer refused: %s", answer.get("message", "no reason given"))
+            return HttpResponse.error(
+                HTTPStatus.BAD_REQUEST,
+                "bad offer: it could not be answered (malformed SDP, or no audio in a codec "
+                "both sides take)",
+            )
         return HttpResponse.json({"sdp": answer["sdp"], "type": answer["type"]})
 
     def _restarting(self) -> HttpResponse:
