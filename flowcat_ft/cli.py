@@ -33,10 +33,21 @@ def main(argv: list[str] | None = None) -> int:
         help="offline: a talking agent that needs no network; echo: hear yourself",
     )
     serve.add_argument("--graph", help="conversation graph YAML for the offline agent")
-    serve.add_argument("--host", help="address to listen on (default 0.0.0.0)")
+    serve.add_argument(
+        "--host",
+        help="address to listen on (default 127.0.0.1: this machine only; any other needs "
+        "server.access_token_env, or --insecure)",
+    )
     serve.add_argument("--port", type=int, help="port to listen on (default 8765)")
     serve.add_argument("--loops", type=int, help="event-loop threads (default: one per core)")
     serve.add_argument("--max-calls", type=int)
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="serve other machines with no access token: anyone who can reach the port "
+        "can open calls",
+    )
     serve.add_argument("--log-level", help="DEBUG, INFO (default), WARNING...")
     serve.add_argument("--log-format", choices=("text", "json"))
     serve.add_argument(
@@ -73,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _with_options(config: Config, args: argparse.Namespace) -> Config:
     """The configuration with the command line's options in place of the file's."""
-    server = {"host": args.host, "port": args.port, "loops": args.loops}
+    server = {"host": args.host, "port": args.port, "loops": args.loops, "insecure": args.insecure}
     limits = {"max_calls": args.max_calls}
     logging = {"level": args.log_level and args.log_level.upper(), "format": args.log_format}
     agent = {"kind": args.agent}
@@ -131,7 +142,11 @@ def _serve(config: Config, profile_dir: str | None) -> int:
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
-    server = AgentServer(config, progress=progress, profile_dir=profile_dir)
+
+    def warn(message: str) -> None:
+        print(f"flowcat-ft: WARNING: {message}", file=sys.stderr, flush=True)
+
+    server = AgentServer(config, progress=progress, warn=warn, profile_dir=profile_dir)
     print(f"{server.describe()}: starting the {config.agent.kind} agent", flush=True)
     try:
         server.start()

@@ -11,10 +11,19 @@ the same embedded::
     server = AgentServer(load_config("agent.yaml")).start()
     ...
     server.stop()
+
+It also decides who may come in: with ``server.access_token_env`` every entry point but the
+carriers' and ``/health`` and ``/ready`` asks for the access token
+(:mod:`~flowcat_ft.server.access`); without one, a server that other machines can reach
+refuses to start, unless ``server.insecure`` (``--insecure``) says to serve anyone, which
+it then warns of at every start. Limits per client address, the handshake timeout, the
+trusted proxies and TLS come from the configuration too.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
 import sys
 import time
@@ -22,6 +31,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from flowcat_ft.runtime import Runtime
+from flowcat_ft.server.access import AccessToken
 from flowcat_ft.server.agent import build_agent
 from flowcat_ft.server.carrierauth import (
     exotel_guards,
@@ -38,21 +48,30 @@ from flowcat_ft.server.status import status_pages
 from flowcat_ft.server.streamtokens import StreamTokens
 from flowcat_ft.server.webhooks import CALL_ID_FIELDS, answer_pages
 from flowcat_ft.services.offline import SphinxWorker
-from flowcat_ft.transports.http import Guard
+from flowcat_ft.transports.clients import TrustedProxies
+from flowcat_ft.transports.http import Guard, HttpRequest
+from flowcat_ft.transports.limits import ClientLimits, Rate
 from flowcat_ft.transports.server import WebSocketServer, default_routes, split_cores
 from flowcat_ft.transports.webrtc import WebRTCGateway
+from flowcat_ft.transports.webrtc.gateway import OFFER_PATH
 
 if TYPE_CHECKING:
     from flowcat_ft.telemetry.export import Telemetry
 
 __all__ = ["AgentServer", "stream_tokens"]
 
+logger = logging.getLogger("flowcat_ft.server")
+
+OPEN_PAGES = ("/health", "/ready")
+"""What anyone may ask for, with an access token or without: liveness and readiness."""
+
 
 class AgentServer:
     """The configured agent, served.
 
     ``progress`` is told each step of start-up as it happens (the command line prints
-    them: building the agent and warming its workers can take seconds).
+    them: building the agent and warming its workers can take seconds); ``warn`` is told
+    what the operator must know (that anyone may use an ``insecure`` server).
     """
 
     def __init__(
@@ -60,10 +79,12 @@ class AgentServer:
         config: Config,
         *,
         progress: Callable[[str], None] = lambda step: None,
+        warn: Callable[[str], None] = logger.warning,
         profile_dir: str | None = None,
     ) -> None:
         self.config = config
         self._progress = progress
+        self._warn = warn
         self._profile_dir = profile_dir
         self.runtime: Runtime | None = None
         self.server: WebSocketServer | None = None
@@ -77,8 +98,10 @@ class AgentServer:
 
     def start(self) -> AgentServer:
         """Build the agent and listen. Raises ``ConfigError`` (the agent cannot be built on
-        this machine) or ``OSError`` (the port is taken), having started nothing."""
+        this machine, or the server would be open to other machines) or ``OSError`` (the
+        port is taken), having started nothing."""
         config = self.config
+        self._check_exposure()
         started = time.monotonic()
         self._step(f"building the {config.agent.kind} agent")
         telemetry = self._telemetry()
@@ -97,6 +120,7 @@ class AgentServer:
             pages |= playground_pages()
         if gateway is not None:
             pages |= gateway.pages()
+        limits = config.limits
         server = WebSocketServer(
             runtime,
             agent.pipeline,
@@ -105,14 +129,26 @@ class AgentServer:
             loops=loops,
             routes=routes,
             options=agent.options,
-            max_calls=config.limits.max_calls,
+            max_calls=limits.max_calls,
             pages=pages,
             sockets=gateway.sockets() if gateway is not None else None,
-            guards=self._guards(tokens),
+            guards=self._guards(tokens) | (gateway.guards() if gateway is not None else {}),
             start_checks=tokens.start_checks(_webhook_carriers(carriers)),
+            limits=ClientLimits(
+                connections=limits.connections_per_client,
+                rates={
+                    "handshake": Rate.per_minute_with_burst(limits.handshakes_per_minute),
+                    OFFER_PATH: Rate.per_minute_with_burst(limits.offers_per_minute),
+                },
+            ),
+            exempt=self._exempt(gateway),
+            proxies=TrustedProxies(config.server.trusted_proxies),
+            handshake_timeout=limits.handshake_timeout,
+            tls=config.server.tls_context(),
         )
         extras = {"webrtc": gateway.status} if gateway is not None else None
         server.pages.update(status_pages(server, runtime, extras))
+        server.guards.update(self._access_guards(server, gateway))
         try:
             server.start()
         except OSError:
@@ -132,7 +168,7 @@ class AgentServer:
         self._warm_up(runtime)
         if gateway is not None:
             self._step(f"WebRTC: starting {gateway.companions} companion processes")
-            gateway.start(f"ws://{_loopback(config.server.host)}:{server.port}")
+            gateway.start(f"{self._scheme('ws')}://{_loopback(config.server.host)}:{server.port}")
         self._step(f"ready in {time.monotonic() - started:.1f} s")
         return self
 
@@ -140,13 +176,16 @@ class AgentServer:
         """What a person or a carrier connects to, by name."""
         assert self.server is not None, "not started"
         base = f"{_loopback(self.config.server.host)}:{self.port}"
-        urls = {"status": f"http://{base}/status"}
+        http, ws = self._scheme("http"), self._scheme("ws")
+        token_env = self.config.server.access_token_env
+        sign_in = f"  (sign in with the token in ${token_env})" if token_env else ""
+        urls = {"status": f"{http}://{base}/status{sign_in}"}
         if self.config.server.playground:
-            urls["playground"] = f"http://{base}/"
+            urls["playground"] = f"{http}://{base}/{sign_in}"
         for name in self.config.transports.carriers:
-            urls[name] = f"ws://{base}/{name}"
+            urls[name] = f"{ws}://{base}/{name}"
             if f"/{name}/answer" in self.server.pages:
-                urls[name] += f"  (webhook answer: http://{base}/{name}/answer)"
+                urls[name] += f"  (webhook answer: {http}://{base}/{name}/answer)"
         return urls
 
     def stop(self, grace: float | None = None) -> None:
@@ -194,6 +233,59 @@ class AgentServer:
             password = env[exotel.password_env] if exotel.password_env else None
             guards.append(exotel_guards(username, password, exotel.allow_from))
         return merge(*guards, tokens.guards(carriers))
+
+    def _check_exposure(self) -> None:
+        """Refuse to serve other machines with no access token, unless told to (and then
+        warn)."""
+        server = self.config.server
+        if server.access_token_env is not None or not _reachable_from_others(server.host):
+            return
+        if server.insecure:
+            self._warn(
+                f"serving {server.host}:{server.port} with no access token (insecure): "
+                "anyone who can reach it can open calls, at your STT, LLM and TTS "
+                "providers' expense"
+            )
+            return
+        raise self.config.error(
+            "server.host",
+            f"{server.host} can be reached from other machines, and no access token is set: "
+            "set server.access_token_env to the name of an environment variable holding "
+            "one (at least 16 characters: python3 -c 'import secrets; "
+            "print(secrets.token_urlsafe())' makes one), or listen on 127.0.0.1, or pass "
+            "--insecure (server.insecure: true) to serve anyone who can reach the port",
+        )
+
+    def _access_guards(
+        self, server: WebSocketServer, gateway: WebRTCGateway | None
+    ) -> dict[str, Guard]:
+        """The access token's guard on every page and route but the carriers' and
+        :data:`OPEN_PAGES` (none without a token)."""
+        token_env = self.config.server.access_token_env
+        if token_env is None:
+            return {}
+        also = gateway.is_companion if gateway is not None else (lambda request: False)
+        access = AccessToken(os.environ[token_env], also=also)
+        carriers = set(_carrier_paths(self.config)) | set(OPEN_PAGES)
+        return access.guards(path for path in {*server.pages, *server.routes} - carriers)
+
+    def _exempt(self, gateway: WebRTCGateway | None) -> Callable[[HttpRequest], bool]:
+        """What the rates per client do not count: the carriers' media streams (a carrier
+        streams many calls from a few addresses) and the WebRTC companions' connections
+        (their browsers are counted by their offers)."""
+        media = set(_carrier_paths(self.config))
+
+        def exempt(request: HttpRequest) -> bool:
+            route = request.path.rpartition("/")[0]  # a stream URL's token segment
+            if request.path in media or route in media:
+                return True
+            return gateway is not None and gateway.is_companion(request)
+
+        return exempt
+
+    def _scheme(self, plain: str) -> str:
+        """``http`` or ``ws`` (``plain``), or with TLS ``https`` or ``wss``."""
+        return plain + "s" if self.config.server.tls_cert is not None else plain
 
     def _webrtc_gateway(self) -> WebRTCGateway | None:
         """The gateway to WebRTC's companion process, where the config wants one and a
@@ -250,6 +342,24 @@ def _webhook_carriers(carriers: tuple[str, ...]) -> list[str]:
 
 RAW = "/raw?codec=pcm16&sample_rate=16000"
 """The WebRTC bridge's media route when the playground's is not served."""
+
+
+def _carrier_paths(config: Config) -> list[str]:
+    """The carriers' media routes and webhook answers, which carriers reach without the
+    access token (their own checks guard them)."""
+    carriers = [name for name in config.transports.carriers if name != "raw"]
+    return [f"/{name}" for name in carriers] + [f"/{name}/answer" for name in carriers]
+
+
+def _reachable_from_others(host: str) -> bool:
+    """Whether a server listening on ``host`` can be reached from other machines: any
+    address but a loopback one (an empty host, or a name, may be any)."""
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
 
 
 def _loopback(host: str) -> str:

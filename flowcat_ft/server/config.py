@@ -34,6 +34,7 @@ import inspect
 import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from flowcat_ft.audio.vad import VADParams
+from flowcat_ft.server.access import MIN_TOKEN_CHARS
 from flowcat_ft.server.signatures import ed25519_public_key
 from flowcat_ft.server.yamlconfig import ConfigError, bounded, internal, load_yaml
 from flowcat_ft.services.llm.anthropic import AnthropicLLMService
@@ -49,6 +51,7 @@ from flowcat_ft.services.offline import DEFAULT_GRAPH, VAD_PARAMS
 from flowcat_ft.services.offline.espeak_tts import EspeakTTS
 from flowcat_ft.services.stt import DeepgramSTTService, OpenAISTTService
 from flowcat_ft.services.tts import CartesiaTTSService, ElevenLabsTTSService, OpenAITTSService
+from flowcat_ft.transports.clients import TrustedProxies
 from flowcat_ft.transports.server import CARRIERS
 from flowcat_ft.transports.session import MediaOptions
 
@@ -101,26 +104,59 @@ class ServerConfig:
     URL carriers reach the server at
     (``https://agent.example.com``), written into webhook answers; ``webrtc`` is ``"auto"``
     (serve WebRTC where its companion processes can run), True or False;
-    ``webrtc_companions``: how many companion processes (None: one per core)."""
+    ``webrtc_companions``: how many companion processes (None: one per core).
 
-    host: str = "0.0.0.0"
+    Access (:mod:`~flowcat_ft.server.access`): ``access_token_env`` names the environment
+    variable holding the token that ``/raw``, the playground, WebRTC, ``/status`` and
+    ``/metrics`` ask for (None: they are open, which only a server on loopback may be:
+    one listening on any other ``host`` refuses to start, unless ``insecure``). ``tls_cert``
+    and ``tls_key`` (PEM files) serve https and wss; ``trusted_proxies`` lists the
+    addresses or networks of the proxies in front whose ``X-Forwarded-For`` and
+    ``X-Forwarded-Proto`` are believed."""
+
+    host: str = "127.0.0.1"
     port: int = bounded(8765, 0, 65535)
+    access_token_env: str | None = None
+    insecure: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    trusted_proxies: tuple[str, ...] = ()
     loops: int | None = bounded(None, 1)
     public_url: str | None = None
     playground: bool = True
     webrtc: Literal["auto"] | bool = "auto"
     webrtc_companions: int | None = bounded(None, 1)
 
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The TLS context that serves ``tls_cert`` and ``tls_key`` (None without them);
+        raises ``OSError`` or ``ssl.SSLError`` if they cannot be loaded."""
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.tls_cert, self.tls_key)
+        return context
+
 
 @dataclass(frozen=True, kw_only=True)
 class LimitsConfig:
     """Calls at once; seconds of silence from a caller before the call is closed; seconds
-    that calls get to finish at shutdown; the flood limit on incoming frames."""
+    that calls get to finish at shutdown; the flood limit on incoming frames.
+
+    Per client address (:mod:`~flowcat_ft.transports.limits`): ``connections_per_client``,
+    connections open at once that are not calls (yet); ``handshakes_per_minute``,
+    WebSocket handshakes (a carrier's media streams and the WebRTC companions' are not
+    counted); ``offers_per_minute``, WebRTC offers; each may come a quarter of a minute's
+    worth at once. ``handshake_timeout``: seconds a connection has to finish its
+    handshake (TLS's included)."""
 
     max_calls: int = bounded(1000, 1)
     idle_timeout: float = bounded(MediaOptions.idle_timeout, above=0)
     shutdown_grace: float = bounded(5.0, 0)
     max_frames_per_second: int = bounded(MediaOptions.max_frames_per_second, 1)
+    connections_per_client: int = bounded(32, 1)
+    handshakes_per_minute: int = bounded(120, 1)
+    offers_per_minute: int = bounded(30, 1)
+    handshake_timeout: float = bounded(10.0, above=0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -508,6 +544,48 @@ def _carrier_errors(config: Config) -> list[ConfigError]:
     return errors
 
 
+def _check_access(config: Config) -> list[ConfigError]:
+    """The mistakes in the server's access token, TLS files and trusted proxies."""
+    server, errors = config.server, []
+    token_env = server.access_token_env
+    if token_env is not None:
+        token = os.environ.get(token_env, "")
+        if not _ENV_NAME.match(token_env):
+            problem = "expected the name of an environment variable, not the token itself"
+        elif not token:
+            problem = f"the environment variable {token_env} (the access token) is not set"
+        elif len(token) < MIN_TOKEN_CHARS:
+            problem = (
+                f"the token in {token_env} is {len(token)} characters: it needs at least "
+                f"{MIN_TOKEN_CHARS} ({_MAKE_TOKEN} makes one)"
+            )
+        else:
+            problem = ""
+        if problem:
+            errors.append(config.error("server.access_token_env", problem))
+    if (server.tls_cert is None) != (server.tls_key is None):
+        given, missing = (
+            ("tls_cert", "tls_key") if server.tls_key is None else ("tls_key", "tls_cert")
+        )
+        errors.append(config.error(f"server.{given}", f"needs server.{missing} too"))
+    elif server.tls_cert is not None:
+        try:
+            server.tls_context()
+        except (OSError, ssl.SSLError) as error:
+            reason = getattr(error, "strerror", None) or getattr(error, "reason", None) or error
+            errors.append(
+                config.error("server.tls_cert", f"cannot load the certificate and key: {reason}")
+            )
+    try:
+        TrustedProxies(server.trusted_proxies)
+    except ValueError as error:
+        errors.append(config.error("server.trusted_proxies", str(error)))
+    return errors
+
+
+_MAKE_TOKEN = "python3 -c 'import secrets; print(secrets.token_urlsafe())'"
+
+
 def _check(config: Config) -> list[ConfigError]:
     """The mistakes that involve several fields, the file system or the environment."""
     errors: list[ConfigError] = []
@@ -531,6 +609,7 @@ def _check(config: Config) -> list[ConfigError]:
     if not config.transports.carriers:
         error("transports.carriers", "serve at least one carrier")
     errors += _carrier_errors(config)
+    errors += _check_access(config)
 
     agent = config.agent
     sections = {"stt": agent.stt, "llm": agent.llm, "tts": agent.tts}

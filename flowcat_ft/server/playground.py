@@ -1,6 +1,7 @@
 """The browser playground: a page to talk to the agent, and the media route it talks on.
 
-``GET /`` serves the page and ``/playground/<file>`` its scripts and style (the files in
+``GET /`` (and a plain ``GET /playground``) serves the page and ``/playground/<file>`` its
+scripts and style (the files in
 the ``playground`` folder beside this module, read once, when the pages are made). The page
 captures the microphone with an AudioWorklet, sends 16 kHz PCM16 over a WebSocket to
 ``/playground`` (:class:`~flowcat_ft.serializers.browser.BrowserSerializer`), plays the
@@ -40,7 +41,8 @@ CONTENT_TYPES = {
 
 
 def playground_pages() -> dict[str, PageHandler]:
-    """``/`` (the page) and ``/playground/<name>`` for each file it loads.
+    """``/`` and ``/playground`` (the page) and ``/playground/<name>`` for each file it
+    loads.
 
     Pages are looked up by exact path, so only the files listed here are ever served: a
     path such as ``/playground/../config.py`` is simply not found.
@@ -51,7 +53,7 @@ def playground_pages() -> dict[str, PageHandler]:
         suffix = "." + entry.name.rpartition(".")[2]
         if entry.is_file() and suffix in CONTENT_TYPES:
             pages[f"{MEDIA_PATH}/{entry.name}"] = _static(entry.read_bytes(), CONTENT_TYPES[suffix])
-    pages["/"] = pages[f"{MEDIA_PATH}/index.html"]
+    pages["/"] = pages[MEDIA_PATH] = pages[f"{MEDIA_PATH}/index.html"]
     return pages
 
 

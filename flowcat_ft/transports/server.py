@@ -50,8 +50,8 @@ from flowcat_ft.pipeline import Pipeline
 from flowcat_ft.runtime import Runtime
 from flowcat_ft.serializers import SERIALIZERS, Serializer, StreamStarted, make_serializer
 from flowcat_ft.serializers.base import quoted
-from flowcat_ft.transports.connection import MediaConnection
 from flowcat_ft.transports.clients import Client, TrustedProxies, client_key
+from flowcat_ft.transports.connection import MediaConnection
 from flowcat_ft.transports.edge import LoopEdge
 from flowcat_ft.transports.http import (
     CREDENTIAL_PARAMS,
@@ -271,8 +271,9 @@ class WebSocketServer:
         )
 
     async def _http(self, connection: _Connection, request: Request) -> Response | None:
-        """Answer a page; anything else goes on to the WebSocket handshake (both once the
-        client's limits and the path's guard, if it has one, let the request through)."""
+        """Answer a page (a plain request; a WebSocket handshake to the same path is not
+        one); anything else goes on to the WebSocket handshake (both once the client's
+        limits and the path's guard, if it has one, let the request through)."""
         url = urlsplit(request.path)
         client = connection.client(request.headers)
         http_request = HttpRequest(
@@ -296,7 +297,7 @@ class WebSocketServer:
                 refusal = await refusal
             if refusal is not None:
                 return _to_websockets(refusal)
-        page = self.pages.get(url.path)
+        page = None if upgrade else self.pages.get(url.path)
         if page is None:
             if connection.method == "GET" and (upgrade or route in self.routes):
                 if route in self.routes:

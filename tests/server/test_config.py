@@ -72,6 +72,7 @@ KEYS = (
     "CARTESIA_API_KEY",
     "ANTHROPIC_API_KEY",
     "GROQ_API_KEY",
+    "FLOWCAT_ACCESS_TOKEN",
 )
 
 
@@ -123,7 +124,9 @@ def test_an_empty_file_or_none_is_the_default_offline_agent(tmp_path):
     config = load_config(path)
     assert config == load_config(None) == Config()
     assert config.source == str(path)
-    assert config.server == ServerConfig(host="0.0.0.0", port=8765, playground=True)
+    assert config.server == ServerConfig(host="127.0.0.1", port=8765, playground=True)
+    assert config.server.access_token_env is None and not config.server.insecure
+    assert config.server.tls_context() is None and config.server.trusted_proxies == ()
     assert config.server.webrtc == "auto" and config.server.public_url is None
     assert config.server.webrtc_companions is None
     assert config.limits == LimitsConfig(max_calls=1000, idle_timeout=30.0, shutdown_grace=5.0)
