@@ -179,7 +179,7 @@ def test_without_the_token_nothing_of_the_servers_own_opens(tmp_path, agent_serv
     assert server.runtime.calls == [] and server.runtime.pool.in_use == 0  # nothing opened
     # What anyone may reach: health and readiness, and the carriers' routes (theirs to check).
     assert request(port, "/health").status == 200 and request(port, "/ready").status == 200
-    assert request(port, "/twilio/answer").status == 200
+    assert request(port, "/twilio/answer?CallSid=CA1").status == 200
 
 
 def test_the_token_as_a_bearer_header_or_a_query_parameter(tmp_path, agent_server, token):
