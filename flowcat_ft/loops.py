@@ -57,6 +57,11 @@ class LoopBridge:
             callback(frame, direction)
 
 
+class LoopThread(threading.Thread):
+    """The OS thread of an :class:`EventLoopThread` (so that CPU accounting can tell event
+    loops from other threads)."""
+
+
 class EventLoopThread:
     """An asyncio event loop running on its own OS thread.
 
@@ -70,7 +75,7 @@ class EventLoopThread:
         self.loop = asyncio.new_event_loop()
         self.bridge = LoopBridge(self.loop)
         self.inbox = Inbox(partial(self.loop.call_soon, self._flush_inbox))
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread = LoopThread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:

@@ -22,9 +22,10 @@ from functools import partial
 from typing import TypeVar
 
 from flowcat_ft.call import Call, OutputCallback
+from flowcat_ft.cpu import CpuAccount
 from flowcat_ft.frames import Direction, StartFrame
 from flowcat_ft.gcpolicy import GcPolicy
-from flowcat_ft.loops import EventLoopThread
+from flowcat_ft.loops import EventLoopThread, LoopThread
 from flowcat_ft.observers import Observed, Observer
 from flowcat_ft.pipeline import Pipeline, fuse
 from flowcat_ft.processor import FrameProcessor, batch_kernel
@@ -158,9 +159,10 @@ class Runtime:
     number of calls without it too, to refuse early, and again under it), ``_shared`` by
     ``_shared_lock`` (taken before ``_lock``, never after, so a factory may take ``_lock``
     in :meth:`event_loop`). The housekeeper thread samples stage rates, ticks the GC
-    policy, stops idle shards, and wakes idle stage and event-loop threads now and then, so
-    that frames other threads freed for them (and their slabs) are freed within a second
-    or so on 3.13t (see :meth:`EventLoopThread.wake
+    policy, samples the CPU time of each thread and worker process (``cpu``: see
+    :mod:`flowcat_ft.cpu`), stops idle shards, and wakes idle stage and event-loop threads
+    now and then, so that frames other threads freed for them (and their slabs) are freed
+    within a second or so on 3.13t (see :meth:`EventLoopThread.wake
     <flowcat_ft.loops.EventLoopThread.wake>`).
     """
 
@@ -207,6 +209,7 @@ class Runtime:
         self._housekeeper = threading.Thread(
             target=self._housekeep, name="flowcat-housekeeper", daemon=True
         )
+        self.cpu = CpuAccount(_thread_kind)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -372,6 +375,7 @@ class Runtime:
             for io in io_loops:
                 io.wake()
             self.gc.tick(active, idle_for)
+            self.cpu.sample(active)
             self._stop_idle_shards(now)
 
     def _stop_idle_shards(self, now: float) -> None:
@@ -439,4 +443,14 @@ class Runtime:
             },
             "gc": self.gc.snapshot(),
             "pipelines": pipelines,
+            "cpu": self.cpu.snapshot(),
         }
+
+
+def _thread_kind(thread: threading.Thread) -> str:
+    """What a thread of the process is, for CPU accounting."""
+    if isinstance(thread, Stage):
+        return "stage"
+    if isinstance(thread, LoopThread):
+        return "event loop"
+    return "other"

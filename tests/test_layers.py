@@ -22,6 +22,7 @@ LAYERS = [
     "rings",
     "waiting",
     "metrics",
+    "cpu",
     "gcpolicy",
     "profiling",
     "processor",

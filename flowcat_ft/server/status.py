@@ -1,4 +1,5 @@
-"""The live status page: calls, stages, the slab pool, gc, and a chart of turn latency.
+"""The live status page: calls, stages, the slab pool, gc, CPU by part (each thread and
+worker process: :mod:`flowcat_ft.cpu`), and a chart of turn latency.
 
 ``GET /status`` is a page that polls ``GET /status.json`` once a second; the JSON is a
 snapshot any monitoring script can read too. Building it only reads counters the runtime
@@ -90,6 +91,7 @@ def snapshot(
             "garbage": gc["garbage"],
         },
         "process": process_usage(),
+        "cpu": metrics["cpu"],
         "turns": [
             [round(t.at, 3), round(t.latency_ms, 1)]
             for t in list(server.turns)

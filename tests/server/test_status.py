@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.request
 
 import websockets
@@ -11,7 +12,9 @@ from carrier_messages import receive_until_quiet, twilio_media, twilio_start
 from helpers import FREE_THREADED, wait_until
 from processors import TurnEveryFiveFrames
 
+from flowcat_ft.frames import InputAudioRawFrame
 from flowcat_ft.pipeline import Pipeline
+from flowcat_ft.processor import FrameProcessor
 from flowcat_ft.server.status import status_pages
 
 
@@ -60,3 +63,53 @@ def test_status_page_is_html_that_polls_the_json(serve):
     kind, page = get(server.port, "/status")
     assert kind == "text/html; charset=utf-8"
     assert b'fetch("/status.json"' in page
+
+
+class BurnPerFrame(FrameProcessor):
+    """Uses 5 ms of its stage thread's CPU per audio frame."""
+
+    def process(self, frame, direction):
+        if isinstance(frame, InputAudioRawFrame):
+            end = time.thread_time() + 0.005
+            while time.thread_time() < end:
+                pass
+        self.push(frame, direction)
+
+
+def test_status_json_shows_cpu_by_part_per_call(serve):
+    server = serve(Pipeline([BurnPerFrame]))
+    server.pages.update(status_pages(server, server.runtime))
+
+    def cpu() -> dict:
+        return json.loads(get(server.port, "/status.json")[1])["cpu"]
+
+    async def call() -> dict:
+        async with websockets.connect(f"ws://127.0.0.1:{server.port}/twilio") as ws:
+            await ws.send(twilio_start(call="CA9"))
+            echoed = asyncio.ensure_future(receive_until_quiet(ws, quiet=60))  # keep reading
+            n = 0
+
+            def stage_seen() -> bool:
+                stages = [p for p in cpu()["parts"] if p["kind"] == "stage"]
+                return bool(stages) and stages[0]["us_per_call_s"] is not None
+
+            # A phone's pace (a frame every 20 ms) until the stage's CPU shows per call.
+            while n < 50 or not await asyncio.to_thread(stage_seen):
+                await ws.send(twilio_media(b"\xff" * 160, n))
+                n += 1
+                await asyncio.sleep(0.02)
+                assert n < 5000, "no stage CPU on /status.json"
+            status = await asyncio.to_thread(cpu)
+            echoed.cancel()
+            return status
+
+    status = asyncio.run(call())
+    kinds = {p["name"]: p["kind"] for p in status["parts"]}
+    assert kinds["flowcat-ws-0"] == kinds["flowcat-ws-1"] == "event loop"
+    assert kinds["flowcat-housekeeper"] == "other"
+    busiest_stage = next(p for p in status["parts"] if p["kind"] == "stage")
+    assert busiest_stage["name"].startswith("flowcat-p")
+    assert busiest_stage["cpu_s"] >= 0.1  # at least 20 frames of 5 ms each
+    assert status["calls"] > 0 and status["process"]["cpu_s"] >= busiest_stage["cpu_s"]
+    assert "ended workers" in kinds
+    assert b'id="cpu"' in get(server.port, "/status")[1]
