@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from bench._common import ROOT
 from bench.echo.cpus import pinned
@@ -110,9 +111,20 @@ class Load:
         return self.ramp + self.warmup + self.seconds + self.grace + 35
 
 
+class Plan(Protocol):
+    """What :func:`run` runs: a :class:`Load`, or the agent benchmark's conversations."""
+
+    cpus: tuple[int, ...] | None
+
+    @property
+    def longest(self) -> float: ...
+
+    def argv(self, binary: Path, port: int) -> list[str]: ...
+
+
 def run(
     port: int,
-    load: Load,
+    load: Plan,
     on_progress: Callable[[str], None] | None = None,
     on_interval: Callable[[dict[str, object]], None] | None = None,
 ) -> dict[str, object]:

@@ -264,11 +264,12 @@ class Running:
         timer.start()
         try:
             for line in self.proc.stdout:
+                line = line.strip()  # flowcat-ft serve indents its steps
                 if line.startswith("ready"):
                     self.pids = descendants(self.proc.pid)
                     # Keep draining stdout, or a chatty server would block on it.
                     threading.Thread(target=self.proc.stdout.read, daemon=True).start()
-                    return line.strip()
+                    return line
         finally:
             timer.cancel()
         self.proc.wait()

@@ -33,6 +33,18 @@
  * time each slot dials, with --churn), "measure" when the window opens, "measured" when it
  * closes.
  *
+ * Conversation mode (--clip, bench/agent/README.md): each call is a phone caller talking
+ * to an agent over Twilio Media Streams. Between utterances it sends line noise (--noise)
+ * or µ-law silence, 20 ms at a time as a phone does. It waits for the agent's greeting (up
+ * to --greeting-timeout s), then says the --clip files in turn, one every --period s, and
+ * once the window has closed says --goodbye (with --barge-in S: S s into the reply to the
+ * last question, over it). Each utterance records when it was said, and the agent's reply
+ * to it: the arrival of its first audible frame, its audible length, how far its frames
+ * fell behind a real-time playout clock started at that first frame (and the longest gap
+ * between two of them), and the first `clear` after the utterance began. Each call
+ * records whether and when the server closed it (or sent a Twilio `stop`). The run ends
+ * once every call has ended or --grace s after the window. Times are ms from the start.
+ *
  * Build: cc -O2 -o loadgen loadgen.c (bench/echo/loadgen.py does it).
  */
 
@@ -62,6 +74,10 @@
 #define MIN_GAP_NS 500000LL   /* at most one timer wake-up per 0.5 ms */
 #define TIMER_ID UINT32_MAX
 #define MAX_CODES 16
+#define MAX_CLIPS 16
+#define AUDIBLE 500           /* a frame is audible if a sample reaches this (16-bit PCM) */
+#define GREETING_QUIET_NS 1000000000LL /* the greeting is over after 1 s with nothing audible */
+#define OVERLAP_NS 100000000LL /* a reply still arriving this close to an utterance's end */
 
 enum state { IDLE, CONNECTING, HANDSHAKE, OPEN, CLOSING, DONE };
 
@@ -82,6 +98,33 @@ struct conn {
     int64_t ends_at;     /* --churn: when the call stops sending (then closes) */
     int64_t closing_at;  /* --churn: when the close was sent */
     int64_t redial_at;   /* --churn: when the slot dials its next call */
+    /* conversation mode */
+    int owner;           /* the utterance whose reply incoming audio belongs to (-1: none) */
+    int speaking;        /* the utterance being said (-1: none) */
+    int last_said;       /* the last utterance said (-1: none) */
+    size_t clip_pos;     /* bytes of the speaking utterance's clip sent */
+    int next_kind;       /* what is said next (enum kind); DONE_TALKING after goodbye */
+    int questions;       /* questions said */
+    int64_t next_say;    /* when it is said (INT64_MAX: not scheduled yet) */
+    int64_t last_audible;/* arrival of the last audible frame from the agent (0: none) */
+    size_t noise_pos;
+    int64_t ended;       /* when the server closed the call or sent a stop (0: it did not) */
+    int end_code;        /* its close code (0: a Twilio stop) */
+};
+
+enum kind { GREETING, QUESTION, GOODBYE, DONE_TALKING };
+static const char *KIND_NAMES[] = {"greeting", "question", "goodbye"};
+
+/* One utterance said by a caller (or the greeting, where nothing is said) and the agent's
+ * reply to it. Times are CLOCK_MONOTONIC ns, 0 where it did not happen. */
+struct utterance {
+    int call, kind, clip, over; /* over: said over the agent's reply (a barge-in) */
+    int64_t start, end;         /* its first and last frame sent (the greeting: the start) */
+    int64_t reply, last_frame;  /* the reply's first audible frame, its latest frame */
+    uint32_t frames, audible;   /* frames since the first audible one; up to the last audible */
+    int64_t max_lag, max_gap;   /* behind the playout clock; between two frames */
+    int overlapped;             /* an earlier reply was still arriving as it ended */
+    int64_t clear;              /* the first clear after it began */
 };
 
 struct options {
@@ -93,19 +136,37 @@ struct options {
     int fps;
     int idle;
     double churn, report;
+    const char *clips[MAX_CLIPS];
+    int nclips;
+    const char *goodbye, *noise;
+    double period, greeting_timeout, barge_in;
 };
 
 static struct options opt = {
     .port = 0, .path = "/raw?codec=mulaw&sample_rate=8000", .twilio = 0, .calls = 10,
     .ramp = 1.0, .warmup = 1.0, .seconds = 10.0, .grace = 2.0, .fps = 50, .idle = 0,
     .churn = 0, .report = 0,
+    .period = 8.0, .greeting_timeout = 10.0, .barge_in = -1,
 };
+
+/* µ-law audio read from a file */
+struct clip {
+    uint8_t *bytes;
+    size_t n;
+};
+
+static struct clip clips[MAX_CLIPS], goodbye_clip, noise_clip;
+static int talking; /* conversation mode */
+static struct utterance *utts;
+static size_t utt_count, utt_cap;
+static int16_t ULAW[256];
 
 /* -- counters and round trips -------------------------------------------------------- */
 
 static struct conn *conns;
 static int epfd, timerfd;
 static int64_t t0, m0 = INT64_MAX, m1 = INT64_MAX; /* start, measured window [m0, m1) */
+static int64_t period_ns; /* between two frames of a call */
 static uint64_t expected, sent, received, corrupt, dropped, other_messages;
 static uint64_t *rtts;
 static size_t rtt_count, rtt_cap;
@@ -170,6 +231,58 @@ static double call_length(void) {
     if (s < opt.churn / 10) s = opt.churn / 10;
     if (s > opt.churn * 10) s = opt.churn * 10;
     return s;
+}
+
+/* -- conversations: clips, utterances ------------------------------------------------------ */
+
+static struct clip read_clip(const char *path) {
+    struct clip c = {0};
+    FILE *f = fopen(path, "rb");
+    if (!f) { perror(path); exit(2); }
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    if (n <= 0 || !(c.bytes = malloc((size_t)n)) || fread(c.bytes, 1, (size_t)n, f) != (size_t)n) {
+        fprintf(stderr, "loadgen: cannot read %s\n", path);
+        exit(2);
+    }
+    fclose(f);
+    c.n = (size_t)n;
+    return c;
+}
+
+static void ulaw_table(void) {
+    for (int b = 0; b < 256; b++) {
+        int u = ~b & 0xFF, t = ((u & 0x0F) << 3) + 0x84;
+        t <<= (u & 0x70) >> 4;
+        ULAW[b] = (int16_t)((u & 0x80) ? 0x84 - t : t - 0x84);
+    }
+}
+
+static int audible(const uint8_t *ulaw, size_t n) {
+    for (size_t k = 0; k < n; k++)
+        if (ULAW[ulaw[k]] >= AUDIBLE || ULAW[ulaw[k]] <= -AUDIBLE) return 1;
+    return 0;
+}
+
+/* A new utterance of call i; its index. */
+static int new_utterance(int i, int kind, int clip, int64_t start) {
+    if (utt_count == utt_cap) {
+        utt_cap = utt_cap ? utt_cap * 2 : 1024;
+        utts = realloc(utts, utt_cap * sizeof *utts);
+        if (!utts) { perror("loadgen: realloc"); exit(1); }
+    }
+    struct utterance *u = &utts[utt_count];
+    memset(u, 0, sizeof *u);
+    u->call = i;
+    u->kind = kind;
+    u->clip = clip;
+    u->start = u->end = start;
+    return (int)utt_count++;
+}
+
+static const struct clip *clip_of(const struct utterance *u) {
+    return u->kind == GOODBYE ? &goodbye_clip : &clips[u->clip];
 }
 
 /* -- base64 ----------------------------------------------------------------------------- */
@@ -313,13 +426,78 @@ static void send_twilio_preamble(int i) {
     send_text(i, msg);
 }
 
+static void fill_noise(struct conn *c, uint8_t *out, size_t n) {
+    for (size_t k = 0; k < n; k++) {
+        out[k] = noise_clip.n ? noise_clip.bytes[c->noise_pos++ % noise_clip.n] : 0xFF;
+    }
+}
+
+static void schedule_after_question(int i, int64_t said_at);
+
+/* What call i says in this frame: the next 20 ms of the utterance it is saying, starting
+ * one if it is due, or line noise. */
+static void conversation_payload(int i, uint8_t *payload, int64_t t) {
+    struct conn *c = &conns[i];
+    const struct utterance *heard = c->owner >= 0 ? &utts[c->owner] : NULL;
+    if (heard && heard->kind == GREETING && !c->questions && heard->reply &&
+        t - c->last_audible >= GREETING_QUIET_NS && t < c->next_say)
+        c->next_say = t; /* the greeting is over: the first question now */
+    if (heard && c->next_kind == GOODBYE && opt.barge_in >= 0 && c->owner == c->last_said &&
+        heard->reply && heard->reply + (int64_t)(opt.barge_in * 1e9) < c->next_say)
+        c->next_say = heard->reply + (int64_t)(opt.barge_in * 1e9);
+    if (c->speaking < 0 && c->next_kind != DONE_TALKING && t >= c->next_say) {
+        int kind = c->next_kind == GOODBYE ? GOODBYE : QUESTION;
+        int clip = kind == QUESTION ? c->questions % opt.nclips : -1;
+        c->speaking = c->last_said = new_utterance(i, kind, clip, t);
+        utts[c->speaking].over = c->owner >= 0 && utts[c->owner].reply &&
+                                 t - c->last_audible < OVERLAP_NS;
+        c->clip_pos = 0;
+        if (kind == QUESTION) {
+            c->questions++;
+            schedule_after_question(i, t);
+        } else {
+            c->next_kind = DONE_TALKING;
+        }
+    }
+    if (c->speaking < 0) {
+        fill_noise(c, payload, FRAME_BYTES);
+        return;
+    }
+    struct utterance *u = &utts[c->speaking];
+    const struct clip *clip = clip_of(u);
+    size_t n = clip->n - c->clip_pos < FRAME_BYTES ? clip->n - c->clip_pos : FRAME_BYTES;
+    memcpy(payload, clip->bytes + c->clip_pos, n);
+    fill_noise(c, payload + n, FRAME_BYTES - n);
+    c->clip_pos += n;
+    if (c->clip_pos == clip->n) { /* said: the agent's reply is to this from now on */
+        u->end = t;
+        u->overlapped = c->last_audible && t - c->last_audible < OVERLAP_NS;
+        c->owner = c->speaking;
+        c->speaking = -1;
+    }
+}
+
+/* The next utterance after a question said at said_at: another question a period later,
+ * or, once the window has closed by then, goodbye (with --barge-in: over the reply). */
+static void schedule_after_question(int i, int64_t said_at) {
+    struct conn *c = &conns[i];
+    int64_t next = said_at + (int64_t)(opt.period * 1e9);
+    c->next_kind = next >= m1 ? GOODBYE : QUESTION;
+    c->next_say = next;
+}
+
 /* Send frame number k of connection i, stamped now. */
 static int send_frame(int i, uint64_t k, int in_window) {
     uint8_t payload[FRAME_BYTES];
     int64_t t = now_ns();
-    stamp(payload, (uint64_t)(t - t0));
-    payload[STAMP_BYTES] = in_window ? IN_WINDOW : 0x80;
-    for (int b = STAMP_BYTES + 1; b < FRAME_BYTES; b++) payload[b] = 0x80 | ((b * 5 + k) & 0x7F);
+    if (talking) {
+        conversation_payload(i, payload, t);
+    } else {
+        stamp(payload, (uint64_t)(t - t0));
+        payload[STAMP_BYTES] = in_window ? IN_WINDOW : 0x80;
+        for (int b = STAMP_BYTES + 1; b < FRAME_BYTES; b++)
+            payload[b] = 0x80 | ((b * 5 + k) & 0x7F);
+    }
     if (!opt.twilio) return send_ws(i, 0x2, payload, FRAME_BYTES);
     char b64[4 * (FRAME_BYTES + 2) / 3 + 1];
     b64[b64_encode(payload, FRAME_BYTES, b64)] = 0;
@@ -423,6 +601,11 @@ static void read_handshake(int i) {
     if (!c->dialled) resolve(1);
     if (opt.churn > 0) c->ends_at = now_ns() + (int64_t)(call_length() * 1e9);
     if (opt.twilio) send_twilio_preamble(i);
+    if (talking) { /* the agent greets the caller: the greeting is a reply to the start */
+        c->owner = c->last_said = new_utterance(i, GREETING, -1, now_ns());
+        c->next_kind = QUESTION;
+        c->next_say = now_ns() + (int64_t)(opt.greeting_timeout * 1e9);
+    }
 }
 
 /* -- receiving ------------------------------------------------------------------------------ */
@@ -437,8 +620,78 @@ static void echo_arrived(const uint8_t *payload, size_t n, int64_t t) {
     record_rtt((uint64_t)(t - (t0 + (int64_t)sent_at)));
 }
 
+/* The server ended call i at t: closed it with `code`, or sent a Twilio stop (code 0). */
+static void server_ended(int i, int code, int64_t t) {
+    if (!conns[i].ended) {
+        conns[i].ended = t;
+        conns[i].end_code = code;
+    }
+}
+
+/* A frame of the agent's audio for call i arrived at t: the reply it belongs to starts
+ * with its first audible frame, then is timed against a playout clock started there. */
+static void reply_audio(int i, const uint8_t *ulaw, size_t n, int64_t t) {
+    struct conn *c = &conns[i];
+    int loud = audible(ulaw, n);
+    if (loud) c->last_audible = t;
+    if (c->owner < 0) return;
+    struct utterance *u = &utts[c->owner];
+    if (!u->reply) {
+        if (!loud) return; /* silence before the reply */
+        u->reply = u->last_frame = t;
+        u->frames = u->audible = 1;
+        return;
+    }
+    int64_t lag = t - (u->reply + (int64_t)u->frames * period_ns);
+    if (lag > u->max_lag) u->max_lag = lag;
+    if (t - u->last_frame > u->max_gap) u->max_gap = t - u->last_frame;
+    u->last_frame = t;
+    u->frames++;
+    if (loud) u->audible = u->frames;
+}
+
+/* A clear (the agent stopped talking, dropping what it had sent) for call i at t: it
+ * answers the utterance being said, or the last one said. Audio taken for the reply to an
+ * utterance that ended while an earlier reply was still arriving was that earlier reply's
+ * tail: its own reply is what comes after the clear. */
+static void clear_arrived(int i, int64_t t) {
+    struct conn *c = &conns[i];
+    int k = c->speaking >= 0 ? c->speaking : c->last_said;
+    if (k >= 0 && !utts[k].clear) utts[k].clear = t;
+    if (c->owner >= 0 && utts[c->owner].overlapped) {
+        struct utterance *u = &utts[c->owner];
+        u->reply = u->last_frame = u->max_lag = u->max_gap = 0;
+        u->frames = u->audible = 0;
+    }
+}
+
+static void conversation_message(int i, const char *text, size_t n, int64_t t) {
+    const char *p = memmem(text, n, "\"payload\"", 9);
+    if (p) {
+        p += 9;
+        const char *end = text + n;
+        while (p < end && (*p == ' ' || *p == ':')) p++;
+        uint8_t ulaw[FRAME_BYTES];
+        int groups = (int)((end - p - 1) / 4);
+        if (groups > FRAME_BYTES / 3) groups = FRAME_BYTES / 3;
+        if (p >= end || *p != '"' || b64_decode_prefix(p + 1, (size_t)(end - p - 1), groups, ulaw) < 0) {
+            corrupt++;
+            return;
+        }
+        received++;
+        reply_audio(i, ulaw, (size_t)groups * 3, t);
+    } else if (memmem(text, n, "\"clear\"", 7)) {
+        clear_arrived(i, t);
+    } else if (memmem(text, n, "\"stop\"", 6)) {
+        server_ended(i, 0, t);
+    } else {
+        other_messages++;
+    }
+}
+
 /* Find the base64 payload in a Twilio-style media message and pass its first bytes on. */
-static void json_arrived(const char *text, size_t n, int64_t t) {
+static void json_arrived(int i, const char *text, size_t n, int64_t t) {
+    if (talking) { conversation_message(i, text, n, t); return; }
     const char *p = memmem(text, n, "\"payload\"", 9);
     if (!p) { other_messages++; return; }
     p += 9;
@@ -482,7 +735,7 @@ static void read_frames(int i, int64_t t) {
         } else if (opcode == 0x2) {
             echo_arrived(payload, (size_t)n, t);
         } else if (opcode == 0x1) {
-            json_arrived((const char *)payload, (size_t)n, t);
+            json_arrived(i, (const char *)payload, (size_t)n, t);
         } else if (opcode == 0x9) {
             send_ws(i, 0xA, payload, (size_t)n); /* ping -> pong */
         } else if (opcode == 0x8) {
@@ -491,6 +744,7 @@ static void read_frames(int i, int64_t t) {
                 close_conn(i, 0);
             } else {
                 count_close(code);
+                server_ended(i, code, t);
                 send_ws(i, 0x8, payload, n >= 2 ? 2 : 0);
                 close_conn(i, 1);
             }
@@ -509,7 +763,7 @@ static void on_readable(int i) {
     int64_t t = now_ns();
     if (r <= 0) {
         if (r < 0 && errno == EAGAIN) return;
-        if (c->state == OPEN) count_close(1006);
+        if (c->state == OPEN) count_close(1006), server_ended(i, 1006, t);
         close_conn(i, c->state == OPEN);
         return;
     }
@@ -530,12 +784,17 @@ static void on_event(uint32_t i, uint32_t events) {
 
 /* -- the schedule ------------------------------------------------------------------------------ */
 
-static int64_t period_ns;
-
 /* Slot g is frame g / N of connection g % N; the calls' frames are spread over the period. */
 static int64_t slot_time(uint64_t g) {
     uint64_t n = (uint64_t)opt.calls;
     return t0 + (int64_t)(g / n) * period_ns + (int64_t)((g % n) * (uint64_t)period_ns / n);
+}
+
+/* Whether every call of a conversation run has ended (or never opened). */
+static int all_ended(void) {
+    for (int i = 0; i < opt.calls; i++)
+        if (conns[i].state != DONE && !conns[i].ended) return 0;
+    return 1;
 }
 
 static int64_t open_time(int i) {
@@ -657,10 +916,44 @@ static void churn(int64_t now) {
     }
 }
 
+static double rel_ms(int64_t t) { return t ? (double)(t - t0) / 1e6 : NAN; }
+
+static void print_rel(int64_t t, const char *sep) {
+    if (t) printf("%.3f%s", rel_ms(t), sep);
+    else printf("null%s", sep);
+}
+
+/* The conversations: each utterance and its reply, each call's end. */
+static void report_conversations(void) {
+    printf("\"window_ms\":[%.3f,%.3f],\"utterance_fields\":[\"call\",\"kind\",\"clip\","
+           "\"over\",\"start_ms\",\"end_ms\",\"reply_ms\",\"audible_frames\",\"frames\","
+           "\"max_lag_ms\",\"max_gap_ms\",\"overlapped\",\"clear_ms\"],\"utterances\":[",
+           rel_ms(m0), rel_ms(m1));
+    for (size_t k = 0; k < utt_count; k++) {
+        const struct utterance *u = &utts[k];
+        printf("%s[%d,\"%s\",%d,%d,", k ? "," : "", u->call, KIND_NAMES[u->kind], u->clip, u->over);
+        print_rel(u->start, ",");
+        print_rel(u->end, ",");
+        print_rel(u->reply, ",");
+        printf("%u,%u,%.3f,%.3f,%d,", u->audible, u->frames, u->max_lag / 1e6, u->max_gap / 1e6,
+               u->overlapped);
+        print_rel(u->clear, "]");
+    }
+    printf("],\"call_fields\":[\"call\",\"opened\",\"ended_ms\",\"end_code\"],\"call_ends\":[");
+    for (int i = 0; i < opt.calls; i++) {
+        printf("%s[%d,%d,", i ? "," : "", i, conns[i].opened);
+        print_rel(conns[i].ended, ",");
+        printf("%d]", conns[i].end_code);
+    }
+    printf("],");
+}
+
 static void report(double window_cpu, double window_s) {
     qsort(rtts, rtt_count, sizeof *rtts, by_value);
+    const char *mode = talking ? "conversation" : opt.twilio ? "twilio" : "raw";
     printf("{\"calls\":%d,\"mode\":\"%s\",\"idle\":%s,\"fps\":%d,\"seconds\":%.3f,", opt.calls,
-           opt.twilio ? "twilio" : "raw", opt.idle ? "true" : "false", opt.fps, opt.seconds);
+           mode, opt.idle ? "true" : "false", opt.fps, opt.seconds);
+    if (talking) report_conversations();
     printf("\"opened\":%d,\"failed\":%d,\"closed\":%d,\"close_codes\":{", opened_count,
            opt.calls - opened_count, closed_early);
     for (int k = 0; k < code_kinds; k++)
@@ -691,7 +984,8 @@ static void usage(void) {
     fprintf(stderr,
             "usage: loadgen --port P [--path PATH] [--twilio] [--calls N] [--ramp S]\n"
             "               [--warmup S] [--seconds S] [--grace S] [--fps N] [--idle]\n"
-            "               [--churn S] [--report S]\n");
+            "               [--churn S] [--report S] [--clip FILE]... [--goodbye FILE]\n"
+            "               [--noise FILE] [--period S] [--greeting-timeout S] [--barge-in S]\n");
     exit(2);
 }
 
@@ -701,6 +995,8 @@ static void parse(int argc, char **argv) {
         {"calls", 1, 0, 'n'},  {"ramp", 1, 0, 'r'},    {"warmup", 1, 0, 'w'},
         {"seconds", 1, 0, 's'}, {"grace", 1, 0, 'g'},  {"fps", 1, 0, 'f'},
         {"idle", 0, 0, 'i'},   {"churn", 1, 0, 'c'},   {"report", 1, 0, 'R'},
+        {"clip", 1, 0, 'C'},   {"goodbye", 1, 0, 'G'}, {"noise", 1, 0, 'N'},
+        {"period", 1, 0, 'T'}, {"greeting-timeout", 1, 0, 'W'}, {"barge-in", 1, 0, 'B'},
         {0, 0, 0, 0},
     };
     int ch;
@@ -718,6 +1014,15 @@ static void parse(int argc, char **argv) {
         case 'i': opt.idle = 1; break;
         case 'c': opt.churn = atof(optarg); break;
         case 'R': opt.report = atof(optarg); break;
+        case 'C':
+            if (opt.nclips == MAX_CLIPS) usage();
+            opt.clips[opt.nclips++] = optarg;
+            break;
+        case 'G': opt.goodbye = optarg; break;
+        case 'N': opt.noise = optarg; break;
+        case 'T': opt.period = atof(optarg); break;
+        case 'W': opt.greeting_timeout = atof(optarg); break;
+        case 'B': opt.barge_in = atof(optarg); break;
         default: usage();
         }
     }
@@ -725,8 +1030,12 @@ static void parse(int argc, char **argv) {
         opt.fps < 1 || opt.fps > 1000 || opt.seconds <= 0 || opt.seconds > 86400 ||
         opt.churn < 0 || opt.report < 0 || (opt.churn > 0 && opt.idle) ||
         opt.ramp < 0 || opt.ramp > 600 || opt.warmup < 0 || opt.warmup > 600 ||
-        opt.grace < 0 || opt.grace > 60 || strlen(opt.path) > 256 || opt.path[0] != '/')
+        opt.grace < 0 || opt.grace > 600 || strlen(opt.path) > 256 || opt.path[0] != '/' ||
+        (opt.nclips && (!opt.goodbye || opt.idle || opt.churn > 0)) || opt.period <= 0 ||
+        opt.greeting_timeout < 0)
         usage();
+    talking = opt.nclips > 0;
+    if (talking) opt.twilio = 1;
 }
 
 int main(int argc, char **argv) {
@@ -742,6 +1051,16 @@ int main(int argc, char **argv) {
     if (!conns || epfd < 0 || timerfd < 0) { perror("loadgen"); return 1; }
     struct epoll_event tev = {.events = EPOLLIN, .data.u32 = TIMER_ID};
     epoll_ctl(epfd, EPOLL_CTL_ADD, timerfd, &tev);
+    if (talking) {
+        ulaw_table();
+        for (int k = 0; k < opt.nclips; k++) clips[k] = read_clip(opt.clips[k]);
+        goodbye_clip = read_clip(opt.goodbye);
+        if (opt.noise) noise_clip = read_clip(opt.noise);
+        for (int i = 0; i < opt.calls; i++) {
+            conns[i].owner = conns[i].speaking = conns[i].last_said = -1;
+            conns[i].noise_pos = (size_t)i * 7919;
+        }
+    }
 
     period_ns = 1000000000LL / opt.fps;
     t0 = now_ns();
@@ -751,6 +1070,7 @@ int main(int argc, char **argv) {
         m1 = m0 + (int64_t)(opt.seconds * 1e9);
     }
     int64_t deadline = t0 + (int64_t)((opt.ramp + opt.warmup + opt.seconds + opt.grace + 30) * 1e9);
+    int64_t send_until = talking ? m1 + (int64_t)(opt.grace * 1e9) : m1; /* frames due before */
     int next_open = 0, measuring = 0;
     uint64_t next_slot = 0;
     int64_t next_report = INT64_MAX;
@@ -769,7 +1089,7 @@ int main(int argc, char **argv) {
             isent = ireceived = icalls_opened = icalls_ended = icalls_closed = 0;
             if (opt.report > 0) next_report = m0 + (int64_t)(opt.report * 1e9);
         }
-        while (slot_time(next_slot) <= now && slot_time(next_slot) < m1)
+        while (slot_time(next_slot) <= now && slot_time(next_slot) < send_until)
             send_slot(next_slot, slot_time(next_slot)), next_slot++;
         while (measuring == 1 && now >= next_report && next_report <= m1) {
             report_interval((double)(next_report - m0) / 1e9);
@@ -781,9 +1101,7 @@ int main(int argc, char **argv) {
             window_s = (double)(now - m0) / 1e9;
             progress("measured");
         }
-        /* With --churn the calls stay up for the whole grace (a caller samples the server
-         * after the last interval's line, with its calls still up). */
-        int all_back = received >= sent && opt.churn == 0;
+        int all_back = talking ? all_ended() : received >= sent && opt.churn == 0;
         if (measuring == 2 && (opt.idle || all_back || now >= m1 + (int64_t)(opt.grace * 1e9)))
             break;
         if (now >= deadline) {
@@ -792,7 +1110,8 @@ int main(int argc, char **argv) {
         }
         int64_t wake = m1 + (int64_t)(opt.grace * 1e9);
         if (next_open < opt.calls && open_time(next_open) < wake) wake = open_time(next_open);
-        if (slot_time(next_slot) < m1 && slot_time(next_slot) < wake) wake = slot_time(next_slot);
+        if (slot_time(next_slot) < send_until && slot_time(next_slot) < wake)
+            wake = slot_time(next_slot);
         if (!measuring && m0 < wake) wake = m0;
         if (measuring == 1 && m1 < wake) wake = m1;
         if (measuring == 1 && next_report < wake) wake = next_report;
