@@ -78,7 +78,13 @@ def sweep(
         for calls in points:
             servers.wait_quiet(running, limit=20.0)
             load = Conversations(
-                calls, voices, args.seconds, args.warmup, args.period, barge_in=args.barge_in
+                calls,
+                voices,
+                args.seconds,
+                args.warmup,
+                args.period,
+                greeting_timeout=1.0 if args.agent == "cloud" else 10.0,  # no greeting
+                barge_in=args.barge_in,
             )
             run = measure(running, load, LABELS[build])
             runs.append(run)
@@ -107,9 +113,12 @@ def main(args: argparse.Namespace) -> None:
     else:
         config = OFFLINE_CONFIG
     runs: list[dict[str, Any]] = []
+    provider_times = None
     try:
         for build in builds:
             runs += sweep(build, config, voices, points, args)
+        if providers is not None:
+            provider_times = providers.report()
     finally:
         if providers is not None:
             providers.stop()
@@ -129,7 +138,7 @@ def main(args: argparse.Namespace) -> None:
         "barge_in": args.barge_in,
         "questions": [p.name for p in voices.questions],
         "config": str(config.relative_to(ROOT)) if config.is_relative_to(ROOT) else str(config),
-        "providers": providers.report() if providers is not None else None,
+        "providers": provider_times,
         "runs": runs,
     }
     print()

@@ -48,5 +48,14 @@ def document(result: dict[str, Any], plot_name: str | None) -> str:
     ]
     if result.get("providers"):
         headers, body = report.provider_rows(result["providers"])
-        lines += ["", "## The fake providers' own time", "", markdown_table(headers, body)]
+        lines += [
+            "",
+            "## The fake providers' own time",
+            "",
+            "What the providers took of each reply (over the whole run, every point); the "
+            "rest of a reply's latency is the runtime's: VAD and turn-taking, the hops "
+            "between services, resampling, pacing, and the network on loopback.",
+            "",
+            markdown_table(headers, body),
+        ]
     return "\n".join(lines) + "\n"

@@ -340,3 +340,28 @@ def markdown_table(headers: Sequence[str], body: Sequence[Sequence[object]]) -> 
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in body]
     return "\n".join(lines)
+
+
+# -- the fake providers (cloud agent) ------------------------------------------------------
+
+PROVIDER_STEPS = ("stt_final_s", "llm_first_token_s", "tts_first_audio_s")
+"""The providers' own times on the way from the end of speech to the first audio."""
+
+
+def provider_rows(providers: dict[str, Any]) -> tuple[tuple[str, ...], list[tuple[object, ...]]]:
+    """The fake providers' own time per step, over the whole run, and their p50s' sum: the
+    part of a reply's latency that is the providers', not the runtime's."""
+    headers = ("provider step", "count", "p50 ms", "p95 ms", "max ms")
+    body: list[tuple[object, ...]] = [
+        (step["what"], step["count"], _ms(step["p50"]), _ms(step["p95"]), _ms(step["max"]))
+        for step in providers.values()
+    ]
+    total = providers_p50_ms(providers)
+    body.append(("sum of the p50s on the way to the first audio", "", _ms(total), "", ""))
+    return headers, body
+
+
+def providers_p50_ms(providers: dict[str, Any]) -> float | None:
+    """The sum of the providers' p50 own times from the end of speech to the first audio."""
+    values = [providers[step]["p50"] for step in PROVIDER_STEPS]
+    return None if None in values else round(sum(values), 1)
