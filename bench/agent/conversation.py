@@ -9,10 +9,13 @@ it). Calls open evenly over one period, so their questions spread evenly over it
 
 from __future__ import annotations
 
+import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.agent import speech
+from flowcat_ft.server.streamtokens import StreamTokens
 
 QUESTIONS = (
     "please tell me the weather",
@@ -71,7 +74,7 @@ class Conversations:
         return 2 * self.period + 8.0
 
     def argv(self, binary: Path, port: int) -> list[str]:
-        argv = [str(binary), "--port", str(port), "--path", "/twilio"]
+        argv = [str(binary), "--port", str(port), "--path", stream_path()]
         argv += ["--calls", str(self.calls), "--ramp", f"{self.ramp:g}"]
         argv += ["--warmup", f"{self.warmup:g}", "--seconds", f"{self.seconds:g}"]
         argv += ["--grace", f"{self.grace:g}", "--period", f"{self.period:g}"]
@@ -87,3 +90,18 @@ class Conversations:
     def longest(self) -> float:
         """Seconds the load generator may take at most (it gives up 30 s past its plan)."""
         return self.ramp + self.warmup + self.seconds + self.grace + 35
+
+
+STREAM_KEY_ENV = "FLOWCAT_BENCH_STREAM_KEY"
+"""Where the server under test (``bench/agent/offline.yaml``) finds its stream token key."""
+
+
+def stream_key() -> str:
+    """The key in :data:`STREAM_KEY_ENV`, made for this process if not set (the servers it
+    starts inherit it)."""
+    return os.environ.setdefault(STREAM_KEY_ENV, secrets.token_urlsafe(32))
+
+
+def stream_path() -> str:
+    """``/twilio/<token>``: the stream route with a token that admits any call for a day."""
+    return "/twilio/" + StreamTokens(stream_key().encode()).issue("twilio", ttl=86400)

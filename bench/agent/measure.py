@@ -13,7 +13,7 @@ from typing import Any
 
 from bench._common import ROOT, python_of
 from bench.agent import report
-from bench.agent.conversation import Conversations
+from bench.agent.conversation import Conversations, stream_key
 from bench.echo import loadgen, servers
 from bench.echo.servers import Running, Server
 
@@ -23,6 +23,7 @@ OFFLINE_CONFIG = ROOT / "bench" / "agent" / "offline.yaml"
 
 def agent_server(build: str, config: Path) -> Server:
     """``flowcat-ft serve CONFIG`` on the ``"ft"`` or ``"gil"`` venv."""
+    stream_key()  # in the environment the server inherits
     return Server(
         f"flowcat-ft serve ({LABELS[build]})",
         python_of(build),
