@@ -5,6 +5,8 @@ from __future__ import annotations
 import gc
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterable
 
 FREE_THREADED = not sys._is_gil_enabled()
@@ -70,3 +72,19 @@ def reference_cycles(objects: Iterable[object]) -> list[list[object]]:
                     parent = work[-1][0]
                     low[parent] = min(low[parent], low[node])
     return found
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
+    """The status and text of a GET, whatever the status."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def metric_samples(text: str) -> dict[str, str]:
+    """Prometheus text's samples by name and labels: ``{'flowcat_calls_active': '0', ...}``."""
+    return dict(
+        line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
+    )

@@ -1,15 +1,21 @@
 """Operations endpoints on the media server's own port: health, readiness and metrics.
 
-``GET /health`` answers 200 while the process serves; ``GET /ready`` answers 200 while it
-accepts new calls (503 when stopping or at capacity); ``GET /metrics`` is the runtime's and
-the server's metrics in Prometheus' text format. The formatting is a pure function of two
-snapshots, tested without a socket.
+``GET /health`` answers 200 while the process serves, draining or not, loaded or not (a
+liveness probe must not restart a busy server); ``GET /ready`` answers 200 while it takes
+new calls (503 while draining, at ``max_calls``, or with no measured headroom left, the
+reason in the body); ``GET /metrics`` is the runtime's and the server's metrics in
+Prometheus' text format, with what an autoscaler reads: calls active and their limit,
+headroom, calls refused by reason, whether the server is ready and whether it drains. The
+formatting is a pure function of two snapshots, tested without a socket.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+REFUSAL_REASONS = ("capacity", "overloaded", "draining")
+"""Why a call is refused, as ``flowcat_calls_refused_total``'s ``reason`` label."""
 
 
 def prometheus_text(runtime: Mapping[str, Any], server: Mapping[str, Any]) -> str:
@@ -23,6 +29,48 @@ def prometheus_text(runtime: Mapping[str, Any], server: Mapping[str, Any]) -> st
 
     calls, slabs, gc = runtime["calls"], runtime["slabs"], runtime["gc"]
     metric("calls_active", "gauge", "Calls running now.", [("", calls["active"])])
+    if server["max_calls"] is not None:
+        metric("calls_max", "gauge", "Calls the server takes at once.", [("", server["max_calls"])])
+    refusals = server["refusals"]
+    metric(
+        "calls_refused_total",
+        "counter",
+        "New calls refused, by reason.",
+        [(f'{{reason="{reason}"}}', refusals.get(reason, 0)) for reason in REFUSAL_REASONS],
+    )
+    metric("ready", "gauge", "1 while the server takes new calls.", [("", server["ready"])])
+    metric(
+        "draining",
+        "gauge",
+        "1 once the server drains: it takes no new call.",
+        [("", server["draining"])],
+    )
+    load = server["load"]
+    if load is not None:
+        metric(
+            "headroom_ratio",
+            "gauge",
+            "What measured load leaves: 1 - the worst delay as a fraction of its bound.",
+            [("", load["headroom"])],
+        )
+        metric(
+            "overloaded",
+            "gauge",
+            "1 while measured load refuses new calls.",
+            [("", load["overloaded"])],
+        )
+        metric(
+            "event_loop_lag_seconds",
+            "gauge",
+            "The worst event loop's lag at the last sample.",
+            [("", load["loop_lag_s"])],
+        )
+        metric(
+            "stage_queue_delay_seconds",
+            "gauge",
+            "The worst stage thread's queue delay at the last sample.",
+            [("", load["queue_delay_s"])],
+        )
     metric("calls_ended_total", "counter", "Calls ended.", [("", calls["ended"])])
     metric("slabs_in_use", "gauge", "Audio slabs taken from the pool.", [("", slabs["in_use"])])
     metric("slabs_capacity", "gauge", "Audio slabs in the pool.", [("", slabs["capacity"])])
@@ -83,12 +131,6 @@ def prometheus_text(runtime: Mapping[str, Any], server: Mapping[str, Any]) -> st
         "gauge",
         "WebSocket connections open now.",
         [("", server["connections"])],
-    )
-    metric(
-        "connections_refused_total",
-        "counter",
-        "Connections refused at capacity.",
-        [("", server["refused"])],
     )
     metric(
         "connections_closed_total",

@@ -5,8 +5,12 @@ with its own listening socket on the same port (``SO_REUSEPORT``: the kernel bal
 new connections). The URL path picks the carrier's serializer. The same port answers plain
 HTTP (:mod:`flowcat_ft.transports.http`): ``/health``, ``/ready`` and ``/metrics``
 (:mod:`flowcat_ft.transports.ops`) and any pages the application adds; other WebSocket
-endpoints (signalling, live feeds) can be added beside the media streams. Usable from plain
-threads::
+endpoints (signalling, live feeds) can be added beside the media streams.
+
+A new call is refused while the server drains (:meth:`WebSocketServer.drain`), at
+``max_calls``, or while measured load leaves no headroom (:mod:`flowcat_ft.transports.load`);
+``/ready`` answers 503 for the same reasons, so a load balancer sends calls elsewhere.
+Usable from plain threads::
 
     server = WebSocketServer(runtime, pipeline, port=8765).start()
     ...
@@ -61,6 +65,7 @@ from flowcat_ft.transports.http import (
     PageHandler,
 )
 from flowcat_ft.transports.limits import ClientLimits
+from flowcat_ft.transports.load import LoadBounds, LoadMonitor
 from flowcat_ft.transports.ops import prometheus_text
 from flowcat_ft.transports.pacer import Ticker
 from flowcat_ft.transports.session import MediaOptions, MediaSession, Turn, close_reason
@@ -145,10 +150,15 @@ class WebSocketServer:
     ``X-Forwarded-Proto`` to believe (:mod:`~flowcat_ft.transports.clients`);
     ``handshake_timeout``: seconds a connection has to complete its handshake (TLS's
     included); ``tls``: serve ``https`` and ``wss`` with this context.
+    ``load``: the bounds on measured load past which new calls are refused (None: calls
+    are refused only at ``max_calls`` and while draining).
 
     Threading contract: :meth:`start` and :meth:`stop` from any one thread; ``_active``
-    (the sessions open now, across all loops), ``close_codes`` and ``refused`` are written
-    under ``_lock``; ``_stopping`` is set once by :meth:`stop` and read by the loops.
+    (the sessions open now, across all loops), ``close_codes``, ``refused`` and
+    ``refusals`` are written under ``_lock``, whose condition ``_calls_changed`` is notified
+    when a call ends; ``_draining`` is set once, under ``_lock``, by :meth:`drain`, and read
+    by the loops (under the lock where a call is admitted). The load monitor's verdict is
+    written by its own thread (see :class:`~flowcat_ft.transports.load.LoadMonitor`).
     """
 
     def __init__(
@@ -172,6 +182,7 @@ class WebSocketServer:
         proxies: TrustedProxies | None = None,
         handshake_timeout: float = 10.0,
         tls: ssl.SSLContext | None = None,
+        load: LoadBounds | None = None,
     ) -> None:
         self.runtime = runtime
         self.pipeline = pipeline
@@ -196,16 +207,20 @@ class WebSocketServer:
         self.proxies = proxies or TrustedProxies()
         self.handshake_timeout = handshake_timeout
         self.tls = tls
+        self.load = load
         self.refused = 0
+        self.refusals: Counter[str] = Counter()  # calls refused, by reason (see _REFUSALS)
         self.close_codes: Counter[int] = Counter()  # how connections ended, by close code
         # Every call's answered turns, newest last: appended by the loops (deque appends
         # are atomic), read by copying (list(self.turns)) from any thread.
         self.turns: deque[Turn] = deque(maxlen=1000)
         self._lock = threading.Lock()
+        self._calls_changed = threading.Condition(self._lock)
         self._active: set[MediaSession] = set()
         self._loops: list[EventLoopThread] = []
         self._servers: list[Server] = []
-        self._stopping = False
+        self._draining = False
+        self._monitor: LoadMonitor | None = None
 
     @property
     def sessions(self) -> list[MediaSession]:
@@ -233,6 +248,8 @@ class WebSocketServer:
         except OSError:
             self.stop(grace=0)
             raise
+        if self.load is not None:
+            self._monitor = LoadMonitor(self.load, self._loops, self.runtime).start()
         scheme = "wss" if self.tls is not None else "ws"
         logger.info(
             "listening on %s://%s:%d (%d loops)", scheme, self.host, self.port, self.loop_count
@@ -264,11 +281,23 @@ class WebSocketServer:
             reuse_port=True,
             max_size=self.max_message_bytes,
             compression=None,
-            process_request=self._http,
+            process_request=self._admit,
             create_connection=connection,
             open_timeout=self.handshake_timeout,
             ssl=self.tls,
         )
+
+    async def _admit(self, connection: _Connection, request: Request) -> Response | None:
+        """While draining, refuse a new call's handshake with 503 (a load balancer may try
+        another instance); everything else goes on to :meth:`_http`. Endpoints in
+        ``sockets`` are not calls: they are not refused."""
+        upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+        if self._draining and upgrade and urlsplit(request.path).path not in self.sockets:
+            with self._lock:
+                self.refused += 1
+                self.refusals["draining"] += 1
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, _REFUSALS["draining"] + "\n")
+        return await self._http(connection, request)
 
     async def _http(self, connection: _Connection, request: Request) -> Response | None:
         """Answer a page (a plain request; a WebSocket handshake to the same path is not
@@ -356,23 +385,45 @@ class WebSocketServer:
 
     def _ready(self, request: HttpRequest) -> HttpResponse:
         with self._lock:
-            full = self.max_calls is not None and len(self._active) >= self.max_calls
-        if self._stopping or full:
-            return HttpResponse(HTTPStatus.SERVICE_UNAVAILABLE, "not ready\n")
-        return HttpResponse(HTTPStatus.OK, "ready\n")
+            reason = self._refusal()
+        if reason is None:
+            return HttpResponse(HTTPStatus.OK, "ready\n")
+        if reason == "capacity":
+            reason = f"at capacity ({self.max_calls} calls)"
+        elif reason == "overloaded" and self._monitor is not None:
+            reason += f" ({self._monitor.headroom.describe()})"
+        return HttpResponse(HTTPStatus.SERVICE_UNAVAILABLE, f"not ready: {reason}\n")
+
+    def _refusal(self) -> str | None:
+        """Why a new call would be refused now, a key of ``_REFUSALS`` (None: it would be
+        taken). Under ``_lock``."""
+        if self._draining:
+            return "draining"
+        if self.max_calls is not None and len(self._active) >= self.max_calls:
+            return "capacity"
+        if self._monitor is not None and self._monitor.headroom.overloaded:
+            return "overloaded"
+        return None
 
     def _metrics(self, request: HttpRequest) -> HttpResponse:
         text = prometheus_text(self.runtime.metrics(), self.stats())
         return HttpResponse(HTTPStatus.OK, text, "text/plain; version=0.0.4; charset=utf-8")
 
     def stats(self) -> dict[str, object]:
-        """Connections open now, refused (at capacity), and closed by close code; and with
+        """Connections open now, the limit, calls refused (in all and by reason), closed by
+        close code, whether the server is draining, ready, and its measured load; and with
         limits, theirs (``limits``: see :meth:`ClientLimits.stats`)."""
+        monitor = self._monitor
         with self._lock:
             stats: dict[str, object] = {
                 "connections": len(self._active),
+                "max_calls": self.max_calls,
                 "refused": self.refused,
+                "refusals": dict(self.refusals),
                 "close_codes": dict(self.close_codes),
+                "draining": self._draining,
+                "ready": self._refusal() is None,
+                "load": monitor.snapshot() if monitor is not None else None,
             }
         if self.limits is not None:
             stats["limits"] = self.limits.stats()
@@ -412,14 +463,15 @@ class WebSocketServer:
             check_start=None if check is None else functools.partial(check, ws.request.path),
         )
         with self._lock:
-            full = self.max_calls is not None and len(self._active) >= self.max_calls
-            if full:
+            reason = self._refusal()
+            if reason is not None:
                 self.refused += 1
+                self.refusals[reason] += 1
                 self.close_codes[1013] += 1
             else:
                 self._active.add(session)
-        if full:
-            await ws.close(1013, "the server is at capacity; try again later")
+        if reason is not None:
+            await ws.close(1013, _REFUSALS[reason])
             return
         try:
             await session.run()
@@ -427,29 +479,54 @@ class WebSocketServer:
             with self._lock:
                 self._active.discard(session)
                 self.close_codes[session.close_code or 1006] += 1
+                self._calls_changed.notify_all()
+
+    def drain(self) -> None:
+        """Take no new call from now on: ``/ready`` answers 503 and new calls' handshakes
+        are refused with 503, while live calls go on. ``/health`` and the pages still
+        answer. Cannot be undone; calling it again changes nothing."""
+        with self._lock:
+            self._draining = True
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def wait_for_calls(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds (None: for ever) until no call is live; returns
+        whether none is."""
+        with self._calls_changed:
+            return self._calls_changed.wait_for(lambda: not self._active, timeout)
 
     def stop(self, grace: float = 5.0) -> None:
-        """Stop accepting, let live calls finish for up to ``grace`` s, then close every
-        connection (calls still live are cancelled), and stop the loops.
+        """Drain, let live calls finish for up to ``grace`` s, then close every connection
+        (calls still live are cancelled), and stop the loops.
 
         Only calls are waited for: other WebSocket endpoints (a companion's control link,
         say) stay open while the calls finish, and are closed with the rest.
         """
-        self._stopping = True
+        self.drain()
+        self.wait_for_calls(grace)
         closing = [
-            io.submit(_close_server(server, self._calls_ended, grace))
+            io.submit(_close_server(server))
             for io, server in zip(self._loops, self._servers, strict=True)
         ]
         for future in closing:
-            future.result(grace + 10)
+            future.result(_CLOSING_HANDSHAKE_SECS + 10)
+        if self._monitor is not None:
+            self._monitor.stop()
         for io in self._loops:
             io.stop()
         self._loops.clear()
         self._servers.clear()
 
-    def _calls_ended(self) -> bool:
-        with self._lock:
-            return not self._active
+
+_REFUSALS = {
+    "draining": "the server is draining; connect to another instance",
+    "capacity": "the server is at capacity; try again later",
+    "overloaded": "the server is overloaded; try again later",
+}
+"""Why a call is refused, by reason: the close reason (1013) or the handshake's 503 body."""
 
 
 class _Connection(MediaConnection):
@@ -522,13 +599,9 @@ def _to_websockets(answer: HttpResponse) -> Response:
     return Response(status.value, status.phrase, headers, body)
 
 
-async def _close_server(server: Server, calls_ended: Callable[[], bool], grace: float) -> None:
-    """Stop accepting; give the calls ``grace`` seconds; close what is still open (1001)."""
+async def _close_server(server: Server) -> None:
+    """Stop accepting; close what is still open (1001)."""
     server.close(close_connections=False)  # idempotent: later calls change nothing
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + grace
-    while not calls_ended() and loop.time() < deadline:
-        await asyncio.sleep(0.05)
     closing = [
         connection.close(CloseCode.GOING_AWAY, "the server is shutting down")
         for connection in server.connections

@@ -32,7 +32,7 @@ def test_health_and_readiness_follow_capacity(serve):
             assert wait_until(lambda: len(server.sessions) == 1)
             return await asyncio.to_thread(get, server.port, "/ready")
 
-    assert asyncio.run(one_call()) == (503, "not ready\n")
+    assert asyncio.run(one_call()) == (503, "not ready: at capacity (1 calls)\n")
     assert wait_until(lambda: get(server.port, "/ready")[0] == 200)
 
 
@@ -69,9 +69,24 @@ def test_the_text_format_is_a_pure_function():
         "gc": {"collections": 1, "pause": {"max_us": 1500.0}},
         "pipelines": [],
     }
-    server = {"connections": 2, "refused": 1, "close_codes": {1000: 4, 1008: 1}}
+    server = {
+        "connections": 2,
+        "max_calls": 10,
+        "refused": 1,
+        "refusals": {"capacity": 1},
+        "close_codes": {1000: 4, 1008: 1},
+        "draining": False,
+        "ready": True,
+        "load": {"overloaded": False, "headroom": 0.75, "loop_lag_s": 0.01, "queue_delay_s": 0},
+    }
     text = prometheus_text(runtime, server)
     assert "flowcat_calls_active 2\n" in text
+    assert "flowcat_calls_max 10\n" in text
+    assert 'flowcat_calls_refused_total{reason="capacity"} 1\n' in text
+    assert 'flowcat_calls_refused_total{reason="draining"} 0\n' in text
+    assert "flowcat_ready 1\n" in text and "flowcat_draining 0\n" in text
+    assert "flowcat_headroom_ratio 0.75\n" in text
+    assert "flowcat_overloaded 0\n" in text
     assert "flowcat_gc_pause_max_seconds 0.0015\n" in text
     assert 'flowcat_connections_closed_total{code="1008"} 1\n' in text
     assert text.count("# TYPE") == text.count("# HELP")
