@@ -10,6 +10,8 @@ the same embedded::
 
     server = AgentServer(load_config("agent.yaml")).start()
     ...
+    server.drain()                      # no new call; live ones go on
+    server.wait_for_calls(timeout=3600)
     server.stop()
 
 It also decides who may come in: with ``server.access_token_env`` every entry point but the
@@ -28,6 +30,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 from flowcat_ft.runtime import Runtime
@@ -49,7 +52,7 @@ from flowcat_ft.server.streamtokens import StreamTokens
 from flowcat_ft.server.webhooks import CALL_ID_FIELDS, answer_pages
 from flowcat_ft.services.offline import SphinxWorker
 from flowcat_ft.transports.clients import TrustedProxies
-from flowcat_ft.transports.http import Guard, HttpRequest
+from flowcat_ft.transports.http import Guard, HttpRequest, HttpResponse
 from flowcat_ft.transports.limits import ClientLimits, Rate
 from flowcat_ft.transports.server import WebSocketServer, default_routes, split_cores
 from flowcat_ft.transports.webrtc import WebRTCGateway
@@ -132,7 +135,7 @@ class AgentServer:
             max_calls=limits.max_calls,
             pages=pages,
             sockets=gateway.sockets() if gateway is not None else None,
-            guards=self._guards(tokens) | (gateway.guards() if gateway is not None else {}),
+            guards=self._guards(tokens, gateway),
             start_checks=tokens.start_checks(_webhook_carriers(carriers)),
             limits=ClientLimits(
                 connections=limits.connections_per_client,
@@ -145,6 +148,7 @@ class AgentServer:
             proxies=TrustedProxies(config.server.trusted_proxies),
             handshake_timeout=limits.handshake_timeout,
             tls=config.server.tls_context(),
+            load=config.limits.load,
         )
         extras = {"webrtc": gateway.status} if gateway is not None else None
         server.pages.update(status_pages(server, runtime, extras))
@@ -188,6 +192,17 @@ class AgentServer:
                 urls[name] += f"  (webhook answer: {http}://{base}/{name}/answer)"
         return urls
 
+    def drain(self) -> None:
+        """Take no new call from now on (``/ready`` answers 503; new calls and WebRTC offers
+        are refused with 503); live calls go on."""
+        assert self.server is not None, "not started"
+        self.server.drain()
+
+    def wait_for_calls(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds until no call is live; returns whether none is."""
+        assert self.server is not None, "not started"
+        return self.server.wait_for_calls(timeout)
+
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, let live ones finish for ``grace`` seconds (the config's
         ``limits.shutdown_grace`` by default), then cancel them. WebRTC calls get the grace
@@ -212,9 +227,10 @@ class AgentServer:
         self._step(f"traces: exporting to {telemetry.otlp_endpoint} over OTLP/HTTP")
         return Telemetry(telemetry.otlp_endpoint, service_name=telemetry.service_name)
 
-    def _guards(self, tokens: StreamTokens) -> dict[str, Guard]:
+    def _guards(self, tokens: StreamTokens, gateway: WebRTCGateway | None) -> dict[str, Guard]:
         """Stream tokens on every carrier's stream, and each carrier's own signatures (or
-        credentials) on its requests where the config names its secret."""
+        credentials) on its requests where the config names its secret; the WebRTC
+        gateway's own, and its offers refused while the server drains."""
         transports, public_url = self.config.transports, self.config.server.public_url
         carriers = _webhook_carriers(transports.carriers)
         tolerance, replays, env = transports.webhook_tolerance, ReplayMemory(), os.environ
@@ -232,6 +248,9 @@ class AgentServer:
             username = env[exotel.username_env] if exotel.username_env else None
             password = env[exotel.password_env] if exotel.password_env else None
             guards.append(exotel_guards(username, password, exotel.allow_from))
+        if gateway is not None:
+            guards.append(gateway.guards())
+            guards.append({path: self._refuse_while_draining for path in gateway.pages()})
         return merge(*guards, tokens.guards(carriers))
 
     def _check_exposure(self) -> None:
@@ -286,6 +305,14 @@ class AgentServer:
     def _scheme(self, plain: str) -> str:
         """``http`` or ``ws`` (``plain``), or with TLS ``https`` or ``wss``."""
         return plain + "s" if self.config.server.tls_cert is not None else plain
+
+    def _refuse_while_draining(self, request: HttpRequest) -> HttpResponse | None:
+        if self.server is not None and self.server.draining:
+            return HttpResponse.error(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                "the server is draining; connect to another instance",
+            )
+        return None
 
     def _webrtc_gateway(self) -> WebRTCGateway | None:
         """The gateway to WebRTC's companion process, where the config wants one and a

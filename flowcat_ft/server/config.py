@@ -52,6 +52,7 @@ from flowcat_ft.services.offline.espeak_tts import EspeakTTS
 from flowcat_ft.services.stt import DeepgramSTTService, OpenAISTTService
 from flowcat_ft.services.tts import CartesiaTTSService, ElevenLabsTTSService, OpenAITTSService
 from flowcat_ft.transports.clients import TrustedProxies
+from flowcat_ft.transports.load import LoadBounds
 from flowcat_ft.transports.server import CARRIERS
 from flowcat_ft.transports.session import MediaOptions
 
@@ -140,7 +141,10 @@ class ServerConfig:
 @dataclass(frozen=True, kw_only=True)
 class LimitsConfig:
     """Calls at once; seconds of silence from a caller before the call is closed; seconds
-    that calls get to finish at shutdown; the flood limit on incoming frames.
+    that live calls get to finish once SIGTERM starts the drain (it may be an hour); the
+    flood limit on incoming frames; the measured load past which the server takes no new
+    call (seconds of event-loop lag and of stage queue delay, None: not measured; see
+    :mod:`flowcat_ft.transports.load`).
 
     Per client address (:mod:`~flowcat_ft.transports.limits`): ``connections_per_client``,
     connections open at once that are not calls (yet); ``handshakes_per_minute``,
@@ -157,6 +161,15 @@ class LimitsConfig:
     handshakes_per_minute: int = bounded(120, 1)
     offers_per_minute: int = bounded(30, 1)
     handshake_timeout: float = bounded(10.0, above=0)
+    max_loop_lag: float | None = bounded(LoadBounds.max_loop_lag, above=0)
+    max_queue_delay: float | None = bounded(LoadBounds.max_queue_delay, above=0)
+
+    @property
+    def load(self) -> LoadBounds | None:
+        """The bounds on measured load (None where neither is measured)."""
+        if self.max_loop_lag is None and self.max_queue_delay is None:
+            return None
+        return LoadBounds(max_loop_lag=self.max_loop_lag, max_queue_delay=self.max_queue_delay)
 
 
 @dataclass(frozen=True, kw_only=True)
