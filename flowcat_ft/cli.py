@@ -1,13 +1,25 @@
-"""The ``flowcat-ft`` command: ``flowcat-ft serve [agent.yaml]``, and ``flowcat-ft
-stream-url CARRIER [agent.yaml]`` for a carrier that streams to it without a webhook."""
+"""The ``flowcat-ft`` command: ``flowcat-ft serve [agent.yaml]``; ``flowcat-ft stream-url
+CARRIER [agent.yaml]`` for a carrier that streams to it without a webhook; and for fleets
+``flowcat-ft drain`` (a Kubernetes preStop hook).
+
+Signals to ``serve``: SIGTERM (or Ctrl-C) starts the drain: ``/ready`` answers 503, new
+calls are refused, live calls go on for up to ``limits.shutdown_grace`` seconds, and the
+process exits 0 once the last one ends. A second SIGTERM, or the end of the grace, ends the
+calls still live. SIGUSR1 starts the drain without stopping: the process stays up, taking no
+call, until a SIGTERM.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import signal
 import sys
 import threading
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -68,7 +80,25 @@ def main(argv: list[str] | None = None) -> int:
     stream_url.add_argument(
         "--days", type=float, default=30.0, help="how long the URL stays valid (default 30)"
     )
+    drain = commands.add_parser(
+        "drain",
+        help="make a running server take no new calls (a Kubernetes preStop hook)",
+        description="Start the drain of the flowcat-ft serve process PID (SIGUSR1), check "
+        "that its /ready answers that it drains, then wait for load balancers to see it. "
+        "Live calls go on; the SIGTERM that follows stops the server once they end.",
+    )
+    drain.add_argument("--pid", type=int, required=True, help="the server's process id")
+    drain.add_argument("--port", type=int, default=8765, help="its port (default 8765)")
+    drain.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="then wait this long, for load balancers to stop sending calls (default 0)",
+    )
     args = parser.parse_args(argv)
+    if args.command == "drain":
+        return _drain(args.pid, args.port, args.wait)
     try:
         config = load_config(args.config)
         if args.command == "stream-url":
@@ -134,14 +164,41 @@ def _replace(section, options: dict[str, object]):
     return dataclasses.replace(section, **given) if given else section
 
 
+class _Signals:
+    """SIGTERM and SIGINT (counted) and SIGUSR1, as the main thread sees them.
+
+    The handlers only note the signal: Python runs them on the main thread, which may hold
+    a server's lock at that moment."""
+
+    def __init__(self) -> None:
+        self.stops = 0
+        self.drain = False
+        self._arrived = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._stop)
+        signal.signal(signal.SIGUSR1, self._drain)
+
+    def _stop(self, *_: object) -> None:
+        self.stops += 1
+        self._arrived.set()
+
+    def _drain(self, *_: object) -> None:
+        self.drain = True
+        self._arrived.set()
+
+    def wait(self, timeout: float) -> None:
+        """Until a signal arrives, or ``timeout`` seconds. The kernel may deliver a signal
+        to any thread, leaving the main thread asleep here: callers wake it often."""
+        self._arrived.wait(timeout)
+        self._arrived.clear()
+
+
 def _serve(config: Config, profile_dir: str | None) -> int:
     def progress(step: str) -> None:
         print(f"  {step}", flush=True)
 
     # Handlers first: a signal during start-up stops the server once it has started.
-    stopping = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopping.set())
+    signals = _Signals()
 
     def warn(message: str) -> None:
         print(f"flowcat-ft: WARNING: {message}", file=sys.stderr, flush=True)
@@ -160,13 +217,62 @@ def _serve(config: Config, profile_dir: str | None) -> int:
     for name, url in server.urls().items():
         print(f"  {name:10} {url}")
     print("Ctrl-C to stop.", flush=True)
-    # Python runs signal handlers on the main thread, but the kernel may deliver the
-    # signal to any thread, leaving a main thread blocked in wait() asleep: wake it often.
-    while not stopping.wait(0.25):
-        pass
-    print(f"stopping: letting calls finish ({config.limits.shutdown_grace:g} s)...", flush=True)
-    server.stop()
+    draining = False
+    while not signals.stops:
+        if signals.drain and not draining:
+            draining = True
+            server.drain()
+            print(f"draining: no new calls; {_live(server)} live (stops on SIGTERM)", flush=True)
+        signals.wait(0.25)
+    server.drain()
+    grace = config.limits.shutdown_grace
+    print(
+        f"draining: {_live(server)} live calls get up to {grace:g} s to finish "
+        "(SIGTERM again ends them)",
+        flush=True,
+    )
+    deadline = time.monotonic() + grace
+    while signals.stops < 2 and (left := deadline - time.monotonic()) > 0:
+        if server.wait_for_calls(min(left, 0.25)):
+            break
+    left = _live(server)
+    server.stop(grace=0)
+    print(f"stopped: {'every call had ended' if not left else f'ended {left} live calls'}")
     return 0
+
+
+def _live(server: AgentServer) -> int:
+    assert server.server is not None
+    return len(server.server.sessions)
+
+
+def _drain(pid: int, port: int, wait: float) -> int:
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except OSError as error:
+        print(f"flowcat-ft drain: cannot signal process {pid}: {error}", file=sys.stderr)
+        return 1
+    url = f"http://127.0.0.1:{port}/ready"
+    deadline = time.monotonic() + 10
+    while (answer := _get(url)) is None or "draining" not in answer:
+        if time.monotonic() > deadline:
+            print(f"flowcat-ft drain: {url} does not say it drains: {answer}", file=sys.stderr)
+            return 1
+        time.sleep(0.1)
+    print(f"draining; waiting {wait:g} s for load balancers to stop sending calls", flush=True)
+    time.sleep(wait)
+    return 0
+
+
+def _get(url: str) -> str | None:
+    """The body of a GET, whatever its status (None: no answer)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as reply:
+            return reply.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.read().decode()
+    except OSError:
+        return None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,199 @@
+"""Graceful drain of a real `flowcat-ft serve` process, with real signals and real calls:
+SIGTERM takes it out of rotation at once and refuses new calls, live calls go on to their
+end, then it exits 0; a second SIGTERM, or the end of the grace, ends what is left;
+`flowcat-ft drain` (a preStop hook) starts the drain without stopping the server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+import websockets
+from carrier_messages import twilio_media, twilio_start
+from helpers import http_get, metric_samples, wait_until
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+FLOWCAT = [sys.executable, "-m", "flowcat_ft.cli"]
+
+
+class Served:
+    """A `flowcat-ft serve` process of the echo agent, its port, and what it printed."""
+
+    def __init__(self, tmp_path, limits: str = "") -> None:
+        config = tmp_path / "agent.yaml"
+        config.write_text(
+            "server: {host: 127.0.0.1, port: 0, playground: false, webrtc: false}\n"
+            f"agent: {{kind: echo}}\nlogging: {{level: WARNING}}\nlimits: {{{limits}}}\n"
+        )
+        self.proc = subprocess.Popen(
+            [*FLOWCAT, "serve", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if "/twilio" in line:
+                self.port = int(line.rsplit(":", 1)[1].split("/")[0])
+                break
+        else:
+            raise AssertionError(f"the server did not start: {''.join(self.lines)}")
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def get(self, path: str) -> tuple[int, str]:
+        return http_get(f"http://127.0.0.1:{self.port}{path}")
+
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/twilio"
+
+    def output(self) -> str:
+        self._reader.join(10)
+        return "".join(self.lines)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def served(tmp_path):
+    started: list[Served] = []
+
+    def start(limits: str = "shutdown_grace: 60") -> Served:
+        started.append(server := Served(tmp_path, limits))
+        return server
+
+    yield start
+    for server in started:
+        server.close()
+
+
+async def echo(ws, frames: int, first: int = 0) -> None:
+    """Send ``frames`` media messages and wait for every echo."""
+    for i in range(first, first + frames):
+        await ws.send(twilio_media(b"\x44" * 160, i))
+    for _ in range(frames):
+        await asyncio.wait_for(ws.recv(), 10)
+
+
+async def until(predicate, timeout: float = 30) -> bool:
+    return await asyncio.to_thread(wait_until, predicate, timeout)
+
+
+async def closed(ws) -> tuple[int | None, str | None]:
+    """Wait for the server to close ``ws``; its close code and reason."""
+    with contextlib.suppress(ConnectionClosed):
+        while True:
+            await asyncio.wait_for(ws.recv(), 30)
+    return ws.close_code, ws.close_reason
+
+
+def test_sigterm_refuses_new_calls_lets_the_live_one_finish_then_exits_0(served):
+    server = served()
+
+    async def scenario() -> None:
+        async with websockets.connect(server.url()) as live:
+            await live.send(twilio_start())
+            await echo(live, 5)
+            server.proc.send_signal(signal.SIGTERM)
+            assert await until(lambda: server.get("/ready") == (503, "not ready: draining\n"))
+            assert server.get("/health") == (200, "ok\n")  # a liveness probe keeps passing
+            with pytest.raises(InvalidStatus) as refused:
+                await websockets.connect(server.url())
+            assert refused.value.response.status_code == 503
+            await echo(live, 20, first=5)  # the live call goes on
+            assert server.proc.poll() is None
+            samples = metric_samples(server.get("/metrics")[1])
+            assert samples["flowcat_draining"] == "1" and samples["flowcat_calls_active"] == "1"
+        # The caller hangs up: the last call has ended.
+
+    asyncio.run(scenario())
+    assert server.proc.wait(30) == 0
+    output = server.output()
+    assert "draining: 1 live calls get up to 60 s to finish" in output
+    assert "stopped: every call had ended" in output
+
+
+def test_a_second_sigterm_ends_the_live_calls(served):
+    server = served()
+
+    async def scenario() -> tuple[int | None, str | None]:
+        async with websockets.connect(server.url()) as live:
+            await live.send(twilio_start())
+            await echo(live, 3)
+            server.proc.send_signal(signal.SIGTERM)
+            assert await until(lambda: server.get("/ready")[0] == 503)
+            await echo(live, 3, first=3)
+            server.proc.send_signal(signal.SIGTERM)
+            return await closed(live)
+
+    assert asyncio.run(scenario()) == (1001, "the server is shutting down")
+    assert server.proc.wait(30) == 0
+    assert "stopped: ended 1 live calls" in server.output()
+
+
+def test_the_end_of_the_grace_ends_the_live_calls(served):
+    server = served("shutdown_grace: 0.5")
+
+    async def scenario() -> tuple[int | None, str | None]:
+        async with websockets.connect(server.url()) as live:
+            await live.send(twilio_start())
+            await echo(live, 3)
+            server.proc.send_signal(signal.SIGTERM)
+            return await closed(live)
+
+    assert asyncio.run(scenario()) == (1001, "the server is shutting down")
+    assert server.proc.wait(30) == 0
+    assert "stopped: ended 1 live calls" in server.output()
+
+
+def test_the_drain_command_takes_a_server_out_of_rotation_and_leaves_it_up(served):
+    server = served()
+
+    async def scenario() -> None:
+        async with websockets.connect(server.url()) as live:
+            await live.send(twilio_start())
+            await echo(live, 3)
+            drain = await asyncio.to_thread(
+                subprocess.run,
+                [*FLOWCAT, "drain", "--pid", str(server.proc.pid), "--port", str(server.port)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert drain.returncode == 0, drain.stderr
+            assert "draining; waiting 0 s" in drain.stdout
+            assert server.get("/ready") == (503, "not ready: draining\n")
+            await echo(live, 10, first=3)
+
+    asyncio.run(scenario())
+    assert wait_until(
+        lambda: metric_samples(server.get("/metrics")[1])["flowcat_calls_active"] == "0"
+    )
+    assert server.get("/health") == (200, "ok\n")
+    assert server.proc.poll() is None  # drained, and still up until told to stop
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(30) == 0
+    output = server.output()
+    assert "draining: no new calls; 1 live" in output
+    assert "stopped: every call had ended" in output
+
+
+def test_the_drain_command_says_when_there_is_no_such_server():
+    result = subprocess.run(
+        [*FLOWCAT, "drain", "--pid", "999999999"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert "cannot signal process 999999999" in result.stderr
