@@ -94,3 +94,17 @@ def test_a_twilio_token_variable_that_is_not_set_stops_start_up(tmp_path, monkey
         ConfigError, match=r"transports\.twilio\.auth_token_env: .*TEST_TWILIO_TOKEN"
     ):
         config(tmp_path, rest=twilio)
+
+
+def test_a_draining_server_refuses_calls_and_webrtc_offers(tmp_path, agent_server):
+    server = agent_server(config(tmp_path, ", webrtc: true, webrtc_companions: 1"))
+    server.drain()
+    assert get(server.port, "/ready") == (503, b"not ready: draining\n")
+    offer = urllib.request.Request(
+        f"http://127.0.0.1:{server.port}/webrtc/offer", data=b"{}", method="POST"
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(offer, timeout=5)
+    assert refused.value.code == 503
+    assert b"draining" in refused.value.read()
+    assert server.wait_for_calls(0)
