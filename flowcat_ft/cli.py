@@ -30,6 +30,25 @@ from flowcat_ft.server.webhooks import CALL_ID_FIELDS
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = command_line().parse_args(argv)
+    if args.command == "drain":
+        return _drain(args.pid, args.port, args.wait)
+    try:
+        config = load_config(args.config)
+        if args.command == "stream-url":
+            print(_stream_url(config, args.carrier, args.days))
+            return 0
+        config = _with_options(config, args)
+    except ConfigError as error:
+        print(f"flowcat-ft: {error}", file=sys.stderr)
+        return 2
+    configure_logging(config.logging.level, config.logging.format)
+    return _serve(config, args.profile)
+
+
+def command_line() -> argparse.ArgumentParser:
+    """The parser of ``flowcat-ft``'s arguments (deployment files' commands are checked
+    against it)."""
     parser = argparse.ArgumentParser(prog="flowcat-ft", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
@@ -96,20 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECONDS",
         help="then wait this long, for load balancers to stop sending calls (default 0)",
     )
-    args = parser.parse_args(argv)
-    if args.command == "drain":
-        return _drain(args.pid, args.port, args.wait)
-    try:
-        config = load_config(args.config)
-        if args.command == "stream-url":
-            print(_stream_url(config, args.carrier, args.days))
-            return 0
-        config = _with_options(config, args)
-    except ConfigError as error:
-        print(f"flowcat-ft: {error}", file=sys.stderr)
-        return 2
-    configure_logging(config.logging.level, config.logging.format)
-    return _serve(config, args.profile)
+    return parser
 
 
 def _with_options(config: Config, args: argparse.Namespace) -> Config:
