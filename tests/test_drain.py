@@ -9,62 +9,13 @@ import asyncio
 import contextlib
 import signal
 import subprocess
-import sys
-import threading
 
 import pytest
 import websockets
 from carrier_messages import twilio_media, twilio_start
-from helpers import http_get, metric_samples, wait_until
+from fleet import FLOWCAT, Served
+from helpers import metric_samples, wait_until
 from websockets.exceptions import ConnectionClosed, InvalidStatus
-
-FLOWCAT = [sys.executable, "-m", "flowcat_ft.cli"]
-
-
-class Served:
-    """A `flowcat-ft serve` process of the echo agent, its port, and what it printed."""
-
-    def __init__(self, tmp_path, limits: str = "") -> None:
-        config = tmp_path / "agent.yaml"
-        config.write_text(
-            "server: {host: 127.0.0.1, port: 0, playground: false, webrtc: false}\n"
-            f"agent: {{kind: echo}}\nlogging: {{level: WARNING}}\nlimits: {{{limits}}}\n"
-        )
-        self.proc = subprocess.Popen(
-            [*FLOWCAT, "serve", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: list[str] = []
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            if "/twilio" in line:
-                self.port = int(line.rsplit(":", 1)[1].split("/")[0])
-                break
-        else:
-            raise AssertionError(f"the server did not start: {''.join(self.lines)}")
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    def get(self, path: str) -> tuple[int, str]:
-        return http_get(f"http://127.0.0.1:{self.port}{path}")
-
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/twilio"
-
-    def output(self) -> str:
-        self._reader.join(10)
-        return "".join(self.lines)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 @pytest.fixture
