@@ -1,6 +1,7 @@
 """The ``flowcat-ft`` command: ``flowcat-ft serve [agent.yaml]``; ``flowcat-ft stream-url
 CARRIER [agent.yaml]`` for a carrier that streams to it without a webhook; and for fleets
-``flowcat-ft drain`` (a Kubernetes preStop hook).
+``flowcat-ft drain`` (a Kubernetes preStop hook) and ``flowcat-ft pod-cost`` (a sidecar
+that keeps a pod's deletion cost at its number of calls).
 
 Signals to ``serve``: SIGTERM (or Ctrl-C) starts the drain: ``/ready`` answers 503, new
 calls are refused, live calls go on for up to ``limits.shutdown_grace`` seconds, and the
@@ -26,6 +27,7 @@ from urllib.parse import urlsplit
 from flowcat_ft.server.app import AgentServer, stream_tokens
 from flowcat_ft.server.config import Config, ConfigError, GraphLLMConfig, load_config
 from flowcat_ft.server.logs import configure_logging
+from flowcat_ft.server.podcost import ANNOTATION, KubernetesAPI, PodDeletionCost
 from flowcat_ft.server.webhooks import CALL_ID_FIELDS
 
 
@@ -33,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     args = command_line().parse_args(argv)
     if args.command == "drain":
         return _drain(args.pid, args.port, args.wait)
+    if args.command == "pod-cost":
+        return _pod_cost(args)
     try:
         config = load_config(args.config)
         if args.command == "stream-url":
@@ -114,6 +118,27 @@ def command_line() -> argparse.ArgumentParser:
         default=0.0,
         metavar="SECONDS",
         help="then wait this long, for load balancers to stop sending calls (default 0)",
+    )
+    pod_cost = commands.add_parser(
+        "pod-cost",
+        help="keep this pod's deletion cost at its number of calls (a Kubernetes sidecar)",
+        description="Keep the pod's controller.kubernetes.io/pod-deletion-cost at the number "
+        "of calls its server carries, so a scale-down removes the emptiest pod. The pod is "
+        "named by POD_NAME and POD_NAMESPACE (the downward API).",
+    )
+    pod_cost.add_argument("--port", type=int, default=8765, help="the server's port (8765)")
+    pod_cost.add_argument(
+        "--interval", type=float, default=5.0, help="seconds between reads (default 5)"
+    )
+    pod_cost.add_argument(
+        "--min-interval",
+        type=float,
+        default=10.0,
+        help="seconds at least between two patches of the pod (default 10)",
+    )
+    pod_cost.add_argument("--api-server", help="the Kubernetes API's URL (default: in-cluster)")
+    pod_cost.add_argument(
+        "--token-file", type=Path, help="the service-account token (default: the mounted one)"
     )
     return parser
 
@@ -267,6 +292,33 @@ def _drain(pid: int, port: int, wait: float) -> int:
         time.sleep(0.1)
     print(f"draining; waiting {wait:g} s for load balancers to stop sending calls", flush=True)
     time.sleep(wait)
+    return 0
+
+
+def _pod_cost(args: argparse.Namespace) -> int:
+    pod, namespace = os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
+    if not pod or not namespace:
+        print(
+            "flowcat-ft pod-cost: set POD_NAME and POD_NAMESPACE (the downward API's "
+            "metadata.name and metadata.namespace)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        api = KubernetesAPI.in_cluster(args.api_server, args.token_file)
+    except OSError as error:
+        print(f"flowcat-ft pod-cost: {error}", file=sys.stderr)
+        return 2
+    configure_logging("INFO", "text")
+    metrics = f"http://127.0.0.1:{args.port}/metrics"
+    updater = PodDeletionCost(
+        api, namespace, pod, metrics, interval=args.interval, min_interval=args.min_interval
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"pod-cost: keeping {namespace}/{pod}'s {ANNOTATION} at its calls", flush=True)
+    updater.run(stop)
     return 0
 
 
