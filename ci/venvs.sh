@@ -19,7 +19,8 @@ make_venv() {  # make_venv DIR PYTHON
     rm -rf "$dir"
     "$python" -m venv "$dir"
     "$dir/bin/python" -m pip install -q --upgrade pip
-    "$dir/bin/python" -m pip install -q -e ".[dev,vad,opus,profile]"
+    # rpds-py (under kubernetes-validate) from wheels only: its newest sdists need Rust crates.
+    "$dir/bin/python" -m pip install -q --only-binary rpds-py -e ".[dev,vad,opus,profile]"
     # The Silero VAD model ships in this wheel; its own dependency on torch is not needed.
     "$dir/bin/python" -m pip install -q --no-deps silero-vad
     # PocketSphinx runs in a worker process on the GIL twin (it would turn the GIL on here), and
