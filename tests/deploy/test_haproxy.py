@@ -1,10 +1,11 @@
-"""The HAProxy recipe (deploy/haproxy/haproxy.cfg) with real HAProxy and real `flowcat-ft
-serve` processes on loopback, callers streaming through it: a full server leaves rotation
-and new calls land elsewhere while its own go on; a draining server takes no new call, its
-call goes on to the end and it exits 0; a killed server ends only its own calls; with every
-server full a new caller is refused at once; a call refused between two health checks is
-retried on another server. Each prints what it measured (pytest -s). And the recipe's
-files keep their promises: the tunnel outlasts the drain, and so does the unit's stop."""
+"""The HAProxy recipe (deploy/haproxy/haproxy.cfg) with real HAProxy and three real
+`flowcat-ft serve` processes on loopback, callers streaming through it: a full server
+leaves rotation and new calls land elsewhere while its own go on; a draining server takes
+no new call, its call goes on to the end and it exits 0; a killed server ends only its own
+calls; with every server full a new caller is refused at once; a call refused between two
+health checks is retried on another server. Each prints what it measured (pytest -s).
+And the recipe's files keep their promises: the tunnel outlasts the drain, and so does the
+unit's stop."""
 
 from __future__ import annotations
 
@@ -97,99 +98,109 @@ async def until(predicate, timeout: float = 30) -> bool:
     return await asyncio.to_thread(wait_until, predicate, timeout)
 
 
-def holding(servers: list[Served], calls: int) -> int:
-    """The index of the one server that holds ``calls`` calls."""
-    [index] = [i for i, server in enumerate(servers) if server.calls() == calls]
-    return index
+def down(proxy: HAProxy, servers: int) -> int:
+    """How many of the servers HAProxy has taken out of rotation."""
+    return sum(proxy.status(f"s{i}") == "DOWN" for i in range(servers))
 
 
-def test_a_full_server_leaves_rotation_and_with_all_full_a_caller_is_refused_at_once(fleet):
-    servers, proxy = fleet("max_calls: 1", "max_calls: 1")
+def up(proxy: HAProxy, servers: int) -> int:
+    """How many of the servers HAProxy has in rotation, and steadily ("UP 1/2" is not:
+    it is on its way down)."""
+    return sum(proxy.status(f"s{i}") == "UP" for i in range(servers))
 
-    async def scenario() -> float:
-        first = await Caller.dial(proxy.url())
-        full = holding(servers, 1)
-        began = time.monotonic()
-        first.stream()
-        assert await until(lambda: proxy.status(f"s{full}") == "DOWN")
-        out_of_rotation = time.monotonic() - began
-        second = await Caller.dial(proxy.url())  # lands on the other server
-        other = 1 - full
-        assert servers[other].calls() == 1 and servers[full].calls() == 1
-        second.stream()
-        assert await until(lambda: proxy.status(f"s{other}") == "DOWN")
+
+def calls_on(servers: list[Served]) -> list[int]:
+    return [server.calls() for server in servers]
+
+
+async def one_call_each(proxy: HAProxy, servers: list[Served]) -> list[Caller]:
+    """A call on every server (least connections spreads them), streaming; the callers in
+    the servers' order."""
+    callers = [await Caller.dial(proxy.url()) for _ in servers]
+    assert calls_on(servers) == [1] * len(servers)
+    for caller in callers:
+        caller.stream()
+    return callers
+
+
+def test_full_servers_leave_rotation_and_with_all_full_a_caller_is_refused_at_once(fleet):
+    servers, proxy = fleet("max_calls: 1", "max_calls: 1", "max_calls: 1")
+
+    async def scenario() -> list[float]:
+        callers, out_of_rotation = [], []
+        for n in range(1, 4):  # each call lands on a server with room, which then fills
+            callers.append(await Caller.dial(proxy.url()))
+            callers[-1].stream()
+            began = time.monotonic()
+            assert sorted(calls_on(servers)) == [0] * (3 - n) + [1] * n
+            assert await until(lambda n=n: down(proxy, 3) == n)
+            out_of_rotation.append(time.monotonic() - began)
         refused_at = time.monotonic()
         with pytest.raises(InvalidStatus) as refused:  # every server is full
             await websockets.connect(proxy.url())
         assert refused.value.response.status_code == 503
         print(f"\nall full: refused in {time.monotonic() - refused_at:.3f} s")
+        first = callers[0]
         echoed = first.echoed
         assert await until(lambda: first.echoed >= echoed + 10)  # its call went on throughout
         await first.hang_up()
-        assert await until(lambda: proxy.status(f"s{full}") == "UP")  # room again
-        third = await Caller.dial(proxy.url())
-        assert servers[full].calls() == 1
-        for caller in (second, third):
+        assert await until(lambda: up(proxy, 3) == 1)  # room again
+        callers.append(await Caller.dial(proxy.url()))
+        for caller in callers[1:]:
             await caller.hang_up()
-        assert [c.closed for c in (first, second, third)] == [None] * 3
-        assert [c.missing for c in (first, second, third)] == [0] * 3
+        assert [c.closed for c in callers] == [None] * 4
+        assert [c.missing for c in callers] == [0] * 4
         return out_of_rotation
 
-    print(f"\nat capacity -> out of rotation: {asyncio.run(scenario()):.3f} s; 0 calls dropped")
+    times = ", ".join(f"{t:.3f}" for t in asyncio.run(scenario()))
+    print(f"\nat capacity -> out of rotation: {times} s; 0 calls dropped")
 
 
 def test_sigterm_takes_a_server_out_of_rotation_its_call_goes_on_and_it_exits_0(fleet):
-    servers, proxy = fleet("shutdown_grace: 60", "shutdown_grace: 60")
+    servers, proxy = fleet(*["shutdown_grace: 60"] * 3)
 
     async def scenario() -> float:
-        live = await Caller.dial(proxy.url())
-        draining = holding(servers, 1)
-        other = 1 - draining
-        live.stream()
-        servers[draining].proc.send_signal(signal.SIGTERM)
+        callers = await one_call_each(proxy, servers)
+        servers[0].proc.send_signal(signal.SIGTERM)
         sent = time.monotonic()
-        assert await until(lambda: proxy.status(f"s{draining}") == "DOWN")
+        assert await until(lambda: proxy.status("s0") == "DOWN")
         out_of_rotation = time.monotonic() - sent
-        new = [await Caller.dial(proxy.url()) for _ in range(3)]  # none refused...
-        assert servers[other].calls() == 3  # ...all on the other server
+        callers += [await Caller.dial(proxy.url()) for _ in range(4)]  # none refused...
+        assert calls_on(servers)[0] == 1 and sum(calls_on(servers)[1:]) == 6  # ...none on s0
+        live = callers[0]
         echoed = live.echoed
         assert await until(lambda: live.echoed >= echoed + 25)  # marked down, still talking
-        assert servers[draining].proc.poll() is None
+        assert servers[0].proc.poll() is None
         await live.hang_up()
-        assert await asyncio.to_thread(servers[draining].proc.wait, 30) == 0
-        assert servers[other].calls() == 3
-        for caller in new:
+        assert await asyncio.to_thread(servers[0].proc.wait, 30) == 0
+        assert sum(calls_on(servers[1:])) == 6
+        for caller in callers[1:]:
             await caller.hang_up()
-        calls = [live, *new]
-        assert [c.closed for c in calls] == [None] * 4
-        assert [c.missing for c in calls] == [0] * 4
+        assert [c.closed for c in callers] == [None] * 7
+        assert [c.missing for c in callers] == [0] * 7
         return out_of_rotation
 
     print(f"\nSIGTERM -> out of rotation: {asyncio.run(scenario()):.3f} s; 0 calls dropped")
 
 
 def test_a_killed_server_ends_only_its_own_calls_and_the_next_call_succeeds(fleet):
-    servers, proxy = fleet("", "")
+    servers, proxy = fleet("", "", "")
 
     async def scenario() -> float:
-        doomed = await Caller.dial(proxy.url())
-        killed = holding(servers, 1)
-        survivor = await Caller.dial(proxy.url())  # leastconn: on the other server
-        other = 1 - killed
-        assert servers[other].calls() == 1
-        doomed.stream()
-        survivor.stream()
-        servers[killed].proc.kill()
-        assert await until(lambda: doomed.closed is not None)  # only its own calls end
-        echoed = survivor.echoed
-        assert await until(lambda: survivor.echoed >= echoed + 25)
-        after = await Caller.dial(proxy.url())  # the next call succeeds, on the other server
-        assert servers[other].calls() == 2
-        for caller in (survivor, after):
+        doomed, *others = await one_call_each(proxy, servers)
+        servers[0].proc.kill()
+        assert await until(lambda: doomed.closed is not None)  # its call ends
+        echoed = [caller.echoed for caller in others]
+        assert await until(
+            lambda: all(c.echoed >= e + 25 for c, e in zip(others, echoed, strict=True))
+        )
+        others.append(await Caller.dial(proxy.url()))  # the next call succeeds elsewhere
+        assert sum(calls_on(servers[1:])) == 3
+        for caller in others:
             await caller.hang_up()
-        assert survivor.closed is None and after.closed is None
-        assert survivor.missing == 0 and after.missing == 0
-        return survivor.gap
+        assert [c.closed for c in others] == [None] * 3  # the others' calls went on
+        assert [c.missing for c in others] == [0] * 3
+        return max(caller.gap for caller in others)
 
     gap = asyncio.run(scenario())
     print(
