@@ -355,6 +355,12 @@ class Runtime:
         for runner in self._runners_now():
             yield from runner.shard.stages
 
+    @property
+    def stages(self) -> list[Stage]:
+        """The stage threads running now, for monitors: their ``name``, ``metrics`` and
+        ``queue_depth()`` may be read from any thread."""
+        return list(self._stages())
+
     def _housekeep(self) -> None:
         last = time.monotonic()
         counts: dict[Stage, int] = {}

@@ -183,18 +183,16 @@ class LoadMonitor:
         """The worst stage's queue delay (see the module docstring)."""
         worst = 0.0
         seen: dict[str, tuple[float, int, float]] = {}
-        for pipeline in self._runtime.metrics()["pipelines"]:
-            for stage in pipeline["stages"]:
-                name, depth, frames = stage["thread"], stage["queue_depth"], stage["frames"]
-                at, before, progress = self._stages.get(name, (now, frames, now))
-                if depth == 0 or frames != before:
-                    progress = now
-                seen[name] = (now, frames, progress)
-                if depth == 0:
-                    continue
-                rate = (frames - before) / (now - at) if now > at else 0.0
-                delay = depth / rate if rate > 0 else now - progress
-                worst = max(worst, delay)
+        for stage in self._runtime.stages:
+            name, depth, frames = stage.name, stage.queue_depth(), stage.metrics.frames
+            at, before, progress = self._stages.get(name, (now, frames, now))
+            if depth == 0 or frames != before:
+                progress = now
+            seen[name] = (now, frames, progress)
+            if depth == 0:
+                continue
+            rate = (frames - before) / (now - at) if now > at else 0.0
+            worst = max(worst, depth / rate if rate > 0 else now - progress)
         self._stages = seen
         return worst
 
