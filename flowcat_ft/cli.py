@@ -253,12 +253,12 @@ def _serve(config: Config, profile_dir: str | None) -> int:
         if signals.drain and not draining:
             draining = True
             server.drain()
-            print(f"draining: no new calls; {_live(server)} live (stops on SIGTERM)", flush=True)
+            print(f"draining: no new calls, {_live(server)} live; SIGTERM to stop", flush=True)
         signals.wait(0.25)
     server.drain()
     grace = config.limits.shutdown_grace
     print(
-        f"draining: {_live(server)} live calls get up to {grace:g} s to finish "
+        f"draining: no new calls, {_live(server)} live, given up to {grace:g} s to finish "
         "(SIGTERM again ends them)",
         flush=True,
     )
@@ -268,7 +268,7 @@ def _serve(config: Config, profile_dir: str | None) -> int:
             break
     left = _live(server)
     server.stop(grace=0)
-    print(f"stopped: {'every call had ended' if not left else f'ended {left} live calls'}")
+    print(f"stopped: {f'ended the calls still live: {left}' if left else 'every call had ended'}")
     return 0
 
 

@@ -73,7 +73,7 @@ def test_sigterm_refuses_new_calls_lets_the_live_one_finish_then_exits_0(served)
     asyncio.run(scenario())
     assert server.proc.wait(30) == 0
     output = server.output()
-    assert "draining: 1 live calls get up to 60 s to finish" in output
+    assert "draining: no new calls, 1 live, given up to 60 s to finish" in output
     assert "stopped: every call had ended" in output
 
 
@@ -92,7 +92,7 @@ def test_a_second_sigterm_ends_the_live_calls(served):
 
     assert asyncio.run(scenario()) == (1001, "the server is shutting down")
     assert server.proc.wait(30) == 0
-    assert "stopped: ended 1 live calls" in server.output()
+    assert "stopped: ended the calls still live: 1" in server.output()
 
 
 def test_the_end_of_the_grace_ends_the_live_calls(served):
@@ -107,7 +107,7 @@ def test_the_end_of_the_grace_ends_the_live_calls(served):
 
     assert asyncio.run(scenario()) == (1001, "the server is shutting down")
     assert server.proc.wait(30) == 0
-    assert "stopped: ended 1 live calls" in server.output()
+    assert "stopped: ended the calls still live: 1" in server.output()
 
 
 def test_the_drain_command_takes_a_server_out_of_rotation_and_leaves_it_up(served):
@@ -138,7 +138,7 @@ def test_the_drain_command_takes_a_server_out_of_rotation_and_leaves_it_up(serve
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(30) == 0
     output = server.output()
-    assert "draining: no new calls; 1 live" in output
+    assert "draining: no new calls, 1 live; SIGTERM to stop" in output
     assert "stopped: every call had ended" in output
 
 

@@ -157,8 +157,9 @@ class WebSocketServer:
     (the sessions open now, across all loops), ``close_codes``, ``refused`` and
     ``refusals`` are written under ``_lock``, whose condition ``_calls_changed`` is notified
     when a call ends; ``_draining`` is set once, under ``_lock``, by :meth:`drain`, and read
-    by the loops (under the lock where a call is admitted). The load monitor's verdict is
-    written by its own thread (see :class:`~flowcat_ft.transports.load.LoadMonitor`).
+    by the loops (under the lock where a call is admitted). ``_monitor`` is set once by
+    :meth:`start` (the loops may see None before: no verdict yet); its verdict is written by
+    its own thread (see :class:`~flowcat_ft.transports.load.LoadMonitor`).
     """
 
     def __init__(
@@ -389,7 +390,7 @@ class WebSocketServer:
         if reason is None:
             return HttpResponse(HTTPStatus.OK, "ready\n")
         if reason == "capacity":
-            reason = f"at capacity ({self.max_calls} calls)"
+            reason = f"at capacity (max_calls {self.max_calls})"
         elif reason == "overloaded" and self._monitor is not None:
             reason += f" ({self._monitor.headroom.describe()})"
         return HttpResponse(HTTPStatus.SERVICE_UNAVAILABLE, f"not ready: {reason}\n")

@@ -32,7 +32,7 @@ def test_health_and_readiness_follow_capacity(serve):
             assert wait_until(lambda: len(server.sessions) == 1)
             return await asyncio.to_thread(get, server.port, "/ready")
 
-    assert asyncio.run(one_call()) == (503, "not ready: at capacity (1 calls)\n")
+    assert asyncio.run(one_call()) == (503, "not ready: at capacity (max_calls 1)\n")
     assert wait_until(lambda: get(server.port, "/ready")[0] == 200)
 
 
