@@ -14,9 +14,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-REFUSAL_REASONS = ("capacity", "overloaded", "draining")
-"""Why a call is refused, as ``flowcat_calls_refused_total``'s ``reason`` label."""
-
 
 def prometheus_text(runtime: Mapping[str, Any], server: Mapping[str, Any]) -> str:
     """Prometheus text exposition of ``Runtime.metrics()`` and ``WebSocketServer.stats()``."""
@@ -31,12 +28,11 @@ def prometheus_text(runtime: Mapping[str, Any], server: Mapping[str, Any]) -> st
     metric("calls_active", "gauge", "Calls running now.", [("", calls["active"])])
     if server["max_calls"] is not None:
         metric("calls_max", "gauge", "Calls the server takes at once.", [("", server["max_calls"])])
-    refusals = server["refusals"]
     metric(
         "calls_refused_total",
         "counter",
         "New calls refused, by reason.",
-        [(f'{{reason="{reason}"}}', refusals.get(reason, 0)) for reason in REFUSAL_REASONS],
+        [(f'{{reason="{reason}"}}', n) for reason, n in server["refusals"].items()],
     )
     metric("ready", "gauge", "1 while the server takes new calls.", [("", server["ready"])])
     metric(

@@ -411,16 +411,16 @@ class WebSocketServer:
         return HttpResponse(HTTPStatus.OK, text, "text/plain; version=0.0.4; charset=utf-8")
 
     def stats(self) -> dict[str, object]:
-        """Connections open now, the limit, calls refused (in all and by reason), closed by
-        close code, whether the server is draining, ready, and its measured load; and with
-        limits, theirs (``limits``: see :meth:`ClientLimits.stats`)."""
+        """Connections open now, the limit, calls refused (in all, and by every reason),
+        closed by close code, whether the server is draining, ready, and its measured load;
+        and with limits, theirs (``limits``: see :meth:`ClientLimits.stats`)."""
         monitor = self._monitor
         with self._lock:
             stats: dict[str, object] = {
                 "connections": len(self._active),
                 "max_calls": self.max_calls,
                 "refused": self.refused,
-                "refusals": dict(self.refusals),
+                "refusals": {reason: self.refusals[reason] for reason in _REFUSALS},
                 "close_codes": dict(self.close_codes),
                 "draining": self._draining,
                 "ready": self._refusal() is None,

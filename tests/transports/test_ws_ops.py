@@ -73,7 +73,7 @@ def test_the_text_format_is_a_pure_function():
         "connections": 2,
         "max_calls": 10,
         "refused": 1,
-        "refusals": {"capacity": 1},
+        "refusals": {"capacity": 1, "overloaded": 0, "draining": 0},
         "close_codes": {1000: 4, 1008: 1},
         "draining": False,
         "ready": True,
