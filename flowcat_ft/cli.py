@@ -266,9 +266,9 @@ def _serve(config: Config, profile_dir: str | None) -> int:
     while signals.stops < 2 and (left := deadline - time.monotonic()) > 0:
         if server.wait_for_calls(min(left, 0.25)):
             break
-    left = _live(server)
+    live = _live(server)
     server.stop(grace=0)
-    print(f"stopped: {f'ended the calls still live: {left}' if left else 'every call had ended'}")
+    print(f"stopped: {f'ended the calls still live: {live}' if live else 'every call had ended'}")
     return 0
 
 
