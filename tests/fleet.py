@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import os
 import re
 import socket
 import subprocess
@@ -18,8 +19,14 @@ from carrier_messages import twilio_media, twilio_start
 from helpers import http_get, metric_samples
 from websockets.exceptions import ConnectionClosed
 
+from flowcat_ft.server.streamtokens import StreamTokens
+
 ROOT = Path(__file__).resolve().parent.parent
 FLOWCAT = [sys.executable, "-m", "flowcat_ft.cli"]
+# One stream token key for every server, as a fleet needs: a carrier's webhook may be
+# answered by one server and its stream taken by another.
+STREAM_KEY = "fleet-tests-stream-token-key-0123456789"
+STREAM_PATH = "/twilio/" + StreamTokens(STREAM_KEY.encode()).issue("twilio", ttl=3600)
 
 
 class Served:
@@ -30,10 +37,12 @@ class Served:
         config.write_text(
             "server: {host: 127.0.0.1, port: 0, playground: false, webrtc: false}\n"
             f"agent: {{kind: echo}}\nlogging: {{level: WARNING}}\nlimits: {{{limits}}}\n"
+            "transports: {stream_token_key_env: FLOWCAT_TEST_STREAM_KEY}\n"
         )
         self.proc = subprocess.Popen(
             [*FLOWCAT, "serve", str(config)],
             cwd=ROOT,
+            env={**os.environ, "FLOWCAT_TEST_STREAM_KEY": STREAM_KEY},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -67,7 +76,7 @@ class Served:
         return int(self.metric("flowcat_calls_active") or 0)
 
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/twilio"
+        return f"ws://127.0.0.1:{self.port}{STREAM_PATH}"
 
     def output(self) -> str:
         self._reader.join(10)
@@ -113,7 +122,7 @@ class HAProxy:
             )
 
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/twilio"
+        return f"ws://127.0.0.1:{self.port}{STREAM_PATH}"
 
     def servers(self) -> dict[str, dict[str, str]]:
         """The backend's servers' rows of ``show stat`` by name (``status``: UP, DOWN,

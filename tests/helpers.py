@@ -6,7 +6,9 @@ import gc
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable
 
 FREE_THREADED = not sys._is_gil_enabled()
@@ -88,3 +90,13 @@ def metric_samples(text: str) -> dict[str, str]:
     return dict(
         line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
     )
+
+
+def twilio_stream_url(port: int, call_sid: str) -> str:
+    """What Twilio does before it streams: post the call to the server's webhook, and take
+    the stream URL (with its stream token) from the TwiML answer."""
+    form = urllib.parse.urlencode({"CallSid": call_sid}).encode()
+    answer = f"http://127.0.0.1:{port}/twilio/answer"
+    with urllib.request.urlopen(urllib.request.Request(answer, form), timeout=10) as reply:
+        stream = ET.fromstring(reply.read()).find("./Connect/Stream")
+    return stream.get("url")

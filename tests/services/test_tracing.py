@@ -24,7 +24,7 @@ from fake_providers import (
     status_handler,
     tone,
 )
-from helpers import wait_until
+from helpers import twilio_stream_url, wait_until
 from otlp_receiver import OTLPReceiver, ReceivedSpan
 
 from flowcat_ft import (
@@ -261,7 +261,7 @@ def test_the_server_exports_each_call_s_trace_where_its_config_says(tmp_path, re
     try:
 
         async def call() -> None:
-            async with websockets.connect(f"ws://127.0.0.1:{server.port}/twilio") as ws:
+            async with websockets.connect(twilio_stream_url(server.port, "CA-yaml-7")) as ws:
                 await ws.send(twilio_start(stream="MZ-yaml", call="CA-yaml-7"))
                 for n in range(10):
                     await ws.send(twilio_media(b"\xff" * 160, n, stream="MZ-yaml"))
