@@ -44,6 +44,7 @@ from flowcat_ft.frames import (
     InputDTMFFrame,
     InterruptionFrame,
     MetricsFrame,
+    OutputAudioRawFrame,
     StartFrame,
     TTSStoppedFrame,
     UserStoppedSpeakingFrame,
@@ -341,7 +342,8 @@ class MediaSession:
                 logger.warning("error: %s", frame.error, extra=self.log_context())
             return
         if isinstance(frame, AudioRawFrame):
-            self._audio_out(frame)
+            if isinstance(frame, OutputAudioRawFrame):  # not the caller's own audio
+                self._audio_out(frame)
             frame.release()  # the audio is on its way out: the slab comes back now
         elif type(frame) is InterruptionFrame:
             self._interrupted()

@@ -11,6 +11,8 @@ import websockets
 from carrier_messages import receive_until_quiet, twilio_media, twilio_start
 from helpers import wait_until
 
+from flowcat_ft import FrameProcessor, Pipeline
+
 
 def test_twilio_audio_comes_back_bit_exact_with_the_stream_sid(serve):
     server = serve()
@@ -67,3 +69,20 @@ def test_raw_mulaw_at_8k_by_query_parameters(serve):
 
     got = asyncio.run(call())
     assert got == [payload.replace(b"\x7f", b"\xff")] * 5
+
+
+def test_the_callers_own_audio_is_never_played_back_to_them(serve):
+    """A pipeline that lets the caller's audio reach its end (an STT that passes it on, say)
+    does not send it back: only the agent's output audio goes to the carrier."""
+    server = serve(Pipeline([FrameProcessor]))  # every frame passes through, untouched
+    tone = (np.sin(np.arange(8000) * 2 * np.pi * 440 / 16000) * 8000).astype("<i2")
+
+    async def call() -> list[bytes]:
+        async with websockets.connect(f"ws://127.0.0.1:{server.port}/raw") as ws:
+            for start in range(0, len(tone), 320):
+                await ws.send(tone[start : start + 320].tobytes())
+                await asyncio.sleep(0.02)
+            return await receive_until_quiet(ws)
+
+    assert asyncio.run(call()) == []
+    assert wait_until(lambda: server.runtime.pool.in_use == 0)
