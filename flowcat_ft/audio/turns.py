@@ -24,7 +24,8 @@ class TurnDetector(VADProcessor):
     Like :class:`~flowcat_ft.audio.vad_processor.VADProcessor` it runs the call's analyzer
     on the caller's audio, but it pushes turn events rather than raw speaking events:
 
-    - the user's turn starts when the analyzer reports speech (SPEAKING):
+    - the user's turn starts when the analyzer reports speech (SPEAKING, or STOPPING
+      straight after STARTING: speech shorter than a batched analyzer's reports):
       :class:`~flowcat_ft.frames.UserStartedSpeakingFrame`;
     - it ends after *turn_timeout_secs* of silence, counted from the analyzer leaving
       SPEAKING (a pause shorter than that continues the turn):
@@ -35,7 +36,10 @@ class TurnDetector(VADProcessor):
       speech starts a turn only once the user has spoken for *min_barge_in_secs* in all
       since the analyzer last was QUIET: then the detector interrupts the bot
       (:meth:`~flowcat_ft.processor.FrameProcessor.interrupt`) and the turn starts.
-      Shorter speech, such as "mm-hm" under the bot's words, is let go.
+      Shorter speech, such as "mm-hm" under the bot's words, is let go. With
+      ``interrupts=False`` the detector never interrupts: speech over the bot starts a
+      turn at once, like any other, and a stage that hears the words decides whether it
+      interrupts (:class:`~flowcat_ft.services.barge_in.BargeInGate`).
 
     Durations are measured in audio (the input frames' samples), not by the clock, so the
     decisions do not depend on how the stage thread is scheduled.  The timeout is counted
@@ -49,15 +53,18 @@ class TurnDetector(VADProcessor):
         *,
         turn_timeout_secs: float = 0.8,
         min_barge_in_secs: float = 0.5,
+        interrupts: bool = True,
     ) -> None:
         super().__init__(analyzer_factory)
         if turn_timeout_secs < 0 or min_barge_in_secs < 0:
             raise ValueError("turn_timeout_secs and min_barge_in_secs must not be negative")
         self.turn_timeout_secs = turn_timeout_secs
         self.min_barge_in_secs = min_barge_in_secs
+        self.interrupts = interrupts
         self.bot_speaking = False
         self._speech = 0  # samples of speech since the analyzer last was QUIET
         self._silence = 0  # samples since the analyzer last was SPEAKING
+        self._last_state = VADState.QUIET
 
     def process(self, frame: Frame, direction: Direction) -> None:
         if isinstance(frame, BotStartedSpeakingFrame):
@@ -72,12 +79,17 @@ class TurnDetector(VADProcessor):
             self._speech = 0
         elif state is not VADState.STOPPING:
             self._speech += num_samples
-        if state is VADState.SPEAKING:
+        # STOPPING straight after STARTING: the speech was SPEAKING between two reports (a
+        # batched analyzer reports after several windows), too briefly to be seen.
+        skipped = state is VADState.STOPPING and self._last_state is VADState.STARTING
+        self._last_state = state
+        if state is VADState.SPEAKING or skipped:
             self._silence = 0
+            barging_in = self.bot_speaking and self.interrupts
             if not self.user_speaking and (
-                not self.bot_speaking or self._speech >= self.min_barge_in_secs * rate
+                not barging_in or self._speech >= self.min_barge_in_secs * rate
             ):
-                if self.bot_speaking:
+                if barging_in:
                     self.interrupt()
                 self.user_speaking = True
                 self.push(UserStartedSpeakingFrame())

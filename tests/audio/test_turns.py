@@ -1,6 +1,8 @@
 """VADProcessor and TurnDetector in a running pipeline, on real speech: speaking events
 where the speech is, the end of a turn after its timeout (and not at a shorter pause), and
-a barge-in interruption only for speech longer than the minimum.
+a barge-in interruption only for speech longer than the minimum (or none, every speech
+starting a turn, where a stage downstream decides on the words), and a turn even for speech
+a batched analyzer reports only as it stops.
 
 An event's time is the audio that came out of the pipeline ahead of it (events travel in
 order with the audio)."""
@@ -23,7 +25,7 @@ from flowcat_ft.audio.g711 import ulaw_encode
 from flowcat_ft.audio.processors import G711Decoder, Resampler
 from flowcat_ft.audio.silero import SileroVADAnalyzer
 from flowcat_ft.audio.turns import TurnDetector
-from flowcat_ft.audio.vad import EnergyVADAnalyzer, VADParams
+from flowcat_ft.audio.vad import EnergyVADAnalyzer, VADParams, VADState
 from flowcat_ft.audio.vad_processor import VADProcessor
 
 SHORT_STOP = VADParams(stop_secs=0.2)
@@ -177,3 +179,47 @@ def test_bot_speaking_frames_count_travelling_upstream_too():
     detector._wire(None, lambda frame: None, lambda frame: None)
     detector.process(BotStartedSpeakingFrame(), Direction.UPSTREAM)
     assert detector.bot_speaking
+
+
+@pytest.mark.parametrize("name", ANALYZERS)
+def test_without_interrupting_speech_over_the_bot_starts_turns_at_once(
+    runtime, tmp_path_factory, name
+):
+    # For a stage downstream that decides on the words (BargeInGate): even "Yes." is a turn.
+    speech = track(
+        tmp_path_factory, ["Yes.", "Hello, I would like to book a table."], 16000, [0.5, 1.5, 1.5]
+    )
+    detector = lambda: TurnDetector(ANALYZERS[name], interrupts=False)  # noqa: E731
+    frames = pcm_frames(runtime, speech.pcm, 16000)
+    events = play(runtime, Pipeline([detector]), frames, before=[BotStartedSpeakingFrame()])
+    assert times(events, InterruptionFrame) == []
+    starts = times(events, UserStartedSpeakingFrame)
+    assert len(starts) == 2 and len(times(events, UserStoppedSpeakingFrame)) == 2
+    for start, (begin, _) in zip(starts, speech.segments, strict=True):
+        assert begin <= start <= begin + 0.4  # at the analyzer's start, not a barge-in's
+
+
+class Scripted:
+    """An analyzer that reports the states it is given, one per frame."""
+
+    sample_rate = 16000
+
+    def __init__(self, states):
+        self.states = iter(states)
+
+    def analyze(self, pcm):
+        return next(self.states, VADState.QUIET)
+
+    def reset(self):
+        pass
+
+
+def test_speech_a_batched_analyzer_reports_only_as_stopping_still_starts_a_turn(runtime):
+    # A batched analyzer reports after several windows: a short word's SPEAKING may fall
+    # between two reports, STARTING followed by STOPPING.
+    states = [VADState.QUIET] * 5 + [VADState.STARTING] * 10 + [VADState.STOPPING] * 10
+    detector = lambda: TurnDetector(lambda rate: Scripted(states), turn_timeout_secs=0.4)  # noqa: E731
+    frames = pcm_frames(runtime, np.zeros(16000 * 2, np.int16), 16000)
+    events = play(runtime, Pipeline([detector]), frames)
+    assert times(events, UserStartedSpeakingFrame) == [0.3]
+    assert times(events, UserStoppedSpeakingFrame) == [0.7]
