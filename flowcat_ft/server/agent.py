@@ -39,7 +39,7 @@ from flowcat_ft.services.offline import (
     offline_agent_pipeline,
     vad_analyzer,
 )
-from flowcat_ft.services.offline.sphinx_stt import find_worker_python
+from flowcat_ft.services.offline.sphinx_pool import find_worker_python
 from flowcat_ft.services.stt import DeepgramSTTService, OpenAISTTService
 from flowcat_ft.services.tts import CartesiaTTSService, ElevenLabsTTSService, OpenAITTSService
 from flowcat_ft.transports.session import MediaOptions
@@ -130,6 +130,7 @@ def _offline(
             turn_timeout_secs=agent.turns.timeout_secs,
             min_barge_in_secs=agent.turns.min_barge_in_secs,
             analyzer=analyzer,
+            stt_workers=agent.stt.workers,
             dictation=agent.stt.mode == "dictation",
             echo=isinstance(llm, EchoLLMConfig),
             tracer=tracer,
@@ -143,7 +144,8 @@ def _offline(
 def _stt(stt: STTConfig) -> ProcessorFactory:
     match stt:
         case SphinxSTTConfig():
-            return SphinxSTT  # dictation: a pipeline agent has no graph to make a grammar
+            # Dictation: a pipeline agent has no graph to make a grammar.
+            return partial(SphinxSTT, pool_size=stt.workers)
         case DeepgramSTTConfig():
             return partial(
                 DeepgramSTTService,

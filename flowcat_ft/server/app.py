@@ -50,7 +50,7 @@ from flowcat_ft.server.signatures import ReplayMemory, ed25519_public_key
 from flowcat_ft.server.status import status_pages
 from flowcat_ft.server.streamtokens import StreamTokens
 from flowcat_ft.server.webhooks import CALL_ID_FIELDS, answer_pages
-from flowcat_ft.services.offline import SphinxWorker
+from flowcat_ft.services.offline import SphinxPool
 from flowcat_ft.transports.clients import TrustedProxies
 from flowcat_ft.transports.http import Guard, HttpRequest, HttpResponse
 from flowcat_ft.transports.limits import ClientLimits, Rate
@@ -339,11 +339,12 @@ class AgentServer:
         """Start the agent's worker processes now, so the first caller does not wait."""
         if isinstance(self.config.agent.stt, SphinxSTTConfig) and self.config.agent.kind != "echo":
             began = time.monotonic()
-            self._step("speech recognition: starting the PocketSphinx worker")
-            worker = SphinxWorker.shared(runtime)
+            pool = SphinxPool.shared(runtime, self.config.agent.stt.workers)
+            self._step(f"speech recognition: starting {len(pool.workers)} PocketSphinx workers")
             try:
-                worker.start().result(worker.start_timeout)
-            except Exception as error:  # the worker restarts on the first call's request
+                for started in pool.start():
+                    started.result(pool.start_timeout)
+            except Exception as error:  # a worker restarts on the first call's request
                 self._step(f"speech recognition: worker not ready ({error}); retried per call")
             else:
                 self._step(f"speech recognition: ready in {time.monotonic() - began:.1f} s")

@@ -297,10 +297,12 @@ class TurnsConfig:
 @dataclass(frozen=True, kw_only=True)
 class SphinxSTTConfig:
     """PocketSphinx, offline. ``mode``: ``"grammar"`` listens for the graph's phrases only,
-    ``"dictation"`` for any words; ``"auto"`` is grammar with a graph, else dictation."""
+    ``"dictation"`` for any words; ``"auto"`` is grammar with a graph, else dictation.
+    ``workers``: how many worker processes decode the calls' speech (None: one per core)."""
 
     engine: Literal["sphinx"] = "sphinx"
     mode: Literal["auto", "grammar", "dictation"] = "auto"
+    workers: int | None = bounded(None, 1)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -60,7 +60,7 @@ from flowcat_ft.services.offline import (
     TranscriptRecorder,
     vad_analyzer,
 )
-from flowcat_ft.services.offline.sphinx_stt import find_worker_python
+from flowcat_ft.services.offline.sphinx_pool import find_worker_python
 from flowcat_ft.services.stt import DeepgramSTTService
 from flowcat_ft.services.tts import CartesiaTTSService
 from flowcat_ft.transports.server import CARRIERS
@@ -136,7 +136,7 @@ def test_an_empty_file_or_none_is_the_default_offline_agent(tmp_path):
     assert (agent.kind, agent.sample_rate) == ("offline", None)  # the carrier's own rate
     assert agent.vad.params == VADParams(stop_secs=0.2)  # the offline agent's
     assert agent.turns == TurnsConfig(timeout_secs=0.8, min_barge_in_secs=0.5)
-    assert agent.stt == SphinxSTTConfig(mode="auto")
+    assert agent.stt == SphinxSTTConfig(mode="auto", workers=None)
     assert agent.llm == GraphLLMConfig(graph=DEFAULT_GRAPH)
     assert agent.tts == EspeakTTSConfig(voice="en-us", rate_wpm=175)
 
@@ -467,6 +467,7 @@ def test_the_offline_agent(tmp_path):
             agent:
               vad: {engine: energy, stop_secs: 0.3}
               turns: {timeout_secs: 1.1, min_barge_in_secs: 0.4}
+              stt: {workers: 3}
               tts: {voice: en-gb, rate_wpm: 150}
             """,
         )
@@ -491,6 +492,7 @@ def test_the_offline_agent(tmp_path):
     assert isinstance(analyzer, EnergyVADAnalyzer)
     assert analyzer.params == VADParams(stop_secs=0.3)
     assert stt.grammar is not None  # the graph's phrases
+    assert stt.pool_size == 3
     assert (tts.voice, tts.rate_wpm) == ("en-gb", 150)
 
     echo = load_config(write(tmp_path, "agent: {llm: {engine: echo}}"))

@@ -24,8 +24,8 @@ from flowcat_ft.audio.g711 import ulaw_decode, ulaw_encode
 from flowcat_ft.audio.resample import resample
 from flowcat_ft.server.app import AgentServer
 from flowcat_ft.server.config import load_config
-from flowcat_ft.services.offline import DEFAULT_GRAPH, SphinxWorker, load_graph
-from flowcat_ft.services.offline.sphinx_stt import Grammar
+from flowcat_ft.services.offline import DEFAULT_GRAPH, SphinxPool, load_graph
+from flowcat_ft.services.offline.sphinx_pool import Grammar
 from flowcat_ft.services.offline.sphinx_worker import words
 
 pytestmark = pytest.mark.xdist_group("realtime")  # paced at real time: one at a time
@@ -99,9 +99,9 @@ def test_a_twilio_call_to_the_default_agent_at_8_khz(tmp_path):
             [node.reply.format_map(slots) for node in GRAPH.nodes.values() if node.reply]
             + [GRAPH.fallback]
         )
-        worker = SphinxWorker.shared(server.runtime)
+        workers = SphinxPool.shared(server.runtime)
         heard_16k = with_noise(resample(pcm, RATE, 16000))
-        assert worker.transcribe(heard_16k.tobytes(), replies).text == " ".join(words(ANSWER))
+        assert workers.transcribe(heard_16k.tobytes(), replies).text == " ".join(words(ANSWER))
         assert wait_until(lambda: server.runtime.pool.in_use == 0)
     finally:
         server.stop(grace=0)

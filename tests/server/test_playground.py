@@ -40,11 +40,11 @@ from flowcat_ft.server.playground import playground_pages, playground_routes
 from flowcat_ft.server.status import status_pages
 from flowcat_ft.services.offline import (
     DEFAULT_GRAPH,
-    SphinxWorker,
+    SphinxPool,
     load_graph,
     offline_agent_pipeline,
 )
-from flowcat_ft.services.offline.sphinx_stt import Grammar
+from flowcat_ft.services.offline.sphinx_pool import Grammar
 from flowcat_ft.services.offline.sphinx_worker import words
 from flowcat_ft.transports.server import WebSocketServer
 from flowcat_ft.transports.session import MediaOptions
@@ -228,8 +228,8 @@ def check_heard(server: WebSocketServer, heard: np.ndarray) -> None:
         [node.reply.format_map(slots) for node in GRAPH.nodes.values() if node.reply]
         + [GRAPH.fallback]
     )
-    worker = SphinxWorker.shared(server.runtime)
-    assert worker.transcribe(with_noise(heard).tobytes(), replies).text == " ".join(words(ANSWER))
+    workers = SphinxPool.shared(server.runtime)
+    assert workers.transcribe(with_noise(heard).tobytes(), replies).text == " ".join(words(ANSWER))
 
 
 def test_chromium_talks_to_the_offline_agent_over_websocket(serve, tmp_path):

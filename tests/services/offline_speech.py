@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from flowcat_ft.audio.resample import resample
-from flowcat_ft.services.offline.sphinx_stt import SphinxWorkerError, find_worker_python
+from flowcat_ft.services.offline.sphinx_pool import SphinxWorkerError, find_worker_python
 
 RATE = 16000
 NOISE_RMS = 60.0  # a caller's line is never digitally silent: about -55 dBFS of noise

@@ -1,8 +1,8 @@
 """The offline agent end to end: espeak-ng speech in, the turn detector, PocketSphinx, the
 conversation graph, espeak-ng out at real time, for a scripted conversation of several
 turns with a barge-in that cuts the bot off; each full reply is transcribed back by the
-same PocketSphinx worker. Also the playout that paces the bot and says when it speaks, and
-the transcript of what the caller heard."""
+same PocketSphinx workers. Also the playout that paces the bot and says when it speaks,
+and the transcript of what the caller heard."""
 
 from __future__ import annotations
 
@@ -33,17 +33,20 @@ from flowcat_ft import (
 from flowcat_ft.services.offline import (
     DEFAULT_GRAPH,
     BotPlayout,
-    SphinxWorker,
+    SphinxPool,
     TranscriptRecorder,
     load_graph,
     offline_agent_pipeline,
 )
-from flowcat_ft.services.offline.sphinx_stt import Grammar
+from flowcat_ft.services.offline.sphinx_pool import Grammar
 from flowcat_ft.services.offline.sphinx_worker import words
 from flowcat_ft.services.offline.transcript import Turn
 
 # Real-time and CPU-heavy: ci/test.sh runs the tests of this group one at a time.
 pytestmark = pytest.mark.xdist_group("realtime")
+
+TOOLS = {"time_of_day": lambda slots: "ten past three"}
+SLOTS = {"time_of_day": "ten past three"}
 
 # -- the playout and the transcript ----------------------------------------------------------
 
@@ -124,9 +127,13 @@ def test_the_transcript_holds_what_was_heard_and_where_it_was_cut(runtime):
 
 class Caller:
     """Plays the caller: a line's noise, 20 ms at a time at real time, and speech on cue.
-    Records what comes out of the call, and the bot's audio of each reply."""
+    Records what comes out of the call, and the bot's audio of each reply. The speech
+    recognition workers are started first, as ``flowcat-ft serve`` does before it takes
+    calls."""
 
     def __init__(self, runtime, pipeline, metadata):
+        for started in SphinxPool.shared(runtime).start():
+            started.result(60)
         self.lock = threading.Lock()
         self.frames = []  # everything but audio, in order
         self.replies = []  # the bot's audio, one array list per reply
@@ -174,9 +181,8 @@ class Caller:
 def test_a_scripted_conversation_with_a_barge_in(runtime):
     need_espeak()
     need_worker_python()
-    tools = {"time_of_day": lambda slots: "ten past three"}
     caller = Caller(
-        runtime, offline_agent_pipeline(tools=tools, turn_timeout_secs=0.6), {"caller": "Alice"}
+        runtime, offline_agent_pipeline(tools=TOOLS, turn_timeout_secs=0.6), {"caller": "Alice"}
     )
     stopped = lambda n: lambda: caller.count(BotStoppedSpeakingFrame) >= n  # noqa: E731
 
@@ -197,8 +203,8 @@ def test_a_scripted_conversation_with_a_barge_in(runtime):
     frames = caller.frames
     heard = [f.text for f in frames if type(f) is TranscriptionFrame]
     assert heard == ["what time is it", "please tell me the weather", "goodbye"]
-    graph = load_graph(DEFAULT_GRAPH, tools)
-    slots = {**graph.slots, "caller": "Alice", "time_of_day": "ten past three"}
+    graph = load_graph(DEFAULT_GRAPH, TOOLS)
+    slots = {**graph.slots, "caller": "Alice", **SLOTS}
     expected = [
         graph.nodes[name].reply.format_map(slots)
         for name in ("welcome", "time", "weather", "goodbye")
@@ -211,15 +217,8 @@ def test_a_scripted_conversation_with_a_barge_in(runtime):
     durations = [sum(map(len, reply)) / 16000 for reply in caller.replies]
     assert 1.0 < durations[0] < 3.0, durations
 
-    # Each full reply, transcribed back by the same worker, says what the graph said.
-    worker = SphinxWorker.shared(runtime)
-    replies = Grammar.from_phrases(
-        [node.reply.format_map(slots) for node in graph.nodes.values() if node.reply]
-        + [graph.fallback]
-    )
-    for reply, text in zip(caller.replies[1:], expected[1:], strict=True):
-        pcm = with_noise(np.concatenate(reply))
-        assert worker.transcribe(pcm.tobytes(), replies).text == " ".join(words(text))
+    # Each full reply, transcribed back by the same workers, says what the graph said.
+    check_replies(runtime, graph, slots, caller.replies[1:], expected[1:])
 
     # The transcript holds what the caller heard: the greeting up to where they cut in.
     turns = call.processors[-1].transcript.turns
@@ -234,3 +233,15 @@ def test_a_scripted_conversation_with_a_barge_in(runtime):
     ]
     if sysconfig.get_config_var("Py_GIL_DISABLED"):
         assert not sys._is_gil_enabled()
+
+
+def check_replies(runtime, graph, slots, replies, expected):
+    """Each reply's audio, transcribed back by the agent's own workers, says *expected*."""
+    grammar = Grammar.from_phrases(
+        [node.reply.format_map(slots) for node in graph.nodes.values() if node.reply]
+        + [graph.fallback]
+    )
+    workers = SphinxPool.shared(runtime)
+    for reply, text in zip(replies, expected, strict=True):
+        pcm = with_noise(np.concatenate(reply))
+        assert workers.transcribe(pcm.tobytes(), grammar).text == " ".join(words(text))

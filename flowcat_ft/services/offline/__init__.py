@@ -1,7 +1,9 @@
 """The offline set: an agent that listens, thinks and talks with no network at all.
 
 - :class:`~flowcat_ft.services.offline.sphinx_stt.SphinxSTT`: PocketSphinx speech
-  recognition in a worker process on the GIL twin, constrained by a grammar;
+  recognition, streamed as the caller speaks to a pool of worker processes on the GIL
+  twin (:class:`~flowcat_ft.services.offline.sphinx_pool.SphinxPool`), constrained by a
+  grammar;
 - :class:`~flowcat_ft.services.offline.graph.GraphLLM`: a conversation graph from YAML in
   place of an LLM (:class:`~flowcat_ft.services.offline.echo_llm.EchoLLM` for tests);
 - :class:`~flowcat_ft.services.offline.espeak_tts.EspeakTTS`: espeak-ng speech;
@@ -28,7 +30,8 @@ from flowcat_ft.services.offline.echo_llm import EchoLLM
 from flowcat_ft.services.offline.espeak_tts import EspeakTTS
 from flowcat_ft.services.offline.graph import ConversationGraph, GraphError, GraphLLM, load_graph
 from flowcat_ft.services.offline.playout import BotPlayout
-from flowcat_ft.services.offline.sphinx_stt import SphinxSTT, SphinxWorker, SphinxWorkerError
+from flowcat_ft.services.offline.sphinx_pool import SphinxPool, SphinxWorker, SphinxWorkerError
+from flowcat_ft.services.offline.sphinx_stt import SphinxSTT
 from flowcat_ft.services.offline.transcript import Transcript, TranscriptRecorder
 
 __all__ = [
@@ -39,6 +42,7 @@ __all__ = [
     "EspeakTTS",
     "GraphError",
     "GraphLLM",
+    "SphinxPool",
     "SphinxSTT",
     "SphinxWorker",
     "SphinxWorkerError",
@@ -95,6 +99,7 @@ def offline_agent_pipeline(
     dictation: bool = False,
     echo: bool = False,
     tracer: Callable[[], FrameProcessor] | None = None,
+    stt_workers: int | None = None,
 ) -> Pipeline:
     """The offline agent, for mono PCM in and out at 8 or 16 kHz (Silero VAD's rates; at
     other rates the energy VAD listens).
@@ -102,7 +107,8 @@ def offline_agent_pipeline(
     The caller's audio goes through a turn detector (a VAD processor that also handles
     barge-in; *analyzer* makes each call's analyzer, :func:`vad_analyzer` by default),
     PocketSphinx listening for the phrases of the graph in *graph_path* (the default agent
-    when None; *tools* adds to its tools), the graph, espeak-ng (*voice*, *rate_wpm*), and
+    when None; *tools* adds to its tools) on the runtime's pool of *stt_workers* worker
+    processes (None: one per core), the graph, espeak-ng (*voice*, *rate_wpm*), and
     the playout that lets the bot's audio out at real time and tells the turn detector when
     the bot speaks. The last stage records the conversation as the caller heard it.
     *dictation*: PocketSphinx takes any words, not only the graph's phrases. *echo*: the
@@ -126,7 +132,7 @@ def offline_agent_pipeline(
         [
             turns,
             *([tracer] if tracer is not None else []),
-            lambda: SphinxSTT(phrases),
+            lambda: SphinxSTT(phrases, pool_size=stt_workers),
             llm,
             lambda: EspeakTTS(voice, rate_wpm),
             BotPlayout,
