@@ -30,6 +30,7 @@ from flowcat_ft.server.config import (
 )
 from flowcat_ft.services.agent import cloud_agent_pipeline
 from flowcat_ft.services.aggregators import LLMContextAggregatorPair
+from flowcat_ft.services.barge_in import BargeInGate
 from flowcat_ft.services.llm import AnthropicLLMService, OpenAILLMService
 from flowcat_ft.services.offline import (
     EspeakTTS,
@@ -84,17 +85,22 @@ def build_agent(config: Config, tracer: ProcessorFactory | None = None) -> Agent
             raise config.error("agent.tts.engine", str(error)) from None
     if agent.kind == "offline":
         return Agent(_offline(config, analyzer, tracer), options)
+    by_words = agent.turns.barge_in == "words"
     turns = partial(
         TurnDetector,
         analyzer,
         turn_timeout_secs=agent.turns.timeout_secs,
         min_barge_in_secs=agent.turns.min_barge_in_secs,
+        interrupts=not by_words,
     )
     pipeline = cloud_agent_pipeline(
         _llm(agent.llm),
         _tts(agent.tts, agent.sample_rate),
         stt=_stt(agent.stt),
         turns=turns,
+        barge_in=partial(BargeInGate, min_words=agent.turns.min_barge_in_words)
+        if by_words
+        else None,
         context=LLMContextAggregatorPair(system_prompt=getattr(agent.llm, "system_prompt", None)),
         tracer=tracer,
     )
@@ -128,6 +134,8 @@ def _offline(
             voice=tts.voice,
             rate_wpm=tts.rate_wpm,
             turn_timeout_secs=agent.turns.timeout_secs,
+            barge_in=agent.turns.barge_in,
+            min_barge_in_words=agent.turns.min_barge_in_words,
             min_barge_in_secs=agent.turns.min_barge_in_secs,
             analyzer=analyzer,
             stt_workers=agent.stt.workers,

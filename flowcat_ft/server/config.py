@@ -288,9 +288,16 @@ class VADConfig:
 @dataclass(frozen=True, kw_only=True)
 class TurnsConfig:
     """Turn taking (:class:`~flowcat_ft.audio.turns.TurnDetector`): seconds of silence
-    that end the caller's turn, and seconds of speech that interrupt the bot."""
+    that end the caller's turn, and when speech over the bot interrupts it. ``barge_in``
+    ``"words"``: on what was heard, once it has ``min_barge_in_words`` words or holds a
+    phrase that always interrupts ("stop", "goodbye", a graph's ``interrupts`` edges);
+    what does not interrupt is answered when the bot has finished
+    (:class:`~flowcat_ft.services.barge_in.BargeInGate`). ``"speech"``: once it has lasted
+    ``min_barge_in_secs``; shorter speech is let go, untranscribed."""
 
     timeout_secs: float = bounded(0.8, 0)
+    barge_in: Literal["words", "speech"] = "words"
+    min_barge_in_words: int = bounded(2, 1)
     min_barge_in_secs: float = bounded(0.5, 0)
 
 

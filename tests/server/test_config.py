@@ -48,6 +48,7 @@ from flowcat_ft.server.config import (
     load_config,
 )
 from flowcat_ft.services.aggregators import AssistantContextAggregator, UserContextAggregator
+from flowcat_ft.services.barge_in import BargeInGate
 from flowcat_ft.services.llm import AnthropicLLMService, OpenAILLMService
 from flowcat_ft.services.offline import (
     DEFAULT_GRAPH,
@@ -135,7 +136,9 @@ def test_an_empty_file_or_none_is_the_default_offline_agent(tmp_path):
     agent = config.agent
     assert (agent.kind, agent.sample_rate) == ("offline", None)  # the carrier's own rate
     assert agent.vad.params == VADParams(stop_secs=0.2)  # the offline agent's
-    assert agent.turns == TurnsConfig(timeout_secs=0.8, min_barge_in_secs=0.5)
+    assert agent.turns == TurnsConfig(
+        timeout_secs=0.8, barge_in="words", min_barge_in_words=2, min_barge_in_secs=0.5
+    )
     assert agent.stt == SphinxSTTConfig(mode="auto", workers=None)
     assert agent.llm == GraphLLMConfig(graph=DEFAULT_GRAPH)
     assert agent.tts == EspeakTTSConfig(voice="en-us", rate_wpm=175)
@@ -158,7 +161,7 @@ agent:
   kind: pipeline
   sample_rate: 24000
   vad: {engine: energy, confidence: 0.5, start_secs: 0.1, stop_secs: 0.3, min_volume: 0.4}
-  turns: {timeout_secs: 1.2, min_barge_in_secs: 0.25}
+  turns: {timeout_secs: 1.2, barge_in: speech, min_barge_in_secs: 0.25}
   stt:
     engine: openai
     model: whisper-1
@@ -205,7 +208,7 @@ def test_a_full_file_round_trips(tmp_path, keys):
             vad=VADConfig(
                 engine="energy", confidence=0.5, start_secs=0.1, stop_secs=0.3, min_volume=0.4
             ),
-            turns=TurnsConfig(timeout_secs=1.2, min_barge_in_secs=0.25),
+            turns=TurnsConfig(timeout_secs=1.2, barge_in="speech", min_barge_in_secs=0.25),
             stt=OpenAISTTConfig(
                 model="whisper-1",
                 language="de",
@@ -466,7 +469,7 @@ def test_the_offline_agent(tmp_path):
             limits: {idle_timeout: 9, max_frames_per_second: 70}
             agent:
               vad: {engine: energy, stop_secs: 0.3}
-              turns: {timeout_secs: 1.1, min_barge_in_secs: 0.4}
+              turns: {timeout_secs: 1.1, min_barge_in_words: 3}
               stt: {workers: 3}
               tts: {voice: en-gb, rate_wpm: 150}
             """,
@@ -478,27 +481,34 @@ def test_the_offline_agent(tmp_path):
         9.0,
         70,
     )
-    turns, stt, _, tts, *_ = processors = pipeline.make_processors()
+    turns, stt, gate, _, tts, *_ = processors = pipeline.make_processors()
     assert [type(p) for p in processors] == [
         TurnDetector,
         SphinxSTT,
+        BargeInGate,
         GraphLLM,
         EspeakTTS,
         BotPlayout,
         TranscriptRecorder,
     ]
-    assert (turns.turn_timeout_secs, turns.min_barge_in_secs) == (1.1, 0.4)
+    assert (turns.turn_timeout_secs, turns.interrupts) == (1.1, False)
+    assert gate.min_words == 3 and "goodbye" in gate.phrases and "stop" in gate.phrases
+    assert stt.pool_size == 3
     analyzer = turns.analyzer_factory(16000)
     assert isinstance(analyzer, EnergyVADAnalyzer)
     assert analyzer.params == VADParams(stop_secs=0.3)
     assert stt.grammar is not None  # the graph's phrases
-    assert stt.pool_size == 3
     assert (tts.voice, tts.rate_wpm) == ("en-gb", 150)
 
     echo = load_config(write(tmp_path, "agent: {llm: {engine: echo}}"))
     processors = build_agent(echo).pipeline.make_processors()
-    assert type(processors[2]) is EchoLLM
+    assert type(processors[3]) is EchoLLM
     assert processors[1].grammar is None  # dictation: no graph to listen for
+
+    # Barge-in on how long the caller spoke, as before: no gate, the detector interrupts.
+    speech = load_config(write(tmp_path, "agent: {turns: {barge_in: speech}}"))
+    turns, *processors = build_agent(speech).pipeline.make_processors()
+    assert turns.interrupts and BargeInGate not in map(type, processors)
 
 
 def test_the_echo_agent(tmp_path):
@@ -518,13 +528,14 @@ def test_a_cloud_agent(keys):
     assert [type(p) for p in processors] == [
         TurnDetector,
         DeepgramSTTService,
+        BargeInGate,
         UserContextAggregator,
         OpenAILLMService,
         CartesiaTTSService,
         BotPlayout,
         AssistantContextAggregator,
     ]
-    _, stt, user, llm, tts, *_ = processors
+    _, stt, _, user, llm, tts, *_ = processors
     assert (stt.model, stt.url) == ("nova-3", "wss://api.deepgram.com/v1/listen")
     assert (llm.model, llm.base_url, llm.params) == (
         "gpt-4o-mini",
@@ -545,7 +556,7 @@ def test_an_anthropic_agent(tmp_path, keys):
             " tts: {engine: openai}}",
         )
     )
-    llm = build_agent(config).pipeline.make_processors()[3]
+    llm = build_agent(config).pipeline.make_processors()[4]
     assert isinstance(llm, AnthropicLLMService) and llm.model == "c"
 
 

@@ -1,8 +1,9 @@
 """The offline agent end to end: espeak-ng speech in, the turn detector, PocketSphinx, the
-conversation graph, espeak-ng out at real time, for a scripted conversation of several
-turns with a barge-in that cuts the bot off; each full reply is transcribed back by the
-same PocketSphinx workers. Also the playout that paces the bot and says when it speaks,
-and the transcript of what the caller heard."""
+conversation graph, espeak-ng out at real time, for scripted conversations of several
+turns; each full reply is transcribed back by the same PocketSphinx workers. Barge-in is
+decided on the words: two words, or "goodbye", over the bot cut it off; one word is
+answered once the bot has finished; nothing said is lost. Also the playout that paces the
+bot and says when it speaks, and the transcript of what the caller heard."""
 
 from __future__ import annotations
 
@@ -245,3 +246,82 @@ def check_replies(runtime, graph, slots, replies, expected):
     for reply, text in zip(replies, expected, strict=True):
         pcm = with_noise(np.concatenate(reply))
         assert workers.transcribe(pcm.tobytes(), grammar).text == " ".join(words(text))
+
+
+def test_goodbye_over_the_reply_cuts_it_off_and_ends_the_call(runtime):
+    need_espeak()
+    need_worker_python()
+    caller = Caller(runtime, offline_agent_pipeline(tools=TOOLS), {"caller": "Bob"})
+    caller.wait(until=lambda: caller.count(BotStartedSpeakingFrame) >= 1)
+    caller.wait(1.2)
+    caller.say("goodbye")  # one word, but one that always interrupts
+    caller.wait(until=lambda: caller.call.done)
+
+    call = caller.call
+    assert call.wait(10) and call.end_reason == "ended"
+    frames = caller.frames
+    heard = [f.text for f in frames if type(f) is TranscriptionFrame]
+    graph = load_graph(DEFAULT_GRAPH, TOOLS)
+    assert [graph.match("welcome", text).to for text in heard] == ["goodbye"]
+    assert sum(type(f) is InterruptionFrame for f in frames) == 1
+    slots = {**graph.slots, "caller": "Bob", **SLOTS}
+    goodbye = graph.nodes["goodbye"].reply.format_map(slots)
+    # The greeting was cut off where the caller spoke; the goodbye was heard in full.
+    durations = [sum(map(len, reply)) / 16000 for reply in caller.replies]
+    assert durations[0] < 3.0, durations
+    check_replies(runtime, graph, slots, caller.replies[1:], [goodbye])
+    turns = call.processors[-1].transcript.turns
+    assert turns == [
+        Turn("assistant", "Hello Bob!", interrupted=True),
+        Turn("user", heard[0]),
+        Turn("assistant", goodbye),
+    ]
+
+
+def test_one_word_over_the_reply_is_answered_after_it_and_two_words_cut_it_off(runtime):
+    need_espeak()
+    need_worker_python()
+    caller = Caller(
+        runtime, offline_agent_pipeline(tools=TOOLS, turn_timeout_secs=0.6), {"caller": "Eve"}
+    )
+    started = lambda n: lambda: caller.count(BotStartedSpeakingFrame) >= n  # noqa: E731
+    stopped = lambda n: lambda: caller.count(BotStoppedSpeakingFrame) >= n  # noqa: E731
+
+    # "Weather" over the greeting: the greeting goes on to its end, then it is answered.
+    caller.wait(until=started(1))
+    caller.wait(1.2)
+    caller.say("weather")
+    # "Help me" over that answer: two words, so the bot stops and answers them.
+    caller.wait(until=started(2))
+    caller.wait(0.6)
+    caller.say("help me")
+    caller.wait(until=stopped(3))
+    caller.wait(0.3)
+    caller.say("goodbye")
+    caller.wait(until=lambda: caller.call.done)
+
+    call = caller.call
+    assert call.wait(10) and call.end_reason == "ended"
+    frames = caller.frames
+    heard = [f.text for f in frames if type(f) is TranscriptionFrame]
+    assert heard == ["weather", "help me", "goodbye"]
+    assert sum(type(f) is InterruptionFrame for f in frames) == 1
+    graph = load_graph(DEFAULT_GRAPH, TOOLS)
+    slots = {**graph.slots, "caller": "Eve", **SLOTS}
+    greeting, abilities, goodbye = (
+        graph.nodes[name].reply.format_map(slots) for name in ("welcome", "abilities", "goodbye")
+    )
+    replies = [caller.replies[i] for i in (0, 2, 3)]
+    check_replies(runtime, graph, slots, replies, [greeting, abilities, goodbye])
+    # The weather was cut off before its sentence was heard (so the transcript, which
+    # holds what was heard, has the caller's two turns side by side).
+    durations = [sum(map(len, reply)) / 16000 for reply in caller.replies]
+    assert durations[1] < 3.0, durations
+    turns = call.processors[-1].transcript.turns
+    assert turns == [
+        Turn("assistant", greeting),  # heard to its end
+        Turn("user", "weather help me"),
+        Turn("assistant", abilities),
+        Turn("user", "goodbye"),
+        Turn("assistant", goodbye),
+    ]

@@ -103,6 +103,18 @@ def test_matching_prefers_a_whole_phrase_then_the_longest_contained_then_keyword
     assert g.match("weather", "and tomorrow").to == "tomorrow"  # the node's own edges
 
 
+def test_edges_marked_interrupts_say_what_cuts_the_bot_off():
+    agent = load_graph(DEFAULT_GRAPH)
+    assert set(agent.interrupt_phrases) == {"goodbye", "bye", "bye bye", "that is all", "stop"}
+    assert agent.match("welcome", "stop").to == "stop" and agent.nodes["stop"].reply is None
+    assert graph().interrupt_phrases == []  # none marked
+    text = GRAPH.replace("phrases: [goodbye, bye]", "phrases: [goodbye, bye]\n    interrupts: true")
+    assert ConversationGraph.from_yaml(text, "agent.yaml", TOOLS).interrupt_phrases == [
+        "goodbye",
+        "bye",
+    ]
+
+
 def test_yes_and_no_stay_words():
     text = GRAPH.replace("phrases: [goodbye, bye]", "phrases: [no, yes, on]")
     g = ConversationGraph.from_yaml(text, "agent.yaml", TOOLS)
@@ -208,6 +220,13 @@ MISTAKES = [
     ('"Bye!"', '"Bye {caller!r}"', "nodes.bye.reply", "written {name}", "Bye {"),
     ('"Bye!"', '"Bye {"', "nodes.bye.reply", "bad template", "Bye {"),
     ("    end: true", "    end: maybe", "nodes.bye.end", "true or false", "maybe"),
+    (
+        "[goodbye, bye]",
+        "[goodbye, bye]\n    interrupts: 1",
+        "edges[3].interrupts",
+        "true or",
+        ": 1",
+    ),
     ("[time]", "[the time]", "edges[1].keywords[0]", "not one word", "the time"),
     ("[goodbye, bye]", "[goodbye, '?!']", "edges[3].phrases[1]", "no words", "?!"),
     ("  - to: weather\n    phrases", "  - phrases", "edges[0].to", "is missing", "- phrases"),

@@ -18,14 +18,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from functools import partial
 from pathlib import Path
+from typing import Literal
 
 from flowcat_ft.audio.turns import TurnDetector
 from flowcat_ft.audio.vad import EnergyVADAnalyzer, VADParams
 from flowcat_ft.audio.vad_processor import VADAnalyzer
 from flowcat_ft.pipeline import Pipeline
 from flowcat_ft.processor import FrameProcessor
+from flowcat_ft.services.barge_in import ALWAYS_INTERRUPT, BargeInGate
 from flowcat_ft.services.offline.echo_llm import EchoLLM
 from flowcat_ft.services.offline.espeak_tts import EspeakTTS
 from flowcat_ft.services.offline.graph import ConversationGraph, GraphError, GraphLLM, load_graph
@@ -94,6 +95,8 @@ def offline_agent_pipeline(
     voice: str = "en-us",
     rate_wpm: int = 175,
     turn_timeout_secs: float = 0.8,
+    barge_in: Literal["words", "speech"] = "words",
+    min_barge_in_words: int = 2,
     min_barge_in_secs: float = 0.5,
     analyzer: Callable[[int], VADAnalyzer] | None = None,
     dictation: bool = False,
@@ -104,38 +107,48 @@ def offline_agent_pipeline(
     """The offline agent, for mono PCM in and out at 8 or 16 kHz (Silero VAD's rates; at
     other rates the energy VAD listens).
 
-    The caller's audio goes through a turn detector (a VAD processor that also handles
-    barge-in; *analyzer* makes each call's analyzer, :func:`vad_analyzer` by default),
-    PocketSphinx listening for the phrases of the graph in *graph_path* (the default agent
-    when None; *tools* adds to its tools) on the runtime's pool of *stt_workers* worker
-    processes (None: one per core), the graph, espeak-ng (*voice*, *rate_wpm*), and
-    the playout that lets the bot's audio out at real time and tells the turn detector when
-    the bot speaks. The last stage records the conversation as the caller heard it.
-    *dictation*: PocketSphinx takes any words, not only the graph's phrases. *echo*: the
-    :class:`EchoLLM` answers in place of a graph, with what it heard (taken by dictation).
+    The caller's audio goes through a turn detector (a VAD processor that says when the
+    caller's turns start and end; *analyzer* makes each call's analyzer,
+    :func:`vad_analyzer` by default), PocketSphinx listening for the phrases of the graph
+    in *graph_path* (the default agent when None; *tools* adds to its tools) on the
+    runtime's pool of *stt_workers* worker processes (None: one per core), the graph,
+    espeak-ng (*voice*, *rate_wpm*), and the playout that lets the bot's audio out at real
+    time and says when the bot speaks. The last stage records the conversation as the
+    caller heard it. *dictation*: PocketSphinx takes any words, not only the graph's
+    phrases. *echo*: the :class:`EchoLLM` answers in place of a graph, with what it heard
+    (taken by dictation).
+
+    *barge_in* ``"words"``: what the caller says over the bot is always transcribed, and
+    interrupts it when it has *min_barge_in_words* words or more, or holds one of the
+    graph's interrupting phrases ("stop", "goodbye"); anything else is answered when the
+    bot has finished (:class:`~flowcat_ft.services.barge_in.BargeInGate`, after the
+    speech recogniser). ``"speech"``: speech over the bot interrupts it once it has lasted
+    *min_barge_in_secs*, and shorter speech is let go, untranscribed.
     *tracer* (a :class:`~flowcat_ft.telemetry.tracing.ConversationTracer` factory), placed
     after the turn detector, traces the conversation.
     """
+    if barge_in not in ("words", "speech"):
+        raise ValueError(f"barge_in is 'words' or 'speech', not {barge_in!r}")
+    interrupt_phrases: list[str] = []
     if echo:
         phrases, llm = None, EchoLLM
     else:
         graph = load_graph(graph_path or DEFAULT_GRAPH, tools)
-        phrases, llm = None if dictation else graph.phrases, lambda: GraphLLM(graph)
+        interrupt_phrases = graph.interrupt_phrases
+        phrases = None if dictation else [*graph.phrases, *ALWAYS_INTERRUPT]
+        llm = lambda: GraphLLM(graph)  # noqa: E731
     analyzer = analyzer or vad_analyzer()
-    turns = partial(
-        TurnDetector,
+    by_words = barge_in == "words"
+    turns = lambda: TurnDetector(  # noqa: E731
         analyzer,
         turn_timeout_secs=turn_timeout_secs,
         min_barge_in_secs=min_barge_in_secs,
+        interrupts=not by_words,
     )
+    stt = lambda: SphinxSTT(phrases, pool_size=stt_workers)  # noqa: E731
+    gate = lambda: BargeInGate(min_words=min_barge_in_words, phrases=interrupt_phrases)  # noqa: E731
+    traced = [turns, tracer] if tracer is not None else [turns]
+    listen = [*traced, stt, gate] if by_words else [*traced, stt]
     return Pipeline(
-        [
-            turns,
-            *([tracer] if tracer is not None else []),
-            lambda: SphinxSTT(phrases, pool_size=stt_workers),
-            llm,
-            lambda: EspeakTTS(voice, rate_wpm),
-            BotPlayout,
-            TranscriptRecorder,
-        ]
+        [*listen, llm, lambda: EspeakTTS(voice, rate_wpm), BotPlayout, TranscriptRecorder]
     )

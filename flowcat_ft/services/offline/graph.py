@@ -22,10 +22,16 @@ A graph is written in YAML::
         keywords: [time]           # of the offline speech recogniser); a keyword is one
       - to: goodbye                # word anywhere in what was said
         phrases: [goodbye]
+        interrupts: true           # saying it over the bot cuts the bot off
 
 A node may have ``edges`` of its own, tried before the graph's. What the caller said
 matches an edge when it *is* one of its phrases (best), *contains* one (the longest
 wins), or contains one of its keywords; ties go to the edge listed first.
+
+What the caller says over the bot interrupts it when it has two words or more, or holds
+a phrase of an edge marked ``interrupts: true`` (and "stop" and "goodbye" always do: see
+:mod:`flowcat_ft.services.barge_in`); anything shorter is answered once the bot has
+finished.
 
 Tools are Python callables ``tool(slots) -> value`` (or coroutines): the result is the
 slot named after the tool, and a dict result also updates the slots with its items. A
@@ -106,6 +112,7 @@ class Edge:
     to: str
     phrases: tuple[str, ...]
     keywords: tuple[str, ...]
+    interrupts: bool = False
 
     def score(self, heard: str) -> int:
         """How well *heard* (normalised words, space-separated) matches; 0 for not at all."""
@@ -156,6 +163,17 @@ class ConversationGraph:
                 seen[phrase] = None
         return list(seen)
 
+    @property
+    def interrupt_phrases(self) -> list[str]:
+        """The phrases and keywords of the edges marked ``interrupts``: said over the bot,
+        however short, they cut it off."""
+        seen: dict[str, None] = {}
+        for edge in self._all_edges():
+            if edge.interrupts:
+                for phrase in (*edge.phrases, *edge.keywords):
+                    seen[phrase] = None
+        return list(seen)
+
     def _all_edges(self) -> list[Edge]:
         return [e for node in self.nodes.values() for e in node.edges] + list(self.edges)
 
@@ -187,7 +205,7 @@ def load_graph(path: str | Path, tools: Mapping[str, Tool] | None = None) -> Con
 
 _GRAPH_FIELDS = {"start", "fallback", "slots", "nodes", "edges"}
 _NODE_FIELDS = {"reply", "tool", "next", "edges", "end"}
-_EDGE_FIELDS = {"to", "phrases", "keywords"}
+_EDGE_FIELDS = {"to", "phrases", "keywords", "interrupts"}
 _STR = "tag:yaml.org,2002:str"
 _NULL = "tag:yaml.org,2002:null"
 _BOOL = "tag:yaml.org,2002:bool"
@@ -277,12 +295,7 @@ class _Loader:
         edges = ()
         if "edges" in fields:
             edges = self.edges(fields["edges"][1], f"{field}.edges", names)
-        end = False
-        if "end" in fields:
-            end_node = fields["end"][1]
-            if end_node.tag != _BOOL:
-                raise self.error(end_node, f"{field}.end", "expected true or false")
-            end = end_node.value.lower() in ("true", "yes", "on")
+        end = self.flag(fields, "end", field)
         return Node(name, reply, tool, next_name, edges, end)
 
     def edges(self, yaml_node: yaml.Node, field: str, names: set[str]) -> tuple[Edge, ...]:
@@ -300,8 +313,17 @@ class _Loader:
             keywords = self.phrases(fields, "keywords", where, one_word=True)
             if not phrases and not keywords:
                 raise self.error(item, where, "an edge needs phrases or keywords")
-            edges.append(Edge(to, phrases, keywords))
+            edges.append(Edge(to, phrases, keywords, self.flag(fields, "interrupts", where)))
         return tuple(edges)
+
+    def flag(self, fields: dict, name: str, where: str) -> bool:
+        """A true or false field (False when absent)."""
+        if name not in fields:
+            return False
+        yaml_node = fields[name][1]
+        if yaml_node.tag != _BOOL:
+            raise self.error(yaml_node, f"{where}.{name}", "expected true or false")
+        return yaml_node.value.lower() in ("true", "yes", "on")
 
     def phrases(
         self, fields: dict, name: str, where: str, one_word: bool = False

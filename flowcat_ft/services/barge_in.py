@@ -1,0 +1,147 @@
+"""Barge-in decided on what the caller said, and never at the cost of their words.
+
+A caller who speaks over the bot may mean to cut it off ("stop", "what time is it?") or
+may not ("thanks", "mm-hm"). Judging by how long they spoke is a coin toss near the
+threshold, and what falls under it is lost. Here every utterance is transcribed, and
+:class:`BargeInGate`, placed after the speech-to-text stage, decides on the words: an
+utterance over the bot interrupts it once what was heard of it has *min_words* words or
+holds one of the *phrases* that always interrupt ("stop" and "goodbye" among them); one
+that does not is held back, whole, and handed on as the caller's next turn when the bot
+has finished. The turn detector ahead must start a turn on any speech without
+interrupting (:class:`~flowcat_ft.audio.turns.TurnDetector` with ``interrupts=False``).
+
+This is pipecat's minimum-words interruption strategy, with the words that did not
+interrupt kept rather than dropped. The decision is taken as early as the STT allows: on
+each :class:`~flowcat_ft.frames.InterimTranscriptionFrame` (what was heard so far), else on
+the final :class:`~flowcat_ft.frames.TranscriptionFrame`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from flowcat_ft.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    Direction,
+    Frame,
+    InputAudioRawFrame,
+    InterimTranscriptionFrame,
+    SystemFrame,
+    TranscriptionFrame,
+    UserStartedSpeakingFrame,
+)
+from flowcat_ft.processor import FrameProcessor
+
+__all__ = ["ALWAYS_INTERRUPT", "BargeInGate"]
+
+ALWAYS_INTERRUPT = ("stop", "goodbye")
+"""Phrases that interrupt the bot however short the utterance."""
+
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+class BargeInGate(FrameProcessor):
+    """Let the caller interrupt the bot on what they said (see the module docstring).
+
+    While the bot speaks (between a :class:`~flowcat_ft.frames.BotStartedSpeakingFrame`
+    and a :class:`~flowcat_ft.frames.BotStoppedSpeakingFrame`, which a playout stage
+    downstream sends upstream), a :class:`~flowcat_ft.frames.UserStartedSpeakingFrame`
+    opens a held turn: it and the frames that follow it downstream wait here (all but
+    the caller's audio, which a speech-to-text stage may pass on). Each
+    transcript of the turn is judged: the words heard so far (the final transcripts, then
+    the latest interim one) interrupt when they number *min_words* or more, or contain one
+    of *phrases* (or of :data:`ALWAYS_INTERRUPT`). Then the gate interrupts the bot
+    (:meth:`~flowcat_ft.processor.FrameProcessor.interrupt`) and, once the interruption has
+    passed through it, lets the held frames go on: the turn reaches the LLM after the
+    interruption, never before it (which would cancel the answer to it). If the bot stops
+    first, the held turn goes on then, as the next turn. Frames travelling upstream, and
+    system frames, pass at once. At the end of the call a held turn goes on, ahead of the
+    :class:`~flowcat_ft.frames.EndFrame`.
+
+    ``interruptions`` counts the barge-ins acted on, ``deferred`` the turns held until the
+    bot had finished.
+
+    Threading contract: everything here runs on the processor's stage thread.
+    """
+
+    def __init__(
+        self, *, min_words: int = 2, phrases: Iterable[str] = (), name: str | None = None
+    ) -> None:
+        super().__init__(name=name)
+        if min_words < 1:
+            raise ValueError(f"min_words must be at least 1, not {min_words}")
+        self.min_words = min_words
+        self.phrases = tuple(
+            dict.fromkeys(" ".join(_words(p)) for p in (*ALWAYS_INTERRUPT, *phrases) if _words(p))
+        )
+        self.interruptions = 0
+        self.deferred = 0
+        self.bot_speaking = False
+        self._held: list[Frame] | None = None  # the turn held while the bot speaks
+        self._finals: list[str] = []  # its final transcripts so far
+        self._interrupting = False  # it interrupted: waiting for the interruption
+
+    def process(self, frame: Frame, direction: Direction) -> None:
+        kind = type(frame)
+        if kind is BotStartedSpeakingFrame:
+            self.bot_speaking = True
+        elif kind is BotStoppedSpeakingFrame:
+            self.bot_speaking = False
+            if self._held is not None and not self._interrupting:
+                self.deferred += 1
+                self._release()
+        if direction is Direction.UPSTREAM or isinstance(frame, SystemFrame | InputAudioRawFrame):
+            self.push(frame, direction)
+        elif self._held is not None:
+            self._held.append(frame)
+            if isinstance(frame, TranscriptionFrame) and not self._interrupting:
+                self._judge(frame)
+        elif kind is UserStartedSpeakingFrame and self.bot_speaking:
+            self._held = [frame]
+            self._finals = []
+        else:
+            self.push(frame, direction)
+
+    def interrupts(self, text: str) -> bool:
+        """Whether *text*, heard over the bot, interrupts it."""
+        heard = _words(text)
+        if len(heard) >= self.min_words:
+            return True
+        padded = f" {' '.join(heard)} "
+        return any(f" {phrase} " in padded for phrase in self.phrases)
+
+    def _judge(self, transcript: TranscriptionFrame) -> None:
+        if isinstance(transcript, InterimTranscriptionFrame):
+            heard = [*self._finals, transcript.text]
+        else:
+            self._finals.append(transcript.text)
+            heard = self._finals
+        if self.interrupts(" ".join(heard)):
+            self._interrupting = True
+            self.interruptions += 1
+            self.interrupt()
+
+    def on_interruption(self) -> None:
+        self.bot_speaking = False
+        if self._held is not None:
+            # After the interruption has gone on from here (it does once this returns).
+            self._interrupting = True
+            self.call_soon(self._release)
+
+    def on_end(self) -> None:
+        self._release()
+
+    def on_cancel(self) -> None:
+        self._held = None
+
+    def _release(self) -> None:
+        held, self._held = self._held, None
+        self._interrupting = False
+        for frame in held or ():
+            self.push(frame)

@@ -1,0 +1,125 @@
+"""BargeInGate on its own, fed the frames a turn detector, an STT and a playout send: what
+the caller says over the bot is held until the words decide; an interruption goes out
+ahead of the turn that caused it; a turn that does not interrupt follows the bot's end."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import wait_until
+
+from flowcat_ft import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    Direction,
+    EndFrame,
+    InterimTranscriptionFrame,
+    Pipeline,
+    StartFrame,
+    TranscriptionFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
+from flowcat_ft.services.barge_in import BargeInGate
+
+
+def gate_call(runtime, **options):
+    out = []
+    call = runtime.open_call(
+        Pipeline([lambda: BargeInGate(**options)]),
+        lambda f, d: out.append(f) if d is Direction.DOWNSTREAM else None,
+    )
+    return call, out
+
+
+def names(out):
+    return [
+        f"{type(f).__name__}:{f.text}" if isinstance(f, TranscriptionFrame) else type(f).__name__
+        for f in out
+        if not isinstance(f, StartFrame)
+    ]
+
+
+def test_words_that_do_not_interrupt_wait_for_the_bot_to_finish(runtime):
+    call, out = gate_call(runtime)
+    for frame in [
+        BotStartedSpeakingFrame(),
+        UserStartedSpeakingFrame(),
+        InterimTranscriptionFrame("thanks"),
+        UserStoppedSpeakingFrame(),
+        TranscriptionFrame("thanks"),
+    ]:
+        call.push(frame)
+    assert wait_until(lambda: len(out) == 2)  # StartFrame, BotStartedSpeakingFrame
+    call.push(BotStoppedSpeakingFrame())
+    call.push(UserStartedSpeakingFrame())  # the bot silent: a turn goes straight on
+    assert wait_until(lambda: len(out) == 8)
+    assert names(out) == [
+        "BotStartedSpeakingFrame",
+        "UserStartedSpeakingFrame",
+        "InterimTranscriptionFrame:thanks",
+        "UserStoppedSpeakingFrame",
+        "TranscriptionFrame:thanks",
+        "BotStoppedSpeakingFrame",
+        "UserStartedSpeakingFrame",
+    ]
+    gate = call.processors[0]
+    assert (gate.deferred, gate.interruptions) == (1, 0)
+    call.close()
+
+
+@pytest.mark.parametrize("said", ["what time", "goodbye", "please stop", "help me now"])
+def test_two_words_or_a_phrase_that_always_interrupts_cut_the_bot_off(runtime, said):
+    call, out = gate_call(runtime)
+    for frame in [
+        BotStartedSpeakingFrame(),
+        UserStartedSpeakingFrame(),
+        InterimTranscriptionFrame(said.split()[0]),
+        InterimTranscriptionFrame(said),
+        UserStoppedSpeakingFrame(),
+    ]:
+        call.push(frame)
+    assert wait_until(lambda: "UserStoppedSpeakingFrame" in names(out))
+    assert names(out) == [
+        "BotStartedSpeakingFrame",
+        "InterruptionFrame",  # ahead of the words that caused it, which the LLM answers
+        "UserStartedSpeakingFrame",
+        f"InterimTranscriptionFrame:{said.split()[0]}",
+        f"InterimTranscriptionFrame:{said}",
+        "UserStoppedSpeakingFrame",
+    ]
+    assert call.processors[0].interruptions == 1
+    call.close()
+
+
+def test_a_final_transcript_decides_too_and_the_graphs_phrases_interrupt(runtime):
+    call, out = gate_call(runtime, min_words=3, phrases=["help"])
+    for said, bot_stops in [("what time", True), ("help", False)]:
+        call.push(BotStartedSpeakingFrame())
+        call.push(UserStartedSpeakingFrame())
+        call.push(UserStoppedSpeakingFrame())
+        call.push(TranscriptionFrame(said))
+        if bot_stops:
+            call.push(BotStoppedSpeakingFrame())
+    assert wait_until(lambda: "TranscriptionFrame:help" in names(out))
+    assert names(out)[1:] == [
+        "UserStartedSpeakingFrame",  # two words of three: held until the bot stopped
+        "UserStoppedSpeakingFrame",
+        "TranscriptionFrame:what time",
+        "BotStoppedSpeakingFrame",
+        "BotStartedSpeakingFrame",
+        "InterruptionFrame",  # one word, but the graph's: it interrupts
+        "UserStartedSpeakingFrame",
+        "UserStoppedSpeakingFrame",
+        "TranscriptionFrame:help",
+    ]
+    call.close()
+
+
+def test_a_held_turn_goes_on_ahead_of_the_end_of_the_call(runtime):
+    call, out = gate_call(runtime)
+    for frame in [BotStartedSpeakingFrame(), UserStartedSpeakingFrame(), TranscriptionFrame("hi")]:
+        call.push(frame)
+    call.end()
+    assert call.wait(5)
+    assert names(out)[-3:] == ["UserStartedSpeakingFrame", "TranscriptionFrame:hi", "EndFrame"]
+    assert isinstance(out[-1], EndFrame)
