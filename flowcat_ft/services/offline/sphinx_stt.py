@@ -274,7 +274,6 @@ class SphinxSTT(FrameProcessor):
                 continue
             logger.debug("%s: %r in %.0f ms", self.name, recognition.text, recognition.decode_ms)
             if recognition.text:
-                self.annotate(transcript=recognition.text)
                 self.push(TranscriptionFrame(recognition.text, "", _now(), self.language))
 
 
