@@ -1,6 +1,8 @@
 """A media session: one WebSocket connection carrying one call's audio.
 
-The session runs on its connection's event loop. Incoming messages go through the
+The session runs on its connection's event loop; what it shares with every other wire (RTP,
+AudioSocket) is in its base class, :class:`~flowcat_ft.transports.call_edge.CallEdge`.
+Incoming messages go through the
 carrier's serializer (:mod:`flowcat_ft.serializers`, Sans-I/O) to become frames: audio is
 decoded from G.711 into a slab at the edge, the one copy on the way in, together with the
 audio of every connection on the loop that came in the same loop turn
@@ -22,33 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from websockets.protocol import State
 
-from flowcat_ft.audio import g711
-from flowcat_ft.audio.resample import StreamingResampler
-from flowcat_ft.frames import (
-    AudioRawFrame,
-    CancelFrame,
-    Direction,
-    EndFrame,
-    ErrorFrame,
-    Frame,
-    InputAudioRawFrame,
-    InputDTMFFrame,
-    InterruptionFrame,
-    MetricsFrame,
-    OutputAudioRawFrame,
-    StartFrame,
-    TTSStoppedFrame,
-    UserStoppedSpeakingFrame,
-)
+from flowcat_ft.frames import EndFrame, Frame, InputDTMFFrame
 from flowcat_ft.serializers import (
     AudioIn,
     DtmfIn,
@@ -58,27 +41,19 @@ from flowcat_ft.serializers import (
     StreamStarted,
     StreamStopped,
 )
-from flowcat_ft.slabs import PoolExhaustedError
+from flowcat_ft.transports.call_edge import CallEdge, Turn
 from flowcat_ft.transports.edge import LoopEdge
 from flowcat_ft.transports.pacer import FRAME_SECS, Playout, Ticker
 
 if TYPE_CHECKING:
-    from flowcat_ft.call import Call
     from flowcat_ft.loops import EventLoopThread
     from flowcat_ft.pipeline import Pipeline
     from flowcat_ft.runtime import Runtime
     from flowcat_ft.transports.connection import MediaClientConnection, MediaConnection
 
+__all__ = ["MediaOptions", "MediaSession", "Turn"]
+
 logger = logging.getLogger("flowcat_ft.transports")
-
-
-class Turn(NamedTuple):
-    """One answered turn: when (wall clock, s), and the response latency: from the user's
-    end of speech (the :class:`UserStoppedSpeakingFrame`'s pts) to the first bot audio
-    reaching the transport, in ms."""
-
-    at: float
-    latency_ms: float
 
 
 @dataclass(frozen=True)
@@ -104,7 +79,7 @@ class MediaOptions:
     max_unsent_bytes: int = 256 * 1024
 
 
-class MediaSession:
+class MediaSession(CallEdge):
     """One connection ↔ one call. Everything here runs on the connection's event loop."""
 
     def __init__(
@@ -120,42 +95,33 @@ class MediaSession:
         turn_log: deque[Turn] | None = None,
         check_start: Callable[[StreamStarted], str | None] | None = None,
     ) -> None:
+        super().__init__(runtime, pipeline, io, edge, options, turn_log)
         self.ws = ws
         self.serializer = serializer
-        self.runtime = runtime
-        self.pipeline = pipeline
-        self.io = io
-        self.options = options
-        self.call: Call | None = None
         self.close_code: int | None = None
         self.close_reason = ""
         self._ticker = ticker
-        self._edge = edge
-        self._loop = io.loop
         self._outbox: deque[str | bytes] = deque()
         self._flush_pending = False
         self._playout = Playout(self._send, ticker, options.lead, options.max_buffer)
         self.opened_at = self._last_input = self._loop.time()
         self._tokens = float(options.flood_burst)
         self._tokens_at = self._last_input
-        self._carry = bytearray()  # outgoing wire bytes short of a whole 20 ms frame
-        # G.711 output of one slab's worth of PCM16 samples, reused frame after frame.
-        self._encoded = np.empty(runtime.pool.slab_bytes // 2, dtype=np.uint8)
-        self._resample_in: StreamingResampler | None = None
-        self._resample_out: StreamingResampler | None = None
         self._ending = False
         self._tasks: set[asyncio.Task] = set()
-        self.frames_in = 0
-        self.dropped_in = 0
         self.frames_out = 0
         self._marks = 0  # marks made, to name them
         self.marks_played = 0
         self.clears = 0
-        # Response latency per turn: the last few here, every call's in the server's log.
-        self.turns: deque[Turn] = deque(maxlen=20)
-        self._turn_log = turn_log
         self._check_start = check_start  # a reason to refuse the stream's start, or None
-        self._user_stopped_ns = 0  # pts of the user's last end of speech, until answered
+
+    @property
+    def wire_codec(self) -> str | None:
+        return self.serializer.codec
+
+    @property
+    def wire_rate(self) -> int | None:
+        return self.serializer.sample_rate
 
     @property
     def marks_sent(self) -> int:
@@ -206,7 +172,6 @@ class MediaSession:
         task.add_done_callback(self._tasks.discard)
 
     def log_context(self, **fields: object) -> dict[str, object]:
-        """The ``extra`` for a log line about this session (see flowcat_ft.server.logs)."""
         context: dict[str, object] = {"peer": _address(self.ws.remote_address)}
         if self.call is not None:
             context["call_id"] = self.call.id
@@ -256,20 +221,13 @@ class MediaSession:
         if self._check_start is not None and (refusal := self._check_start(event)):
             self._close_soon(1008, refusal)
             return
-        rate = self.options.sample_rate or event.sample_rate
-        if rate != event.sample_rate:
-            self._resample_in = StreamingResampler(event.sample_rate, rate)
-            self._resample_out = StreamingResampler(rate, event.sample_rate)
         metadata = {
             "carrier": self.serializer.name,
             "call_id": event.call_id,
             "stream_id": event.stream_id,
             **event.metadata,
         }
-        start = StartFrame(rate, rate, metadata)
-        self.call = self.runtime.open_call(
-            self.pipeline, self._from_stage_thread, start_frame=start
-        )
+        self._open_call(event.sample_rate, metadata)
         logger.info("call started", extra=self.log_context())
 
     def _audio_in(self, payload: bytes) -> None:
@@ -278,33 +236,10 @@ class MediaSession:
         self.frames_in += 1
         if self._flooding():
             return
-        serializer = self.serializer
         try:
-            self._edge.add_audio(
-                self._admit,
-                payload,
-                serializer.sample_rate,
-                serializer.codec,
-                self.options.decode_input,
-            )
-        except PoolExhaustedError:
-            self.dropped_in += 1
+            self._add_audio(payload, self.serializer.sample_rate, self.serializer.codec)
         except ProtocolError as error:
             self._close_soon(error.close_code, str(error))
-
-    def _admit(self, frame: InputAudioRawFrame) -> None:
-        """A frame of the caller's audio, made at the end of the loop turn it came in."""
-        if self._resample_in is not None:
-            try:
-                frame = self._resample(frame, self._resample_in, InputAudioRawFrame)
-            except PoolExhaustedError:
-                self.dropped_in += 1
-                return
-        # Handed to the stage thread at the end of this loop turn, with the other calls'.
-        # Refused if the pipeline is behind (drop rather than block the loop), or if the
-        # call is ending (the agent hung up while the caller still streams).
-        if not self.io.inbox.push(self.call, frame):
-            self.dropped_in += 1
 
     def _flooding(self) -> bool:
         """A token bucket: frames may come at up to ``max_frames_per_second`` on average,
@@ -323,83 +258,17 @@ class MediaSession:
             return True
         return False
 
-    def _resample(
-        self, frame: AudioRawFrame, resampler: StreamingResampler, kind: type[AudioRawFrame]
-    ) -> AudioRawFrame:
-        slab = self.runtime.pool.take()
-        n = resampler.process(frame.samples, slab.pcm)
-        return kind(slab, n, resampler.out_rate)
-
     # -- output ----------------------------------------------------------------------------
 
-    def _from_stage_thread(self, frame: Frame, direction: Direction) -> None:
-        """The call's on_output: runs on a stage thread, so only hands over to the loop."""
-        self.io.bridge.send(self._output, frame, direction)
-
-    def _output(self, frame: Frame, direction: Direction) -> None:
-        if direction is Direction.UPSTREAM:
-            if isinstance(frame, ErrorFrame):
-                logger.warning("error: %s", frame.error, extra=self.log_context())
-            return
-        if isinstance(frame, AudioRawFrame):
-            if isinstance(frame, OutputAudioRawFrame):  # not the caller's own audio
-                self._audio_out(frame)
-            frame.release()  # the audio is on its way out: the slab comes back now
-        elif type(frame) is InterruptionFrame:
-            self._interrupted()
-        elif type(frame) is TTSStoppedFrame:
-            self._mark()
-        elif type(frame) is UserStoppedSpeakingFrame:
-            self._user_stopped_ns = frame.pts
-            self._frame_out(frame)
-        elif type(frame) in (EndFrame, CancelFrame):
-            self._call_ended(frame)
-        else:
-            self._frame_out(frame)
-
-    def _audio_out(self, frame: AudioRawFrame) -> None:
-        if self._user_stopped_ns:
-            self._answered()
+    def _play(self, data: bytes) -> None:
         serializer = self.serializer
-        wire_codec, wire_rate = serializer.codec, serializer.sample_rate
-        if frame.codec == "pcm16" and frame.sample_rate != wire_rate:
-            if self._resample_out is None or self._resample_out.in_rate != frame.sample_rate:
-                self._resample_out = StreamingResampler(frame.sample_rate, wire_rate)
-            frame = self._resample(frame, self._resample_out, type(frame))
-        if frame.codec == wire_codec:
-            data = frame.samples.tobytes()
-        elif frame.codec == "pcm16" and wire_codec in g711.ENCODERS:
-            samples = frame.samples
-            n = g711.ENCODERS[wire_codec](samples, self._encoded)
-            data = self._encoded[:n].tobytes()
-        else:
-            logger.warning(
-                "cannot send %s audio on a %s stream",
-                frame.codec,
-                wire_codec,
-                extra=self.log_context(),
-            )
-            return
         if not self.options.pace_output:
             self._send(serializer.send_audio(data))
             return
         # Whole chunks of the carrier's size (20 ms for most, 100 ms for Exotel).
         seconds = serializer.audio_chunk_ms / 1000
-        chunk = int(wire_rate * seconds) * (2 if wire_codec == "pcm16" else 1)
-        carry = self._carry
-        carry += data
-        while len(carry) >= chunk:
-            self._playout.play(serializer.send_audio(bytes(carry[:chunk])), seconds)
-            del carry[:chunk]
-
-    def _answered(self) -> None:
-        """The first bot audio since the user stopped speaking: log the turn's latency."""
-        turn = Turn(time.time(), (time.monotonic_ns() - self._user_stopped_ns) / 1e6)
-        self._user_stopped_ns = 0
-        self.turns.append(turn)
-        if self._turn_log is not None:
-            self._turn_log.append(turn)
-        self._frame_out(MetricsFrame("transport", {"turn_latency_ms": turn.latency_ms}))
+        for chunk in self._chunks(data, seconds):
+            self._playout.play(serializer.send_audio(chunk), seconds)
 
     def _frame_out(self, frame: Frame) -> None:
         """Any other frame: the serializer's message for it, if its protocol has one."""
@@ -407,15 +276,14 @@ class MediaSession:
         if message is not None:
             self._send(message)
 
-    def _interrupted(self) -> None:
-        self._carry.clear()
+    def _clear(self) -> None:
         self._playout.clear()
         message = self.serializer.send_clear()
         if message is not None:
             self.clears += 1
             self._send(message)
 
-    def _mark(self) -> None:
+    def _tts_stopped(self) -> None:
         message = self.serializer.send_mark(f"utterance-{self._marks + 1}")
         if message is None:
             return
