@@ -3,12 +3,14 @@
 # the offline agent's voice); with no argument, also what the tests use as real peers:
 # sox, tinyproxy (the HTTP proxy the providers' requests go through in tests), the
 # headless browsers that talk to the playground: chromium, and firefox-esr with pulseaudio
-# (Firefox runs Web Audio only with a sound server to play to); and haproxy, the load
-# balancer in front of a fleet of servers (deploy/haproxy/).
+# (Firefox runs Web Audio only with a sound server to play to); haproxy, the load balancer
+# in front of a fleet of servers (deploy/haproxy/); and the SIP peers the SIP tests call
+# and are called by: SIPp (sip-tester), baresip, kamailio, sipsak.
 # Installs what is missing when run as root; otherwise says what to install.
 set -euo pipefail
 needed=(espeak-ng)
-[ "${1:-test}" = serve ] || needed+=(sox tinyproxy chromium firefox-esr pulseaudio haproxy)
+[ "${1:-test}" = serve ] || needed+=(sox tinyproxy chromium firefox-esr pulseaudio haproxy
+                                     sip-tester baresip kamailio sipsak)
 missing=()
 for pkg in "${needed[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
