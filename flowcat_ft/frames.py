@@ -214,6 +214,20 @@ class LLMFullResponseEndFrame(ControlFrame):
 # -- data frames ---------------------------------------------------------------------------
 
 
+class OutputDTMFFrame(DataFrame):
+    """A key for the transport to press towards the caller (RFC 4733 on RTP), in order
+    with the agent's audio."""
+
+    __slots__ = ("digit",)
+
+    def __init__(self, digit: str) -> None:
+        super().__init__()
+        self.digit = digit
+
+    def __repr__(self) -> str:
+        return f"OutputDTMFFrame({self.digit!r})"
+
+
 class TextFrame(DataFrame):
     __slots__ = ("text",)
 

@@ -1,0 +1,356 @@
+"""SDP (RFC 4566) and the offer/answer model (RFC 3264) for one audio stream, Sans-I/O.
+
+:func:`parse_sdp` reads a session description; :func:`answer` answers an offer and
+:func:`make_offer` / :func:`accept_answer` do the other side. What is negotiated:
+
+- one audio codec, G.711 µ-law (PCMU, payload type 0) or A-law (PCMA, 8) at 8 kHz and
+  20 ms packets, the first of the offer's that we support, in the offer's order;
+- RFC 4733 ``telephone-event/8000`` for DTMF, with the payload type the offerer chose
+  (we offer 101); every other payload type in the offer is left out of the answer, and
+  RTP packets that carry one are not decoded as audio;
+- the direction: ``sendonly`` or ``inactive`` from the peer is a hold (we answer
+  ``recvonly`` / ``inactive`` and stop sending), as is the old ``c=0.0.0.0``;
+- where the peer's media is: its ``c=`` address and ``m=`` port, which a re-INVITE may
+  change.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+
+__all__ = [
+    "CODECS",
+    "Codec",
+    "Media",
+    "Negotiated",
+    "SdpError",
+    "SessionDescription",
+    "accept_answer",
+    "answer",
+    "make_offer",
+    "parse_sdp",
+]
+
+DTMF_PAYLOAD_TYPE = 101
+PTIME_MS = 20
+
+
+class SdpError(ValueError):
+    """An SDP body we cannot read or answer: ``status`` is the SIP response it deserves
+    (400 for malformed, 488 Not Acceptable Here for no common codec)."""
+
+    def __init__(self, reason: str, status: int = 400) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Codec:
+    """An RTP payload format: its name as in ``a=rtpmap``, clock rate, and the codec
+    name flowcat's audio code uses (``"mulaw"``, ``"alaw"``; None for telephone-event)."""
+
+    name: str
+    clock_rate: int
+    static_type: int | None
+    wire_codec: str | None
+
+
+CODECS = {
+    "PCMU": Codec("PCMU", 8000, 0, "mulaw"),
+    "PCMA": Codec("PCMA", 8000, 8, "alaw"),
+}
+"""The audio codecs flowcat sends and receives over RTP, by SDP name."""
+
+_STATIC = {codec.static_type: codec for codec in CODECS.values()}
+_DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+_REVERSE = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly"}
+_REVERSE["inactive"] = "inactive"
+
+
+@dataclass(slots=True)
+class Media:
+    """One ``m=`` section: ``rtpmap`` is payload type -> ``(name, clock rate)``."""
+
+    kind: str
+    port: int
+    proto: str
+    formats: list[int]
+    rtpmap: dict[int, tuple[str, int]] = field(default_factory=dict)
+    fmtp: dict[int, str] = field(default_factory=dict)
+    direction: str | None = None
+    address: str | None = None
+    ptime: int | None = None
+    other: list[str] = field(default_factory=list)
+
+    def format_name(self, payload_type: int) -> tuple[str, int] | None:
+        if payload_type in self.rtpmap:
+            name, rate = self.rtpmap[payload_type]
+            return name.upper(), rate
+        codec = _STATIC.get(payload_type)
+        return (codec.name, codec.clock_rate) if codec is not None else None
+
+
+@dataclass(slots=True)
+class SessionDescription:
+    origin: str
+    address: str | None
+    media: list[Media]
+    direction: str | None = None
+    name: str = "-"
+
+    @property
+    def audio(self) -> Media | None:
+        return next((m for m in self.media if m.kind == "audio"), None)
+
+    def __str__(self) -> str:
+        lines = ["v=0", f"o={self.origin}", f"s={self.name}"]
+        if self.address is not None:
+            lines.append(f"c=IN {_addrtype(self.address)} {self.address}")
+        lines.append("t=0 0")
+        if self.direction is not None:
+            lines.append(f"a={self.direction}")
+        for media in self.media:
+            formats = " ".join(map(str, media.formats)) or "0"
+            lines.append(f"m={media.kind} {media.port} {media.proto} {formats}")
+            if media.address is not None:
+                lines.append(f"c=IN {_addrtype(media.address)} {media.address}")
+            for pt in media.formats:
+                if pt in media.rtpmap:
+                    name, rate = media.rtpmap[pt]
+                    lines.append(f"a=rtpmap:{pt} {name}/{rate}")
+                if pt in media.fmtp:
+                    lines.append(f"a=fmtp:{pt} {media.fmtp[pt]}")
+            if media.ptime is not None:
+                lines.append(f"a=ptime:{media.ptime}")
+            if media.direction is not None:
+                lines.append(f"a={media.direction}")
+        return "\r\n".join(lines) + "\r\n"
+
+
+def _addrtype(address: str) -> str:
+    return "IP6" if ":" in address else "IP4"
+
+
+def parse_sdp(text: str | bytes) -> SessionDescription:
+    """A session description; :class:`SdpError` names what is wrong."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SdpError("the SDP body is not UTF-8") from None
+    origin, address, direction, name = None, None, None, "-"
+    media: list[Media] = []
+    lines = [line.strip() for line in text.replace("\r\n", "\n").split("\n") if line.strip()]
+    if not lines or lines[0] != "v=0":
+        raise SdpError("the SDP body does not start with v=0")
+    for line in lines[1:]:
+        kind, eq, value = line.partition("=")
+        if not eq or len(kind) != 1:
+            raise SdpError(f"bad SDP line {line[:60]!r}")
+        current = media[-1] if media else None
+        if kind == "o":
+            origin = value
+        elif kind == "s":
+            name = value
+        elif kind == "c":
+            parts = value.split()
+            if len(parts) != 3 or parts[0] != "IN" or parts[1] not in ("IP4", "IP6"):
+                raise SdpError(f"bad connection line {line!r}")
+            connection = parts[2].partition("/")[0]
+            if current is None:
+                address = connection
+            else:
+                current.address = connection
+        elif kind == "m":
+            media.append(_media_line(value, line))
+        elif kind == "a":
+            attribute, _, argument = value.partition(":")
+            if attribute in _DIRECTIONS:
+                if current is None:
+                    direction = attribute
+                else:
+                    current.direction = attribute
+            elif current is not None:
+                _media_attribute(current, attribute, argument, line)
+    if origin is None:
+        raise SdpError("the SDP body has no o= line")
+    for m in media:
+        if m.port and (m.address or address) is None:
+            raise SdpError(f"no connection address for the {m.kind} stream")
+    return SessionDescription(origin, address, media, direction, name)
+
+
+def _media_line(value: str, line: str) -> Media:
+    parts = value.split()
+    if len(parts) < 4 or not parts[1].partition("/")[0].isdigit():
+        raise SdpError(f"bad media line {line!r}")
+    port = int(parts[1].partition("/")[0])
+    if port > 65535:
+        raise SdpError(f"bad port in {line!r}")
+    formats = []
+    if parts[2].startswith("RTP/"):
+        for pt in parts[3:]:
+            if not pt.isdigit() or int(pt) > 127:
+                raise SdpError(f"bad payload type {pt!r} in {line!r}")
+            formats.append(int(pt))
+    return Media(parts[0], port, parts[2], formats)
+
+
+def _media_attribute(media: Media, attribute: str, argument: str, line: str) -> None:
+    if attribute == "rtpmap":
+        pt, _, encoding = argument.partition(" ")
+        name, _, rest = encoding.partition("/")
+        rate = rest.partition("/")[0]
+        if not pt.isdigit() or not name or not rate.isdigit():
+            raise SdpError(f"bad rtpmap {line!r}")
+        media.rtpmap[int(pt)] = (name, int(rate))
+    elif attribute == "fmtp":
+        pt, _, params = argument.partition(" ")
+        if pt.isdigit():
+            media.fmtp[int(pt)] = params.strip()
+    elif attribute == "ptime" and argument.strip().isdigit():
+        media.ptime = int(argument)
+    else:
+        media.other.append(line)
+
+
+@dataclass(frozen=True, slots=True)
+class Negotiated:
+    """What an offer/answer agreed: the codec and its payload type, RFC 4733's payload
+    type (None if the peer did not take it), where the peer's RTP goes, and whether we
+    may send and should expect to receive."""
+
+    codec: Codec
+    payload_type: int
+    dtmf_payload_type: int | None
+    remote_address: str
+    remote_port: int
+    send: bool
+    receive: bool
+
+    @property
+    def on_hold(self) -> bool:
+        return not self.send
+
+
+def _origin(address: str, session_id: int, version: int) -> str:
+    return f"flowcat {session_id} {version} IN {_addrtype(address)} {address}"
+
+
+def answer(
+    offer: SessionDescription,
+    address: str,
+    port: int,
+    *,
+    codecs: tuple[str, ...] = tuple(CODECS),
+    session_id: int | None = None,
+    version: int = 1,
+) -> tuple[SessionDescription, Negotiated]:
+    """Our answer to ``offer``, with our RTP at ``address``:``port``, accepting the first
+    of the offer's codecs that is in ``codecs``. :class:`SdpError` (488) if none is."""
+    audio = offer.audio
+    if audio is None or audio.port == 0 or not audio.proto.startswith("RTP/AVP"):
+        raise SdpError("the offer has no RTP/AVP audio stream", 488)
+    chosen, dtmf = None, None
+    for pt in audio.formats:
+        named = audio.format_name(pt)
+        if named is None:
+            continue
+        name, rate = named
+        if name == "TELEPHONE-EVENT" and rate == 8000 and dtmf is None:
+            dtmf = pt
+        elif chosen is None and name in codecs and CODECS[name].clock_rate == rate:
+            chosen = (pt, CODECS[name])
+    if chosen is None:
+        offered = ", ".join(
+            "/".join(map(str, audio.format_name(pt) or (pt,))) for pt in audio.formats
+        )
+        raise SdpError(f"no codec in common: offered {offered}; we take {', '.join(codecs)}", 488)
+    pt, codec = chosen
+    offered_direction = audio.direction or offer.direction or "sendrecv"
+    remote_address = audio.address or offer.address or ""
+    if remote_address in ("0.0.0.0", "::") and offered_direction == "sendrecv":
+        offered_direction = "sendonly"  # RFC 2543 hold
+    direction = _REVERSE[offered_direction]
+    formats = [pt] + ([dtmf] if dtmf is not None else [])
+    media = Media("audio", port, audio.proto, formats, ptime=PTIME_MS, direction=direction)
+    media.rtpmap[pt] = (codec.name, codec.clock_rate)
+    if dtmf is not None:
+        media.rtpmap[dtmf] = ("telephone-event", 8000)
+        media.fmtp[dtmf] = "0-16"
+    session_id = session_id or int(time.time())
+    description = SessionDescription(_origin(address, session_id, version), address, [media])
+    negotiated = Negotiated(
+        codec,
+        pt,
+        dtmf,
+        remote_address,
+        audio.port,
+        send=direction in ("sendrecv", "sendonly"),
+        receive=direction in ("sendrecv", "recvonly"),
+    )
+    return description, negotiated
+
+
+def make_offer(
+    address: str,
+    port: int,
+    *,
+    codecs: tuple[str, ...] = tuple(CODECS),
+    session_id: int | None = None,
+    version: int = 1,
+    direction: str = "sendrecv",
+) -> SessionDescription:
+    """Our offer: ``codecs`` in order of preference, then telephone-event, 20 ms."""
+    formats = [CODECS[name].static_type for name in codecs] + [DTMF_PAYLOAD_TYPE]
+    media = Media("audio", port, "RTP/AVP", formats, ptime=PTIME_MS, direction=direction)
+    for name in codecs:
+        codec = CODECS[name]
+        media.rtpmap[codec.static_type] = (codec.name, codec.clock_rate)
+    media.rtpmap[DTMF_PAYLOAD_TYPE] = ("telephone-event", 8000)
+    media.fmtp[DTMF_PAYLOAD_TYPE] = "0-16"
+    session_id = session_id or int(time.time())
+    return SessionDescription(_origin(address, session_id, version), address, [media])
+
+
+def accept_answer(offer: SessionDescription, reply: SessionDescription) -> Negotiated:
+    """What the peer's ``reply`` to our ``offer`` agreed (:class:`SdpError` 488 if it
+    took none of our codecs)."""
+    ours = offer.audio
+    audio = reply.audio
+    if ours is None or audio is None or audio.port == 0:
+        raise SdpError("the answer refused the audio stream", 488)
+    offered = {ours.format_name(pt) for pt in ours.formats}
+    chosen, dtmf = None, None
+    for pt in audio.formats:
+        named = audio.format_name(pt)
+        if named is None or named not in offered:
+            continue
+        if named[0] == "TELEPHONE-EVENT":
+            dtmf = pt if dtmf is None else dtmf
+        elif chosen is None and named[0] in CODECS:
+            chosen = (pt, CODECS[named[0]])
+    if chosen is None:
+        raise SdpError("the answer has none of the codecs we offered", 488)
+    direction = _REVERSE[audio.direction or reply.direction or "sendrecv"]
+    ours_direction = ours.direction or "sendrecv"
+    send = direction in ("sendrecv", "sendonly") and ours_direction in ("sendrecv", "sendonly")
+    receive = direction in ("sendrecv", "recvonly") and ours_direction in ("sendrecv", "recvonly")
+    return Negotiated(
+        chosen[1],
+        chosen[0],
+        dtmf,
+        audio.address or reply.address or "",
+        audio.port,
+        send=send,
+        receive=receive,
+    )
+
+
+def with_version(description: SessionDescription, version: int) -> SessionDescription:
+    """The same description with its ``o=`` line's version set (RFC 3264 section 8)."""
+    parts = description.origin.split()
+    parts[2] = str(version)
+    return replace(description, origin=" ".join(parts))

@@ -1,0 +1,509 @@
+"""One SIP call's dialog (RFC 3261 section 12) on the signalling loop, and its media.
+
+A :class:`SipCall` is made by the server for an INVITE it accepts, and answers it:
+``100 Trying``, ``180 Ringing`` (for ``ring_secs``), then ``200 OK`` with our SDP answer and
+a Contact that points at this server, sent again until the ACK comes (no ACK within
+64·T1: BYE). Its media (:class:`~flowcat_ft.transports.sip.media.RtpSession`) runs on a
+media loop, where the runtime call is opened before the 200 goes out (a full runtime is a
+503, not a call with no agent).
+
+In the dialog: BYE either way; CANCEL before the answer (``487`` to the INVITE); re-INVITE
+and UPDATE with or without SDP (hold, a new media address, a session refresh; one while
+another is pending is ``491``); OPTIONS; INFO with ``application/dtmf-relay``. RFC 4028
+session timers: the interval and refresher the caller asked for (at least ``min_se``), or
+ours if it only supports them; we refresh with UPDATE (or re-INVITE) at half the interval
+when we are the refresher, and hang up when the caller, as refresher, lets it lapse.
+Record-Route becomes the route set that requests we send in the dialog follow.
+
+Threading contract: a SipCall is used only on the signalling loop. Its media session
+tells it of a hang-up through :meth:`media_hung_up`, handed over with
+``call_soon_threadsafe``; it reaches the media session the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from flowcat_ft.frames import InputDTMFFrame
+from flowcat_ft.runtime import RuntimeFullError
+from flowcat_ft.sip.message import Headers, NameAddr, Request, Response, SipError
+from flowcat_ft.sip.sdp import (
+    Negotiated,
+    SdpError,
+    SessionDescription,
+    accept_answer,
+    answer,
+    parse_sdp,
+    with_version,
+)
+from flowcat_ft.transports.sip.endpoint import Peer, new_tag
+
+if TYPE_CHECKING:
+    from flowcat_ft.sip.transaction import ServerTransaction
+    from flowcat_ft.transports.sip.media import RtpSession
+    from flowcat_ft.transports.sip.server import SipServer
+
+logger = logging.getLogger("flowcat_ft.sip")
+
+__all__ = ["ALLOW", "SipCall"]
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, NOTIFY"
+SUPPORTED = "timer"
+_session_ids = itertools.count(int(time.time()))
+
+
+class SipCall:
+    """One call's dialog, answering an INVITE (see the module docstring)."""
+
+    def __init__(
+        self,
+        server: SipServer,
+        invite: Request,
+        transaction: ServerTransaction,
+        peer: Peer,
+        media: RtpSession,
+    ) -> None:
+        self.server = server
+        self.endpoint = server.endpoint
+        self.invite = invite
+        self.peer = peer
+        self.media = media
+        self.call_id = invite.call_id
+        self.local_tag = new_tag()
+        self.remote_tag = invite.from_.tag
+        self.local = invite.to.with_tag(self.local_tag)
+        self.remote = invite.from_
+        contact = invite.contact
+        self.remote_target = contact.uri if contact is not None else invite.from_.uri
+        self.route_set = invite.headers.values("Record-Route")  # UAS: in order
+        self.remote_cseq = invite.cseq.number
+        self.local_cseq = 0
+        self.state = "early"  # early, answered (200 sent), confirmed (ACKed), ended
+        self.end_reason = ""
+        self._invite_transaction: ServerTransaction | None = transaction
+        self._pending_offer: SessionDescription | None = None  # our offer awaiting an ACK
+        self._local_sdp: SessionDescription | None = None
+        self._version = 1
+        self._session_id = next(_session_ids)
+        self._refresh_interval: float | None = None
+        self._we_refresh = False
+        self._session_timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self.started_at = time.monotonic()
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.call_id, self.local_tag)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_media_loop(self, callback: Callable[..., object], *args: object) -> None:
+        self.media.io.loop.call_soon_threadsafe(callback, *args)
+
+    # -- answering the INVITE --------------------------------------------------------------
+
+    async def answer(self) -> None:
+        """Answer the INVITE: 100, 180, then 200 with SDP (or a failure)."""
+        invite, transaction = self.invite, self._invite_transaction
+        transaction.respond(invite.response(100))
+        offer = None
+        if invite.body:
+            try:
+                offer = parse_sdp(invite.body)
+            except SdpError as error:
+                self._fail(error.status, error.reason)
+                return
+        interval = self._session_interval(invite, transaction)
+        if interval is None:
+            return
+        try:
+            port = await self._in_media(
+                self.media.bind(self.server.rtp_ports, self.server.rtp_host)
+            )
+        except OSError as error:
+            self._fail(503, "no RTP port free")
+            logger.warning("no RTP port for %s: %s", self.call_id, error)
+            return
+        address = self.endpoint.local_address(self.peer)
+        negotiated: Negotiated | None = None
+        try:
+            if offer is not None:
+                self._local_sdp, negotiated = answer(
+                    offer,
+                    self.server.media_address(self.peer),
+                    port,
+                    codecs=self.server.options.codecs,
+                    session_id=self._session_id,
+                )
+            else:  # a late offer: ours goes in the 200, the answer comes in the ACK
+                self._local_sdp = self._pending_offer = self.server.offer(
+                    self.peer, port, self._session_id
+                )
+        except SdpError as error:
+            self._close_media(error.reason)
+            self._fail(error.status, error.reason)
+            return
+        transaction.respond(self._response(invite, 180))
+        if self.server.options.ring_secs:
+            await asyncio.sleep(self.server.options.ring_secs)
+        if self.state != "early":  # cancelled while ringing
+            return
+        metadata = {
+            "call_id": self.call_id,
+            "from": str(self.remote.uri),
+            "to": str(self.local.uri),
+            "peer": str(self.peer),
+        }
+        try:
+            await self._in_media(_run(self.media.open, negotiated, metadata))
+        except RuntimeFullError:
+            self._close_media("the server is full")
+            self._fail(503, "the server is full", retry_after=True)
+            return
+        ok = self._response(invite, 200, sdp=self._local_sdp)
+        self._add_session_timer(ok, invite, interval)
+        self.state = "answered"
+        transaction.on_timeout = self._no_ack
+        transaction.respond(ok)
+        logger.info(
+            "answered %s from %s (%s, %s)",
+            self.call_id,
+            self.peer,
+            negotiated.codec.name if negotiated else "late offer",
+            address,
+        )
+
+    async def _in_media(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """Run ``coro`` on the media loop and wait for it here."""
+        return await asyncio.wrap_future(self.media.io.submit(coro))
+
+    def _fail(self, status: int, reason: str, *, retry_after: bool = False) -> None:
+        response = self.invite.response(status, to_tag=self.local_tag)
+        if retry_after:
+            response.headers.add("Retry-After", "5")
+        if status in (420, 488, 503):
+            response.headers.add("Warning", f'399 flowcat "{_quote(reason)}"')
+        if self._invite_transaction is not None and not self._invite_transaction.final:
+            self._invite_transaction.respond(response)
+        self._ended(reason)
+
+    def _no_ack(self) -> None:
+        if self.state == "answered":
+            logger.warning("no ACK for the 200 OK of %s: hanging up", self.call_id)
+            self.hang_up("no ACK")
+
+    def _response(
+        self, request: Request, status: int, *, sdp: SessionDescription | None = None
+    ) -> Response:
+        """A response in this dialog: our tag, Contact, Record-Route copied (2xx, 18x)."""
+        response = request.response(status, to_tag=self.local_tag)
+        if request.method == "INVITE" and 100 < status < 300:
+            for value in request.headers.values("Record-Route"):
+                response.headers.add("Record-Route", value)
+        if request.method in ("INVITE", "UPDATE") and 100 < status < 300:
+            response.headers.add("Contact", self.endpoint.contact(self.peer.transport, self.peer))
+        if status == 200:
+            response.headers.add("Allow", ALLOW)
+            response.headers.add("Supported", SUPPORTED)
+        response.headers.add("Server", self.server.options.user_agent)
+        if sdp is not None:
+            response.headers.add("Content-Type", "application/sdp")
+            response.body = str(sdp).encode()
+        return response
+
+    # -- session timers (RFC 4028) ---------------------------------------------------------
+
+    def _session_interval(self, request: Request, transaction: ServerTransaction) -> float | None:
+        """The session interval a request asks for (0: none); None if it was refused
+        (422 for too short a one, 400 for a malformed one)."""
+        options = self.server.options
+        value = request.headers.get("Session-Expires")
+        if value is None:
+            return float(options.session_expires) if "timer" in request.options("Supported") else 0
+        seconds = value.partition(";")[0].strip()
+        if seconds.isdigit() and int(seconds) >= options.min_se:
+            return float(seconds)
+        if seconds.isdigit():
+            response = request.response(422, to_tag=self.local_tag)
+            response.headers.add("Min-SE", str(options.min_se))
+            reason = f"session interval {seconds} s is under our {options.min_se} s"
+        else:
+            reason = f"bad Session-Expires {value!r}"
+            response = request.response(400, reason, to_tag=self.local_tag)
+        transaction.respond(response)
+        if request is self.invite:
+            self._ended(reason)
+        return None
+
+    def _add_session_timer(self, response: Response, request: Request, interval: float) -> None:
+        """Session-Expires in our 2xx, and the timer for whoever refreshes."""
+        if not interval:
+            return
+        asked = (request.headers.get("Session-Expires") or "").lower()
+        peer_supports = "timer" in request.options("Supported")
+        if "refresher=uas" in asked.replace(" ", "") or not peer_supports:
+            refresher = "uas"
+        else:
+            refresher = "uac"
+        response.headers.add("Session-Expires", f"{int(interval)};refresher={refresher}")
+        if peer_supports:
+            response.headers.add("Require", "timer")
+        self._refresh_interval = interval
+        self._we_refresh = refresher == "uas"
+        self._restart_session_timer()
+
+    def _restart_session_timer(self) -> None:
+        if self._session_timer is not None:
+            self._session_timer.cancel()
+        interval = self._refresh_interval
+        if not interval or self.state == "ended":
+            return
+        loop = asyncio.get_running_loop()
+        if self._we_refresh:
+            self._session_timer = loop.call_later(interval / 2, self._refresh)
+        else:  # RFC 4028 section 10: BYE if no refresh by the interval less a third (<=32 s)
+            expiry = interval - min(32.0, interval / 3)
+            self._session_timer = loop.call_later(expiry, self.hang_up, "session timer expired")
+
+    def _refresh(self) -> None:
+        allow = (self.invite.headers.get("Allow") or "").upper()
+        method = "UPDATE" if "UPDATE" in allow else "INVITE"
+        request = self._request(method)
+        request.headers.add("Session-Expires", f"{int(self._refresh_interval)};refresher=uac")
+        request.headers.add("Supported", SUPPORTED)
+        if method == "INVITE":
+            request.headers.add("Content-Type", "application/sdp")
+            request.body = str(self._local_sdp).encode()
+        self._spawn(self._send(request, self._refreshed))
+
+    def _refreshed(self, response: Response) -> None:
+        if response.status >= 300 and response.status not in (491,):
+            self.hang_up(f"session refresh refused: {response.status}")
+        elif response.status >= 200:
+            if response.cseq.method == "INVITE":
+                self.endpoint.send_ack(self._ack_for(response), self._next_hop())
+            self._restart_session_timer()
+
+    # -- requests in the dialog ------------------------------------------------------------
+
+    def request(self, request: Request, transaction: ServerTransaction | None) -> None:
+        """A request in this dialog (``transaction`` None for an ACK)."""
+        if request.method == "ACK":
+            self._ack(request)
+            return
+        cseq = request.cseq.number
+        if cseq <= self.remote_cseq and request.method != "CANCEL":
+            transaction.respond(request.response(500, "CSeq out of order", to_tag=self.local_tag))
+            return
+        self.remote_cseq = max(self.remote_cseq, cseq)
+        handler = {
+            "BYE": self._bye,
+            "INVITE": self._offer,
+            "UPDATE": self._offer,
+            "OPTIONS": self._options,
+            "INFO": self._info,
+            "NOTIFY": self._notify,
+        }.get(request.method)
+        if handler is None:
+            response = request.response(501, to_tag=self.local_tag)
+            response.headers.add("Allow", ALLOW)
+            transaction.respond(response)
+            return
+        handler(request, transaction)
+
+    def _ack(self, ack: Request) -> None:
+        if self._invite_transaction is not None:
+            self._invite_transaction.acknowledged()
+        if self.state == "answered":
+            self.state = "confirmed"
+        if self._pending_offer is not None and ack.body:
+            offer, self._pending_offer = self._pending_offer, None
+            try:
+                negotiated = accept_answer(offer, parse_sdp(ack.body))
+            except SdpError as error:
+                self.hang_up(f"the answer in the ACK is unusable: {error.reason}")
+                return
+            self._on_media_loop(self.media.update, negotiated)
+
+    def _bye(self, request: Request, transaction: ServerTransaction) -> None:
+        transaction.respond(self._response(request, 200))
+        self._ended("the caller hung up")
+
+    def _offer(self, request: Request, transaction: ServerTransaction) -> None:
+        """re-INVITE or UPDATE: a new offer (hold, a new address), or a session refresh."""
+        pending = self._invite_transaction
+        if request.method == "INVITE" and pending is not None and not pending.acked:
+            transaction.respond(request.response(491, to_tag=self.local_tag))
+            return
+        interval = self._session_interval(request, transaction)
+        if interval is None:
+            return
+        sdp = None
+        if request.body:
+            try:
+                offer = parse_sdp(request.body)
+                self._version += 1
+                sdp, negotiated = answer(
+                    offer,
+                    self.server.media_address(self.peer),
+                    self.media.port,
+                    codecs=self.server.options.codecs,
+                    session_id=self._session_id,
+                    version=self._version,
+                )
+            except SdpError as error:
+                response = request.response(error.status, to_tag=self.local_tag)
+                response.headers.add("Warning", f'399 flowcat "{_quote(error.reason)}"')
+                transaction.respond(response)
+                return
+            self._local_sdp = sdp
+            self._on_media_loop(self.media.update, negotiated)
+            logger.info(
+                "%s %s: %s, media at %s:%d",
+                request.method,
+                self.call_id,
+                "on hold" if negotiated.on_hold else "active",
+                negotiated.remote_address,
+                negotiated.remote_port,
+                extra={"call_id": self.call_id},
+            )
+        elif request.method == "INVITE":  # no offer: ours goes in the 200, answer in the ACK
+            sdp = self._pending_offer = with_version(self._local_sdp, self._version)
+        if request.contact is not None:
+            self.remote_target = request.contact.uri  # a target refresh
+        ok = self._response(request, 200, sdp=sdp)
+        self._add_session_timer(ok, request, interval)
+        if request.method == "INVITE":
+            self._invite_transaction = transaction
+        transaction.respond(ok)
+
+    def _options(self, request: Request, transaction: ServerTransaction) -> None:
+        response = self._response(request, 200)
+        response.headers.add("Accept", "application/sdp")
+        transaction.respond(response)
+
+    def _info(self, request: Request, transaction: ServerTransaction) -> None:
+        """SIP INFO DTMF (``application/dtmf-relay``: ``Signal=5``)."""
+        if request.content_type == "application/dtmf-relay":
+            for line in request.body.decode("utf-8", "replace").splitlines():
+                name, _, value = line.partition("=")
+                digit = value.strip().upper()
+                if name.strip().lower() == "signal" and len(digit) == 1:
+                    self._on_media_loop(self._push_dtmf, digit)
+        transaction.respond(self._response(request, 200))
+
+    def _push_dtmf(self, digit: str) -> None:  # on the media loop
+        call = self.media.call
+        if call is not None and not call.done and digit in "0123456789*#ABCD":
+            call.push(InputDTMFFrame(digit))
+
+    def _notify(self, request: Request, transaction: ServerTransaction) -> None:
+        transaction.respond(self._response(request, 200))
+
+    def cancelled(self) -> None:
+        """A CANCEL for our INVITE came (answered 200 by the server)."""
+        if self.state == "early":
+            self._fail(487, "the caller cancelled")
+
+    # -- requests we send ------------------------------------------------------------------
+
+    def _request(self, method: str) -> Request:
+        self.local_cseq = max(self.local_cseq, 0) + 1
+        headers = Headers()
+        transport = self._next_hop().transport
+        headers.add("Via", self.endpoint.via(transport, self.peer))
+        for route in self.route_set:
+            headers.add("Route", route)
+        headers.add("Max-Forwards", "70")
+        headers.add("From", self.local)
+        headers.add("To", self.remote)
+        headers.add("Call-ID", self.call_id)
+        headers.add("CSeq", f"{self.local_cseq} {method}")
+        headers.add("Contact", self.endpoint.contact(transport, self.peer))
+        headers.add("User-Agent", self.server.options.user_agent)
+        return Request(method, self.remote_target, headers)
+
+    def _next_hop(self) -> Peer:
+        """Where requests in the dialog go: the first route (loose routing) or the
+        remote target, over its ``transport`` (the INVITE's, if it names none)."""
+        uri = self.remote_target
+        if self.route_set:
+            with contextlib.suppress(SipError):
+                uri = NameAddr.parse(self.route_set[0]).uri
+        transport = uri.params.get("transport")
+        transport = transport.upper() if transport else self.peer.transport
+        default = 5061 if uri.scheme == "sips" else 5060
+        return Peer(transport, uri.host, uri.port or default)
+
+    def _ack_for(self, response: Response) -> Request:
+        ack = self._request("ACK")
+        ack.headers.set("CSeq", f"{response.cseq.number} ACK")
+        ack.headers.set("To", response.headers.get("To"))
+        self.local_cseq -= 1  # an ACK takes no CSeq number of its own
+        return ack
+
+    async def _send(self, request: Request, on_final: Callable[[Response], None]) -> None:
+        done = asyncio.get_running_loop().create_future()
+
+        def on_response(response: Response) -> None:
+            if response.status >= 200 and not done.done():
+                on_final(response)
+                done.set_result(response)
+
+        def on_timeout() -> None:
+            if not done.done():
+                on_final(request.response(408))
+                done.set_result(None)
+
+        try:
+            await self.endpoint.request(request, self._next_hop(), on_response, on_timeout)
+        except OSError as error:
+            logger.warning("cannot send %s for %s: %s", request.method, self.call_id, error)
+            on_timeout()
+        await done
+
+    def hang_up(self, reason: str) -> None:
+        """End the call from our side: BYE (or a failure response before the answer)."""
+        if self.state == "ended":
+            return
+        if self.state == "early":
+            self._fail(480, reason)
+            return
+        bye = self._request("BYE")
+        bye.headers.add("Reason", f'SIP;cause=200;text="{_quote(reason)}"')
+        self._ended(reason)
+        self._spawn(self._send(bye, lambda response: None))
+
+    def media_hung_up(self, reason: str) -> None:
+        """The media session asks to hang up (agent ended, RTP timeout): on this loop."""
+        self.hang_up(reason)
+
+    def _ended(self, reason: str) -> None:
+        if self.state == "ended":
+            return
+        self.state = "ended"
+        self.end_reason = reason
+        if self._session_timer is not None:
+            self._session_timer.cancel()
+        self._close_media(reason)
+        self.server.call_ended(self)
+
+    def _close_media(self, reason: str) -> None:
+        self._on_media_loop(self.media.close, reason)
+
+
+async def _run(function: Callable[..., Any], *args: Any) -> Any:
+    return function(*args)
+
+
+def _quote(text: str) -> str:
+    return text.replace("\\", "").replace('"', "'").replace("\r", " ").replace("\n", " ")[:100]

@@ -1,0 +1,394 @@
+"""SIP over UDP and TCP on one event loop: sockets, framing, and the transaction layer.
+
+A :class:`SipEndpoint` listens on one port for both transports. What arrives is parsed
+(:mod:`flowcat_ft.sip.message`) and matched to its transaction
+(:mod:`flowcat_ft.sip.transaction`): a repeated request gets the last response again, a
+response goes to the request it answers, and only what is new reaches the transaction
+user (the :class:`~flowcat_ft.transports.sip.server.SipServer`), with its server
+transaction to answer through.
+
+A request we cannot read is answered ``400`` with the reason as the reason phrase, where
+its Via and CSeq can be read (else dropped), and counted; nothing a peer sends raises past
+this module. Responses go back where RFC 3261 section 18.2.2 and RFC 3581 say: over TCP on
+the connection the request came on; over UDP to the source address and port when the
+top Via has ``rport`` (which we fill in, with ``received``), else to the source address and
+the Via's port.
+
+Threading contract: everything here runs on the endpoint's event loop; other threads
+reach it through ``io.submit`` or ``loop.call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import secrets
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from flowcat_ft.sip.message import (
+    NameAddr,
+    Request,
+    Response,
+    SipError,
+    StreamParser,
+    Uri,
+    Via,
+    parse,
+)
+from flowcat_ft.sip.transaction import ClientTransaction, ServerTransaction
+
+if TYPE_CHECKING:
+    from flowcat_ft.loops import EventLoopThread
+
+logger = logging.getLogger("flowcat_ft.sip")
+
+__all__ = ["Peer", "SipEndpoint", "new_branch", "new_tag"]
+
+
+def new_branch() -> str:
+    return "z9hG4bK" + secrets.token_hex(8)
+
+
+def new_tag() -> str:
+    return secrets.token_hex(6)
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Where a message came from or goes: ``"UDP"`` or ``"TCP"``, address, port."""
+
+    transport: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.transport.lower()}:{self.host}:{self.port}"
+
+
+RequestHandler = Callable[[Request, ServerTransaction | None, Peer], None]
+"""Gets each new request with its server transaction (None for an ACK) and its source."""
+
+
+class SipEndpoint:
+    """One port's SIP over UDP and TCP (see the module docstring).
+
+    ``advertised`` is the address written into our Via and Contact headers (the public
+    address behind NAT; default: the one we listen on, or this host's address towards
+    the peer when listening on every address).
+    """
+
+    def __init__(
+        self,
+        io: EventLoopThread,
+        on_request: RequestHandler,
+        *,
+        host: str = "0.0.0.0",
+        port: int = 5060,
+        transports: tuple[str, ...] = ("udp", "tcp"),
+        advertised: str | None = None,
+    ) -> None:
+        self.io = io
+        self.loop = io.loop
+        self.host = host
+        self.port = port
+        self.transports = tuple(t.upper() for t in transports)
+        self.advertised = advertised
+        self._on_request = on_request
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp_server: asyncio.Server | None = None
+        self._connections: dict[Peer, _TcpConnection] = {}
+        self._server_transactions: dict[tuple, ServerTransaction] = {}
+        self._client_transactions: dict[tuple, ClientTransaction] = {}
+        self.counts: Counter[str] = Counter()  # requests, responses, bad, dropped...
+
+    # -- life ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Listen (port 0: a free port, the same for UDP and TCP)."""
+        for _ in range(20):
+            try:
+                await self._listen()
+                return
+            except OSError:
+                if self.port != 0 or self._udp is None:
+                    raise
+                self._close_sockets()  # TCP's port was taken: pick another pair
+        raise OSError("no free port for both UDP and TCP")
+
+    async def _listen(self) -> None:
+        if "UDP" in self.transports:
+            self._udp, _ = await self.loop.create_datagram_endpoint(
+                lambda: _UdpProtocol(self), local_addr=(self.host, self.port)
+            )
+            self.port = self._udp.get_extra_info("sockname")[1]
+        if "TCP" in self.transports:
+            self._tcp_server = await self.loop.create_server(
+                lambda: _TcpConnection(self), self.host, self.port, reuse_address=True
+            )
+            self.port = self._tcp_server.sockets[0].getsockname()[1]
+
+    def _close_sockets(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+        if self._tcp_server is not None:
+            self._tcp_server.close()
+            self._tcp_server = None
+
+    async def stop(self) -> None:
+        for transaction in [*self._server_transactions.values()]:
+            transaction.cancel_timers()
+        for transaction in [*self._client_transactions.values()]:
+            transaction.cancel_timers()
+        self._server_transactions.clear()
+        self._client_transactions.clear()
+        self._close_sockets()
+        for connection in list(self._connections.values()):
+            connection.transport.close()
+
+    # -- addresses -------------------------------------------------------------------------
+
+    def local_address(self, peer: Peer | None = None) -> str:
+        """Our address as written in headers and SDP for ``peer``."""
+        if self.advertised:
+            return self.advertised
+        if self.host not in ("0.0.0.0", "", "::"):
+            return self.host
+        if peer is not None and _is_ip(peer.host) and ipaddress.ip_address(peer.host).is_loopback:
+            return peer.host
+        return _address_towards(peer.host if peer is not None else "192.0.2.1")
+
+    def via(self, transport: str, peer: Peer | None = None) -> str:
+        host = self.local_address(peer)
+        return str(Via(transport.upper(), host, self.port, {"branch": new_branch(), "rport": None}))
+
+    def contact(self, transport: str, peer: Peer | None = None, user: str = "agent") -> NameAddr:
+        """A Contact that reaches this endpoint (not the peer's, nor a proxy's)."""
+        params = {"transport": "tcp"} if transport.upper() == "TCP" else {}
+        return NameAddr(Uri("sip", user, self.local_address(peer), self.port, params))
+
+    # -- receiving -------------------------------------------------------------------------
+
+    def received(self, data: bytes, peer: Peer) -> None:
+        """One datagram (UDP) or one framed message (TCP) from ``peer``."""
+        if not data.strip(b"\r\n\x00 "):
+            return  # a keep-alive
+        try:
+            message = parse(data, stream=peer.transport == "TCP")
+        except SipError as error:
+            self.bad_message(error, peer)
+            return
+        self.message(message, peer)
+
+    def bad_message(self, error: SipError, peer: Peer) -> None:
+        self.counts["bad"] += 1
+        logger.warning("bad SIP message from %s: %s", peer, error.reason)
+        if error.request is not None:
+            self._stamp_via(error.request, peer)
+            reason = error.reason.replace("\r", " ").replace("\n", " ")[:120]
+            self._send_response(error.request.response(error.status, reason), peer)
+
+    def message(self, message: Request | Response, peer: Peer) -> None:
+        try:
+            if isinstance(message, Response):
+                self._response(message)
+            else:
+                self._request(message, peer)
+        except Exception:  # a bug of ours: this message is lost, the endpoint goes on
+            logger.exception("handling a SIP message from %s failed", peer)
+
+    def _request(self, request: Request, peer: Peer) -> None:
+        self.counts["requests"] += 1
+        self._stamp_via(request, peer)
+        top = request.vias[0]
+        method = "INVITE" if request.method == "ACK" else request.method
+        key = (top.branch, top.host, top.port, method)
+        transaction = self._server_transactions.get(key)
+        if request.method == "ACK":
+            if transaction is not None and transaction.final and transaction.last.status >= 300:
+                transaction.acknowledged()  # the ACK of a failure: the transaction's
+            else:
+                self._on_request(request, None, peer)  # a 2xx's ACK: the dialog's
+            return
+        if transaction is not None:
+            transaction.repeated()
+            return
+        transaction = ServerTransaction(
+            request,
+            lambda data: self._send_response_bytes(data, request, peer),
+            self.loop,
+            reliable=peer.transport == "TCP",
+            on_done=lambda t: self._server_transactions.pop(key, None),
+        )
+        self._server_transactions[key] = transaction
+        self._on_request(request, transaction, peer)
+
+    def invite_transaction(self, cancel: Request) -> ServerTransaction | None:
+        """The INVITE transaction a CANCEL cancels (same branch and sent-by)."""
+        top = cancel.vias[0]
+        return self._server_transactions.get((top.branch, top.host, top.port, "INVITE"))
+
+    def _response(self, response: Response) -> None:
+        self.counts["responses"] += 1
+        key = (response.vias[0].branch, response.cseq.method)
+        transaction = self._client_transactions.get(key)
+        if transaction is None:
+            self.counts["stray responses"] += 1
+            return
+        transaction.receive(response)
+
+    @staticmethod
+    def _stamp_via(request: Request, peer: Peer) -> None:
+        """RFC 3261 section 18.2.1 and RFC 3581: ``received`` and ``rport`` on the top Via."""
+        vias = request.headers.values("Via")
+        top = Via.parse(vias[0])
+        params = dict(top.params)
+        if top.host != peer.host:
+            params["received"] = peer.host
+        if "rport" in params:
+            params["rport"] = str(peer.port)
+        vias[0] = str(Via(top.transport, top.host, top.port, params))
+        request.headers.remove("Via")
+        for value in vias:
+            request.headers.add("Via", value)
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def _send_response(self, response: Response, peer: Peer) -> None:
+        self._send_response_bytes(bytes(response), response, peer)
+
+    def _send_response_bytes(self, data: bytes, message: Request | Response, peer: Peer) -> None:
+        if peer.transport == "TCP":
+            self._send(data, peer)
+            return
+        top = message.vias[0]
+        if top.params.get("rport"):
+            target = peer
+        else:
+            target = Peer("UDP", top.params.get("received") or peer.host, top.port or 5060)
+        self._send(data, target)
+
+    def _send(self, data: bytes, peer: Peer) -> None:
+        if peer.transport == "TCP":
+            connection = self._connections.get(peer)
+            if connection is None:
+                self.counts["dropped"] += 1
+                logger.warning("no TCP connection to %s for a SIP message", peer)
+                return
+            connection.transport.write(data)
+        elif self._udp is not None:
+            self._udp.sendto(data, (peer.host, peer.port))
+
+    async def connect(self, peer: Peer) -> None:
+        """Make sure a TCP connection to ``peer`` is open (no-op for UDP)."""
+        if peer.transport != "TCP" or peer in self._connections:
+            return
+        await self.loop.create_connection(lambda: _TcpConnection(self, peer), peer.host, peer.port)
+
+    async def request(
+        self,
+        request: Request,
+        peer: Peer,
+        on_response: Callable[[Response], None],
+        on_timeout: Callable[[], None],
+    ) -> ClientTransaction:
+        """Send ``request`` to ``peer`` in a new client transaction. Raises ``OSError`` if
+        a TCP connection cannot be made."""
+        await self.connect(peer)
+        transaction = ClientTransaction(
+            request,
+            lambda data: self._send(data, peer),
+            self.loop,
+            reliable=peer.transport == "TCP",
+            on_response=on_response,
+            on_timeout=on_timeout,
+            on_done=lambda t: self._client_transactions.pop(t.key, None),
+        )
+        self._client_transactions[transaction.key] = transaction
+        return transaction
+
+    def send_ack(self, ack: Request, peer: Peer) -> None:
+        """An ACK for a 2xx: no transaction of its own (RFC 3261 section 13.2.2.4)."""
+        self._send(bytes(ack), peer)
+
+    # -- TCP connections -------------------------------------------------------------------
+
+    def _connected(self, connection: _TcpConnection) -> None:
+        self._connections[connection.peer] = connection
+
+    def _disconnected(self, connection: _TcpConnection) -> None:
+        if self._connections.get(connection.peer) is connection:
+            del self._connections[connection.peer]
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, endpoint: SipEndpoint) -> None:
+        self.endpoint = endpoint
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        self.endpoint.received(data, Peer("UDP", addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:  # ICMP port unreachable and such
+        logger.debug("SIP UDP error: %s", exc)
+
+
+class _TcpConnection(asyncio.Protocol):
+    """One TCP connection, either way: messages cut out of the stream by Content-Length."""
+
+    def __init__(self, endpoint: SipEndpoint, peer: Peer | None = None) -> None:
+        self.endpoint = endpoint
+        self.peer = peer
+        self.parser = StreamParser()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        if self.peer is None:
+            host, port = transport.get_extra_info("peername")[:2]
+            self.peer = Peer("TCP", host, port)
+        self.endpoint._connected(self)
+
+    def data_received(self, data: bytes) -> None:
+        pings = self.parser.pings
+        try:
+            messages = self.parser.feed(data)
+        except SipError as error:
+            logger.warning("closing SIP connection %s: %s", self.peer, error.reason)
+            self.endpoint.counts["bad"] += 1
+            self.transport.close()
+            return
+        if self.parser.pings > pings:
+            self.transport.write(b"\r\n")  # RFC 5626's pong
+        for message in messages:
+            if isinstance(message, SipError):
+                self.endpoint.bad_message(message, self.peer)
+            else:
+                self.endpoint.message(message, self.peer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.endpoint._disconnected(self)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _address_towards(host: str) -> str:
+    """This host's address on the route towards ``host`` (no packet is sent)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((host, 9))
+            return probe.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"

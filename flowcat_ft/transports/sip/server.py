@@ -1,0 +1,320 @@
+"""The SIP server transport: calls from SIP trunks and PBXs, with RTP media, on the runtime.
+
+Usable from plain threads, like the WebSocket server::
+
+    server = SipServer(runtime, pipeline, SipOptions(port=5060)).start()
+    print(server.uri)  # sip:agent@192.0.2.10:5060
+    ...
+    server.stop()
+
+Signalling runs on one event-loop thread (:class:`~flowcat_ft.transports.sip.endpoint.
+SipEndpoint`: UDP and TCP on one port); each call's RTP runs on one of the event loops,
+handed out in turn, beside the WebSocket sessions when the loops are shared. New INVITEs
+are refused with a reason: ``503`` (with Retry-After) when the server is full or stopping,
+``403`` from a source address not allowed, ``420`` (with Unsupported) for a Require we do
+not support, ``415`` for a body that is not SDP, ``488`` for SDP with no codec in common.
+Out of a dialog, OPTIONS is answered ``200`` (a trunk's keep-alive), CANCEL ``200`` then
+``487`` for the INVITE it cancels, and what has no dialog ``481``.
+
+Threading contract: :meth:`start` and :meth:`stop` from any one thread; ``_calls`` is
+used only on the signalling loop; :attr:`calls` copies it there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import itertools
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from flowcat_ft.loops import EventLoopThread
+from flowcat_ft.sip.sdp import CODECS, SessionDescription, make_offer
+from flowcat_ft.transports.edge import LoopEdge
+from flowcat_ft.transports.pacer import Ticker
+from flowcat_ft.transports.session import MediaOptions
+from flowcat_ft.transports.sip.dialog import ALLOW, SUPPORTED, SipCall
+from flowcat_ft.transports.sip.endpoint import Peer, SipEndpoint
+from flowcat_ft.transports.sip.media import RtpPorts, RtpSession
+
+if TYPE_CHECKING:
+    from flowcat_ft.pipeline import Pipeline
+    from flowcat_ft.runtime import Runtime
+    from flowcat_ft.sip.message import Request
+    from flowcat_ft.sip.transaction import ServerTransaction
+    from flowcat_ft.transports.call_edge import Turn
+
+logger = logging.getLogger("flowcat_ft.sip")
+
+__all__ = ["SipOptions", "SipServer"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SipOptions:
+    """How the SIP server listens and answers.
+
+    ``host``/``port``: where SIP listens (UDP and TCP, or ``transports``);
+    ``public_address``: the address written into Contact, Via and SDP (behind NAT; None:
+    the address we are reached at); ``rtp_ports``: the range RTP ports come from;
+    ``codecs``: in order of preference; ``allowed_sources``: addresses or networks
+    (``"203.0.113.0/24"``) whose INVITEs are taken (empty: any); ``ring_secs``: how
+    long ``180 Ringing`` lasts before the answer; ``rtp_timeout``: seconds without RTP
+    before hanging up; ``session_expires`` / ``min_se``: RFC 4028 session timers;
+    ``max_calls``: calls at once (None: the runtime's limit only).
+    """
+
+    host: str = "0.0.0.0"
+    port: int = 5060
+    transports: tuple[str, ...] = ("udp", "tcp")
+    public_address: str | None = None
+    rtp_ports: tuple[int, int] = (20000, 30000)
+    codecs: tuple[str, ...] = tuple(CODECS)
+    allowed_sources: tuple[str, ...] = ()
+    ring_secs: float = 0.0
+    rtp_timeout: float = 30.0
+    session_expires: int = 1800
+    min_se: int = 90
+    max_calls: int | None = None
+    user_agent: str = "flowcat-ft"
+
+
+class SipServer:
+    """Answers SIP calls with the pipeline's agent (see the module docstring).
+
+    ``loops``: event-loop threads to run on (shared, e.g. with the WebSocket server: not
+    stopped here), or how many to start (default 1); signalling runs on the first.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        pipeline: Pipeline,
+        options: SipOptions | None = None,
+        *,
+        media: MediaOptions | None = None,
+        loops: int | list[EventLoopThread] = 1,
+        turn_log: deque[Turn] | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.pipeline = pipeline
+        self.options = options or SipOptions()
+        self.media = media or MediaOptions()
+        self.rtp_ports = RtpPorts(*self.options.rtp_ports)
+        self.rtp_host = self.options.host
+        self._networks = [
+            ipaddress.ip_network(n, strict=False) for n in self.options.allowed_sources
+        ]
+        self._own_loops = isinstance(loops, int)
+        self._loops: list[EventLoopThread] = [] if isinstance(loops, int) else list(loops)
+        self._loop_count = loops if isinstance(loops, int) else len(loops)
+        self._media_loops: list[tuple[EventLoopThread, Ticker, LoopEdge]] = []
+        self._next_loop = itertools.count()
+        self._turn_log = turn_log
+        self.endpoint: SipEndpoint | None = None
+        self._calls: dict[tuple[str, str], SipCall] = {}
+        self._by_invite: dict[int, SipCall] = {}  # by id() of the INVITE's server transaction
+        self._stopping = False
+        self.refused = 0
+        # The last calls to end, newest last: appended on the signalling loop, read by
+        # copying (list(server.ended)) from any thread.
+        self.ended: deque[SipCall] = deque(maxlen=100)
+
+    # -- life ------------------------------------------------------------------------------
+
+    def start(self) -> SipServer:
+        """Listen; returns once SIP is listening. ``OSError`` if the port is taken."""
+        self.runtime.start()
+        if self._own_loops:
+            self._loops = [EventLoopThread(f"flowcat-sip-{i}") for i in range(self._loop_count)]
+        self._media_loops = [
+            (io, Ticker(io.loop), LoopEdge(io, self.runtime.pool)) for io in self._loops
+        ]
+        options = self.options
+        self.endpoint = SipEndpoint(
+            self._loops[0],
+            self._request,
+            host=options.host,
+            port=options.port,
+            transports=options.transports,
+            advertised=options.public_address,
+        )
+        try:
+            self._loops[0].submit(self.endpoint.start()).result(10)
+        except OSError:
+            self._stop_loops()
+            raise
+        logger.info("SIP listening on %s (%s)", self.uri, "/".join(options.transports))
+        return self
+
+    @property
+    def port(self) -> int:
+        assert self.endpoint is not None, "not started"
+        return self.endpoint.port
+
+    @property
+    def uri(self) -> str:
+        """The SIP URI that reaches the agent (``sip:agent@address:port``)."""
+        assert self.endpoint is not None, "not started"
+        return f"sip:agent@{self.endpoint.local_address()}:{self.endpoint.port}"
+
+    @property
+    def calls(self) -> list[SipCall]:
+        """The calls now (a copy, taken on the signalling loop)."""
+
+        async def copy() -> list[SipCall]:
+            return list(self._calls.values())
+
+        return self._loops[0].submit(copy()).result(5)
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Refuse new calls, let live ones finish for up to ``grace`` seconds, hang up the
+        rest (BYE), and stop listening."""
+        if self.endpoint is None:
+            return
+        self._stopping = True
+        try:
+            self._loops[0].submit(self._wind_down(grace)).result(grace + 10)
+        finally:
+            self._stop_loops()
+            self.endpoint = None
+
+    async def _wind_down(self, grace: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self._calls and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for call in list(self._calls.values()):
+            call.hang_up("the server is shutting down")
+        await asyncio.sleep(0.1 if grace else 0)  # let the BYEs out
+        await self.endpoint.stop()
+
+    def _stop_loops(self) -> None:
+        if self._own_loops:
+            for io in self._loops:
+                io.stop()
+
+    # -- requests --------------------------------------------------------------------------
+
+    def _request(self, request: Request, transaction: ServerTransaction | None, peer: Peer) -> None:
+        """Every new request the endpoint receives (on the signalling loop)."""
+        to_tag = request.to.tag
+        if to_tag is not None:
+            call = self._calls.get((request.call_id, to_tag))
+            if call is not None:
+                call.request(request, transaction)
+            elif transaction is not None:
+                transaction.respond(request.response(481))
+            return
+        if transaction is None:
+            return  # an ACK outside any dialog: nothing to do
+        method = request.method
+        if method == "INVITE":
+            self._invite(request, transaction, peer)
+        elif method == "CANCEL":
+            self._cancel(request, transaction)
+        elif method == "OPTIONS":
+            response = request.response(200, to_tag="options")
+            for name, value in (
+                ("Allow", ALLOW),
+                ("Accept", "application/sdp"),
+                ("Supported", SUPPORTED),
+                ("Server", self.options.user_agent),
+            ):
+                response.headers.add(name, value)
+            transaction.respond(response)
+        elif method in ("BYE", "UPDATE", "INFO", "NOTIFY"):
+            transaction.respond(request.response(481))
+        else:
+            status = 405 if method in ("REGISTER", "SUBSCRIBE", "MESSAGE", "REFER") else 501
+            response = request.response(status)
+            response.headers.add("Allow", ALLOW)
+            transaction.respond(response)
+
+    def _invite(self, request: Request, transaction: ServerTransaction, peer: Peer) -> None:
+        refusal = self._refusal(request, peer)
+        if refusal is not None:
+            status, reason = refusal
+            self.refused += 1
+            response = request.response(status, to_tag="refused")
+            if status == 420:
+                unsupported = request.options("Require") - {"timer"}
+                response.headers.add("Unsupported", ", ".join(sorted(unsupported)))
+            if status == 503:
+                response.headers.add("Retry-After", "5")
+            response.headers.add("Warning", f'399 flowcat "{reason}"')
+            transaction.respond(response)
+            logger.info("refused an INVITE from %s: %d %s", peer, status, reason)
+            return
+        io, ticker, edge = self._media_loops[next(self._next_loop) % len(self._media_loops)]
+        loop = self._loops[0].loop
+        holder: list[SipCall] = []
+        media = RtpSession(
+            self.runtime,
+            self.pipeline,
+            io,
+            edge,
+            ticker,
+            self.media,
+            timeout=self.options.rtp_timeout,
+            on_hangup=lambda reason: loop.call_soon_threadsafe(holder[0].media_hung_up, reason),
+            turn_log=self._turn_log,
+        )
+        call = SipCall(self, request, transaction, peer, media)
+        holder.append(call)
+        self._calls[call.key] = call
+        self._by_invite[id(transaction)] = call
+        call._spawn(call.answer())
+
+    def _refusal(self, request: Request, peer: Peer) -> tuple[int, str] | None:
+        if self._stopping:
+            return 503, "the server is shutting down"
+        if self._networks and not any(_address(peer.host) in network for network in self._networks):
+            return 403, f"{peer.host} is not an allowed source"
+        unsupported = request.options("Require") - {"timer"}
+        if unsupported:
+            return 420, f"unsupported extension: {', '.join(sorted(unsupported))}"
+        if request.body and request.content_type != "application/sdp":
+            return 415, f"a {request.content_type or 'untyped'} body is not SDP"
+        limit = self.options.max_calls
+        if limit is not None and len(self._calls) >= limit:
+            return 503, "the server is full"
+        runtime_limit = self.runtime.max_calls
+        if runtime_limit is not None and len(self.runtime.calls) >= runtime_limit:
+            return 503, "the server is full"
+        return None
+
+    def _cancel(self, request: Request, transaction: ServerTransaction) -> None:
+        invite = self.endpoint.invite_transaction(request)
+        call = self._by_invite.get(id(invite)) if invite is not None else None
+        if invite is None:
+            transaction.respond(request.response(481))
+            return
+        transaction.respond(request.response(200))
+        if call is not None:
+            call.cancelled()
+
+    def call_ended(self, call: SipCall) -> None:
+        """A call's dialog is over (called by the call, on the signalling loop)."""
+        self._calls.pop(call.key, None)
+        self.ended.append(call)
+        self._by_invite = {k: c for k, c in self._by_invite.items() if c is not call}
+
+    # -- for the calls ---------------------------------------------------------------------
+
+    def media_address(self, peer: Peer) -> str:
+        """The address our SDP gives for RTP."""
+        return self.options.public_address or self.endpoint.local_address(peer)
+
+    def offer(self, peer: Peer, port: int, session_id: int) -> SessionDescription:
+        return make_offer(
+            self.media_address(peer), port, codecs=self.options.codecs, session_id=session_id
+        )
+
+
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None

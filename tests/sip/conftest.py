@@ -1,0 +1,125 @@
+"""A SIP server on loopback for each test, with a pipeline that records what it hears."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from flowcat_ft import FrameProcessor, Pipeline, Runtime
+from flowcat_ft.agents.echo import Echo
+from flowcat_ft.frames import Direction as D
+from flowcat_ft.frames import (
+    EndFrame,
+    InputAudioRawFrame,
+    InputDTMFFrame,
+    OutputDTMFFrame,
+)
+from flowcat_ft.transports.session import MediaOptions
+from flowcat_ft.transports.sip import SipOptions, SipServer
+
+SCENARIOS = Path(__file__).parent / "scenarios"
+
+
+class Heard:
+    """What the agent heard, across its calls: appended on stage threads."""
+
+    def __init__(self, hang_up_after: int | None = None) -> None:
+        self.frames = 0
+        self.loud = 0  # frames with a sample over 1000 (speech, not silence)
+        self.digits: list[str] = []
+        self.hang_up_after = hang_up_after
+        self.lock = threading.Lock()
+
+
+def listening(heard: Heard) -> Pipeline:
+    """Records audio and DTMF, answers each key with the same key, echoes the audio; ends
+    the call after ``heard.hang_up_after`` frames."""
+
+    class Listen(FrameProcessor):
+        def process(self, frame, direction):
+            if type(frame) is InputDTMFFrame:
+                with heard.lock:
+                    heard.digits.append(frame.digit)
+                self.push(frame, direction)
+                self.push(OutputDTMFFrame(frame.digit), D.DOWNSTREAM)
+                return
+            if type(frame) is InputAudioRawFrame:
+                with heard.lock:
+                    heard.frames += 1
+                    heard.loud += int(abs(frame.samples.astype(int)).max() > 1000)
+                    enough = heard.hang_up_after is not None and heard.frames == heard.hang_up_after
+                if enough:
+                    self.push(EndFrame(), D.UPSTREAM)
+            self.push(frame, direction)
+
+    return Pipeline([Listen, Echo])
+
+
+def free_port(kind: int = socket.SOCK_DGRAM, even: bool = False) -> int:
+    while True:
+        with socket.socket(socket.AF_INET, kind) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if not even or port % 2 == 0:
+            return port
+
+
+@pytest.fixture
+def sip_server():
+    """``sip_server(pipeline, **SipOptions fields)``: a started server on 127.0.0.1."""
+    started: list[tuple[Runtime, SipServer]] = []
+
+    def start(pipeline: Pipeline, *, max_calls: int | None = None, **options) -> SipServer:
+        runtime = Runtime(threads=1, slabs=1024, max_calls=max_calls)
+        low = free_port(even=True) // 2 * 2
+        options.setdefault("rtp_ports", (low, low + 40))
+        server = SipServer(
+            runtime,
+            pipeline,
+            SipOptions(host="127.0.0.1", port=0, **options),
+            media=MediaOptions(sample_rate=None),
+        )
+        started.append((runtime, server.start()))
+        return server
+
+    yield start
+    for runtime, server in started:
+        server.stop(grace=0)
+        runtime.stop()
+
+
+def need(binary: str) -> str:
+    path = shutil.which(binary)
+    if path is None:
+        pytest.skip(f"{binary} is not installed (ci/system-packages.sh installs it)")
+    return path
+
+
+def sipp_command(server: SipServer, scenario: str, *, transport: str = "u1", timeout: int = 30):
+    """The command line of one call of a SIPp scenario against ``server``, and the file
+    its errors go to."""
+    binary = need("sipp")
+    port, media = free_port(), free_port(even=True)
+    errors = Path(f"/tmp/flowcat-sipp-{port}-errors.log")
+    command = [
+        binary, "-sf", str(SCENARIOS / scenario), f"127.0.0.1:{server.port}",
+        "-i", "127.0.0.1", "-p", str(port), "-mp", str(media), "-t", transport,
+        "-m", "1", "-nostdin", "-timeout", f"{timeout}s", "-timeout_error",
+        "-trace_err", "-error_file", str(errors),
+    ]  # fmt: skip
+    return command, errors
+
+
+def sipp(server: SipServer, scenario: str, *, transport: str = "u1", timeout: int = 30):
+    """Run one call of a SIPp scenario against ``server``; returns SIPp's exit status and
+    its error log."""
+    command, errors = sipp_command(server, scenario, transport=transport, timeout=timeout)
+    result = subprocess.run(command, capture_output=True, timeout=timeout + 10, check=False)
+    log = errors.read_text(errors="replace") if errors.exists() else ""
+    errors.unlink(missing_ok=True)
+    return result.returncode, log + result.stdout.decode(errors="replace")[-2000:]
