@@ -55,6 +55,7 @@ from flowcat_ft.transports.clients import TrustedProxies
 from flowcat_ft.transports.http import Guard, HttpRequest, HttpResponse
 from flowcat_ft.transports.limits import ClientLimits, Rate
 from flowcat_ft.transports.server import WebSocketServer, default_routes, split_cores
+from flowcat_ft.transports.sip import SipOptions, SipServer
 from flowcat_ft.transports.webrtc import WebRTCGateway
 from flowcat_ft.transports.webrtc.gateway import OFFER_PATH
 
@@ -93,6 +94,7 @@ class AgentServer:
         self.server: WebSocketServer | None = None
         self.gateway: WebRTCGateway | None = None
         self.telemetry: Telemetry | None = None
+        self.sip: SipServer | None = None
 
     @property
     def port(self) -> int:
@@ -169,12 +171,44 @@ class AgentServer:
                 "/<carrier>/answer can start calls (set transports.<carrier>, see "
                 "examples/agent.yaml)"
             )
+        if config.transports.sip.enabled:
+            self._start_sip(agent.pipeline, agent.options)
         self._warm_up(runtime)
         if gateway is not None:
             self._step(f"WebRTC: starting {gateway.companions} companion processes")
             gateway.start(f"{self._scheme('ws')}://{_loopback(config.server.host)}:{server.port}")
         self._step(f"ready in {time.monotonic() - started:.1f} s")
         return self
+
+    def _start_sip(self, pipeline, options) -> None:
+        """SIP on the WebSocket server's event loops (``OSError``: its port is taken)."""
+        sip = self.config.transports.sip
+        self.sip = SipServer(
+            self.runtime,
+            pipeline,
+            SipOptions(
+                host=sip.host,
+                port=sip.port,
+                transports=sip.transports,
+                public_address=sip.public_address,
+                rtp_ports=(sip.rtp_port_min, sip.rtp_port_max),
+                codecs=sip.codecs,
+                allowed_sources=sip.allowed_sources,
+                ring_secs=sip.ring_secs,
+                rtp_timeout=sip.rtp_timeout,
+                session_expires=sip.session_expires,
+                max_calls=self.config.limits.max_calls,
+            ),
+            media=options,
+            loops=self.server.loops,
+            turn_log=self.server.turns,
+        )
+        try:
+            self.sip.start()
+        except OSError:
+            self.stop(grace=0)
+            raise
+        self._step(f"SIP: listening on {sip.host}:{self.sip.port} ({'/'.join(sip.transports)})")
 
     def urls(self) -> dict[str, str]:
         """What a person or a carrier connects to, by name."""
@@ -190,6 +224,8 @@ class AgentServer:
             urls[name] = f"{ws}://{base}/{name}"
             if f"/{name}/answer" in self.server.pages:
                 urls[name] += f"  (webhook answer: {http}://{base}/{name}/answer)"
+        if self.sip is not None:
+            urls["sip"] = self.sip.uri
         return urls
 
     def drain(self) -> None:
@@ -207,15 +243,18 @@ class AgentServer:
         """Stop accepting calls, let live ones finish for ``grace`` seconds (the config's
         ``limits.shutdown_grace`` by default), then cancel them. WebRTC calls get the grace
         too: the companions stop after the server."""
+        grace = self.config.limits.shutdown_grace if grace is None else grace
+        if self.sip is not None:
+            self.sip.stop(grace)
         if self.server is not None:
-            self.server.stop(self.config.limits.shutdown_grace if grace is None else grace)
+            self.server.stop(grace)
         if self.gateway is not None:
             self.gateway.stop()
         if self.runtime is not None:
             self.runtime.stop()
         if self.telemetry is not None:
             self.telemetry.shutdown()  # exports the last calls' spans
-        self.server = self.runtime = self.gateway = self.telemetry = None
+        self.server = self.runtime = self.gateway = self.telemetry = self.sip = None
 
     def _telemetry(self) -> Telemetry | None:
         """Traces exported where the config says (the SDK is loaded only then)."""

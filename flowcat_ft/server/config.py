@@ -51,6 +51,7 @@ from flowcat_ft.services.offline import DEFAULT_GRAPH, VAD_PARAMS
 from flowcat_ft.services.offline.espeak_tts import EspeakTTS
 from flowcat_ft.services.stt import DeepgramSTTService, OpenAISTTService
 from flowcat_ft.services.tts import CartesiaTTSService, ElevenLabsTTSService, OpenAITTSService
+from flowcat_ft.sip.sdp import CODECS as SDP_CODECS
 from flowcat_ft.transports.clients import TrustedProxies
 from flowcat_ft.transports.load import LoadBounds
 from flowcat_ft.transports.server import CARRIERS
@@ -75,6 +76,7 @@ __all__ = [
     "OpenAITTSConfig",
     "PlivoConfig",
     "ServerConfig",
+    "SipConfig",
     "SphinxSTTConfig",
     "TelemetryConfig",
     "TelnyxConfig",
@@ -234,13 +236,36 @@ class ExotelConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SipConfig:
+    """SIP trunking (:mod:`flowcat_ft.transports.sip`): calls from a SIP trunk or a PBX,
+    with RTP media. ``public_address``: the address written into SIP headers and SDP
+    (behind NAT); ``allowed_sources``: addresses or networks whose INVITEs are taken
+    (empty: any); ``ring_secs``: how long 180 Ringing lasts; ``rtp_timeout``: seconds
+    without RTP before hanging up; ``session_expires``: RFC 4028 session interval."""
+
+    enabled: bool = False
+    host: str = "0.0.0.0"
+    port: int = bounded(5060, 0, 65535)
+    transports: tuple[Literal["udp", "tcp"], ...] = ("udp", "tcp")
+    public_address: str | None = None
+    rtp_port_min: int = bounded(20000, 1024, 65534)
+    rtp_port_max: int = bounded(30000, 1025, 65535)
+    codecs: tuple[Literal[tuple(SDP_CODECS)], ...] = tuple(SDP_CODECS)
+    allowed_sources: tuple[str, ...] = ()
+    ring_secs: float = bounded(0.0, 0, 60)
+    rtp_timeout: float = bounded(30.0, above=0)
+    session_expires: int = bounded(1800, 90)
+
+
+@dataclass(frozen=True, kw_only=True)
 class TransportsConfig:
     """The carriers served, each on its own path (``/twilio``...), and how their requests
     are verified. ``stream_token_key_env``: the environment variable with the key that
     signs stream tokens (None: a random key per process; set one for tokens that outlive
     a restart or are shared by several servers, and for ``flowcat-ft stream-url``);
     ``stream_token_ttl``: seconds from a webhook answer to its stream's handshake;
-    ``webhook_tolerance``: seconds a timestamped signature (Telnyx, Vonage) stays valid."""
+    ``webhook_tolerance``: seconds a timestamped signature (Telnyx, Vonage) stays valid;
+    ``sip``: SIP trunking."""
 
     carriers: tuple[Carrier, ...] = CARRIERS
     stream_token_key_env: str | None = None
@@ -251,6 +276,7 @@ class TransportsConfig:
     plivo: PlivoConfig = PlivoConfig()
     vonage: VonageConfig = VonageConfig()
     exotel: ExotelConfig = ExotelConfig()
+    sip: SipConfig = SipConfig()
 
     @property
     def unverified(self) -> list[str]:
@@ -484,6 +510,31 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
 # -- defaults that depend on other fields, and checks across fields ------------------------
 
 
+def _check_sip(config: Config) -> list[ConfigError]:
+    sip, errors = config.transports.sip, []
+    if sip.rtp_port_max - sip.rtp_port_min < 2:
+        errors.append(
+            config.error(
+                "transports.sip.rtp_port_max",
+                f"the RTP port range {sip.rtp_port_min}-{sip.rtp_port_max} has no room "
+                "for one call (RTP and RTCP take two ports)",
+            )
+        )
+    for i, source in enumerate(sip.allowed_sources):
+        try:
+            ipaddress.ip_network(source, strict=False)
+        except ValueError:
+            errors.append(
+                config.error(
+                    f"transports.sip.allowed_sources[{i}]",
+                    f"expected an address or a network such as 203.0.113.0/24, got {source!r}",
+                )
+            )
+    if sip.enabled and not sip.transports:
+        errors.append(config.error("transports.sip.transports", "name udp, tcp or both"))
+    return errors
+
+
 def _resolve(config: Config) -> Config:
     agent, written = config.agent, config.lines
     if agent.kind == "pipeline" and "agent.sample_rate" not in written:
@@ -632,6 +683,7 @@ def _check(config: Config) -> list[ConfigError]:
         error("transports.carriers", "serve at least one carrier")
     errors += _carrier_errors(config)
     errors += _check_access(config)
+    errors += _check_sip(config)
 
     agent = config.agent
     sections = {"stt": agent.stt, "llm": agent.llm, "tts": agent.tts}

@@ -224,6 +224,12 @@ class WebSocketServer:
         self._monitor: LoadMonitor | None = None
 
     @property
+    def loops(self) -> list[EventLoopThread]:
+        """The event-loop threads serving connections, once started (other transports
+        may run on them too, as SIP does; they stop with this server)."""
+        return list(self._loops)
+
+    @property
     def sessions(self) -> list[MediaSession]:
         with self._lock:
             return list(self._active)

@@ -1,0 +1,58 @@
+"""``flowcat-ft serve`` with SIP on: the configuration, and a call to the served agent."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import free_port, sipp
+from helpers import wait_until
+
+from flowcat_ft.server.app import AgentServer
+from flowcat_ft.server.config import ConfigError, load_config
+
+
+def write(tmp_path, sip: str):
+    path = tmp_path / "agent.yaml"
+    path.write_text(
+        "server: {host: 127.0.0.1, port: 0, webrtc: false, playground: false}\n"
+        f"transports:\n  carriers: [raw]\n  sip: {sip}\n"
+        "agent: {kind: echo}\n"
+    )
+    return path
+
+
+def test_the_served_echo_agent_answers_a_sip_call(tmp_path):
+    low = free_port(even=True) // 2 * 2
+    config = load_config(
+        write(
+            tmp_path,
+            "{enabled: true, host: 127.0.0.1, port: 0, "
+            f"rtp_port_min: {low}, rtp_port_max: {low + 20}, codecs: [PCMA]}}",
+        )
+    )
+    server = AgentServer(config).start()
+    try:
+        uri = server.urls()["sip"]
+        assert uri == f"sip:agent@127.0.0.1:{server.sip.port}"
+        status, log = sipp(server.sip, "call.xml")
+        assert status == 0, log
+        call = server.sip.ended[-1]
+        assert call.media.packets_in > 50 and call.media.port in range(low, low + 20)
+        assert wait_until(lambda: server.runtime.pool.in_use == 0)
+    finally:
+        server.stop(grace=0)
+
+
+def test_sip_mistakes_are_named(tmp_path):
+    with pytest.raises(ConfigError) as raised:
+        load_config(write(tmp_path, "{enabled: true, codecs: [PCMU, G729]}"))
+    assert "transports.sip.codecs[1]: expected one of PCMU, PCMA, got 'G729'" in str(raised.value)
+    path = write(
+        tmp_path,
+        "{enabled: true, rtp_port_min: 30000, rtp_port_max: 30001, "
+        "allowed_sources: [10.0.0.0/8, nonsense]}",
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    text = str(raised.value)
+    assert "RTP port range 30000-30001 has no room for one call" in text
+    assert "transports.sip.allowed_sources[1]: expected an address or a network" in text
