@@ -35,6 +35,7 @@ def test_the_served_echo_agent_answers_a_sip_call(tmp_path):
         assert uri == f"sip:agent@127.0.0.1:{server.sip.port}"
         status, log = sipp(server.sip, "call.xml")
         assert status == 0, log
+        assert wait_until(lambda: server.sip.ended)
         call = server.sip.ended[-1]
         assert call.media.packets_in > 50 and call.media.port in range(low, low + 20)
         assert wait_until(lambda: server.runtime.pool.in_use == 0)

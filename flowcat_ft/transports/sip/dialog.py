@@ -335,8 +335,8 @@ class SipCall:
             self._on_media_loop(self.media.update, negotiated)
 
     def _bye(self, request: Request, transaction: ServerTransaction) -> None:
+        self._ended("the caller hung up")  # before the 200: once the caller has it, it is over
         transaction.respond(self._response(request, 200))
-        self._ended("the caller hung up")
 
     def _offer(self, request: Request, transaction: ServerTransaction) -> None:
         """re-INVITE or UPDATE: a new offer (hold, a new address), or a session refresh."""
