@@ -55,7 +55,7 @@ from flowcat_ft.transports.clients import TrustedProxies
 from flowcat_ft.transports.http import Guard, HttpRequest, HttpResponse
 from flowcat_ft.transports.limits import ClientLimits, Rate
 from flowcat_ft.transports.server import WebSocketServer, default_routes, split_cores
-from flowcat_ft.transports.sip import SipOptions, SipServer
+from flowcat_ft.transports.sip import SipOptions, SipServer, Trunk
 from flowcat_ft.transports.webrtc import WebRTCGateway
 from flowcat_ft.transports.webrtc.gateway import OFFER_PATH
 
@@ -198,6 +198,16 @@ class AgentServer:
                 rtp_timeout=sip.rtp_timeout,
                 session_expires=sip.session_expires,
                 max_calls=self.config.limits.max_calls,
+                trunks=tuple(
+                    Trunk(
+                        registrar=trunk.registrar,
+                        user=trunk.user,
+                        password=os.environ[trunk.password_env] if trunk.password_env else None,
+                        domain=trunk.domain,
+                        expires=trunk.expires,
+                    )
+                    for trunk in sip.trunks
+                ),
             ),
             media=options,
             loops=self.server.loops,

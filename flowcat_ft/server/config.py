@@ -51,6 +51,7 @@ from flowcat_ft.services.offline import DEFAULT_GRAPH, VAD_PARAMS
 from flowcat_ft.services.offline.espeak_tts import EspeakTTS
 from flowcat_ft.services.stt import DeepgramSTTService, OpenAISTTService
 from flowcat_ft.services.tts import CartesiaTTSService, ElevenLabsTTSService, OpenAITTSService
+from flowcat_ft.sip.message import SipError, Uri
 from flowcat_ft.sip.sdp import CODECS as SDP_CODECS
 from flowcat_ft.transports.clients import TrustedProxies
 from flowcat_ft.transports.load import LoadBounds
@@ -77,6 +78,7 @@ __all__ = [
     "PlivoConfig",
     "ServerConfig",
     "SipConfig",
+    "SipTrunkConfig",
     "SphinxSTTConfig",
     "TelemetryConfig",
     "TelnyxConfig",
@@ -236,12 +238,26 @@ class ExotelConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SipTrunkConfig:
+    """A registrar to register with: its URI (``sip:pbx.example.com;transport=tcp``), the
+    account, the environment variable holding its password (None: no authentication),
+    the address of record's domain (None: the registrar's host), the interval to ask."""
+
+    registrar: str
+    user: str
+    password_env: str | None = None
+    domain: str | None = None
+    expires: int = bounded(3600, 60)
+
+
+@dataclass(frozen=True, kw_only=True)
 class SipConfig:
     """SIP trunking (:mod:`flowcat_ft.transports.sip`): calls from a SIP trunk or a PBX,
     with RTP media. ``public_address``: the address written into SIP headers and SDP
     (behind NAT); ``allowed_sources``: addresses or networks whose INVITEs are taken
     (empty: any); ``ring_secs``: how long 180 Ringing lasts; ``rtp_timeout``: seconds
-    without RTP before hanging up; ``session_expires``: RFC 4028 session interval."""
+    without RTP before hanging up; ``session_expires``: RFC 4028 session interval;
+    ``trunks``: registrars to register with (un-registered at shutdown)."""
 
     enabled: bool = False
     host: str = "0.0.0.0"
@@ -255,6 +271,7 @@ class SipConfig:
     ring_secs: float = bounded(0.0, 0, 60)
     rtp_timeout: float = bounded(30.0, above=0)
     session_expires: int = bounded(1800, 90)
+    trunks: tuple[SipTrunkConfig, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -532,6 +549,20 @@ def _check_sip(config: Config) -> list[ConfigError]:
             )
     if sip.enabled and not sip.transports:
         errors.append(config.error("transports.sip.transports", "name udp, tcp or both"))
+    for i, trunk in enumerate(sip.trunks):
+        where = f"transports.sip.trunks[{i}]"
+        try:
+            Uri.parse(trunk.registrar)
+        except SipError as error:
+            errors.append(config.error(f"{where}.registrar", f"expected a sip: URI ({error})"))
+        env = trunk.password_env
+        if env is not None and not os.environ.get(env):
+            errors.append(
+                config.error(
+                    f"{where}.password_env",
+                    f"the environment variable {env} (the trunk's password) is not set",
+                )
+            )
     return errors
 
 

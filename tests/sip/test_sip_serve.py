@@ -57,3 +57,12 @@ def test_sip_mistakes_are_named(tmp_path):
     text = str(raised.value)
     assert "RTP port range 30000-30001 has no room for one call" in text
     assert "transports.sip.allowed_sources[1]: expected an address or a network" in text
+    path = write(
+        tmp_path,
+        "{enabled: true, trunks: [{registrar: 'pbx example', user: a, password_env: NO_SUCH_VAR}]}",
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    text = str(raised.value)
+    assert "transports.sip.trunks[0].registrar: expected a sip: URI" in text
+    assert "the environment variable NO_SUCH_VAR (the trunk's password) is not set" in text

@@ -452,24 +452,7 @@ class SipCall:
         return ack
 
     async def _send(self, request: Request, on_final: Callable[[Response], None]) -> None:
-        done = asyncio.get_running_loop().create_future()
-
-        def on_response(response: Response) -> None:
-            if response.status >= 200 and not done.done():
-                on_final(response)
-                done.set_result(response)
-
-        def on_timeout() -> None:
-            if not done.done():
-                on_final(request.response(408))
-                done.set_result(None)
-
-        try:
-            await self.endpoint.request(request, self._next_hop(), on_response, on_timeout)
-        except OSError as error:
-            logger.warning("cannot send %s for %s: %s", request.method, self.call_id, error)
-            on_timeout()
-        await done
+        on_final(await self.endpoint.final_response(request, self._next_hop()))
 
     def hang_up(self, reason: str) -> None:
         """End the call from our side: BYE (or a failure response before the answer)."""

@@ -24,6 +24,7 @@ import asyncio
 import ipaddress
 import logging
 import secrets
+import socket
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -311,6 +312,45 @@ class SipEndpoint:
         self._client_transactions[transaction.key] = transaction
         return transaction
 
+    async def final_response(
+        self,
+        request: Request,
+        peer: Peer,
+        on_provisional: Callable[[Response], None] = lambda response: None,
+    ) -> Response:
+        """Send ``request`` and wait for its final response; a timeout, or a TCP
+        connection that cannot be made, is a ``408`` made here."""
+        done: asyncio.Future[Response] = self.loop.create_future()
+
+        def on_response(response: Response) -> None:
+            if response.status < 200:
+                on_provisional(response)
+            elif not done.done():
+                done.set_result(response)
+
+        def on_timeout() -> None:
+            if not done.done():
+                done.set_result(request.response(408, "no response"))
+
+        try:
+            await self.request(request, peer, on_response, on_timeout)
+        except OSError as error:
+            logger.warning("cannot send %s to %s: %s", request.method, peer, error)
+            return request.response(408, f"cannot connect: {error.strerror or error}")
+        return await done
+
+    async def resolve(self, uri: Uri) -> Peer:
+        """Where requests to ``uri`` go: its host (an address, or a name looked up; no
+        SRV or NAPTR), its port (5060 by default) and its ``transport`` (UDP by default).
+        ``OSError`` if the name cannot be looked up."""
+        transport = uri.transport.upper()
+        port = uri.port or 5060
+        host = uri.host
+        if not _is_ip(host):
+            infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+            host = infos[0][4][0]
+        return Peer(transport, host, port)
+
     def send_ack(self, ack: Request, peer: Peer) -> None:
         """An ACK for a 2xx: no transaction of its own (RFC 3261 section 13.2.2.4)."""
         self._send(bytes(ack), peer)
@@ -383,8 +423,6 @@ def _is_ip(host: str) -> bool:
 
 def _address_towards(host: str) -> str:
     """This host's address on the route towards ``host`` (no packet is sent)."""
-    import socket
-
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as probe:
         try:

@@ -38,6 +38,7 @@ from flowcat_ft.transports.session import MediaOptions
 from flowcat_ft.transports.sip.dialog import ALLOW, SUPPORTED, SipCall
 from flowcat_ft.transports.sip.endpoint import Peer, SipEndpoint
 from flowcat_ft.transports.sip.media import RtpPorts, RtpSession
+from flowcat_ft.transports.sip.registration import Registration, Trunk
 
 if TYPE_CHECKING:
     from flowcat_ft.pipeline import Pipeline
@@ -62,7 +63,8 @@ class SipOptions:
     (``"203.0.113.0/24"``) whose INVITEs are taken (empty: any); ``ring_secs``: how
     long ``180 Ringing`` lasts before the answer; ``rtp_timeout``: seconds without RTP
     before hanging up; ``session_expires`` / ``min_se``: RFC 4028 session timers;
-    ``max_calls``: calls at once (None: the runtime's limit only).
+    ``max_calls``: calls at once (None: the runtime's limit only); ``trunks``: registrars
+    to register with (:class:`~flowcat_ft.transports.sip.registration.Trunk`).
     """
 
     host: str = "0.0.0.0"
@@ -77,6 +79,7 @@ class SipOptions:
     session_expires: int = 1800
     min_se: int = 90
     max_calls: int | None = None
+    trunks: tuple[Trunk, ...] = ()
     user_agent: str = "flowcat-ft"
 
 
@@ -113,6 +116,7 @@ class SipServer:
         self._next_loop = itertools.count()
         self._turn_log = turn_log
         self.endpoint: SipEndpoint | None = None
+        self.registrations: list[Registration] = []
         self._calls: dict[tuple[str, str], SipCall] = {}
         self._by_invite: dict[int, SipCall] = {}  # by id() of the INVITE's server transaction
         self._stopping = False
@@ -141,12 +145,19 @@ class SipServer:
             advertised=options.public_address,
         )
         try:
-            self._loops[0].submit(self.endpoint.start()).result(10)
+            self._loops[0].submit(self._start()).result(10)
         except OSError:
             self._stop_loops()
             raise
         logger.info("SIP listening on %s (%s)", self.uri, "/".join(options.transports))
         return self
+
+    async def _start(self) -> None:
+        await self.endpoint.start()
+        for trunk in self.options.trunks:
+            registration = Registration(self.endpoint, trunk, self.options.user_agent)
+            self.registrations.append(registration)
+            registration.start()
 
     @property
     def port(self) -> int:
@@ -188,6 +199,12 @@ class SipServer:
         for call in list(self._calls.values()):
             call.hang_up("the server is shutting down")
         await asyncio.sleep(0.1 if grace else 0)  # let the BYEs out
+        unregistering = [registration.stop() for registration in self.registrations]
+        try:
+            async with asyncio.timeout(_UNREGISTER_SECS):
+                await asyncio.gather(*unregistering, return_exceptions=True)
+        except TimeoutError:
+            logger.warning("a registrar did not answer our un-REGISTER in time")
         await self.endpoint.stop()
 
     def _stop_loops(self) -> None:
@@ -311,6 +328,9 @@ class SipServer:
         return make_offer(
             self.media_address(peer), port, codecs=self.options.codecs, session_id=session_id
         )
+
+
+_UNREGISTER_SECS = 5.0
 
 
 def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
