@@ -12,6 +12,6 @@ The protocols themselves (messages, SDP, RTP packets, transactions) are Sans-I/O
 """
 
 from flowcat_ft.transports.sip.registration import Trunk
-from flowcat_ft.transports.sip.server import SipOptions, SipServer
+from flowcat_ft.transports.sip.server import CallFailed, SipOptions, SipServer
 
-__all__ = ["SipOptions", "SipServer", "Trunk"]
+__all__ = ["CallFailed", "SipOptions", "SipServer", "Trunk"]

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from flowcat_ft.frames import InputDTMFFrame
 from flowcat_ft.runtime import RuntimeFullError
+from flowcat_ft.sip.digest import DigestError, authorization, strongest
 from flowcat_ft.sip.message import Headers, NameAddr, Request, Response, SipError
 from flowcat_ft.sip.sdp import (
     Negotiated,
@@ -54,36 +55,53 @@ logger = logging.getLogger("flowcat_ft.sip")
 __all__ = ["ALLOW", "SipCall"]
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, NOTIFY"
+TRANSFER_SECS = 30.0
+"""How long a transfer may take to be reported (NOTIFY with a final status)."""
 SUPPORTED = "timer"
 _session_ids = itertools.count(int(time.time()))
 
 
 class SipCall:
-    """One call's dialog, answering an INVITE (see the module docstring)."""
+    """One call's dialog: answering an INVITE (``transaction`` is its server transaction)
+    or placing one (``outbound``: ``invite`` is ours, sent by :meth:`dial`). See the
+    module docstring."""
 
     def __init__(
         self,
         server: SipServer,
         invite: Request,
-        transaction: ServerTransaction,
+        transaction: ServerTransaction | None,
         peer: Peer,
         media: RtpSession,
+        *,
+        outbound: bool = False,
     ) -> None:
         self.server = server
         self.endpoint = server.endpoint
         self.invite = invite
         self.peer = peer
         self.media = media
+        self.outbound = outbound
         self.call_id = invite.call_id
-        self.local_tag = new_tag()
-        self.remote_tag = invite.from_.tag
-        self.local = invite.to.with_tag(self.local_tag)
-        self.remote = invite.from_
-        contact = invite.contact
-        self.remote_target = contact.uri if contact is not None else invite.from_.uri
-        self.route_set = invite.headers.values("Record-Route")  # UAS: in order
-        self.remote_cseq = invite.cseq.number
-        self.local_cseq = 0
+        if outbound:
+            self.local, self.remote = invite.from_, invite.to
+            self.local_tag, self.remote_tag = self.local.tag, None
+            self.remote_target = invite.uri
+            self.route_set: list[str] = []
+            self.remote_cseq, self.local_cseq = 0, invite.cseq.number
+            self._peer_allow = ""
+        else:
+            self.local_tag = new_tag()
+            self.remote_tag = invite.from_.tag
+            self.local = invite.to.with_tag(self.local_tag)
+            self.remote = invite.from_
+            contact = invite.contact
+            self.remote_target = contact.uri if contact is not None else invite.from_.uri
+            self.route_set = invite.headers.values("Record-Route")  # UAS: in order
+            self.remote_cseq, self.local_cseq = invite.cseq.number, 0
+            self._peer_allow = invite.headers.get("Allow") or ""
+        loop = asyncio.get_running_loop()
+        media.on_hangup = lambda reason: loop.call_soon_threadsafe(self.media_hung_up, reason)
         self.state = "early"  # early, answered (200 sent), confirmed (ACKed), ended
         self.end_reason = ""
         self._invite_transaction: ServerTransaction | None = transaction
@@ -95,6 +113,9 @@ class SipCall:
         self._we_refresh = False
         self._session_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._invite_sent = invite  # the INVITE a CANCEL cancels (outbound)
+        self._transfer: asyncio.Future[bool] | None = None  # our REFER's outcome
+        self._provisional = False
         self.started_at = time.monotonic()
 
     @property
@@ -220,6 +241,116 @@ class SipCall:
             response.body = str(sdp).encode()
         return response
 
+    # -- placing a call --------------------------------------------------------------------
+
+    async def dial(self, credentials: tuple[str, str] | None, ring_timeout: float) -> Response:
+        """Send our INVITE (with our offer), answer one digest challenge with
+        ``credentials`` (user, password), ACK the 2xx and open the call; CANCEL after
+        ``ring_timeout`` seconds without an answer. Returns the final response."""
+        self._local_sdp = self.server.offer(self.peer, self.media.port, self._session_id)
+        invite = self.invite
+        invite.headers.add("Content-Type", "application/sdp")
+        invite.body = str(self._local_sdp).encode()
+        for attempt in range(2):
+            response = await self._invite_once(invite, ring_timeout)
+            if response.status not in (401, 407) or credentials is None or attempt:
+                break
+            invite = self._with_credentials(invite, response, credentials)
+        if response.status >= 300 or self.state == "ended":
+            self._ended(self.end_reason or f"{response.status} {response.reason}".strip())
+            return response
+        self.remote = response.to
+        self.remote_tag = response.to.tag
+        contact = response.contact
+        if contact is not None:
+            self.remote_target = contact.uri
+        self.route_set = list(reversed(response.headers.values("Record-Route")))
+        self._peer_allow = response.headers.get("Allow") or ""
+        self.endpoint.send_ack(self._ack_for(response), self._next_hop())
+        try:
+            negotiated = accept_answer(self._local_sdp, parse_sdp(response.body))
+        except SdpError as error:
+            self.hang_up(f"the answer is unusable: {error.reason}")
+            return response
+        metadata = {"call_id": self.call_id, "to": str(self.remote.uri), "direction": "outbound"}
+        try:
+            await self._in_media(_run(self.media.open, negotiated, metadata))
+        except RuntimeFullError:
+            self.hang_up("the server is full")
+            return response
+        self.state = "confirmed"
+        return response
+
+    async def _invite_once(self, invite: Request, ring_timeout: float) -> Response:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Response] = loop.create_future()
+        self._invite_sent = invite
+
+        def on_response(response: Response) -> None:
+            if response.status < 200:
+                self._provisional = True
+            elif done.done():  # a repeated 2xx: its ACK went missing
+                if response.status < 300:
+                    self.endpoint.send_ack(self._ack_for(response), self._next_hop())
+            else:
+                done.set_result(response)
+
+        def on_timeout() -> None:
+            if not done.done():
+                done.set_result(invite.response(408, "no answer"))
+
+        self._provisional = False
+        try:
+            await self.endpoint.request(invite, self.peer, on_response, on_timeout)
+        except OSError as error:
+            return invite.response(503, f"cannot connect: {error.strerror or error}")
+        try:
+            async with asyncio.timeout(ring_timeout):
+                return await asyncio.shield(done)
+        except TimeoutError:
+            self._cancel()
+            return await done
+
+    def _with_credentials(
+        self, invite: Request, challenge: Response, credentials: tuple[str, str]
+    ) -> Request:
+        """The INVITE again, with a CSeq and branch of its own and our answer to the
+        challenge (RFC 3261 section 22.2)."""
+        proxy = challenge.status == 407
+        name = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
+        user, password = credentials
+        try:
+            value = authorization(
+                strongest(challenge.headers.values(name)), "INVITE", str(invite.uri), user,
+                password,
+            )  # fmt: skip
+        except DigestError as error:
+            logger.warning("cannot answer the challenge for %s: %s", self.call_id, error)
+            return invite
+        again = Request("INVITE", invite.uri, invite.headers.copy(), invite.body)
+        self.local_cseq += 1
+        again.headers.set("CSeq", f"{self.local_cseq} INVITE")
+        again.headers.set("Via", self.endpoint.via(self.peer.transport, self.peer))
+        again.headers.add("Proxy-Authorization" if proxy else "Authorization", value)
+        return again
+
+    def _cancel(self) -> None:
+        """CANCEL our INVITE (RFC 3261 section 9.1: same Request-URI, Call-ID, top Via)."""
+        invite = self._invite_sent
+        headers = Headers()
+        headers.add("Via", invite.headers.get("Via"))
+        for route in invite.headers.values("Route"):
+            headers.add("Route", route)
+        for name in ("From", "To", "Call-ID"):
+            headers.add(name, invite.headers.get(name))
+        headers.add("CSeq", f"{invite.cseq.number} CANCEL")
+        headers.add("Max-Forwards", "70")
+        cancel = Request("CANCEL", invite.uri, headers)
+        self._spawn(self._send_to(cancel, self.peer))
+
+    async def _send_to(self, request: Request, peer: Peer) -> None:
+        await self.endpoint.final_response(request, peer)
+
     # -- session timers (RFC 4028) ---------------------------------------------------------
 
     def _session_interval(self, request: Request, transaction: ServerTransaction) -> float | None:
@@ -275,8 +406,7 @@ class SipCall:
             self._session_timer = loop.call_later(expiry, self.hang_up, "session timer expired")
 
     def _refresh(self) -> None:
-        allow = (self.invite.headers.get("Allow") or "").upper()
-        method = "UPDATE" if "UPDATE" in allow else "INVITE"
+        method = "UPDATE" if "UPDATE" in self._peer_allow.upper() else "INVITE"
         request = self._request(method)
         request.headers.add("Session-Expires", f"{int(self._refresh_interval)};refresher=uac")
         request.headers.add("Supported", SUPPORTED)
@@ -407,7 +537,40 @@ class SipCall:
             call.push(InputDTMFFrame(digit))
 
     def _notify(self, request: Request, transaction: ServerTransaction) -> None:
+        """A NOTIFY about our REFER (RFC 3515): its message/sipfrag body is the status of
+        the transferee's call to the target."""
         transaction.respond(self._response(request, 200))
+        pending = self._transfer
+        if pending is None or pending.done() or request.content_type != "message/sipfrag":
+            return
+        status_line = request.body.decode("utf-8", "replace").partition("\n")[0].split()
+        if len(status_line) >= 2 and status_line[1].isdigit() and int(status_line[1]) >= 200:
+            pending.set_result(int(status_line[1]) < 300)
+
+    async def transfer(self, target: str) -> bool:
+        """Transfer the caller to ``target`` with REFER (RFC 3515); once the transferee
+        reports the target answered, hang up. False (the call goes on) if the REFER is
+        refused or the transfer fails or is not reported within :data:`TRANSFER_SECS`."""
+        if self.state not in ("answered", "confirmed"):
+            return False
+        refer = self._request("REFER")
+        refer.headers.add("Refer-To", f"<{target}>")
+        refer.headers.add("Referred-By", f"<{self.local.uri}>")
+        self._transfer = asyncio.get_running_loop().create_future()
+        response = await self.endpoint.final_response(refer, self._next_hop())
+        if response.status >= 300:
+            logger.info(
+                "REFER for %s refused: %d %s", self.call_id, response.status, response.reason
+            )
+            return False
+        try:
+            async with asyncio.timeout(TRANSFER_SECS):
+                done = await self._transfer
+        except TimeoutError:
+            done = False
+        if done:
+            self.hang_up(f"transferred to {target}")
+        return done
 
     def cancelled(self) -> None:
         """A CANCEL for our INVITE came (answered 200 by the server)."""
@@ -457,6 +620,10 @@ class SipCall:
     def hang_up(self, reason: str) -> None:
         """End the call from our side: BYE (or a failure response before the answer)."""
         if self.state == "ended":
+            return
+        if self.state == "early" and self.outbound:
+            self.end_reason = reason
+            self._cancel()  # the INVITE's 487 then ends the call, in dial()
             return
         if self.state == "early":
             self._fail(480, reason)

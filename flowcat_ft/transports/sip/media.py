@@ -25,7 +25,7 @@ sending: the call is hung up (``on_hangup``).
 
 Threading contract: an :class:`RtpSession` is used only on its loop; the dialog, on the
 signalling loop, reaches it through ``io.loop.call_soon_threadsafe`` and is told of a
-hang-up through ``on_hangup``, which runs on the media loop and must hand over itself.
+hang-up through ``on_hangup``, which runs on the media loop and hands over itself.
 """
 
 from __future__ import annotations
@@ -128,13 +128,14 @@ class RtpSession(CallEdge):
         options: MediaOptions,
         *,
         timeout: float,
-        on_hangup: Callable[[str], None],
         turn_log: deque | None = None,
     ) -> None:
         super().__init__(runtime, pipeline, io, edge, options, turn_log)
         self._ticker = ticker
         self.timeout = timeout
-        self._on_hangup = on_hangup
+        # Asks the dialog to hang up, with the reason; set by the dialog, called on this
+        # loop (the dialog hands it over to the signalling loop).
+        self.on_hangup: Callable[[str], None] = lambda reason: None
         self.negotiated: Negotiated | None = None
         self.port = 0
         self._rtp: asyncio.DatagramTransport | None = None
@@ -242,7 +243,7 @@ class RtpSession(CallEdge):
     def _hang_up(self, reason: str) -> None:
         if not self._hanging_up and not self.closed:
             self._hanging_up = True
-            self._on_hangup(reason)
+            self.on_hangup(reason)
 
     def _check(self, now: float) -> None:
         """Once a second: the inactivity timeout, and RTCP when its time has come."""

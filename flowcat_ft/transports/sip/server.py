@@ -26,30 +26,41 @@ import asyncio
 import ipaddress
 import itertools
 import logging
+import secrets
 from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from flowcat_ft.loops import EventLoopThread
+from flowcat_ft.sip.message import Headers, NameAddr, Request, Uri
 from flowcat_ft.sip.sdp import CODECS, SessionDescription, make_offer
 from flowcat_ft.transports.edge import LoopEdge
 from flowcat_ft.transports.pacer import Ticker
 from flowcat_ft.transports.session import MediaOptions
 from flowcat_ft.transports.sip.dialog import ALLOW, SUPPORTED, SipCall
-from flowcat_ft.transports.sip.endpoint import Peer, SipEndpoint
+from flowcat_ft.transports.sip.endpoint import Peer, SipEndpoint, new_tag
 from flowcat_ft.transports.sip.media import RtpPorts, RtpSession
 from flowcat_ft.transports.sip.registration import Registration, Trunk
 
 if TYPE_CHECKING:
     from flowcat_ft.pipeline import Pipeline
     from flowcat_ft.runtime import Runtime
-    from flowcat_ft.sip.message import Request
     from flowcat_ft.sip.transaction import ServerTransaction
     from flowcat_ft.transports.call_edge import Turn
 
 logger = logging.getLogger("flowcat_ft.sip")
 
-__all__ = ["SipOptions", "SipServer"]
+__all__ = ["CallFailed", "SipOptions", "SipServer"]
+
+
+class CallFailed(Exception):
+    """A call we placed was not answered: the final ``status`` and ``reason``."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -264,10 +275,15 @@ class SipServer:
             transaction.respond(response)
             logger.info("refused an INVITE from %s: %d %s", peer, status, reason)
             return
+        call = SipCall(self, request, transaction, peer, self._media_session())
+        self._calls[call.key] = call
+        self._by_invite[id(transaction)] = call
+        call._spawn(call.answer())
+
+    def _media_session(self) -> RtpSession:
+        """A new call's RTP, on the next media loop."""
         io, ticker, edge = self._media_loops[next(self._next_loop) % len(self._media_loops)]
-        loop = self._loops[0].loop
-        holder: list[SipCall] = []
-        media = RtpSession(
+        return RtpSession(
             self.runtime,
             self.pipeline,
             io,
@@ -275,14 +291,8 @@ class SipServer:
             ticker,
             self.media,
             timeout=self.options.rtp_timeout,
-            on_hangup=lambda reason: loop.call_soon_threadsafe(holder[0].media_hung_up, reason),
             turn_log=self._turn_log,
         )
-        call = SipCall(self, request, transaction, peer, media)
-        holder.append(call)
-        self._calls[call.key] = call
-        self._by_invite[id(transaction)] = call
-        call._spawn(call.answer())
 
     def _refusal(self, request: Request, peer: Peer) -> tuple[int, str] | None:
         if self._stopping:
@@ -311,6 +321,83 @@ class SipServer:
         transaction.respond(request.response(200))
         if call is not None:
             call.cancelled()
+
+    # -- placing calls, hanging up, transfers (from any thread) ----------------------------
+
+    def dial(
+        self,
+        to: str,
+        *,
+        from_user: str = "agent",
+        credentials: tuple[str, str] | None = None,
+        ring_timeout: float = 60.0,
+    ) -> Future[SipCall]:
+        """Call ``to`` (a ``sip:`` URI: the number at a trunk, a PBX extension) with the
+        agent. The future gives the :class:`SipCall` once it is answered, or raises
+        :class:`CallFailed` with the status (busy, no answer...). ``credentials`` (user,
+        password) answer a trunk's digest challenge."""
+        return self._loops[0].submit(self._dial(to, from_user, credentials, ring_timeout))
+
+    async def _dial(
+        self, to: str, from_user: str, credentials: tuple[str, str] | None, ring_timeout: float
+    ) -> SipCall:
+        uri = Uri.parse(to)
+        if self._stopping or (
+            self.options.max_calls is not None and len(self._calls) >= self.options.max_calls
+        ):
+            raise CallFailed(503, "the server is full or stopping")
+        peer = await self.endpoint.resolve(uri)
+        media = self._media_session()
+        try:
+            bind = media.bind(self.rtp_ports, self.rtp_host)
+            await asyncio.wrap_future(media.io.submit(bind))
+        except OSError as error:
+            raise CallFailed(503, f"no RTP port free: {error}") from None
+        local = NameAddr(Uri("sip", from_user, self.endpoint.local_address(peer)))
+        headers = Headers()
+        for name, value in (
+            ("Via", self.endpoint.via(peer.transport, peer)),
+            ("Max-Forwards", "70"),
+            ("From", local.with_tag(new_tag())),
+            ("To", NameAddr(uri)),
+            ("Call-ID", f"{secrets.token_hex(10)}@flowcat"),
+            ("CSeq", "1 INVITE"),
+            ("Contact", self.endpoint.contact(peer.transport, peer, user=from_user)),
+            ("Allow", ALLOW),
+            ("Supported", SUPPORTED),
+            ("User-Agent", self.options.user_agent),
+        ):
+            headers.add(name, value)
+        call = SipCall(self, Request("INVITE", uri, headers), None, peer, media, outbound=True)
+        self._calls[call.key] = call
+        response = await call.dial(credentials, ring_timeout)
+        if call.state != "confirmed":
+            raise CallFailed(response.status, response.reason)
+        logger.info("%s answered our call %s", to, call.call_id)
+        return call
+
+    def hang_up(self, call_id: str, reason: str = "hung up by the application") -> None:
+        """Hang up the call with this Call-ID (BYE, or CANCEL while it rings)."""
+
+        def hang_up() -> None:
+            for call in list(self._calls.values()):
+                if call.call_id == call_id:
+                    call.hang_up(reason)
+
+        self._loops[0].loop.call_soon_threadsafe(hang_up)
+
+    def transfer(self, call_id: str, target: str) -> Future[bool]:
+        """Transfer the call to ``target`` (a ``sip:`` or ``tel:`` URI: a human) with
+        REFER; the future says whether the transfer went through (the call is then hung
+        up) or not (the call goes on)."""
+
+        async def transfer() -> bool:
+            calls = [call for call in self._calls.values() if call.call_id == call_id]
+            if not calls:
+                raise KeyError(f"no call {call_id}")
+            return await calls[0].transfer(target)
+
+        return self._loops[0].submit(transfer())
 
     def call_ended(self, call: SipCall) -> None:
         """A call's dialog is over (called by the call, on the signalling loop)."""

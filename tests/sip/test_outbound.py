@@ -1,0 +1,78 @@
+"""Calls the agent places, and transfers: SIPp as the phone (or trunk) that is called."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from conftest import SCENARIOS, Heard, free_port, listening, need
+from helpers import wait_until
+
+from flowcat_ft.transports.sip import CallFailed
+
+
+@pytest.fixture
+def phone():
+    """``phone(scenario)``: a SIPp UAS on a free port, echoing RTP; yields its URI."""
+    started: list[subprocess.Popen] = []
+
+    def start(scenario: str) -> tuple[str, subprocess.Popen]:
+        port, media = free_port(), free_port(even=True)
+        command = [
+            need("sipp"), "-sf", str(SCENARIOS / scenario), "-i", "127.0.0.1",
+            "-p", str(port), "-mp", str(media), "-rtp_echo", "-m", "1", "-nostdin",
+            "-timeout", "30s", "-timeout_error",
+        ]  # fmt: skip
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        started.append(process)
+        return f"sip:+15551234@127.0.0.1:{port}", process
+
+    yield start
+    for process in started:
+        process.kill()
+        process.wait()
+
+
+def finished(process: subprocess.Popen) -> int:
+    status = process.wait(15)
+    assert status == 0, process.stderr.read().decode()[-2000:]
+    return status
+
+
+def test_the_agent_calls_a_phone_hears_it_and_hangs_up(sip_server, phone):
+    server = sip_server(listening(Heard()))
+    uri, process = phone("answer.xml")
+    call = server.dial(uri).result(15)
+    assert call.state == "confirmed" and call.media.negotiated.codec.name == "PCMU"
+    assert wait_until(lambda: call.media.packets_in > 20)  # our RTP, echoed by the phone
+    server.hang_up(call.call_id)
+    finished(process)
+    assert wait_until(lambda: server.runtime.pool.in_use == 0)
+
+
+def test_a_busy_phone_is_a_failure_with_its_status(sip_server, phone):
+    server = sip_server(listening(Heard()))
+    uri, process = phone("busy.xml")
+    with pytest.raises(CallFailed) as raised:
+        server.dial(uri).result(15)
+    assert raised.value.status == 486
+    finished(process)
+    assert server.runtime.calls == []
+
+
+def test_a_trunk_that_challenges_the_invite(sip_server, phone):
+    server = sip_server(listening(Heard()))
+    uri, process = phone("challenge.xml")
+    call = server.dial(uri, credentials=("agent", "secret")).result(15)
+    assert call.state == "confirmed"
+    server.hang_up(call.call_id)
+    finished(process)
+
+
+def test_a_transfer_with_refer(sip_server, phone):
+    server = sip_server(listening(Heard()))
+    uri, process = phone("transfer.xml")
+    call = server.dial(uri).result(15)
+    assert server.transfer(call.call_id, "sip:human@example.com").result(15) is True
+    finished(process)  # it got the REFER, reported the transfer, and our BYE
+    assert call.end_reason == "transferred to sip:human@example.com"
