@@ -56,6 +56,7 @@ from flowcat_ft.transports.http import Guard, HttpRequest, HttpResponse
 from flowcat_ft.transports.limits import ClientLimits, Rate
 from flowcat_ft.transports.server import WebSocketServer, default_routes, split_cores
 from flowcat_ft.transports.sip import SipOptions, SipServer, Trunk
+from flowcat_ft.transports.sip.pages import call_pages
 from flowcat_ft.transports.webrtc import WebRTCGateway
 from flowcat_ft.transports.webrtc.gateway import OFFER_PATH
 
@@ -218,6 +219,8 @@ class AgentServer:
         except OSError:
             self.stop(grace=0)
             raise
+        if sip.dial_token_env is not None:
+            self.server.pages.update(call_pages(self.sip, os.environ[sip.dial_token_env]))
         self._step(f"SIP: listening on {sip.host}:{self.sip.port} ({'/'.join(sip.transports)})")
 
     def urls(self) -> dict[str, str]:

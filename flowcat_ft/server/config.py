@@ -257,7 +257,9 @@ class SipConfig:
     (behind NAT); ``allowed_sources``: addresses or networks whose INVITEs are taken
     (empty: any); ``ring_secs``: how long 180 Ringing lasts; ``rtp_timeout``: seconds
     without RTP before hanging up; ``session_expires``: RFC 4028 session interval;
-    ``trunks``: registrars to register with (un-registered at shutdown)."""
+    ``trunks``: registrars to register with (un-registered at shutdown);
+    ``dial_token_env``: the environment variable holding the bearer token of the HTTP
+    endpoints that place calls (``POST /sip/calls``...); None: they are not served."""
 
     enabled: bool = False
     host: str = "0.0.0.0"
@@ -272,6 +274,7 @@ class SipConfig:
     rtp_timeout: float = bounded(30.0, above=0)
     session_expires: int = bounded(1800, 90)
     trunks: tuple[SipTrunkConfig, ...] = ()
+    dial_token_env: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -549,6 +552,13 @@ def _check_sip(config: Config) -> list[ConfigError]:
             )
     if sip.enabled and not sip.transports:
         errors.append(config.error("transports.sip.transports", "name udp, tcp or both"))
+    if sip.dial_token_env is not None and not os.environ.get(sip.dial_token_env):
+        errors.append(
+            config.error(
+                "transports.sip.dial_token_env",
+                f"the environment variable {sip.dial_token_env} (the token) is not set",
+            )
+        )
     for i, trunk in enumerate(sip.trunks):
         where = f"transports.sip.trunks[{i}]"
         try:

@@ -2,41 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
-from conftest import SCENARIOS, Heard, free_port, listening, need
+from conftest import Heard, finished, listening
 from helpers import wait_until
 
 from flowcat_ft.transports.sip import CallFailed
-
-
-@pytest.fixture
-def phone():
-    """``phone(scenario)``: a SIPp UAS on a free port, echoing RTP; yields its URI."""
-    started: list[subprocess.Popen] = []
-
-    def start(scenario: str) -> tuple[str, subprocess.Popen]:
-        port, media = free_port(), free_port(even=True)
-        command = [
-            need("sipp"), "-sf", str(SCENARIOS / scenario), "-i", "127.0.0.1",
-            "-p", str(port), "-mp", str(media), "-rtp_echo", "-m", "1", "-nostdin",
-            "-timeout", "30s", "-timeout_error",
-        ]  # fmt: skip
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        started.append(process)
-        return f"sip:+15551234@127.0.0.1:{port}", process
-
-    yield start
-    for process in started:
-        process.kill()
-        process.wait()
-
-
-def finished(process: subprocess.Popen) -> int:
-    status = process.wait(15)
-    assert status == 0, process.stderr.read().decode()[-2000:]
-    return status
 
 
 def test_the_agent_calls_a_phone_hears_it_and_hangs_up(sip_server, phone):

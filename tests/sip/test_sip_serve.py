@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
+
 import pytest
-from conftest import free_port, sipp
+from conftest import finished, free_port, sipp
 from helpers import wait_until
 
 from flowcat_ft.server.app import AgentServer
@@ -66,3 +70,36 @@ def test_sip_mistakes_are_named(tmp_path):
     text = str(raised.value)
     assert "transports.sip.trunks[0].registrar: expected a sip: URI" in text
     assert "the environment variable NO_SUCH_VAR (the trunk's password) is not set" in text
+
+
+def test_calls_placed_over_http_with_a_token(tmp_path, monkeypatch, phone):
+    monkeypatch.setenv("FLOWCAT_TEST_DIAL_TOKEN", "s3cret")
+    low = free_port(even=True) // 2 * 2
+    sip = (
+        "{enabled: true, host: 127.0.0.1, port: 0, dial_token_env: FLOWCAT_TEST_DIAL_TOKEN, "
+        f"rtp_port_min: {low}, rtp_port_max: {low + 20}}}"
+    )
+    server = AgentServer(load_config(write(tmp_path, sip))).start()
+    try:
+        uri, process = phone("answer.xml")
+        assert post(server.port, "/sip/calls", {"to": uri}, "wrong")[0] == 403
+        assert post(server.port, "/sip/calls", {"number": uri})[0] == 400
+        status, answer = post(server.port, "/sip/calls", {"to": uri})
+        assert status == 200, answer
+        assert post(server.port, "/sip/hangup", {"call_id": answer["call_id"]})[0] == 200
+        finished(process)  # answered, then hung up with a BYE
+    finally:
+        server.stop(grace=0)
+
+
+def post(port: int, path: str, body: dict, token: str = "s3cret") -> tuple[int, dict]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        json.dumps(body).encode(),
+        {"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=20) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
