@@ -51,6 +51,7 @@ from flowcat_ft.server.status import status_pages
 from flowcat_ft.server.streamtokens import StreamTokens
 from flowcat_ft.server.webhooks import CALL_ID_FIELDS, answer_pages
 from flowcat_ft.services.offline import SphinxPool
+from flowcat_ft.transports.audiosocket import AudioSocketServer
 from flowcat_ft.transports.clients import TrustedProxies
 from flowcat_ft.transports.http import Guard, HttpRequest, HttpResponse
 from flowcat_ft.transports.limits import ClientLimits, Rate
@@ -96,6 +97,7 @@ class AgentServer:
         self.gateway: WebRTCGateway | None = None
         self.telemetry: Telemetry | None = None
         self.sip: SipServer | None = None
+        self.audiosocket: AudioSocketServer | None = None
 
     @property
     def port(self) -> int:
@@ -174,6 +176,8 @@ class AgentServer:
             )
         if config.transports.sip.enabled:
             self._start_sip(agent.pipeline, agent.options)
+        if config.transports.audiosocket.enabled:
+            self._start_audiosocket(agent.pipeline, agent.options)
         self._warm_up(runtime)
         if gateway is not None:
             self._step(f"WebRTC: starting {gateway.companions} companion processes")
@@ -223,6 +227,24 @@ class AgentServer:
             self.server.pages.update(call_pages(self.sip, os.environ[sip.dial_token_env]))
         self._step(f"SIP: listening on {sip.host}:{self.sip.port} ({'/'.join(sip.transports)})")
 
+    def _start_audiosocket(self, pipeline, options) -> None:
+        """AudioSocket on the WebSocket server's event loops (``OSError``: port taken)."""
+        section = self.config.transports.audiosocket
+        self.audiosocket = AudioSocketServer(
+            self.runtime,
+            pipeline,
+            host=section.host,
+            port=section.port,
+            options=options,
+            loops=self.server.loops,
+        )
+        try:
+            self.audiosocket.start()
+        except OSError:
+            self.stop(grace=0)
+            raise
+        self._step(f"AudioSocket: listening on {section.host}:{self.audiosocket.port}")
+
     def urls(self) -> dict[str, str]:
         """What a person or a carrier connects to, by name."""
         assert self.server is not None, "not started"
@@ -239,6 +261,9 @@ class AgentServer:
                 urls[name] += f"  (webhook answer: {http}://{base}/{name}/answer)"
         if self.sip is not None:
             urls["sip"] = self.sip.uri
+        if self.audiosocket is not None:
+            host = _loopback(self.config.transports.audiosocket.host)
+            urls["audiosocket"] = f"{host}:{self.audiosocket.port}  (AudioSocket(uuid,host:port))"
         return urls
 
     def drain(self) -> None:
@@ -259,6 +284,8 @@ class AgentServer:
         grace = self.config.limits.shutdown_grace if grace is None else grace
         if self.sip is not None:
             self.sip.stop(grace)
+        if self.audiosocket is not None:
+            self.audiosocket.stop(grace)
         if self.server is not None:
             self.server.stop(grace)
         if self.gateway is not None:
@@ -268,6 +295,7 @@ class AgentServer:
         if self.telemetry is not None:
             self.telemetry.shutdown()  # exports the last calls' spans
         self.server = self.runtime = self.gateway = self.telemetry = self.sip = None
+        self.audiosocket = None
 
     def _telemetry(self) -> Telemetry | None:
         """Traces exported where the config says (the SDK is loaded only then)."""

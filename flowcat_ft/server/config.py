@@ -61,6 +61,7 @@ from flowcat_ft.transports.session import MediaOptions
 __all__ = [
     "AgentConfig",
     "AnthropicLLMConfig",
+    "AudioSocketConfig",
     "CartesiaTTSConfig",
     "Config",
     "ConfigError",
@@ -278,6 +279,16 @@ class SipConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AudioSocketConfig:
+    """Asterisk's AudioSocket (:mod:`flowcat_ft.transports.audiosocket`): where it listens
+    for Asterisk's ``AudioSocket(uuid,host:port)``."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = bounded(9092, 0, 65535)
+
+
+@dataclass(frozen=True, kw_only=True)
 class TransportsConfig:
     """The carriers served, each on its own path (``/twilio``...), and how their requests
     are verified. ``stream_token_key_env``: the environment variable with the key that
@@ -285,7 +296,7 @@ class TransportsConfig:
     a restart or are shared by several servers, and for ``flowcat-ft stream-url``);
     ``stream_token_ttl``: seconds from a webhook answer to its stream's handshake;
     ``webhook_tolerance``: seconds a timestamped signature (Telnyx, Vonage) stays valid;
-    ``sip``: SIP trunking."""
+    ``sip``: SIP trunking; ``audiosocket``: Asterisk's AudioSocket."""
 
     carriers: tuple[Carrier, ...] = CARRIERS
     stream_token_key_env: str | None = None
@@ -297,6 +308,7 @@ class TransportsConfig:
     vonage: VonageConfig = VonageConfig()
     exotel: ExotelConfig = ExotelConfig()
     sip: SipConfig = SipConfig()
+    audiosocket: AudioSocketConfig = AudioSocketConfig()
 
     @property
     def unverified(self) -> list[str]:
