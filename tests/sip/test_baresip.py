@@ -1,0 +1,117 @@
+"""baresip, a real SIP phone, calls the agent: speech both ways, RFC 4733 DTMF both ways.
+
+baresip plays espeak-ng's speech from a file (its aufile module), records what it hears
+(sndfile), takes commands on its control socket (ctrl_tcp, netstrings of JSON) and key
+presses on its console socket (cons: a digit in a call is sent as DTMF)."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import time
+import wave
+
+import numpy as np
+from conftest import Heard, free_port, listening, need
+from helpers import wait_until
+
+
+def speech(folder) -> str:
+    """Two seconds of espeak-ng's speech, then three of silence, as 8 kHz 16-bit WAV."""
+    spoken, path = folder / "spoken.wav", folder / "say.wav"
+    subprocess.run([need("espeak-ng"), "-w", spoken, "hello agent, this is a test"], check=True)
+    convert = [need("sox"), spoken, "-r", "8000", "-c", "1", "-b", "16", path, "pad", "0", "3"]
+    subprocess.run(convert, check=True)
+    return str(path)
+
+
+class Baresip:
+    def __init__(self, folder) -> None:
+        self.folder = folder
+        sip, self.ctrl, self.cons = free_port(), free_port(socket.SOCK_STREAM), free_port()
+        rtp = free_port(even=True)
+        (folder / "accounts").write_text("<sip:phone@127.0.0.1>;regint=0\n")
+        (folder / "config").write_text(
+            f"poll_method epoll\nsip_listen 127.0.0.1:{sip}\nrtp_ports {rtp}-{rtp + 10}\n"
+            f"audio_source aufile,{speech(folder)}\naudio_player aubridge,nowhere\n"
+            "audio_alert aubridge,nowhere\nmodule_path /usr/lib/baresip/modules\n"
+            "module g711.so\nmodule aufile.so\nmodule aubridge.so\nmodule sndfile.so\n"
+            f"snd_path {folder}\nmodule cons.so\ncons_listen 127.0.0.1:{self.cons}\n"
+            "module_app menu.so\nmodule_app account.so\nmodule_app ctrl_tcp.so\n"
+            f"ctrl_tcp_listen 127.0.0.1:{self.ctrl}\n"
+        )
+        self.process = subprocess.Popen(
+            [need("baresip"), "-f", str(folder)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        self.events: list[tuple[str, str]] = []
+        self._data = b""
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.control = socket.create_connection(("127.0.0.1", self.ctrl), timeout=1)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def command(self, command: str, params: str = "") -> None:
+        body = json.dumps({"command": command, "params": params, "token": "t"}).encode()
+        self.control.sendall(b"%d:%s," % (len(body), body))
+
+    def press(self, key: str) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as console:
+            console.sendto(key.encode(), ("127.0.0.1", self.cons))
+
+    def wait_for(self, event: str, timeout: float = 10) -> str:
+        """The param of the first ``event`` (its type, as baresip names it)."""
+        deadline = time.monotonic() + timeout
+        self.control.settimeout(0.1)
+        while time.monotonic() < deadline:
+            for kind, param in self.events:
+                if kind == event:
+                    return param
+            try:
+                self._data += self.control.recv(65536)
+            except TimeoutError:
+                continue
+            found = re.findall(rb'"type":"([A-Z_]+)"[^}]*?"param":"([^"]*)"', self._data)
+            self.events = [(kind.decode(), param.decode()) for kind, param in found]
+        raise TimeoutError(f"baresip did not report {event}: {self.events}")
+
+    def heard(self) -> np.ndarray:
+        """What baresip decoded from our RTP (sndfile's recording)."""
+        (path,) = self.folder.glob("dump-*-dec.wav")
+        with wave.open(str(path)) as recording:
+            return np.frombuffer(recording.readframes(recording.getnframes()), "<i2")
+
+    def stop(self) -> None:
+        self.control.close()
+        self.process.terminate()
+        self.process.wait(5)
+
+
+def test_baresip_calls_speaks_hears_the_echo_and_dtmf_goes_both_ways(sip_server, tmp_path):
+    heard = Heard()
+    server = sip_server(listening(heard))
+    phone = Baresip(tmp_path)
+    try:
+        phone.command("dial", f"sip:agent@127.0.0.1:{server.port}")
+        phone.wait_for("CALL_ESTABLISHED")
+        assert wait_until(lambda: heard.frames > 10)
+        phone.press("1")  # RFC 4733 to us; the agent presses "1" back
+        assert wait_until(lambda: heard.digits == ["1"])
+        assert phone.wait_for("CALL_DTMF_START") == "1"
+        phone.wait_for("CALL_CLOSED", 15)  # its file ends: it hangs up
+    finally:
+        phone.stop()
+    assert heard.loud > 20  # espeak-ng's words reached the agent
+    echo = phone.heard().astype(float)
+    assert np.sqrt(np.mean(echo**2)) > 500  # and came back: baresip heard them
+    assert wait_until(lambda: server.ended)
+    assert server.ended[-1].end_reason == "the caller hung up"
+    assert wait_until(lambda: server.runtime.pool.in_use == 0)
