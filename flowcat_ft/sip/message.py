@@ -695,7 +695,7 @@ class StreamParser:
                     raise SipError("headers past the size limit")
                 return out
             head = bytes(buffer[:end])
-            match = re.search(rb"(?im)^(?:content-length|l)[ \t]*:[ \t]*(\S*)[ \t]*$", head)
+            match = re.search(rb"(?im)^(?:content-length|l)[ \t]*:[ \t]*(\S*)[ \t]*\r?$", head)
             if match is None or not match[1].isdigit():
                 raise SipError("a message without a Content-Length on a stream")
             total = end + 4 + int(match[1])

@@ -117,6 +117,11 @@ def test_tcp_framing_by_content_length_with_keepalives_and_split_reads():
     assert [m.method for m in out] == ["INVITE", "INVITE"]
     assert out[0].body == b"v=0\r"
     assert parser.pings == 1
+    # Content-Length anywhere among the headers (ours writes it last; others do not).
+    first = one.replace(b"Via:", b"Content-Length: 4\r\nVia:", 1).replace(
+        b"\r\nContent-Length: 4\r\n\r\n", b"\r\n\r\n"
+    )
+    assert [m.body for m in StreamParser().feed(first)] == [b"v=0\r"]
     # One bad message among good ones is reported, not fatal.
     bad = one.replace(b"CSeq: 1 INVITE", b"CSeq: 1 BYE")
     kinds = [type(m).__name__ for m in parser.feed(one + bad + one)]
