@@ -113,5 +113,7 @@ def test_baresip_calls_speaks_hears_the_echo_and_dtmf_goes_both_ways(sip_server,
     echo = phone.heard().astype(float)
     assert np.sqrt(np.mean(echo**2)) > 500  # and came back: baresip heard them
     assert wait_until(lambda: server.ended)
-    assert server.ended[-1].end_reason == "the caller hung up"
+    call = server.ended[-1]
+    assert call.end_reason == "the caller hung up"
+    assert call.media.rtcp_in >= 1 and call.media.rtcp_out >= 1  # its reports read, ours sent
     assert wait_until(lambda: server.runtime.pool.in_use == 0)

@@ -198,7 +198,7 @@ class RtpSession(CallEdge):
         now = self._loop.time()
         self._out_clock = now
         self._last_packet = now
-        self._next_rtcp = now + RTCP_INTERVAL
+        self._next_rtcp = now + RTCP_INTERVAL / 2  # RFC 3550 6.2: the first at half
         self._ticker.add(self)
         self._ticker.every_second(self._check)
         logger.info("call started", extra=self.log_context())
