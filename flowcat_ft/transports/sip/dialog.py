@@ -16,7 +16,7 @@ when we are the refresher, and hang up when the caller, as refresher, lets it la
 Record-Route becomes the route set that requests we send in the dialog follow.
 
 Threading contract: a SipCall is used only on the signalling loop. Its media session
-tells it of a hang-up through :meth:`media_hung_up`, handed over with
+asks it to hang up through :meth:`hang_up`, handed over with
 ``call_soon_threadsafe``; it reaches the media session the same way.
 """
 
@@ -101,7 +101,7 @@ class SipCall:
             self.remote_cseq, self.local_cseq = invite.cseq.number, 0
             self._peer_allow = invite.headers.get("Allow") or ""
         loop = asyncio.get_running_loop()
-        media.on_hangup = lambda reason: loop.call_soon_threadsafe(self.media_hung_up, reason)
+        media.on_hangup = lambda reason: loop.call_soon_threadsafe(self.hang_up, reason)
         self.state = "early"  # early, answered (200 sent), confirmed (ACKed), ended
         self.end_reason = ""
         self._invite_transaction: ServerTransaction | None = transaction
@@ -115,7 +115,6 @@ class SipCall:
         self._tasks: set[asyncio.Task] = set()
         self._invite_sent = invite  # the INVITE a CANCEL cancels (outbound)
         self._transfer: asyncio.Future[bool] | None = None  # our REFER's outcome
-        self._provisional = False
         self.started_at = time.monotonic()
 
     @property
@@ -288,8 +287,8 @@ class SipCall:
 
         def on_response(response: Response) -> None:
             if response.status < 200:
-                self._provisional = True
-            elif done.done():  # a repeated 2xx: its ACK went missing
+                return
+            if done.done():  # a repeated 2xx: its ACK went missing
                 if response.status < 300:
                     self.endpoint.send_ack(self._ack_for(response), self._next_hop())
             else:
@@ -299,7 +298,6 @@ class SipCall:
             if not done.done():
                 done.set_result(invite.response(408, "no answer"))
 
-        self._provisional = False
         try:
             await self.endpoint.request(invite, self.peer, on_response, on_timeout)
         except OSError as error:
@@ -632,10 +630,6 @@ class SipCall:
         bye.headers.add("Reason", f'SIP;cause=200;text="{_quote(reason)}"')
         self._ended(reason)
         self._spawn(self._send(bye, lambda response: None))
-
-    def media_hung_up(self, reason: str) -> None:
-        """The media session asks to hang up (agent ended, RTP timeout): on this loop."""
-        self.hang_up(reason)
 
     def _ended(self, reason: str) -> None:
         if self.state == "ended":

@@ -160,6 +160,7 @@ class RtpSession(CallEdge):
         self._last_packet = 0.0
         self._next_rtcp = 0.0
         self._hanging_up = False
+        self._tasks: set[asyncio.Task] = set()
         self.closed = False
         self.packets_in = self.packets_out = self.octets_out = 0
         self.dtmf_in = self.dtmf_out = 0
@@ -424,7 +425,9 @@ class RtpSession(CallEdge):
                 await asyncio.sleep(FRAME_SECS)
             self._hang_up("the agent ended the call")
 
-        self._loop.create_task(after_playout())
+        task = self._loop.create_task(after_playout())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
 
 class _Rtp(asyncio.DatagramProtocol):

@@ -129,7 +129,6 @@ class SipServer:
         self.endpoint: SipEndpoint | None = None
         self.registrations: list[Registration] = []
         self._calls: dict[tuple[str, str], SipCall] = {}
-        self._by_invite: dict[int, SipCall] = {}  # by id() of the INVITE's server transaction
         self._stopping = False
         self.refused = 0
         # The last calls to end, newest last: appended on the signalling loop, read by
@@ -277,7 +276,6 @@ class SipServer:
             return
         call = SipCall(self, request, transaction, peer, self._media_session())
         self._calls[call.key] = call
-        self._by_invite[id(transaction)] = call
         call._spawn(call.answer())
 
     def _media_session(self) -> RtpSession:
@@ -314,13 +312,14 @@ class SipServer:
 
     def _cancel(self, request: Request, transaction: ServerTransaction) -> None:
         invite = self.endpoint.invite_transaction(request)
-        call = self._by_invite.get(id(invite)) if invite is not None else None
         if invite is None:
             transaction.respond(request.response(481))
             return
         transaction.respond(request.response(200))
-        if call is not None:
-            call.cancelled()
+        for call in self._calls.values():
+            if call.invite is invite.request:
+                call.cancelled()
+                break
 
     # -- placing calls, hanging up, transfers (from any thread) ----------------------------
 
@@ -403,7 +402,6 @@ class SipServer:
         """A call's dialog is over (called by the call, on the signalling loop)."""
         self._calls.pop(call.key, None)
         self.ended.append(call)
-        self._by_invite = {k: c for k, c in self._by_invite.items() if c is not call}
 
     # -- for the calls ---------------------------------------------------------------------
 
