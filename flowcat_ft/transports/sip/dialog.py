@@ -153,6 +153,8 @@ class SipCall:
             self._fail(503, "no RTP port free")
             logger.warning("no RTP port for %s: %s", self.call_id, error)
             return
+        if self.state != "early":  # cancelled meanwhile
+            return
         address = self.endpoint.local_address(self.peer)
         negotiated: Negotiated | None = None
         try:
@@ -169,7 +171,6 @@ class SipCall:
                     self.peer, port, self._session_id
                 )
         except SdpError as error:
-            self._close_media(error.reason)
             self._fail(error.status, error.reason)
             return
         transaction.respond(self._response(invite, 180))
@@ -186,8 +187,9 @@ class SipCall:
         try:
             await self._in_media(_run(self.media.open, negotiated, metadata))
         except RuntimeFullError:
-            self._close_media("the server is full")
             self._fail(503, "the server is full", retry_after=True)
+            return
+        if self.state != "early":  # cancelled while the call opened
             return
         ok = self._response(invite, 200, sdp=self._local_sdp)
         self._add_session_timer(ok, invite, interval)
