@@ -1,17 +1,23 @@
-"""RTP faults, from a caller written here: reordered, duplicated and lost packets, an SSRC
-change mid-call, a caller that stops sending. The signalling is the real server's; the
-caller is a UDP socket speaking SIP and RTP with flowcat_ft.sip's Sans-I/O codecs."""
+"""RTP from a caller written here: reordered, duplicated and lost packets, an SSRC change
+mid-call, a caller that stops sending, and a barge-in while the agent's audio is queued.
+The signalling is the real server's; the caller is a UDP socket speaking SIP and RTP with
+flowcat_ft.sip's Sans-I/O codecs."""
 
 from __future__ import annotations
 
+import itertools
 import socket
+import subprocess
 import time
 
-from conftest import Heard, listening
+import numpy as np
+from conftest import Heard, listening, need
 from helpers import wait_until
 
+from flowcat_ft import FrameProcessor, Pipeline
+from flowcat_ft.frames import InputDTMFFrame, OutputAudioRawFrame
 from flowcat_ft.sip.message import Headers, Request, Response, Uri, parse
-from flowcat_ft.sip.rtp import parse_rtp, rtp_packet
+from flowcat_ft.sip.rtp import RtpPacket, dtmf_packets, parse_rtp, rtp_packet
 from flowcat_ft.sip.sdp import make_offer, parse_sdp
 
 
@@ -70,6 +76,24 @@ class Caller:
             self.rtp.sendto(rtp_packet(0, seq, timestamp, ssrc, payload), self.remote)
             got += self.drain(0.02)
         return got + self.drain(0.5)
+
+    def press(self, digit: str, timestamp: int) -> None:
+        """A key, as RFC 4733 events (payload type 101, as our offer says)."""
+        for seq, (payload, first) in enumerate(dtmf_packets(digit)):
+            packet = rtp_packet(101, 5000 + seq, timestamp, 4242, payload, marker=first)
+            self.rtp.sendto(packet, self.remote)
+
+    def packets(self, seconds: float) -> list[RtpPacket]:
+        """The audio packets that come within ``seconds``."""
+        got, until = [], time.monotonic() + seconds
+        while time.monotonic() < until:
+            try:
+                packet = parse_rtp(self.rtp.recv(2048))
+            except TimeoutError:
+                continue
+            if packet.payload_type == 0:
+                got.append(packet)
+        return got
 
     def drain(self, seconds: float) -> list[bytes]:
         got, until = [], time.monotonic() + seconds
@@ -130,3 +154,60 @@ def test_a_caller_that_stops_sending_is_hung_up(sip_server):
     caller.sip.sendto(bytes(ok), ("127.0.0.1", server.port))
     assert wait_until(lambda: server.ended and server.runtime.pool.in_use == 0)
     assert server.ended[-1].end_reason == "no RTP for 1 s"
+
+
+class Talker(FrameProcessor):
+    """Key 1: three seconds of a loud tone at once (queued at the transport); key 2: an
+    interruption, as a barge-in would make."""
+
+    def process(self, frame, direction):
+        if type(frame) is InputDTMFFrame and frame.digit == "1":
+            tone = (np.sin(np.arange(160) * 2 * np.pi / 16) * 12000).astype("<i2").tobytes()
+            for _ in range(150):
+                self.push(OutputAudioRawFrame.from_bytes(self.call.pool, tone, 8000), direction)
+        elif type(frame) is InputDTMFFrame and frame.digit == "2":
+            self.interrupt()
+        self.push(frame, direction)
+
+
+def test_a_barge_in_flushes_the_queued_audio_and_timestamps_run_on(sip_server):
+    server = sip_server(Pipeline([Talker]))
+    caller = Caller(server)
+    caller.call()
+    caller.rtp.settimeout(0.005)
+    caller.press("1", timestamp=1000)
+    packets = caller.packets(0.6)  # 30 of the 150 loud packets
+    caller.press("2", timestamp=9000)
+    after = caller.packets(1.0)
+    loud = [p for p in packets if p.payload != b"\xff" * 160]
+    assert len(loud) > 10 and loud[0].marker  # a talkspurt starts with the marker bit
+    # Without the flush 120 loud packets would still be queued; a few may be on the way.
+    assert sum(p.payload != b"\xff" * 160 for p in after) < 25
+    assert after[-1].payload == b"\xff" * 160  # then silence, one packet per 20 ms
+    stream = packets + after
+    for one, two in itertools.pairwise(stream):
+        assert (two.timestamp - one.timestamp) == 160 * ((two.seq - one.seq) & 0xFFFF)
+
+
+def test_an_unsupported_require_is_420_naming_it(sip_server):
+    server = sip_server(listening(Heard()))
+    caller = Caller(server)
+    invite = Request("INVITE", Uri.parse(f"sip:agent@127.0.0.1:{server.port}"))
+    invite.headers = caller.headers("INVITE", 1)
+    invite.headers.add("Require", "timer, 100rel, foo")
+    caller.send(invite)
+    response = caller.receive()
+    assert response.status == 420 and response.options("Unsupported") == {"100rel", "foo"}
+    assert server.runtime.calls == []
+
+
+def test_sipsak_options_keepalive_is_answered(sip_server):
+    server = sip_server(listening(Heard()))
+    result = subprocess.run(
+        [need("sipsak"), "-s", f"sip:agent@127.0.0.1:{server.port}", "-vv"],
+        capture_output=True,
+        timeout=20,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout.decode()
+    assert b"200 OK" in result.stdout and b"Allow: INVITE" in result.stdout
