@@ -62,8 +62,17 @@ def test_a_full_server_answers_503_and_the_call_in_progress_goes_on(sip_server):
     assert server.ended[-1].end_reason == "the server is shutting down"
 
 
-def test_garbage_gets_a_400_that_names_the_problem(sip_server):
-    server = sip_server(listening(Heard()))
-    status, log = sipp(server, "garbage.xml")
-    assert status == 0, log
-    assert server.endpoint.counts["bad"] == 2
+def test_garbage_gets_a_400_that_names_the_problem_and_other_calls_go_on(sip_server):
+    heard = Heard(hang_up_after=150)  # three seconds, then the agent hangs up
+    server = sip_server(listening(heard))
+    command, _ = sipp_command(server, "hangup.xml")
+    other = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: heard.frames > 10, 10)
+        status, log = sipp(server, "garbage.xml")
+        assert status == 0, log
+        assert server.endpoint.counts["bad"] == 2
+        assert other.wait(15) == 0  # the call in progress ended as it should, with our BYE
+    finally:
+        other.kill()
+    assert server.ended[-1].end_reason == "the agent ended the call"
