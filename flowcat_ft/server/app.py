@@ -49,6 +49,7 @@ from flowcat_ft.server.playground import MEDIA_PATH, playground_pages, playgroun
 from flowcat_ft.server.signatures import ReplayMemory, ed25519_public_key
 from flowcat_ft.server.status import status_pages
 from flowcat_ft.server.streamtokens import StreamTokens
+from flowcat_ft.server.telephony import start_audiosocket, start_sip
 from flowcat_ft.server.webhooks import CALL_ID_FIELDS, answer_pages
 from flowcat_ft.services.offline import SphinxPool
 from flowcat_ft.transports.audiosocket import AudioSocketServer
@@ -56,13 +57,14 @@ from flowcat_ft.transports.clients import TrustedProxies
 from flowcat_ft.transports.http import Guard, HttpRequest, HttpResponse
 from flowcat_ft.transports.limits import ClientLimits, Rate
 from flowcat_ft.transports.server import WebSocketServer, default_routes, split_cores
-from flowcat_ft.transports.sip import SipOptions, SipServer, Trunk
-from flowcat_ft.transports.sip.pages import call_pages
+from flowcat_ft.transports.sip import SipServer
 from flowcat_ft.transports.webrtc import WebRTCGateway
 from flowcat_ft.transports.webrtc.gateway import OFFER_PATH
 
 if TYPE_CHECKING:
+    from flowcat_ft.pipeline import Pipeline
     from flowcat_ft.telemetry.export import Telemetry
+    from flowcat_ft.transports.session import MediaOptions
 
 __all__ = ["AgentServer", "stream_tokens"]
 
@@ -174,10 +176,7 @@ class AgentServer:
                 "/<carrier>/answer can start calls (set transports.<carrier>, see "
                 "examples/agent.yaml)"
             )
-        if config.transports.sip.enabled:
-            self._start_sip(agent.pipeline, agent.options)
-        if config.transports.audiosocket.enabled:
-            self._start_audiosocket(agent.pipeline, agent.options)
+        self._start_telephony(agent.pipeline, agent.options)
         self._warm_up(runtime)
         if gateway is not None:
             self._step(f"WebRTC: starting {gateway.companions} companion processes")
@@ -185,65 +184,22 @@ class AgentServer:
         self._step(f"ready in {time.monotonic() - started:.1f} s")
         return self
 
-    def _start_sip(self, pipeline, options) -> None:
-        """SIP on the WebSocket server's event loops (``OSError``: its port is taken)."""
-        sip = self.config.transports.sip
-        self.sip = SipServer(
-            self.runtime,
-            pipeline,
-            SipOptions(
-                host=sip.host,
-                port=sip.port,
-                transports=sip.transports,
-                public_address=sip.public_address,
-                rtp_ports=(sip.rtp_port_min, sip.rtp_port_max),
-                codecs=sip.codecs,
-                allowed_sources=sip.allowed_sources,
-                ring_secs=sip.ring_secs,
-                rtp_timeout=sip.rtp_timeout,
-                session_expires=sip.session_expires,
-                max_calls=self.config.limits.max_calls,
-                trunks=tuple(
-                    Trunk(
-                        registrar=trunk.registrar,
-                        user=trunk.user,
-                        password=os.environ[trunk.password_env] if trunk.password_env else None,
-                        domain=trunk.domain,
-                        expires=trunk.expires,
-                    )
-                    for trunk in sip.trunks
-                ),
-            ),
-            media=options,
-            loops=self.server.loops,
-            turn_log=self.server.turns,
-        )
+    def _start_telephony(self, pipeline: Pipeline, media: MediaOptions) -> None:
+        """SIP and AudioSocket, where the config turns them on (``OSError``: a port is
+        taken; everything started is stopped)."""
+        transports, args = self.config.transports, (self.config, self.runtime, pipeline, media)
         try:
-            self.sip.start()
+            if transports.sip.enabled:
+                self.sip = start_sip(*args, self.server)
+                self._step(
+                    f"SIP: listening at {self.sip.uri} ({'/'.join(transports.sip.transports)})"
+                )
+            if transports.audiosocket.enabled:
+                self.audiosocket = start_audiosocket(*args, self.server)
+                self._step(f"AudioSocket: listening on port {self.audiosocket.port}")
         except OSError:
             self.stop(grace=0)
             raise
-        if sip.dial_token_env is not None:
-            self.server.pages.update(call_pages(self.sip, os.environ[sip.dial_token_env]))
-        self._step(f"SIP: listening on {sip.host}:{self.sip.port} ({'/'.join(sip.transports)})")
-
-    def _start_audiosocket(self, pipeline, options) -> None:
-        """AudioSocket on the WebSocket server's event loops (``OSError``: port taken)."""
-        section = self.config.transports.audiosocket
-        self.audiosocket = AudioSocketServer(
-            self.runtime,
-            pipeline,
-            host=section.host,
-            port=section.port,
-            options=options,
-            loops=self.server.loops,
-        )
-        try:
-            self.audiosocket.start()
-        except OSError:
-            self.stop(grace=0)
-            raise
-        self._step(f"AudioSocket: listening on {section.host}:{self.audiosocket.port}")
 
     def urls(self) -> dict[str, str]:
         """What a person or a carrier connects to, by name."""
@@ -282,12 +238,10 @@ class AgentServer:
         ``limits.shutdown_grace`` by default), then cancel them. WebRTC calls get the grace
         too: the companions stop after the server."""
         grace = self.config.limits.shutdown_grace if grace is None else grace
-        if self.sip is not None:
-            self.sip.stop(grace)
-        if self.audiosocket is not None:
-            self.audiosocket.stop(grace)
-        if self.server is not None:
-            self.server.stop(grace)
+        deadline = time.monotonic() + grace  # calls on every transport finish meanwhile
+        for transport in (self.sip, self.audiosocket, self.server):
+            if transport is not None:
+                transport.stop(max(0.0, deadline - time.monotonic()))
         if self.gateway is not None:
             self.gateway.stop()
         if self.runtime is not None:
