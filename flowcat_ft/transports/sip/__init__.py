@@ -5,7 +5,8 @@
   re-INVITE/UPDATE, session timers);
 - :mod:`~flowcat_ft.transports.sip.media`: one call's RTP and RTCP;
 - :mod:`~flowcat_ft.transports.sip.registration`: REGISTER with a trunk, kept alive;
-- :mod:`~flowcat_ft.transports.sip.server`: :class:`SipServer`, what an application starts.
+- :mod:`~flowcat_ft.transports.sip.server`: :class:`SipServer`, what an application starts;
+- :mod:`~flowcat_ft.transports.sip.pages`: HTTP endpoints that place calls.
 
 The protocols themselves (messages, SDP, RTP packets, transactions) are Sans-I/O, in
 :mod:`flowcat_ft.sip`.

@@ -14,7 +14,9 @@ are refused with a reason: ``503`` (with Retry-After) when the server is full or
 ``403`` from a source address not allowed, ``420`` (with Unsupported) for a Require we do
 not support, ``415`` for a body that is not SDP, ``488`` for SDP with no codec in common.
 Out of a dialog, OPTIONS is answered ``200`` (a trunk's keep-alive), CANCEL ``200`` then
-``487`` for the INVITE it cancels, and what has no dialog ``481``.
+``487`` for the INVITE it cancels, and what has no dialog ``481``. The server also
+registers with trunks (:mod:`~flowcat_ft.transports.sip.registration`), places calls
+(:meth:`SipServer.dial`), hangs them up and transfers them (REFER), from any thread.
 
 Threading contract: :meth:`start` and :meth:`stop` from any one thread; ``_calls`` is
 used only on the signalling loop; :attr:`calls` copies it there.
