@@ -5,7 +5,8 @@ A :class:`SipCall` is made by the server for an INVITE it accepts, and answers i
 a Contact that points at this server, sent again until the ACK comes (no ACK within
 64·T1: BYE). Its media (:class:`~flowcat_ft.transports.sip.media.RtpSession`) runs on a
 media loop, where the runtime call is opened before the 200 goes out (a full runtime is a
-503, not a call with no agent).
+503, not a call with no agent). A call we place (:meth:`SipCall.dial`) sends our offer,
+answers one digest challenge, CANCELs when nobody answers in time, and ACKs the 2xx.
 
 In the dialog: BYE either way; CANCEL before the answer (``487`` to the INVITE); re-INVITE
 and UPDATE with or without SDP (hold, a new media address, a session refresh; one while
@@ -13,7 +14,8 @@ another is pending is ``491``); OPTIONS; INFO with ``application/dtmf-relay``. R
 session timers: the interval and refresher the caller asked for (at least ``min_se``), or
 ours if it only supports them; we refresh with UPDATE (or re-INVITE) at half the interval
 when we are the refresher, and hang up when the caller, as refresher, lets it lapse.
-Record-Route becomes the route set that requests we send in the dialog follow.
+Record-Route becomes the route set that requests we send in the dialog follow. REFER
+transfers the call (RFC 3515), which ends once the transferee's NOTIFY says it worked.
 
 Threading contract: a SipCall is used only on the signalling loop. Its media session
 asks it to hang up through :meth:`hang_up`, handed over with
