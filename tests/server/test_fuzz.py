@@ -241,11 +241,14 @@ def test_a_flood_of_abuse_leaves_the_server_serving_and_bounded(server):
         # Thousands that never finish their handshake, twice. Each leaves some 50 objects
         # in reference cycles, which the runtime's gc policy collects under pressure (its
         # threshold set below one flood's worth here, so that each flood crosses it): the
-        # objects alive stay within a threshold's worth of where they started.
+        # objects alive stay within two thresholds' worth of where they started (the
+        # collector's count is of objects made, which is not quite the objects it tracks:
+        # a dict is tracked once it holds a container). Uncollected, the first flood alone
+        # would leave more than that.
         gc_policy = server.runtime.gc
         gc_policy.max_young = 10 * CONNECTIONS
         objects, before = len(gc.get_objects()), rss_mb()
-        bound = gc_policy.max_young + 5 * CONNECTIONS  # a threshold's worth, and some
+        bound = 2 * gc_policy.max_young + 5 * CONNECTIONS
         peaks, left = [], []
         for flood in range(2):
             held = hold_connections(port, CONNECTIONS, first_address=10 + flood * 1000)
