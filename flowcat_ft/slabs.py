@@ -85,7 +85,10 @@ class SlabPool:
     slab). ``_caches`` lists every live cache, appended under ``_lock``. ``drops`` and
     ``waits`` are written under ``_lock`` and read without it (approximate while running).
     ``_waiters`` counts threads blocked in :meth:`take`, under ``_lock``; while there are
-    any, releases go to the shared list (where waiters look) and wake one.
+    any, releases go to the shared list (where waiters look) and wake one. ``_lock`` is
+    reentrant: a frame's finalizer may run, and release its slab, on a thread that holds it
+    (on 3.13t a thread frees what other threads let go of when it next runs Python code,
+    which may be inside the lock's condition wait).
     """
 
     def __init__(
@@ -105,7 +108,9 @@ class SlabPool:
         self.cache = min(32, count // 128) if cache is None else cache
         self._local = threading.local()
         self._caches: list[list[Slab]] = []
-        self._lock = threading.Lock()
+        # Reentrant: a frame freed on a thread that holds it (a waiter woken in
+        # ``_wait_for_slab``, where freed objects' finalizers may run) releases its slab.
+        self._lock = threading.RLock()
         self._returned = threading.Condition(self._lock)
         self._waiters = 0
         self.drops = 0

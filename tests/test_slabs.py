@@ -202,3 +202,21 @@ def test_a_frame_released_by_hand_gives_its_slab_back_once():
     frame.release()  # nothing left to give back
     del frame
     assert pool.in_use == 0 and pool.available == 2
+
+
+def test_a_frame_freed_while_its_thread_holds_the_pool_lock_gives_its_slab_back():
+    """On 3.13t a thread frees what other threads let go of when it next runs Python code,
+    which may be inside the pool's own condition wait: a release that then needs the lock
+    (here, to spill a full cache) must not deadlock."""
+    pool = SlabPool(256)  # caches of 2: a thread's cache spills past 4
+    finished = threading.Event()
+
+    def free_under_the_lock() -> None:
+        frames = [InputAudioRawFrame.from_bytes(pool, b"\x00\x00" * 160, 8000) for _ in range(10)]
+        with pool._lock:  # as a waiter in take(wait=...) holds it when woken
+            frames.clear()  # the frames' finalizers release their slabs, and spill, here
+        finished.set()
+
+    threading.Thread(target=free_under_the_lock, daemon=True).start()
+    assert finished.wait(5), "releasing a slab under the pool's lock deadlocked"
+    assert pool.in_use == 0
