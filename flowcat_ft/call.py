@@ -354,9 +354,9 @@ class Call:
             # The runtime forgets the call first: once wait() returns, it is gone.
             self._shard.on_call_finished(self.id)
             self._let_go()
+            self._finished.set()  # done before frames() ends: its reader may then ask
             if self._output is not None:
                 self._output.close()
-            self._finished.set()
 
     def _let_go(self) -> None:
         """The call has ended (on the stage thread its last frame left from): break the
