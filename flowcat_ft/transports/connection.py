@@ -59,6 +59,10 @@ class _MessagesToCallback:
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)  # type: ignore[misc]
         self._on_message = self._held = None  # the session and the connection part
+        if exc is not None:
+            # Kept by the library, the error's traceback would keep the frames it went
+            # through alive, and with them a cycle back to this connection and its session.
+            exc.__traceback__ = None
 
     def process_event(self, event: object) -> None:
         direct = self._held is not None or self._on_message is not None
