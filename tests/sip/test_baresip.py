@@ -30,12 +30,23 @@ def speech(folder) -> str:
 class Baresip:
     def __init__(self, folder) -> None:
         self.folder = folder
+        self.events: list[tuple[str, str]] = []
+        self._data = b""
+        say = speech(folder)
+        for _ in range(3):  # ports picked free may be taken by the time it binds them
+            if self._start(say):
+                return
+        raise RuntimeError("baresip did not start (its ports were taken three times)")
+
+    def _start(self, say: str) -> bool:
+        """Start baresip on free ports; True once its control socket answers."""
         sip, self.ctrl, self.cons = free_port(), free_port(socket.SOCK_STREAM), free_port()
         rtp = free_port(even=True)
+        folder = self.folder
         (folder / "accounts").write_text("<sip:phone@127.0.0.1>;regint=0\n")
         (folder / "config").write_text(
             f"poll_method epoll\nsip_listen 127.0.0.1:{sip}\nrtp_ports {rtp}-{rtp + 10}\n"
-            f"audio_source aufile,{speech(folder)}\naudio_player aubridge,nowhere\n"
+            f"audio_source aufile,{say}\naudio_player aubridge,nowhere\n"
             "audio_alert aubridge,nowhere\nmodule_path /usr/lib/baresip/modules\n"
             "module g711.so\nmodule aufile.so\nmodule aubridge.so\nmodule sndfile.so\n"
             f"snd_path {folder}\nmodule cons.so\ncons_listen 127.0.0.1:{self.cons}\n"
@@ -47,17 +58,16 @@ class Baresip:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
-        self.events: list[tuple[str, str]] = []
-        self._data = b""
-        deadline = time.monotonic() + 10
-        while True:
+        deadline = time.monotonic() + 20
+        while self.process.poll() is None and time.monotonic() < deadline:
             try:
                 self.control = socket.create_connection(("127.0.0.1", self.ctrl), timeout=1)
-                break
+                return True
             except OSError:
-                if time.monotonic() > deadline:
-                    raise
                 time.sleep(0.05)
+        self.process.kill()
+        self.process.wait()
+        return False
 
     def command(self, command: str, params: str = "") -> None:
         body = json.dumps({"command": command, "params": params, "token": "t"}).encode()

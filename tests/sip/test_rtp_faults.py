@@ -184,9 +184,14 @@ def test_a_barge_in_flushes_the_queued_audio_and_timestamps_run_on(sip_server):
     # Without the flush 120 loud packets would still be queued; a few may be on the way.
     assert sum(p.payload != b"\xff" * 160 for p in after) < 25
     assert after[-1].payload == b"\xff" * 160  # then silence, one packet per 20 ms
+    # Timestamps run on at 160 a packet; past a loop stall of over 200 ms they skip the
+    # packets not sent (silence is not sent late in a burst), and never run back.
     stream = packets + after
-    for one, two in itertools.pairwise(stream):
-        assert (two.timestamp - one.timestamp) == 160 * ((two.seq - one.seq) & 0xFFFF)
+    steps = [
+        (two.timestamp - one.timestamp) & 0xFFFFFFFF for one, two in itertools.pairwise(stream)
+    ]
+    assert all(step > 0 and step % 160 == 0 for step in steps)
+    assert steps.count(160) >= len(steps) * 3 // 4
 
 
 def test_an_unsupported_require_is_420_naming_it(sip_server):

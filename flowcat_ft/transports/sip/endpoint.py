@@ -110,27 +110,30 @@ class SipEndpoint:
 
     async def start(self) -> None:
         """Listen (port 0: a free port, the same for UDP and TCP)."""
+        if self.port:
+            self.port = await self._listen(self.port)
+            return
         for _ in range(20):
             try:
-                await self._listen()
+                self.port = await self._listen(0)
                 return
-            except OSError:
-                if self.port != 0 or self._udp is None:
-                    raise
-                self._close_sockets()  # TCP's port was taken: pick another pair
+            except OSError:  # the port UDP got is taken for TCP: try another pair
+                self._close_sockets()
         raise OSError("no free port for both UDP and TCP")
 
-    async def _listen(self) -> None:
+    async def _listen(self, port: int) -> int:
+        """Bind UDP, then TCP to the same port (0: UDP's pick); the port bound."""
         if "UDP" in self.transports:
             self._udp, _ = await self.loop.create_datagram_endpoint(
-                lambda: _UdpProtocol(self), local_addr=(self.host, self.port)
+                lambda: _UdpProtocol(self), local_addr=(self.host, port)
             )
-            self.port = self._udp.get_extra_info("sockname")[1]
+            port = self._udp.get_extra_info("sockname")[1]
         if "TCP" in self.transports:
             self._tcp_server = await self.loop.create_server(
-                lambda: _TcpConnection(self), self.host, self.port, reuse_address=True
+                lambda: _TcpConnection(self), self.host, port, reuse_address=True
             )
-            self.port = self._tcp_server.sockets[0].getsockname()[1]
+            port = self._tcp_server.sockets[0].getsockname()[1]
+        return port
 
     def _close_sockets(self) -> None:
         if self._udp is not None:

@@ -12,9 +12,11 @@ media loop. Every 20 ms, from the loop's :class:`~flowcat_ft.transports.pacer.Ti
   new jitter buffer.
 - **out**: one packet, always: the agent's next 20 ms of audio, or silence while it is
   quiet, so timestamps run on without gaps; the marker bit starts the stream and each of
-  the agent's talkspurts. An interruption drops the queued audio at once (the next packet
-  is silence). :class:`~flowcat_ft.frames.OutputDTMFFrame`\\ s are sent as RFC 4733
-  events in their place in the audio. While the peer holds the call (``sendonly`` or
+  the agent's talkspurts. After a loop stall of over 200 ms the packets missed are not
+  sent late in a burst: the timestamps skip them, and the next packet has the marker.
+  An interruption drops the queued audio at once (the next packet is silence).
+  :class:`~flowcat_ft.frames.OutputDTMFFrame`\\ s are sent as RFC 4733 events in their
+  place in the audio. While the peer holds the call (``sendonly`` or
   ``inactive``) nothing is sent and the agent's audio is dropped.
 
 Symmetric RTP (RFC 4961): packets go to the SDP's address until the first packet comes,
@@ -150,6 +152,7 @@ class RtpSession(CallEdge):
         self._dtmf_out: deque[tuple[bytes, bool]] = deque()
         self._dtmf_timestamp = 0
         self._talking = False  # the last packet sent carried agent audio
+        self._skipped = False  # timestamps skipped ahead after the loop stalled
         self._jitter: JitterBuffer | None = None
         self._remote_ssrc: int | None = None
         self._dtmf_in = DtmfReceiver()
@@ -272,6 +275,7 @@ class RtpSession(CallEdge):
             skipped = int((now - self._out_clock) / FRAME_SECS)
             self._timestamp += skipped * SAMPLES_PER_FRAME
             self._out_clock += skipped * FRAME_SECS
+            self._skipped = True  # the next packet's marker tells the peer to resync
         while self._out_clock <= now:
             self._next_output()
             self._out_clock += FRAME_SECS
@@ -306,7 +310,8 @@ class RtpSession(CallEdge):
         else:
             payload, marker = self._silence(), self.packets_out == 0
             self._talking = False
-        self._send(negotiated.payload_type, timestamp, payload, marker)
+        self._send(negotiated.payload_type, timestamp, payload, marker or self._skipped)
+        self._skipped = False
 
     def _silence(self) -> bytes:
         return (b"\xff" if self.wire_codec == "mulaw" else b"\xd5") * SAMPLES_PER_FRAME
