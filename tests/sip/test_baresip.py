@@ -113,8 +113,11 @@ def test_baresip_calls_speaks_hears_the_echo_and_dtmf_goes_both_ways(sip_server,
         phone.command("dial", f"sip:agent@127.0.0.1:{server.port}")
         phone.wait_for("CALL_ESTABLISHED")
         assert wait_until(lambda: heard.frames > 10)
-        phone.press("1")  # RFC 4733 to us; the agent presses "1" back
-        assert wait_until(lambda: heard.digits == ["1"])
+        for _ in range(3):  # RFC 4733 to us; the agent presses "1" back
+            phone.press("1")  # (again, if a loaded machine lost the console's datagram)
+            if wait_until(lambda: heard.digits, 5):
+                break
+        assert heard.digits and set(heard.digits) == {"1"}
         assert phone.wait_for("CALL_DTMF_START") == "1"
         phone.wait_for("CALL_CLOSED", 15)  # its file ends: it hangs up
     finally:
