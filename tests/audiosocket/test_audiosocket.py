@@ -121,7 +121,35 @@ def test_the_agent_hangs_up_after_its_audio(audiosocket):
     got = asterisk.receive(3)
     kinds = [kind for kind, _ in got]
     assert kinds[-1] == 0x00 and kinds.count(0x10) >= 5  # its audio, then the hangup
+    asterisk.sock.close()  # as Asterisk does on a hangup
     assert wait_until(lambda: not server.sessions)
+
+
+def test_audio_still_arriving_after_the_agent_hangs_up_does_not_destroy_the_hangup(
+    audiosocket,
+):
+    """A socket closed with unread data sends a reset, which discards what the peer has
+    not read yet: the server half-closes and reads on until the peer closes."""
+
+    class ByeAtOnce(FrameProcessor):
+        def process(self, frame, direction):
+            self.push(frame, direction)
+            if type(frame).__name__ == "InputAudioRawFrame":
+                self.push(EndFrame(), Direction.UPSTREAM)
+
+    server = audiosocket(Pipeline([ByeAtOnce]))
+    asterisk = Asterisk(server.port)
+    asterisk.send(0x01, asterisk.id.bytes)
+    asterisk.send(0x10, b"\x01\x00" * 160)
+    assert wait_until(lambda: server.sessions and all(s.end_reason for s in server.sessions))
+    for _ in range(50):  # the caller talks on: audio the server has not read
+        asterisk.send(0x10, b"\x01\x00" * 160)
+    time.sleep(0.2)
+    assert asterisk.receive(2) == [(0x00, b"")]  # the hangup, then the server's EOF
+    assert server.sessions  # it waits for the peer's side...
+    asterisk.sock.close()
+    assert wait_until(lambda: not server.sessions)  # ...and closes with it
+    assert wait_until(lambda: server.runtime.pool.in_use == 0)
 
 
 @pytest.mark.parametrize(

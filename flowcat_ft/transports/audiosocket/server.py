@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("flowcat_ft.audiosocket")
 
+#: How long a connection we hung up waits for the peer to close its side.
+LINGER_SECS = 5.0
+
 __all__ = ["AudioSocketServer", "AudioSocketSession"]
 
 
@@ -132,16 +135,28 @@ class AudioSocketSession(CallEdge, asyncio.Protocol):
             self._end(f"idle for {self.options.idle_timeout:g} s")
 
     def _end(self, reason: str) -> None:
-        """Send a hangup (unless the peer hung up) and close."""
+        """Send a hangup (unless the peer hung up) and close.
+
+        Our own hangup half-closes: audio the peer sends meanwhile is read and dropped until
+        it closes its side (or :data:`LINGER_SECS` pass). Closing a socket with unread data
+        makes the kernel send a reset, which can destroy the hangup before the peer reads it.
+        """
         if self.end_reason or self._transport is None:
             return
         self.end_reason = reason
-        if reason != "hangup":
-            self._transport.write(message(HANGUP))
-        self._transport.close()
+        if reason == "hangup":
+            self._transport.close()
+            return
+        self._transport.write(message(HANGUP))
+        self._transport.write_eof()
+        self._loop.call_later(LINGER_SECS, self._transport.close)
+
+    def eof_received(self) -> bool:
+        """The peer closed its side: close ours (returning False lets asyncio do it)."""
+        return False
 
     def _send(self, data: str | bytes) -> None:
-        if self._transport is not None and not self._transport.is_closing():
+        if self._transport is not None and not self.end_reason:
             self._transport.write(data)
 
     # -- the agent's output (CallEdge's hooks) ---------------------------------------------
