@@ -78,7 +78,7 @@ def test_rss_slope_is_the_least_squares_growth_per_hour():
 def test_a_steady_run_meets_its_targets_and_a_leaking_one_does_not():
     steady = result([row(t, 50.0, 2.0) for t in (60, 120, 180, 240)])
     summary = summarise(steady)
-    assert [met for _, _, met in summary["targets"]] == [True, True, True, True, True, None]
+    assert [met for _, _, met in summary["targets"]] == [True, True, True, True, True, None, True]
     assert summary["frames_lost_percent"] == 0.1
     assert summary["gc_pauses"] == 2
 
@@ -89,6 +89,15 @@ def test_a_steady_run_meets_its_targets_and_a_leaking_one_does_not():
     assert verdicts["FDs flat"] is False
     assert verdicts["every slab back at the end"] is False
     assert verdicts["p99 in every interval ≤ 1.5x the first's"] is False
+
+
+def test_the_tail_target_at_few_calls_is_judged_only_at_few_calls():
+    light = result([row(t, 50.0, 2.0) for t in (60, 120)])
+    light["totals"]["rtt_ms"]["max"] = 25.0
+    verdicts = dict((name, met) for name, _, met in summarise(light)["targets"])
+    assert verdicts["max round trip ≤ 20.0 ms at 10 calls"] is False
+    heavy = {**light, "calls": 80}
+    assert not any("at 10 calls" in name for name, _, _ in summarise(heavy)["targets"])
 
 
 def test_the_markdown_has_the_targets_and_a_row_per_interval():

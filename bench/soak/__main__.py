@@ -15,7 +15,8 @@ p99.9, max), frames lost and calls started and ended, and samples the server: it
 file descriptors and threads, slabs in use, garbage collections and their pauses (from its
 ``/status.json``), and its CPU (``/proc``), with what the rest of the machine used
 meanwhile. At the end it waits for the server to have no call and checks every slab is
-back. It writes ``bench/results/DATE-Nc-soak[-quick].{json,md,png}`` (the plot with
+back. It writes ``bench/results/DATE-Nc-soak[-quick][-Ncalls].{json,md,png}`` (``-Ncalls``
+with ``--capacity``) (the plot with
 matplotlib on the GIL venv, as the echo kit's); the last line of output is the JSON result.
 
 Round trips include the server's output pacing (the echo agent sends audio at real time,
@@ -239,7 +240,8 @@ def wait_for_calls_to_end(sampler: Sampler, timeout: float = 30.0) -> dict[str, 
 def write(result: dict[str, Any]) -> None:
     """``bench/results/DATE-Nc-soak[-quick].json``, ``.md`` and (with matplotlib) ``.png``."""
     quick = "-quick" if result["quick"] else ""
-    stem = RESULTS / f"{result['date']}-{cores()}c-soak{quick}"
+    calls = f"-{result['calls']}calls" if result["capacity_from"] == "--capacity" else ""
+    stem = RESULTS / f"{result['date']}-{cores()}c-soak{quick}{calls}"
     json_path = stem.with_suffix(".json")
     json_path.write_text(json.dumps(result, indent=1) + "\n")
     plotted = plot_on_gil("bench.soak.plot", json_path, stem.with_suffix(".png"))
