@@ -33,6 +33,8 @@ from collections.abc import Callable
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
+from threadpoolctl import threadpool_limits
+
 from flowcat_ft.runtime import Runtime
 from flowcat_ft.server.access import AccessToken
 from flowcat_ft.server.agent import build_agent
@@ -100,6 +102,7 @@ class AgentServer:
         self.telemetry: Telemetry | None = None
         self.sip: SipServer | None = None
         self.audiosocket: AudioSocketServer | None = None
+        self._blas: threadpool_limits | None = None
 
     @property
     def port(self) -> int:
@@ -168,6 +171,7 @@ class AgentServer:
                 telemetry.shutdown()
             raise
         self.runtime, self.server, self.gateway = runtime, server, gateway
+        self._blas = one_blas_thread()
         self.telemetry = telemetry
         self._step(f"listening on {config.server.host}:{server.port}")
         if unverified := config.transports.unverified:
@@ -248,6 +252,9 @@ class AgentServer:
             self.runtime.stop()
         if self.telemetry is not None:
             self.telemetry.shutdown()  # exports the last calls' spans
+        if self._blas is not None:
+            self._blas.restore_original_limits()
+            self._blas = None
         self.server = self.runtime = self.gateway = self.telemetry = self.sip = None
         self.audiosocket = None
 
@@ -427,3 +434,14 @@ def _reachable_from_others(host: str) -> bool:
 def _loopback(host: str) -> str:
     """Where this machine reaches a server listening on ``host``."""
     return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, host)
+
+
+def one_blas_thread() -> threadpool_limits:
+    """Limit numpy's BLAS to one thread while the server runs (undone by ``restore``).
+
+    OpenBLAS starts a thread per core and keeps it spinning after each call. An agent's
+    small matrix products (resampling, speech features) woke it for every frame: on the
+    offline agent at 10 calls it took 9.7 ms of CPU per call per second (GIL twin,
+    ``bench.agent``), a quarter of the server's CPU, for products too small to gain from a
+    second thread. The server's parallelism is its calls, on the runtime's threads."""
+    return threadpool_limits(1, user_api="blas")

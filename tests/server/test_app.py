@@ -10,6 +10,7 @@ import urllib.request
 import pytest
 import websockets
 from helpers import wait_until
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from flowcat_ft.server.app import AgentServer
 from flowcat_ft.server.config import ConfigError, load_config
@@ -67,6 +68,21 @@ def test_webrtc_and_the_playground_can_be_turned_off(tmp_path, agent_server):
     assert get(server.port, "/")[0] == 404
     assert get(server.port, "/webrtc/offer")[0] == 404
     assert "webrtc" not in json.loads(get(server.port, "/status.json")[1])
+
+
+def test_numpy_blas_runs_on_one_thread_while_the_server_runs(tmp_path):
+    def blas_threads() -> list[int]:
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    before = blas_threads()
+    assert before, "numpy's BLAS is not loaded"
+    with threadpool_limits(2, user_api="blas"):  # as on a machine with 2 cores or more
+        server = AgentServer(config(tmp_path, ", playground: false, webrtc: false")).start()
+        try:
+            assert blas_threads() == [1] * len(before)
+        finally:
+            server.stop(grace=0)
+        assert blas_threads() == [2] * len(before)
 
 
 def test_webrtc_required_without_aiortc_stops_start_up(tmp_path, monkeypatch):
