@@ -101,6 +101,17 @@ def test_a_call_as_twilio_sends_it():
     assert serializer.stream == events[1]
 
 
+def test_media_sent_back_is_the_message_twilio_reads():
+    serializer = TwilioSerializer()
+    receive_all(serializer, START)
+    for payload in (ULAW, b"", ULAW[::-1]):  # the first message and those after it
+        assert json.loads(serializer.send_audio(payload)) == {
+            "event": "media",
+            "streamSid": STREAM,
+            "media": {"payload": base64.b64encode(payload).decode()},
+        }
+
+
 def test_start_without_custom_parameters_or_channels():
     start = edited(edited(START, "start.customParameters"), "start.mediaFormat.channels")
     (stream,) = TwilioSerializer().receive(json.dumps(start))
