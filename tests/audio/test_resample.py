@@ -117,6 +117,13 @@ def test_reset_starts_a_new_stream():
     np.testing.assert_array_equal(one_shot(resampler, signal), first)
 
 
+def test_streams_of_one_ratio_share_a_filter_none_can_change():
+    speech, other = StreamingResampler(22050, 8000), StreamingResampler(22050, 8000)
+    assert speech._kernels is other._kernels  # designed once
+    with pytest.raises(ValueError, match="read-only"):
+        speech._kernels[0, 0] = 1.0
+
+
 def test_out_samples_counts_the_next_call():
     resampler = StreamingResampler(48000, 8000)
     assert resampler.out_samples(960) == 160
