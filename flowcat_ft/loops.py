@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
@@ -77,6 +78,8 @@ class EventLoopThread:
         self.inbox = Inbox(partial(self.loop.call_soon, self._flush_inbox))
         self._thread = LoopThread(target=self._run, name=name, daemon=True)
         self._thread.start()
+        with _running_lock:
+            _running.add(self)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -90,8 +93,9 @@ class EventLoopThread:
     def wake(self) -> None:
         """Have the loop's thread run Python code once, soon, even when it has nothing to
         do: on 3.13t an object this thread made and another freed is freed only when this
-        thread next runs (biased reference counting), audio frames with their slabs. The
-        runtime's housekeeper wakes its loops now and then."""
+        thread next runs (biased reference counting), audio frames with their slabs. A
+        runtime's housekeeper wakes every running loop now and then (see
+        :func:`running_loops`)."""
         with contextlib.suppress(RuntimeError):  # closed: nothing is left to free
             self.loop.call_soon_threadsafe(_nothing)
 
@@ -101,6 +105,8 @@ class EventLoopThread:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Cancel the loop's tasks, stop it and join its thread."""
+        with _running_lock:
+            _running.discard(self)
         if self.loop.is_closed() or not self._thread.is_alive():
             return
 
@@ -115,6 +121,19 @@ class EventLoopThread:
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout)
+
+
+# Every EventLoopThread started and not stopped, whoever made it (a runtime, a transport's
+# server, a client): added and discarded under the lock by the threads that start and stop
+# loops, read (copied under the lock) by runtimes' housekeepers.
+_running_lock = threading.Lock()
+_running: weakref.WeakSet[EventLoopThread] = weakref.WeakSet()
+
+
+def running_loops() -> list[EventLoopThread]:
+    """The event-loop threads of this process now running."""
+    with _running_lock:
+        return list(_running)
 
 
 def _nothing() -> None:

@@ -25,7 +25,7 @@ from flowcat_ft.call import Call, OutputCallback
 from flowcat_ft.cpu import CpuAccount
 from flowcat_ft.frames import Direction, StartFrame
 from flowcat_ft.gcpolicy import GcPolicy
-from flowcat_ft.loops import EventLoopThread, LoopThread
+from flowcat_ft.loops import EventLoopThread, LoopThread, running_loops
 from flowcat_ft.observers import Observed, Observer
 from flowcat_ft.pipeline import Pipeline, fuse
 from flowcat_ft.processor import FrameProcessor, batch_kernel
@@ -160,10 +160,10 @@ class Runtime:
     ``_shared_lock`` (taken before ``_lock``, never after, so a factory may take ``_lock``
     in :meth:`event_loop`). The housekeeper thread samples stage rates, ticks the GC
     policy, samples the CPU time of each thread and worker process (``cpu``: see
-    :mod:`flowcat_ft.cpu`), stops idle shards, and wakes idle stage and event-loop threads
-    now and then, so that frames other threads freed for them (and their slabs) are freed
-    within a second or so on 3.13t (see :meth:`EventLoopThread.wake
-    <flowcat_ft.loops.EventLoopThread.wake>`).
+    :mod:`flowcat_ft.cpu`), stops idle shards, and now and then wakes idle stage threads
+    and every running event-loop thread (the transports' as well as its own), so that
+    frames other threads freed for them (and their slabs) are freed within a second or so
+    on 3.13t (see :meth:`EventLoopThread.wake <flowcat_ft.loops.EventLoopThread.wake>`).
     """
 
     def __init__(
@@ -377,8 +377,7 @@ class Runtime:
             with self._lock:
                 active = len(self._calls)
                 idle_for = now - self._idle_since if not active else 0.0
-                io_loops = list(self._io_loops)
-            for io in io_loops:
+            for io in running_loops():  # the transports' loops as well as ours
                 io.wake()
             self.gc.tick(active, idle_for)
             self.cpu.sample(active)
