@@ -59,6 +59,10 @@ class _MessagesToCallback:
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)  # type: ignore[misc]
         self._on_message = self._held = None  # the session and the connection part
+        # The library's Sans-I/O protocol and its parser, a suspended generator whose frame
+        # holds the protocol, are a cycle: end the parser (the protocol is closed now, and
+        # reads nothing more), or every connection leaves its protocol to the collector.
+        self.protocol.parser.close()
         if exc is not None:
             # Kept by the library, the error's traceback would keep the frames it went
             # through alive, and with them a cycle back to this connection and its session.

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import weakref
 
 import websockets
 from carrier_messages import twilio_media, twilio_start
 from helpers import wait_until
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from flowcat_ft import EndFrame, FrameProcessor, InputDTMFFrame, Pipeline
-from flowcat_ft.agents.echo import Echo
+from flowcat_ft import EndFrame, FrameProcessor, InputDTMFFrame, Pipeline, Runtime
+from flowcat_ft.agents.echo import Echo, echo_pipeline
+from flowcat_ft.gcpolicy import GcPolicy
+from flowcat_ft.transports.server import WebSocketServer
 from flowcat_ft.transports.session import MediaOptions
 
 
@@ -38,6 +42,41 @@ def test_closing_the_connection_cancels_the_call_and_returns_slabs(serve):
     asyncio.run(call())
     assert wait_until(lambda: server.runtime.calls == [])
     assert wait_until(lambda: server.runtime.pool.in_use == 0)
+
+
+def test_ended_connections_go_by_reference_counting_closed_or_dropped():
+    """A server runs for weeks with automatic collection off: a connection and the
+    library's protocol under it must be freed when it ends, however it ends."""
+    runtime = Runtime(threads=2, gc_policy=GcPolicy(threshold=1 << 62, idle_after=math.inf))
+    server = WebSocketServer(runtime.start(), echo_pipeline(), port=0, loops=2).start()
+    protocols: list[weakref.ref] = []
+
+    async def calls() -> None:
+        for n in range(12):
+            ws = await websockets.connect(f"ws://127.0.0.1:{server.port}/twilio")
+            await ws.send(twilio_start(call=f"CA{n}"))
+            await ws.send(twilio_media(b"\x33" * 160, 0))
+            await ws.recv()  # the echo: the call went through the pipeline
+            (session,) = server.sessions
+            protocols.append(weakref.ref(session.ws.protocol))
+            del session
+            if n % 3 == 0:
+                await ws.close()
+            elif n % 3 == 1:
+                ws.transport.close()  # a FIN, no closing handshake (as a load generator)
+            else:
+                ws.transport.abort()  # a reset
+            async with asyncio.timeout(10):  # the transport closes as this loop runs
+                while server.sessions:
+                    await asyncio.sleep(0.01)
+
+    try:
+        asyncio.run(calls())
+        assert wait_until(lambda: all(ref() is None for ref in protocols))
+        assert wait_until(lambda: runtime.pool.in_use == 0)
+    finally:
+        server.stop(grace=0)
+        runtime.stop()
 
 
 def test_an_aborted_tcp_connection_cancels_the_call(serve):
