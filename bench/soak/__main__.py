@@ -68,7 +68,8 @@ class Server:
         config = LOGS / "soak-agent.yaml"
         config.write_text(
             f"server: {{host: 127.0.0.1, port: {self.port}, playground: false, webrtc: false}}\n"
-            "limits: {max_calls: 100000}\n"
+            # One load generator dials every call: its handshakes are not a flood.
+            "limits: {max_calls: 100000, handshakes_per_minute: 100000}\n"
             "logging: {level: WARNING}\n"
         )
         self.command = [
