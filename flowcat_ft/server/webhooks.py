@@ -14,8 +14,9 @@ when a call arrives and the answer tells it to stream the call's audio to this s
 - Exotel: the Voicebot applet's dynamic URL answer, ``{"url": "wss://..."}``.
 
 Each lives at ``/<carrier>/answer``. The stream URL is built from ``public_url`` when the
-server knows it, else from the request's ``Host`` (and ``X-Forwarded-Proto`` /
-``X-Forwarded-Host``, set by TLS-terminating proxies and tunnels), and ends in a stream
+server knows it, else from the request's ``Host`` (or ``X-Forwarded-Proto`` and
+``X-Forwarded-Host`` from a TLS-terminating proxy named in ``server.trusted_proxies``;
+anyone else's are ignored), and ends in a stream
 token for the call the webhook names (:mod:`~flowcat_ft.server.streamtokens`):
 ``wss://agent.example.com/twilio/<token>``. A webhook that names no call is refused (400).
 Whether a webhook comes from its carrier is for the guards of
@@ -54,14 +55,14 @@ def request_url(request: HttpRequest, public_url: str | None = None) -> str:
 
 
 def _public_origin(request: HttpRequest, public_url: str | None) -> tuple[bool, str]:
-    """Whether the carrier reaches us over TLS, and at which host."""
+    """Whether the carrier reaches us over TLS, and at which host: the public URL, else the
+    request's, as a trusted proxy says where one is in front (anyone else's
+    ``X-Forwarded-*`` headers could point the carrier, and the signatures checked against
+    these URLs, at another host)."""
     if public_url:
         base = urlsplit(public_url)
         return base.scheme in ("https", "wss"), base.netloc
-    headers = request.headers
-    proto = headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
-    host = headers.get("X-Forwarded-Host") or headers.get("Host", "localhost")
-    return proto in ("https", "wss"), host
+    return request.secure, request.host or "localhost"
 
 
 def _caller(form: Mapping[str, str], *names: tuple[str, str]) -> dict[str, str]:

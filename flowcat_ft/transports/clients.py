@@ -28,11 +28,13 @@ type _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class Client(NamedTuple):
-    """Where a request came from: ``address`` (the client's IP address, as text) and
-    ``secure`` (whether it reached us, or the proxy in front, over TLS)."""
+    """Where a request came from: ``address`` (the client's IP address, as text),
+    ``secure`` (whether it reached us, or the proxy in front, over TLS) and ``host`` (the
+    host it asked the proxy in front for, from ``X-Forwarded-Host``; empty without one)."""
 
     address: str
     secure: bool
+    host: str = ""
 
 
 class TrustedProxies:
@@ -75,7 +77,8 @@ class TrustedProxies:
                 break  # a garbled entry: the last proxy's word is what we have
             client = str(ip)
         proto = headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
-        return Client(client, proto in ("https", "wss") if proto else tls)
+        host = headers.get("X-Forwarded-Host", "").split(",")[0].strip()
+        return Client(client, proto in ("https", "wss") if proto else tls, host)
 
 
 def client_key(address: str) -> str:

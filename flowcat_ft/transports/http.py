@@ -57,8 +57,9 @@ guard checks them; they are never a route's options."""
 class HttpRequest:
     """A plain HTTP request: ``query`` holds the URL's parameters, ``body`` the raw body,
     ``target`` the path and query exactly as the client sent them (for signatures);
-    ``client`` is the client's address and ``secure`` whether it came over TLS, both as
-    a trusted proxy says where one is in front (:mod:`~flowcat_ft.transports.clients`)."""
+    ``client`` is the client's address, ``secure`` whether it came over TLS and ``host``
+    the host it asked for, each as a trusted proxy says where one is in front
+    (:mod:`~flowcat_ft.transports.clients`; ``host`` is the ``Host`` header otherwise)."""
 
     method: str
     path: str
@@ -68,6 +69,7 @@ class HttpRequest:
     target: str = ""
     client: str = ""
     secure: bool = False
+    host: str = ""
 
     def form(self) -> dict[str, str]:
         """A form post's fields (``application/x-www-form-urlencoded``), or the query's

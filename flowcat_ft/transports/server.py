@@ -321,6 +321,7 @@ class WebSocketServer:
             request.path,
             client.address,
             client.secure,
+            client.host or request.headers.get("Host", ""),
         )
         if (refusal := self._limit(connection, http_request)) is not None:
             return _to_websockets(refusal)

@@ -21,16 +21,22 @@ from flowcat_ft.server.carrierauth import merge, twilio_guards
 from flowcat_ft.server.signatures import twilio_signature
 from flowcat_ft.server.streamtokens import StreamTokens
 from flowcat_ft.server.webhooks import answer_pages, stream_url
+from flowcat_ft.transports.clients import TrustedProxies
 from flowcat_ft.transports.http import HttpRequest
 from flowcat_ft.transports.server import CARRIERS
 
 FORM = {"CallSid": "CA9", "From": "+15550001111", "To": "+15550002222"}
 
 
-def webhook(method: str = "POST", form=FORM, **headers) -> HttpRequest:
+def webhook(
+    method: str = "POST", form=FORM, host: str = "agent.test:8765", secure: bool = False
+) -> HttpRequest:
+    """A carrier's webhook, which asked for ``host`` (over TLS if ``secure``), as the
+    server resolves them (behind a trusted proxy: from its ``X-Forwarded-*``)."""
     body = urllib.parse.urlencode(form).encode() if method == "POST" else b""
     query = dict(form) if method == "GET" else {}
-    return HttpRequest(method, "/x/answer", query, Headers(Host="agent.test:8765", **headers), body)
+    headers = Headers(Host="agent.test:8765")
+    return HttpRequest(method, "/x/answer", query, headers, body, secure=secure, host=host)
 
 
 TOKENS = StreamTokens()
@@ -55,7 +61,7 @@ def test_every_carrier_but_raw_has_an_answer():
 
 def test_stream_url_follows_the_proxy_or_the_public_url():
     assert stream_url(webhook(), "/twilio") == "ws://agent.test:8765/twilio"
-    proxied = webhook(**{"X-Forwarded-Proto": "https", "X-Forwarded-Host": "abc.ngrok.app"})
+    proxied = webhook(host="abc.ngrok.app", secure=True)
     assert stream_url(proxied, "/twilio") == "wss://abc.ngrok.app/twilio"
     assert stream_url(webhook(), "/plivo", "https://voice.example.com") == (
         "wss://voice.example.com/plivo"
@@ -108,7 +114,7 @@ def test_telnyx_plivo_vonage_and_exotel_answers():
 def test_vonage_may_post_its_webhook_as_json():
     body = json.dumps({"uuid": "v2", "from": "447700900000", "to": "447700900001"}).encode()
     headers = Headers(Host="agent.test", **{"Content-Type": "application/json"})
-    request = HttpRequest("POST", "/vonage/answer", {}, headers, body)
+    request = HttpRequest("POST", "/vonage/answer", {}, headers, body, host="agent.test")
     endpoint = json.loads(answer("vonage", request).body)[0]["endpoint"][0]
     assert stream_token(endpoint["uri"], "vonage", "v2") == "ws://agent.test/vonage"
     assert endpoint["headers"] == {"uuid": "v2", "from": "447700900000", "to": "447700900001"}
@@ -165,6 +171,24 @@ def test_a_twilio_call_placed_through_the_webhook(serve):
     assert [m["event"] for m in echoed].count("media") == 10
     assert RecordStart.starts[0]["call_id"] == "CA9"
     assert RecordStart.starts[0]["parameters"]["from"] == "+15550001111"
+
+
+@pytest.mark.parametrize(
+    ("proxies", "expected"), [((), "ws://127.0.0.1"), (("127.0.0.1",), "wss://agent.example.com")]
+)
+def test_forwarded_host_and_scheme_are_believed_only_from_a_trusted_proxy(serve, proxies, expected):
+    server = serve(pages=answer_pages(CARRIERS, TOKENS), proxies=TrustedProxies(proxies))
+    headers = {"X-Forwarded-Host": "agent.example.com", "X-Forwarded-Proto": "https"}
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.port}/twilio/answer", urllib.parse.urlencode(FORM).encode()
+    )
+    for name, value in headers.items():
+        request.add_header(name, value)
+    with urllib.request.urlopen(request, timeout=5) as reply:
+        url = ET.fromstring(reply.read()).find("./Connect/Stream").get("url")
+    if not proxies:
+        expected += f":{server.port}"
+    assert stream_token(url, "twilio", "CA9") == f"{expected}/twilio"
 
 
 def test_twilio_signatures_are_computed_as_twilio_documents():

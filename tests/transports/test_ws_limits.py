@@ -62,22 +62,25 @@ def test_a_client_is_its_ipv4_address_or_its_ipv6_slash_64():
     assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
 
 
-def forwarded(value: str, proto: str = "") -> Headers:
+def forwarded(value: str, proto: str = "", host: str = "") -> Headers:
     headers = Headers({"X-Forwarded-For": value})
     if proto:
         headers["X-Forwarded-Proto"] = proto
+    if host:
+        headers["X-Forwarded-Host"] = host
     return headers
 
 
 def test_forwarded_headers_are_believed_only_from_trusted_proxies():
     proxies = TrustedProxies(["10.0.0.0/8", "::1"])
-    spoofed = forwarded("1.1.1.1, 203.0.113.9, 10.0.0.2", "https")
-    assert proxies.client("10.0.0.1", spoofed) == ("203.0.113.9", True)  # right-most untrusted
-    assert proxies.client("::1", forwarded("203.0.113.9")) == ("203.0.113.9", False)
-    assert proxies.client("198.51.100.4", spoofed) == ("198.51.100.4", False)  # not a proxy
-    assert proxies.client("198.51.100.4", Headers(), tls=True) == ("198.51.100.4", True)
-    assert proxies.client("10.0.0.1", forwarded("garbage, 10.0.0.3")) == ("10.0.0.3", False)
-    assert proxies.client("10.0.0.1", Headers()) == ("10.0.0.1", False)
+    spoofed = forwarded("1.1.1.1, 203.0.113.9, 10.0.0.2", "https", "agent.example.com")
+    # right-most untrusted
+    assert proxies.client("10.0.0.1", spoofed) == ("203.0.113.9", True, "agent.example.com")
+    assert proxies.client("::1", forwarded("203.0.113.9")) == ("203.0.113.9", False, "")
+    assert proxies.client("198.51.100.4", spoofed) == ("198.51.100.4", False, "")  # not a proxy
+    assert proxies.client("198.51.100.4", Headers(), tls=True) == ("198.51.100.4", True, "")
+    assert proxies.client("10.0.0.1", forwarded("garbage, 10.0.0.3")) == ("10.0.0.3", False, "")
+    assert proxies.client("10.0.0.1", Headers()) == ("10.0.0.1", False, "")
     assert proxies.client("::ffff:10.0.0.1", forwarded("203.0.113.9"))[0] == "203.0.113.9"
     assert not TrustedProxies() and "127.0.0.1" not in TrustedProxies()
 
