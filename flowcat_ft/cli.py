@@ -253,12 +253,14 @@ def _serve(config: Config, profile_dir: str | None) -> int:
         if signals.drain and not draining:
             draining = True
             server.drain()
-            print(f"draining: no new calls, {_live(server)} live; SIGTERM to stop", flush=True)
+            print(
+                f"draining: no new calls, {server.live_calls()} live; SIGTERM to stop", flush=True
+            )
         signals.wait(0.25)
     server.drain()
     grace = config.limits.shutdown_grace
     print(
-        f"draining: no new calls, {_live(server)} live, given up to {grace:g} s to finish "
+        f"draining: no new calls, {server.live_calls()} live, given up to {grace:g} s to finish "
         "(SIGTERM again ends them)",
         flush=True,
     )
@@ -266,15 +268,10 @@ def _serve(config: Config, profile_dir: str | None) -> int:
     while signals.stops < 2 and (left := deadline - time.monotonic()) > 0:
         if server.wait_for_calls(min(left, 0.25)):
             break
-    live = _live(server)
+    live = server.live_calls()
     server.stop(grace=0)
     print(f"stopped: {f'ended the calls still live: {live}' if live else 'every call had ended'}")
     return 0
-
-
-def _live(server: AgentServer) -> int:
-    assert server.server is not None
-    return len(server.server.sessions)
 
 
 def _drain(pid: int, port: int, wait: float) -> int:

@@ -228,14 +228,31 @@ class AgentServer:
 
     def drain(self) -> None:
         """Take no new call from now on (``/ready`` answers 503; new calls and WebRTC offers
-        are refused with 503); live calls go on."""
+        are refused with 503, and SIP's INVITEs and OPTIONS pings too, its trunks'
+        bindings removed once its last call ends); live calls go on."""
         assert self.server is not None, "not started"
         self.server.drain()
+        if self.sip is not None:
+            self.sip.drain()
 
     def wait_for_calls(self, timeout: float | None = None) -> bool:
-        """Wait up to ``timeout`` seconds until no call is live; returns whether none is."""
+        """Wait up to ``timeout`` seconds until no call is live (WebSocket or SIP);
+        returns whether none is."""
         assert self.server is not None, "not started"
-        return self.server.wait_for_calls(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self.server.wait_for_calls(timeout):
+            return False
+        if self.sip is None:
+            return True
+        return self.sip.wait_for_calls(
+            None if deadline is None else max(0.0, deadline - time.monotonic())
+        )
+
+    def live_calls(self) -> int:
+        """How many calls are live now (WebSocket and SIP)."""
+        assert self.server is not None, "not started"
+        sip = len(self.sip.calls) if self.sip is not None else 0
+        return len(self.server.sessions) + sip
 
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, let live ones finish for ``grace`` seconds (the config's

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -151,3 +154,56 @@ def finished(process: subprocess.Popen) -> int:
     status = process.wait(15)
     assert status == 0, process.stderr.read().decode()[-2000:]
     return status
+
+
+class LiveCall:
+    """One call from SIPp run in 3PCC "controller B" mode: it waits on a TCP socket for
+    the test's commands (``Call-ID: ...``, ended by ESC); the first places the call, the
+    second lets it go on to its end (scenarios/live.xml)."""
+
+    def __init__(self, server: SipServer) -> None:
+        self.call_id = f"live-{free_port()}@sipp"
+        control = free_port(socket.SOCK_STREAM)
+        command = [
+            need("sipp"), "-sf", str(SCENARIOS / "live.xml"), f"127.0.0.1:{server.port}",
+            "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(free_port(even=True)),
+            "-rtp_echo", "-3pcc", f"127.0.0.1:{control}", "-m", "1", "-nostdin",
+            "-timeout", "60s", "-timeout_error",
+        ]  # fmt: skip
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.control = _connect(control, self.process)
+
+    def go_on(self) -> None:
+        self.control.sendall(f"Call-ID: {self.call_id}\r\n\r\n\x1b".encode())
+
+    def finished(self) -> int:
+        status = self.process.wait(30)
+        assert status == 0, self.process.stderr.read().decode()[-2000:]
+        return status
+
+    def close(self) -> None:
+        self.control.close()
+        self.process.kill()
+        self.process.wait()
+
+
+def _connect(port: int, process: subprocess.Popen) -> socket.socket:
+    """Connect to SIPp's twin socket once it listens."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=10)
+        except ConnectionRefusedError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def live_call(server: SipServer) -> Iterator[LiveCall]:
+    call = LiveCall(server)
+    try:
+        call.go_on()  # place it
+        yield call
+    finally:
+        call.close()

@@ -7,7 +7,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import finished, free_port, sipp
+from conftest import finished, free_port, live_call, sipp
 from helpers import wait_until
 
 from flowcat_ft.server.app import AgentServer
@@ -103,3 +103,29 @@ def post(port: int, path: str, body: dict, token: str = "s3cret") -> tuple[int, 
             return reply.status, json.loads(reply.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
+
+
+def test_a_drained_server_waits_for_its_live_sip_call(tmp_path):
+    low = free_port(even=True) // 2 * 2
+    config = load_config(
+        write(
+            tmp_path,
+            "{enabled: true, host: 127.0.0.1, port: 0, "
+            f"rtp_port_min: {low}, rtp_port_max: {low + 20}}}",
+        )
+    )
+    server = AgentServer(config).start()
+    try:
+        with live_call(server.sip) as live:
+            assert wait_until(lambda: [c.state for c in server.sip.calls] == ["confirmed"], 20)
+            server.drain()
+            assert server.sip.draining
+            status, log = sipp(server.sip, "draining.xml")
+            assert status == 0, log
+            assert server.live_calls() == 1
+            assert not server.wait_for_calls(0.2)  # what `serve` waits on after SIGTERM
+            live.go_on()
+            live.finished()
+        assert server.wait_for_calls(10)
+    finally:
+        server.stop(grace=0)

@@ -3,7 +3,8 @@
 A :class:`Registration` binds our Contact to the trunk's address of record: REGISTER,
 answering a ``401``/``407`` digest challenge (:mod:`flowcat_ft.sip.digest`) and a ``423``
 (Min-Expires), then again before the binding expires (at :data:`REFRESH_AT` of the
-interval the registrar granted), and ``Expires: 0`` to remove it when the server stops.
+interval the registrar granted), and ``Expires: 0`` to remove it when the server stops or
+has drained.
 A registrar that refuses or does not answer is tried again after :data:`RETRY_SECS`,
 and the failure is logged with the registrar's status and reason.
 
@@ -64,20 +65,28 @@ class Registration:
         self._cseq = 0
         self._nc = 0
         self._challenge: tuple[int, Challenge] | None = None  # (status, challenge) last seen
-        self.state = "unregistered"  # registered, failed, unregistered
+        self.state = "unregistered"  # registered, failed, unregistering, unregistered
         self.last_status: str = ""
         self.expires = 0  # the interval granted
         self._task: asyncio.Task | None = None
+        self._stopping: asyncio.Task | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._keep_registered())
 
     async def stop(self) -> None:
-        """Stop refreshing and remove the binding (``Expires: 0``)."""
+        """Stop refreshing and remove the binding (``Expires: 0``); a second call waits
+        for the first one's un-REGISTER."""
+        if self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_task(self._unregister())
+        await self._stopping
+
+    async def _unregister(self) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         if self.state == "registered":
+            self.state = "unregistering"
             await self._register(0)
             self.state = "unregistered"
 

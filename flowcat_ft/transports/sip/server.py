@@ -10,16 +10,29 @@ Usable from plain threads, like the WebSocket server::
 Signalling runs on one event-loop thread (:class:`~flowcat_ft.transports.sip.endpoint.
 SipEndpoint`: UDP and TCP on one port); each call's RTP runs on one of the event loops,
 handed out in turn, beside the WebSocket sessions when the loops are shared. New INVITEs
-are refused with a reason: ``503`` (with Retry-After) when the server is full or stopping,
-``403`` from a source address not allowed, ``420`` (with Unsupported) for a Require we do
-not support, ``415`` for a body that is not SDP, ``488`` for SDP with no codec in common.
-Out of a dialog, OPTIONS is answered ``200`` (a trunk's keep-alive), CANCEL ``200`` then
-``487`` for the INVITE it cancels, and what has no dialog ``481``. The server also
-registers with trunks (:mod:`~flowcat_ft.transports.sip.registration`), places calls
-(:meth:`SipServer.dial`), hangs them up and transfers them (REFER), from any thread.
+are refused with a reason: ``503`` (with Retry-After) when the server is full, draining or
+stopping, ``403`` from a source address not allowed, ``420`` (with Unsupported) for a
+Require we do not support, ``415`` for a body that is not SDP, ``488`` for SDP with no
+codec in common. Out of a dialog, OPTIONS is answered ``200`` (a trunk's keep-alive),
+CANCEL ``200`` then ``487`` for the INVITE it cancels, and what has no dialog ``481``.
+The server also registers with trunks (:mod:`~flowcat_ft.transports.sip.registration`),
+places calls (:meth:`SipServer.dial`), hangs them up and transfers them (REFER), from any
+thread.
+
+Draining (:meth:`SipServer.drain`, what ``flowcat-ft serve`` does on SIGTERM): a trunk
+learns that this server takes no more calls the ways carriers look for, ``503`` with
+Retry-After to a new INVITE (it fails over to the next server) and to an OPTIONS ping out
+of a dialog (it takes the server out of rotation), while every request in a live call's
+dialog (BYE, re-INVITE, UPDATE, session refreshes, OPTIONS) is answered as before. Once
+the last call has ended, the trunks' bindings are removed (un-REGISTER), so that a
+registrar stops routing calls here.
 
 Threading contract: :meth:`start` and :meth:`stop` from any one thread; ``_calls`` is
-used only on the signalling loop; :attr:`calls` copies it there.
+used only on the signalling loop; :attr:`calls` copies it there. ``_draining`` is set
+once (to True) by :meth:`drain` or :meth:`stop` from any thread and read on the
+signalling loop: a plain attribute, so a request that races the drain is taken or refused,
+either of which is right. ``_idle`` (a ``threading.Event``: set while no call is live) is
+set and cleared on the signalling loop and waited on by :meth:`wait_for_calls`.
 """
 
 from __future__ import annotations
@@ -29,13 +42,14 @@ import ipaddress
 import itertools
 import logging
 import secrets
+import threading
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from flowcat_ft.loops import EventLoopThread
-from flowcat_ft.sip.message import Headers, NameAddr, Request, Uri
+from flowcat_ft.sip.message import Headers, NameAddr, Request, Response, Uri
 from flowcat_ft.sip.sdp import CODECS, SessionDescription, make_offer
 from flowcat_ft.transports.edge import LoopEdge
 from flowcat_ft.transports.pacer import Ticker
@@ -131,7 +145,10 @@ class SipServer:
         self.endpoint: SipEndpoint | None = None
         self.registrations: list[Registration] = []
         self._calls: dict[tuple[str, str], SipCall] = {}
-        self._stopping = False
+        self._idle = threading.Event()
+        self._idle.set()
+        self._draining = False
+        self._unregistering: asyncio.Task | None = None
         self.refused = 0
         # The last calls to end, newest last: appended on the signalling loop, read by
         # copying (list(server.ended)) from any thread.
@@ -196,7 +213,7 @@ class SipServer:
         rest (BYE), and stop listening."""
         if self.endpoint is None:
             return
-        self._stopping = True
+        self._draining = True
         try:
             self._loops[0].submit(self._wind_down(grace)).result(grace + 10)
         finally:
@@ -211,13 +228,40 @@ class SipServer:
         for call in list(self._calls.values()):
             call.hang_up("the server is shutting down")
         await asyncio.sleep(0.1 if grace else 0)  # let the BYEs out
+        await self._unregister()
+        await self.endpoint.stop()
+
+    def drain(self) -> None:
+        """Take no new call from now on, and say so to the trunks: new INVITEs and OPTIONS
+        pings out of a dialog are answered ``503`` with Retry-After, :meth:`dial` fails with
+        503, and once the last call has ended the trunks' bindings are removed. Live calls
+        go on. From any thread; cannot be undone; calling it again changes nothing."""
+        assert self.endpoint is not None, "not started"
+        self._draining = True
+        self._loops[0].loop.call_soon_threadsafe(self._unregister_once_idle)
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def wait_for_calls(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds (None: for ever) until no call is live; returns
+        whether none is."""
+        return self._idle.wait(timeout)
+
+    def _unregister_once_idle(self) -> None:
+        """While draining with no call left: remove the trunks' bindings (once)."""
+        if self._draining and not self._calls and self._unregistering is None:
+            self._unregistering = asyncio.get_running_loop().create_task(self._unregister())
+
+    async def _unregister(self) -> None:
+        """Stop every registration (un-REGISTER), waiting up to :data:`_UNREGISTER_SECS`."""
         unregistering = [registration.stop() for registration in self.registrations]
         try:
             async with asyncio.timeout(_UNREGISTER_SECS):
                 await asyncio.gather(*unregistering, return_exceptions=True)
         except TimeoutError:
             logger.warning("a registrar did not answer our un-REGISTER in time")
-        await self.endpoint.stop()
 
     def _stop_loops(self) -> None:
         if self._own_loops:
@@ -243,6 +287,8 @@ class SipServer:
             self._invite(request, transaction, peer)
         elif method == "CANCEL":
             self._cancel(request, transaction)
+        elif method == "OPTIONS" and self._draining:
+            transaction.respond(_unavailable(request, "options", _DRAINING, RETRY_AFTER_DRAINING))
         elif method == "OPTIONS":
             response = request.response(200, to_tag="options")
             for name, value in (
@@ -266,19 +312,25 @@ class SipServer:
         if refusal is not None:
             status, reason = refusal
             self.refused += 1
-            response = request.response(status, to_tag="refused")
+            if status == 503:
+                retry = RETRY_AFTER_DRAINING if self._draining else RETRY_AFTER_FULL
+                response = _unavailable(request, "refused", reason, retry)
+            else:
+                response = request.response(status, to_tag="refused")
+                response.headers.add("Warning", f'399 flowcat "{reason}"')
             if status == 420:
                 unsupported = request.options("Require") - {"timer"}
                 response.headers.add("Unsupported", ", ".join(sorted(unsupported)))
-            if status == 503:
-                response.headers.add("Retry-After", "5")
-            response.headers.add("Warning", f'399 flowcat "{reason}"')
             transaction.respond(response)
             logger.info("refused an INVITE from %s: %d %s", peer, status, reason)
             return
         call = SipCall(self, request, transaction, peer, self._media_session())
-        self._calls[call.key] = call
+        self._add(call)
         call._spawn(call.answer())
+
+    def _add(self, call: SipCall) -> None:
+        self._calls[call.key] = call
+        self._idle.clear()
 
     def _media_session(self) -> RtpSession:
         """A new call's RTP, on the next media loop."""
@@ -295,8 +347,8 @@ class SipServer:
         )
 
     def _refusal(self, request: Request, peer: Peer) -> tuple[int, str] | None:
-        if self._stopping:
-            return 503, "the server is shutting down"
+        if self._draining:
+            return 503, _DRAINING
         if self._networks and not any(_address(peer.host) in network for network in self._networks):
             return 403, f"{peer.host} is not an allowed source"
         unsupported = request.options("Require") - {"timer"}
@@ -343,10 +395,10 @@ class SipServer:
         self, to: str, from_user: str, credentials: tuple[str, str] | None, ring_timeout: float
     ) -> SipCall:
         uri = Uri.parse(to)
-        if self._stopping or (
-            self.options.max_calls is not None and len(self._calls) >= self.options.max_calls
-        ):
-            raise CallFailed(503, "the server is full or stopping")
+        if self._draining:
+            raise CallFailed(503, _DRAINING)
+        if self.options.max_calls is not None and len(self._calls) >= self.options.max_calls:
+            raise CallFailed(503, "the server is full")
         peer = await self.endpoint.resolve(uri)
         media = self._media_session()
         try:
@@ -370,7 +422,7 @@ class SipServer:
         ):
             headers.add(name, value)
         call = SipCall(self, Request("INVITE", uri, headers), None, peer, media, outbound=True)
-        self._calls[call.key] = call
+        self._add(call)
         response = await call.dial(credentials, ring_timeout)
         if call.state != "confirmed":
             raise CallFailed(response.status, response.reason)
@@ -404,6 +456,9 @@ class SipServer:
         """A call's dialog is over (called by the call, on the signalling loop)."""
         self._calls.pop(call.key, None)
         self.ended.append(call)
+        if not self._calls:
+            self._idle.set()
+            self._unregister_once_idle()
 
     # -- for the calls ---------------------------------------------------------------------
 
@@ -418,6 +473,19 @@ class SipServer:
 
 
 _UNREGISTER_SECS = 5.0
+_DRAINING = "the server is draining"
+RETRY_AFTER_FULL = 5
+"""Seconds a trunk is asked to wait before it sends a full server another INVITE."""
+RETRY_AFTER_DRAINING = 300
+"""Seconds a trunk is asked to leave a draining server alone: it takes no call again."""
+
+
+def _unavailable(request: Request, to_tag: str, reason: str, retry_after: int) -> Response:
+    """A ``503`` with Retry-After (RFC 3261 section 21.5.4) and the reason in a Warning."""
+    response = request.response(503, to_tag=to_tag)
+    response.headers.add("Retry-After", str(retry_after))
+    response.headers.add("Warning", f'399 flowcat "{reason}"')
+    return response
 
 
 def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
