@@ -256,7 +256,9 @@ class SipConfig:
     """SIP trunking (:mod:`flowcat_ft.transports.sip`): calls from a SIP trunk or a PBX,
     with RTP media. ``public_address``: the address written into SIP headers and SDP
     (behind NAT); ``allowed_sources``: addresses or networks whose INVITEs are taken
-    (empty: any); ``ring_secs``: how long 180 Ringing lasts; ``rtp_timeout``: seconds
+    (empty: any); ``ring_secs``: how long 180 Ringing lasts; ``early_media_secs``: when
+    not 0, how long the agent's audio flows as early media (183 Session Progress with
+    SDP) before the answer, in place of the ringing; ``rtp_timeout``: seconds
     without RTP before hanging up; ``session_expires``: RFC 4028 session interval;
     ``trunks``: registrars to register with (un-registered at shutdown);
     ``dial_token_env``: the environment variable holding the bearer token of the HTTP
@@ -272,6 +274,7 @@ class SipConfig:
     codecs: tuple[Literal[tuple(SDP_CODECS)], ...] = tuple(SDP_CODECS)
     allowed_sources: tuple[str, ...] = ()
     ring_secs: float = bounded(0.0, 0, 60)
+    early_media_secs: float = bounded(0.0, 0, 60)
     rtp_timeout: float = bounded(30.0, above=0)
     session_expires: int = bounded(1800, 90)
     trunks: tuple[SipTrunkConfig, ...] = ()

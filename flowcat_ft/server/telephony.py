@@ -50,6 +50,7 @@ def start_sip(
         codecs=sip.codecs,
         allowed_sources=sip.allowed_sources,
         ring_secs=sip.ring_secs,
+        early_media_secs=sip.early_media_secs,
         rtp_timeout=sip.rtp_timeout,
         session_expires=sip.session_expires,
         max_calls=config.limits.max_calls,

@@ -110,12 +110,13 @@ def test_a_drained_server_waits_for_its_live_sip_call(tmp_path):
     config = load_config(
         write(
             tmp_path,
-            "{enabled: true, host: 127.0.0.1, port: 0, "
+            "{enabled: true, host: 127.0.0.1, port: 0, early_media_secs: 0.5, "
             f"rtp_port_min: {low}, rtp_port_max: {low + 20}}}",
         )
     )
     server = AgentServer(config).start()
     try:
+        assert server.sip.options.early_media_secs == 0.5
         with live_call(server.sip) as live:
             assert wait_until(lambda: [c.state for c in server.sip.calls] == ["confirmed"], 20)
             server.drain()

@@ -5,8 +5,15 @@ A :class:`SipCall` is made by the server for an INVITE it accepts, and answers i
 a Contact that points at this server, sent again until the ACK comes (no ACK within
 64·T1: BYE). Its media (:class:`~flowcat_ft.transports.sip.media.RtpSession`) runs on a
 media loop, where the runtime call is opened before the 200 goes out (a full runtime is a
-503, not a call with no agent). A call we place (:meth:`SipCall.dial`) sends our offer,
-answers one digest challenge, CANCELs when nobody answers in time, and ACKs the 2xx.
+503, not a call with no agent). With ``early_media_secs`` and an offer in the INVITE, the
+call opens first and ``183 Session Progress`` carries our answer instead of the 180: RTP
+flows both ways (the agent's greeting or ringback plays, the caller is heard) for that
+long before the 200 (RFC 3261 section 13.3.1.1; the 183 is not sent reliably: a
+``Require: 100rel`` is refused with 420, as PRACK is not supported). A call we place
+(:meth:`SipCall.dial`) sends our offer, answers one digest challenge, CANCELs when nobody
+answers in time, and ACKs the 2xx; a 18x with an SDP answer opens the call at once, so
+that the agent hears the far end's early media (a carrier's announcement, ringback)
+whether the call is then answered or not.
 
 In the dialog: BYE either way; CANCEL before the answer (``487`` to the INVITE); re-INVITE
 and UPDATE with or without SDP (hold, a new media address, a session refresh; one while
@@ -118,6 +125,7 @@ class SipCall:
         self._invite_sent = invite  # the INVITE a CANCEL cancels (outbound)
         self._transfer: asyncio.Future[bool] | None = None  # our REFER's outcome
         self.started_at = time.monotonic()
+        self._early_media: asyncio.Task | None = None  # opening the call on a 18x (outbound)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -175,11 +183,14 @@ class SipCall:
         except SdpError as error:
             self._fail(error.status, error.reason)
             return
-        transaction.respond(self._response(invite, 180))
-        if self.server.options.ring_secs:
-            await asyncio.sleep(self.server.options.ring_secs)
-        if self.state != "early":  # cancelled while ringing
-            return
+        options = self.server.options
+        early_media = bool(options.early_media_secs) and negotiated is not None
+        if not early_media:
+            transaction.respond(self._response(invite, 180))
+            if options.ring_secs:
+                await asyncio.sleep(options.ring_secs)
+            if self.state != "early":  # cancelled while ringing
+                return
         metadata = {
             "call_id": self.call_id,
             "from": str(self.remote.uri),
@@ -193,6 +204,11 @@ class SipCall:
             return
         if self.state != "early":  # cancelled while the call opened
             return
+        if early_media:
+            transaction.respond(self._response(invite, 183, sdp=self._local_sdp))
+            await asyncio.sleep(options.early_media_secs)
+            if self.state != "early":  # cancelled during the early media
+                return
         ok = self._response(invite, 200, sdp=self._local_sdp)
         self._add_session_timer(ok, invite, interval)
         self.state = "answered"
@@ -259,6 +275,7 @@ class SipCall:
             if response.status not in (401, 407) or credentials is None or attempt:
                 break
             invite = self._with_credentials(invite, response, credentials)
+        opened_early = self._early_media is not None and await self._early_media
         if response.status >= 300 or self.state == "ended":
             self._ended(self.end_reason or f"{response.status} {response.reason}".strip())
             return response
@@ -275,14 +292,35 @@ class SipCall:
         except SdpError as error:
             self.hang_up(f"the answer is unusable: {error.reason}")
             return response
-        metadata = {"call_id": self.call_id, "to": str(self.remote.uri), "direction": "outbound"}
-        try:
-            await self._in_media(_run(self.media.open, negotiated, metadata))
-        except RuntimeFullError:
+        if opened_early:
+            self._on_media_loop(self.media.update, negotiated)
+        elif not await self._open_outbound(negotiated):
             self.hang_up("the server is full")
             return response
         self.state = "confirmed"
         return response
+
+    async def _open_outbound(self, negotiated: Negotiated) -> bool:
+        """Open the call we placed on the pipeline; False if the runtime is full."""
+        metadata = {"call_id": self.call_id, "to": str(self.remote.uri), "direction": "outbound"}
+        try:
+            await self._in_media(_run(self.media.open, negotiated, metadata))
+        except RuntimeFullError:
+            return False
+        return True
+
+    def _provisional(self, response: Response) -> None:
+        """A 18x to our INVITE: one with an SDP answer (the first) opens the call, so the
+        agent hears the early media."""
+        if self._early_media is not None or not response.body or response.status == 100:
+            return
+        try:
+            negotiated = accept_answer(self._local_sdp, parse_sdp(response.body))
+        except SdpError as error:
+            logger.info("early media of %s ignored: %s", self.call_id, error.reason)
+            return
+        logger.info("early media on %s (%d %s)", self.call_id, response.status, response.reason)
+        self._early_media = asyncio.get_running_loop().create_task(self._open_outbound(negotiated))
 
     async def _invite_once(self, invite: Request, ring_timeout: float) -> Response:
         loop = asyncio.get_running_loop()
@@ -291,6 +329,7 @@ class SipCall:
 
         def on_response(response: Response) -> None:
             if response.status < 200:
+                self._provisional(response)
                 return
             if done.done():  # a repeated 2xx: its ACK went missing
                 if response.status < 300:

@@ -88,7 +88,9 @@ class SipOptions:
     the address we are reached at); ``rtp_ports``: the range RTP ports come from;
     ``codecs``: in order of preference; ``allowed_sources``: addresses or networks
     (``"203.0.113.0/24"``) whose INVITEs are taken (empty: any); ``ring_secs``: how
-    long ``180 Ringing`` lasts before the answer; ``rtp_timeout``: seconds without RTP
+    long ``180 Ringing`` lasts before the answer; ``early_media_secs``: when not 0, how
+    long the agent's audio flows as early media (``183 Session Progress`` with our SDP,
+    in place of the 180) before the answer; ``rtp_timeout``: seconds without RTP
     before hanging up; ``session_expires`` / ``min_se``: RFC 4028 session timers;
     ``max_calls``: calls at once (None: the runtime's limit only); ``trunks``: registrars
     to register with (:class:`~flowcat_ft.transports.sip.registration.Trunk`).
@@ -102,6 +104,7 @@ class SipOptions:
     codecs: tuple[str, ...] = tuple(CODECS)
     allowed_sources: tuple[str, ...] = ()
     ring_secs: float = 0.0
+    early_media_secs: float = 0.0
     rtp_timeout: float = 30.0
     session_expires: int = 1800
     min_se: int = 90
