@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import subprocess
 import sys
 import time
 import urllib.error
@@ -10,6 +11,7 @@ import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 FREE_THREADED = not sys._is_gil_enabled()
 
@@ -100,3 +102,23 @@ def twilio_stream_url(port: int, call_sid: str) -> str:
     with urllib.request.urlopen(urllib.request.Request(answer, form), timeout=10) as reply:
         stream = ET.fromstring(reply.read()).find("./Connect/Stream")
     return stream.get("url")
+
+
+def self_signed_certificate(where: Path) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 and its key (PEM files in ``where``), made
+    with the ``openssl`` command line."""
+    cert, key = str(where / "cert.pem"), str(where / "key.pem")
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            *("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"),
+            *("-keyout", key, "-out", cert, "-days", "2"),
+            *("-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key

@@ -254,12 +254,14 @@ class SipTrunkConfig:
 @dataclass(frozen=True, kw_only=True)
 class SipConfig:
     """SIP trunking (:mod:`flowcat_ft.transports.sip`): calls from a SIP trunk or a PBX,
-    with RTP media. ``public_address``: the address written into SIP headers and SDP
-    (behind NAT); ``allowed_sources``: addresses or networks whose INVITEs are taken
-    (empty: any); ``ring_secs``: how long 180 Ringing lasts; ``early_media_secs``: when
-    not 0, how long the agent's audio flows as early media (183 Session Progress with
-    SDP) before the answer, in place of the ringing; ``rtp_timeout``: seconds
-    without RTP before hanging up; ``session_expires``: RFC 4028 session interval;
+    with RTP media. ``transports``: ``tls`` among them serves SIP over TLS on
+    ``tls_port`` with ``tls_cert`` and ``tls_key`` (PEM files); ``public_address``: the
+    address written into SIP headers and SDP (behind NAT); ``allowed_sources``: addresses
+    or networks whose INVITEs are taken (empty: any); ``ring_secs``: how long 180 Ringing
+    lasts; ``early_media_secs``: when not 0, how long the agent's audio flows as early
+    media (183 Session Progress with SDP) before the answer, in place of the ringing;
+    ``rtp_timeout``: seconds without RTP before hanging up; ``session_expires``: RFC 4028
+    session interval;
     ``trunks``: registrars to register with (un-registered at shutdown);
     ``dial_token_env``: the environment variable holding the bearer token of the HTTP
     endpoints that place calls (``POST /sip/calls``...); None: they are not served."""
@@ -267,7 +269,10 @@ class SipConfig:
     enabled: bool = False
     host: str = "0.0.0.0"
     port: int = bounded(5060, 0, 65535)
-    transports: tuple[Literal["udp", "tcp"], ...] = ("udp", "tcp")
+    transports: tuple[Literal["udp", "tcp", "tls"], ...] = ("udp", "tcp")
+    tls_port: int = bounded(5061, 0, 65535)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     public_address: str | None = None
     rtp_port_min: int = bounded(20000, 1024, 65534)
     rtp_port_max: int = bounded(30000, 1025, 65535)
@@ -279,6 +284,16 @@ class SipConfig:
     session_expires: int = bounded(1800, 90)
     trunks: tuple[SipTrunkConfig, ...] = ()
     dial_token_env: str | None = None
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The TLS context that serves SIP over TLS (None without ``tls`` in
+        ``transports``); raises ``OSError`` or ``ssl.SSLError`` if the certificate and key
+        cannot be loaded."""
+        if "tls" not in self.transports or self.tls_cert is None or self.tls_key is None:
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.tls_cert, self.tls_key)
+        return context
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -566,7 +581,24 @@ def _check_sip(config: Config) -> list[ConfigError]:
                 )
             )
     if sip.enabled and not sip.transports:
-        errors.append(config.error("transports.sip.transports", "name udp, tcp or both"))
+        errors.append(config.error("transports.sip.transports", "name udp, tcp, tls or some"))
+    if "tls" in sip.transports and (sip.tls_cert is None or sip.tls_key is None):
+        errors.append(
+            config.error(
+                "transports.sip.transports",
+                "tls needs transports.sip.tls_cert and tls_key (the certificate and its key)",
+            )
+        )
+    elif "tls" in sip.transports:
+        try:
+            sip.tls_context()
+        except (OSError, ssl.SSLError) as error:
+            reason = getattr(error, "strerror", None) or getattr(error, "reason", None) or error
+            errors.append(
+                config.error(
+                    "transports.sip.tls_cert", f"cannot load the certificate and key: {reason}"
+                )
+            )
     if sip.dial_token_env is not None and not os.environ.get(sip.dial_token_env):
         errors.append(
             config.error(

@@ -45,6 +45,8 @@ def start_sip(
         host=sip.host,
         port=sip.port,
         transports=sip.transports,
+        tls=sip.tls_context(),
+        tls_port=sip.tls_port,
         public_address=sip.public_address,
         rtp_ports=(sip.rtp_port_min, sip.rtp_port_max),
         codecs=sip.codecs,

@@ -267,8 +267,9 @@ class Uri:
 
     @property
     def transport(self) -> str:
-        """``udp`` or ``tcp``: the URI's ``transport`` parameter (UDP by default)."""
-        return (self.params.get("transport") or "udp").lower()
+        """``udp``, ``tcp`` or ``tls``: the URI's ``transport`` parameter (by default UDP,
+        TLS for a ``sips:`` URI)."""
+        return (self.params.get("transport") or ("tls" if self.scheme == "sips" else "udp")).lower()
 
     def __str__(self) -> str:
         if self.scheme not in ("sip", "sips"):

@@ -16,13 +16,11 @@ import contextlib
 import json
 import math
 import ssl
-import subprocess
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from pathlib import Path
 from typing import Any
 
 import h2.config
@@ -48,26 +46,6 @@ def tone(seconds: float, rate: int, value: int = 1000) -> bytes:
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
-
-
-def self_signed_certificate(where: Path) -> tuple[str, str]:
-    """A self-signed certificate for 127.0.0.1 and its key (PEM files in ``where``), made
-    with the ``openssl`` command line."""
-    cert, key = str(where / "cert.pem"), str(where / "key.pem")
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            *("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"),
-            *("-keyout", key, "-out", cert, "-days", "2"),
-            *("-subj", "/CN=127.0.0.1"),
-            *("-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
 
 
 def server_context(certificate: tuple[str, str]) -> ssl.SSLContext:

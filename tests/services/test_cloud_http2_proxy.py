@@ -15,12 +15,11 @@ from fake_providers import (
     Recorder,
     openai_chunks,
     pcm_handler,
-    self_signed_certificate,
     server_context,
     sse_handler,
     tone,
 )
-from helpers import wait_until
+from helpers import self_signed_certificate, wait_until
 from tinyproxy import Tinyproxy
 
 from flowcat_ft import (

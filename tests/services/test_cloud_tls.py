@@ -14,11 +14,10 @@ from fake_providers import (
     FakeHTTPServer,
     Recorder,
     pcm_handler,
-    self_signed_certificate,
     server_context,
     tone,
 )
-from helpers import wait_until
+from helpers import self_signed_certificate, wait_until
 
 from flowcat_ft import (
     Direction,

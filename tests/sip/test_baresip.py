@@ -9,13 +9,18 @@ from __future__ import annotations
 import json
 import re
 import socket
+import ssl
 import subprocess
 import time
 import wave
+from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import Heard, free_port, listening, need
-from helpers import wait_until
+from helpers import self_signed_certificate, wait_until
+
+from flowcat_ft.transports.sip import CallFailed
 
 
 def speech(folder) -> str:
@@ -28,8 +33,13 @@ def speech(folder) -> str:
 
 
 class Baresip:
-    def __init__(self, folder) -> None:
+    """baresip in ``folder``; ``config``: more lines of its config; ``account``: its
+    accounts line's parameters (after the address of record)."""
+
+    def __init__(self, folder, config: str = "", account: str = ";regint=0") -> None:
         self.folder = folder
+        self.config = config
+        self.account = account
         self.events: list[tuple[str, str]] = []
         self._data = b""
         say = speech(folder)
@@ -41,9 +51,10 @@ class Baresip:
     def _start(self, say: str) -> bool:
         """Start baresip on free ports; True once its control socket answers."""
         sip, self.ctrl, self.cons = free_port(), free_port(socket.SOCK_STREAM), free_port()
+        self.sip_port = sip
         rtp = free_port(even=True)
         folder = self.folder
-        (folder / "accounts").write_text("<sip:phone@127.0.0.1>;regint=0\n")
+        (folder / "accounts").write_text(f"<sip:phone@127.0.0.1>{self.account}\n")
         (folder / "config").write_text(
             f"poll_method epoll\nsip_listen 127.0.0.1:{sip}\nrtp_ports {rtp}-{rtp + 10}\n"
             f"audio_source aufile,{say}\naudio_player aubridge,nowhere\n"
@@ -51,7 +62,7 @@ class Baresip:
             "module g711.so\nmodule aufile.so\nmodule aubridge.so\nmodule sndfile.so\n"
             f"snd_path {folder}\nmodule cons.so\ncons_listen 127.0.0.1:{self.cons}\n"
             "module_app menu.so\nmodule_app account.so\nmodule_app ctrl_tcp.so\n"
-            f"ctrl_tcp_listen 127.0.0.1:{self.ctrl}\n"
+            f"ctrl_tcp_listen 127.0.0.1:{self.ctrl}\n{self.config}"
         )
         self.process = subprocess.Popen(
             [need("baresip"), "-f", str(folder)],
@@ -129,4 +140,58 @@ def test_baresip_calls_speaks_hears_the_echo_and_dtmf_goes_both_ways(sip_server,
     call = server.ended[-1]
     assert call.end_reason == "the caller hung up"
     assert call.media.rtcp_in >= 1 and call.media.rtcp_out >= 1  # its reports read, ours sent
+    assert wait_until(lambda: server.runtime.pool.in_use == 0)
+
+
+def test_baresip_calls_over_tls(sip_server, tmp_path):
+    """Signalling over TLS only, with a certificate made for the test (baresip 1.0 does
+    not check it; our client side checks baresip's, below)."""
+    certificate = self_signed_certificate(tmp_path)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(*certificate)
+    heard = Heard()
+    server = sip_server(listening(heard), transports=("tls",), tls=tls, tls_port=0)
+    assert server.uri == f"sip:agent@127.0.0.1:{server.endpoint.tls_port};transport=tls"
+    phone = Baresip(tmp_path)
+    try:
+        phone.command("dial", server.uri)
+        phone.wait_for("CALL_ESTABLISHED")
+        assert wait_until(lambda: heard.frames > 10)
+        phone.wait_for("CALL_CLOSED", 15)  # its file ends: it hangs up over TLS
+    finally:
+        phone.stop()
+    assert heard.loud > 20
+    assert wait_until(lambda: server.ended)
+    call = server.ended[-1]
+    assert call.end_reason == "the caller hung up" and call.peer.transport == "TLS"
+    assert wait_until(lambda: server.runtime.pool.in_use == 0)
+
+
+def test_the_agent_calls_baresip_over_tls_and_checks_its_certificate(sip_server, tmp_path):
+    cert, key = self_signed_certificate(tmp_path)
+    (tmp_path / "both.pem").write_text(Path(cert).read_text() + Path(key).read_text())
+    phone = Baresip(
+        tmp_path,
+        config=f"sip_certificate {tmp_path / 'both.pem'}\n",
+        account=";regint=0;answermode=auto",
+    )
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    options = {"transports": ("udp", "tls"), "tls": tls, "tls_port": 0}
+    try:
+        uri = f"sip:phone@127.0.0.1:{phone.sip_port + 1};transport=tls"  # baresip's TLS port
+        untrusting = sip_server(listening(Heard()), **options)
+        with pytest.raises(CallFailed) as raised:
+            untrusting.dial(uri).result(15)
+        assert "CERTIFICATE_VERIFY_FAILED" in raised.value.reason
+        heard = Heard()
+        trusting = ssl.create_default_context(cafile=cert)
+        server = sip_server(listening(heard), tls_client=trusting, **options)
+        call = server.dial(uri).result(15)
+        assert call.peer.transport == "TLS"
+        assert wait_until(lambda: heard.loud > 20)  # baresip's speech, over the TLS call
+        server.hang_up(call.call_id)
+        phone.wait_for("CALL_CLOSED")
+    finally:
+        phone.stop()
     assert wait_until(lambda: server.runtime.pool.in_use == 0)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 import urllib.error
 import urllib.request
 
 import pytest
 from conftest import finished, free_port, live_call, sipp
-from helpers import wait_until
+from helpers import self_signed_certificate, wait_until
 
 from flowcat_ft.server.app import AgentServer
 from flowcat_ft.server.config import ConfigError, load_config
@@ -128,5 +130,41 @@ def test_a_drained_server_waits_for_its_live_sip_call(tmp_path):
             live.go_on()
             live.finished()
         assert server.wait_for_calls(10)
+    finally:
+        server.stop(grace=0)
+
+
+def test_sip_over_tls_from_the_configuration(tmp_path):
+    with pytest.raises(ConfigError) as raised:
+        load_config(write(tmp_path, "{enabled: true, transports: [udp, tls]}"))
+    assert "transports.sip.transports: tls needs transports.sip.tls_cert and tls_key" in str(
+        raised.value
+    )
+    cert, key = self_signed_certificate(tmp_path)
+    config = load_config(
+        write(
+            tmp_path,
+            "{enabled: true, host: 127.0.0.1, port: 0, transports: [tls], tls_port: 0, "
+            f"tls_cert: {cert}, tls_key: {key}}}",
+        )
+    )
+    server = AgentServer(config).start()
+    try:
+        port = server.sip.endpoint.tls_port
+        assert server.urls()["sip"] == f"sip:agent@127.0.0.1:{port};transport=tls"
+        options = (
+            f"OPTIONS sip:agent@127.0.0.1:{port};transport=tls SIP/2.0\r\n"
+            "Via: SIP/2.0/TLS 127.0.0.1:5999;branch=z9hG4bK-tls-1\r\n"
+            "From: <sip:test@127.0.0.1>;tag=1\r\nTo: <sip:agent@127.0.0.1>\r\n"
+            "Call-ID: tls-options-1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+            "Content-Length: 0\r\n\r\n"
+        )
+        context = ssl.create_default_context(cafile=cert)  # checks the served certificate
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            tls.sendall(options.encode())
+            assert tls.recv(4096).startswith(b"SIP/2.0 200 OK\r\n")
     finally:
         server.stop(grace=0)

@@ -1,4 +1,4 @@
-"""SIP trunking: a SIP user agent (UDP and TCP) and its RTP media plane, on the runtime.
+"""SIP trunking: a SIP user agent (UDP, TCP, TLS) and its RTP media plane, on the runtime.
 
 - :mod:`~flowcat_ft.transports.sip.endpoint`: sockets, framing, the transaction layer;
 - :mod:`~flowcat_ft.transports.sip.dialog`: one call's dialog (answering, BYE, CANCEL,

@@ -643,10 +643,9 @@ class SipCall:
         if self.route_set:
             with contextlib.suppress(SipError):
                 uri = NameAddr.parse(self.route_set[0]).uri
-        transport = uri.params.get("transport")
-        transport = transport.upper() if transport else self.peer.transport
-        default = 5061 if uri.scheme == "sips" else 5060
-        return Peer(transport, uri.host, uri.port or default)
+        named = uri.params.get("transport") or ("tls" if uri.scheme == "sips" else None)
+        transport = named.upper() if named else self.peer.transport
+        return Peer(transport, uri.host, uri.port or (5061 if transport == "TLS" else 5060))
 
     def _ack_for(self, response: Response) -> Request:
         ack = self._request("ACK")

@@ -1,6 +1,8 @@
-"""SIP over UDP and TCP on one event loop: sockets, framing, and the transaction layer.
+"""SIP over UDP, TCP and TLS on one event loop: sockets, framing, and the transaction layer.
 
-A :class:`SipEndpoint` listens on one port for both transports. What arrives is parsed
+A :class:`SipEndpoint` listens on one port for UDP and TCP, and on another for TLS (RFC
+3261 section 26: 5061 by default; the ``ssl`` module's server context, with the
+certificate the operator gives). TLS is framed like TCP. What arrives is parsed
 (:mod:`flowcat_ft.sip.message`) and matched to its transaction
 (:mod:`flowcat_ft.sip.transaction`): a repeated request gets the last response again, a
 response goes to the request it answers, and only what is new reaches the transaction
@@ -9,8 +11,8 @@ transaction to answer through.
 
 A request we cannot read is answered ``400`` with the reason as the reason phrase, where
 its Via and CSeq can be read (else dropped), and counted; nothing a peer sends raises past
-this module. Responses go back where RFC 3261 section 18.2.2 and RFC 3581 say: over TCP on
-the connection the request came on; over UDP to the source address and port when the
+this module. Responses go back where RFC 3261 section 18.2.2 and RFC 3581 say: over TCP or
+TLS on the connection the request came on; over UDP to the source address and port when the
 top Via has ``rport`` (which we fill in, with ``received``), else to the source address and
 the Via's port.
 
@@ -25,6 +27,7 @@ import ipaddress
 import logging
 import secrets
 import socket
+import ssl
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,7 +63,7 @@ def new_tag() -> str:
 
 @dataclass(frozen=True, slots=True)
 class Peer:
-    """Where a message came from or goes: ``"UDP"`` or ``"TCP"``, address, port."""
+    """Where a message came from or goes: ``"UDP"``, ``"TCP"`` or ``"TLS"``, address, port."""
 
     transport: str
     host: str
@@ -69,17 +72,25 @@ class Peer:
     def __str__(self) -> str:
         return f"{self.transport.lower()}:{self.host}:{self.port}"
 
+    @property
+    def reliable(self) -> bool:
+        """Over a connection (TCP, TLS): no retransmissions, responses on the connection."""
+        return self.transport != "UDP"
+
 
 RequestHandler = Callable[[Request, ServerTransaction | None, Peer], None]
 """Gets each new request with its server transaction (None for an ACK) and its source."""
 
 
 class SipEndpoint:
-    """One port's SIP over UDP and TCP (see the module docstring).
+    """One port's SIP over UDP and TCP, and another's over TLS (see the module docstring).
 
     ``advertised`` is the address written into our Via and Contact headers (the public
     address behind NAT; default: the one we listen on, or this host's address towards
-    the peer when listening on every address).
+    the peer when listening on every address). ``tls``: the server context TLS is served
+    with (required with ``"tls"`` in ``transports``), on ``tls_port`` (0: a free one);
+    ``tls_client``: the context our own TLS connections are made with (default: the
+    system's CAs, and the peer's name checked).
     """
 
     def __init__(
@@ -91,16 +102,25 @@ class SipEndpoint:
         port: int = 5060,
         transports: tuple[str, ...] = ("udp", "tcp"),
         advertised: str | None = None,
+        tls: ssl.SSLContext | None = None,
+        tls_port: int = 5061,
+        tls_client: ssl.SSLContext | None = None,
     ) -> None:
         self.io = io
         self.loop = io.loop
         self.host = host
         self.port = port
         self.transports = tuple(t.upper() for t in transports)
+        if "TLS" in self.transports and tls is None:
+            raise ValueError("SIP over TLS needs a TLS context with the server's certificate")
         self.advertised = advertised
+        self.tls = tls
+        self.tls_port = tls_port
+        self.tls_client = tls_client
         self._on_request = on_request
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp_server: asyncio.Server | None = None
+        self._tls_server: asyncio.Server | None = None
         self._connections: dict[Peer, _TcpConnection] = {}
         self._server_transactions: dict[tuple, ServerTransaction] = {}
         self._client_transactions: dict[tuple, ClientTransaction] = {}
@@ -110,6 +130,17 @@ class SipEndpoint:
 
     async def start(self) -> None:
         """Listen (port 0: a free port, the same for UDP and TCP)."""
+        if "TLS" in self.transports:
+            self._tls_server = await self.loop.create_server(
+                lambda: _TcpConnection(self, "TLS"),
+                self.host,
+                self.tls_port,
+                ssl=self.tls,
+                reuse_address=True,
+            )
+            self.tls_port = self._tls_server.sockets[0].getsockname()[1]
+        if not {"UDP", "TCP"} & set(self.transports):
+            return
         if self.port:
             self.port = await self._listen(self.port)
             return
@@ -118,7 +149,7 @@ class SipEndpoint:
                 self.port = await self._listen(0)
                 return
             except OSError:  # the port UDP got is taken for TCP: try another pair
-                self._close_sockets()
+                self._close_udp_tcp()
         raise OSError("no free port for both UDP and TCP")
 
     async def _listen(self, port: int) -> int:
@@ -136,6 +167,12 @@ class SipEndpoint:
         return port
 
     def _close_sockets(self) -> None:
+        self._close_udp_tcp()
+        if self._tls_server is not None:
+            self._tls_server.close()
+            self._tls_server = None
+
+    def _close_udp_tcp(self) -> None:
         if self._udp is not None:
             self._udp.close()
             self._udp = None
@@ -166,14 +203,22 @@ class SipEndpoint:
             return peer.host
         return _address_towards(peer.host if peer is not None else "192.0.2.1")
 
+    def port_for(self, transport: str) -> int:
+        """The port we listen on for ``transport``."""
+        return self.tls_port if transport.upper() == "TLS" else self.port
+
     def via(self, transport: str, peer: Peer | None = None) -> str:
-        host = self.local_address(peer)
-        return str(Via(transport.upper(), host, self.port, {"branch": new_branch(), "rport": None}))
+        host, port = self.local_address(peer), self.port_for(transport)
+        return str(Via(transport.upper(), host, port, {"branch": new_branch(), "rport": None}))
 
     def contact(self, transport: str, peer: Peer | None = None, user: str = "agent") -> NameAddr:
-        """A Contact that reaches this endpoint (not the peer's, nor a proxy's)."""
-        params = {"transport": "tcp"} if transport.upper() == "TCP" else {}
-        return NameAddr(Uri("sip", user, self.local_address(peer), self.port, params))
+        """A Contact that reaches this endpoint (not the peer's, nor a proxy's), over the
+        same transport (``;transport=tls`` rather than a ``sips:`` URI, which would ask for
+        TLS on every hop to us)."""
+        transport = transport.lower()
+        params = {"transport": transport} if transport != "udp" else {}
+        port = self.port_for(transport)
+        return NameAddr(Uri("sip", user, self.local_address(peer), port, params))
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -182,7 +227,7 @@ class SipEndpoint:
         if not data.strip(b"\r\n\x00 "):
             return  # a keep-alive
         try:
-            message = parse(data, stream=peer.transport == "TCP")
+            message = parse(data, stream=peer.reliable)
         except SipError as error:
             self.bad_message(error, peer)
             return
@@ -225,7 +270,7 @@ class SipEndpoint:
             request,
             lambda data: self._send_response_bytes(data, request, peer),
             self.loop,
-            reliable=peer.transport == "TCP",
+            reliable=peer.reliable,
             on_done=lambda t: self._server_transactions.pop(key, None),
         )
         self._server_transactions[key] = transaction
@@ -266,7 +311,7 @@ class SipEndpoint:
         self._send_response_bytes(bytes(response), response, peer)
 
     def _send_response_bytes(self, data: bytes, message: Request | Response, peer: Peer) -> None:
-        if peer.transport == "TCP":
+        if peer.reliable:
             self._send(data, peer)
             return
         top = message.vias[0]
@@ -277,21 +322,35 @@ class SipEndpoint:
         self._send(data, target)
 
     def _send(self, data: bytes, peer: Peer) -> None:
-        if peer.transport == "TCP":
+        if peer.reliable:
             connection = self._connections.get(peer)
             if connection is None:
                 self.counts["dropped"] += 1
-                logger.warning("no TCP connection to %s for a SIP message", peer)
+                logger.warning("no %s connection to %s for a SIP message", peer.transport, peer)
                 return
             connection.transport.write(data)
         elif self._udp is not None:
             self._udp.sendto(data, (peer.host, peer.port))
 
     async def connect(self, peer: Peer) -> None:
-        """Make sure a TCP connection to ``peer`` is open (no-op for UDP)."""
-        if peer.transport != "TCP" or peer in self._connections:
+        """Make sure a TCP or TLS connection to ``peer`` is open (no-op for UDP); TLS
+        checks that the peer's certificate names its address. ``OSError`` if it cannot be
+        made, or if we do not listen on its transport (the peer could not reach our
+        Contact)."""
+        if not peer.reliable or peer in self._connections:
             return
-        await self.loop.create_connection(lambda: _TcpConnection(self, peer), peer.host, peer.port)
+        if peer.transport not in self.transports:  # the peer's requests to our Contact
+            raise OSError(f"SIP does not listen on {peer.transport} here (transports)")
+        tls = None
+        if peer.transport == "TLS":
+            tls = self.tls_client or ssl.create_default_context()
+        await self.loop.create_connection(
+            lambda: _TcpConnection(self, peer.transport, peer),
+            peer.host,
+            peer.port,
+            ssl=tls,
+            server_hostname=peer.host if tls is not None else None,
+        )
 
     async def request(
         self,
@@ -307,7 +366,7 @@ class SipEndpoint:
             request,
             lambda data: self._send(data, peer),
             self.loop,
-            reliable=peer.transport == "TCP",
+            reliable=peer.reliable,
             on_response=on_response,
             on_timeout=on_timeout,
             on_done=lambda t: self._client_transactions.pop(t.key, None),
@@ -344,10 +403,10 @@ class SipEndpoint:
 
     async def resolve(self, uri: Uri) -> Peer:
         """Where requests to ``uri`` go: its host (an address, or a name looked up; no
-        SRV or NAPTR), its port (5060 by default) and its ``transport`` (UDP by default).
-        ``OSError`` if the name cannot be looked up."""
+        SRV or NAPTR), its port (5060 by default, 5061 over TLS) and its ``transport``
+        (UDP by default, TLS for ``sips:``). ``OSError`` if the name cannot be looked up."""
         transport = uri.transport.upper()
-        port = uri.port or 5060
+        port = uri.port or (5061 if transport == "TLS" else 5060)
         host = uri.host
         if not _is_ip(host):
             infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
@@ -380,10 +439,12 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 
 
 class _TcpConnection(asyncio.Protocol):
-    """One TCP connection, either way: messages cut out of the stream by Content-Length."""
+    """One TCP or TLS connection (``kind``), either way: messages cut out of the stream by
+    Content-Length."""
 
-    def __init__(self, endpoint: SipEndpoint, peer: Peer | None = None) -> None:
+    def __init__(self, endpoint: SipEndpoint, kind: str = "TCP", peer: Peer | None = None) -> None:
         self.endpoint = endpoint
+        self.kind = kind
         self.peer = peer
         self.parser = StreamParser()
         self.transport: asyncio.Transport | None = None
@@ -392,7 +453,7 @@ class _TcpConnection(asyncio.Protocol):
         self.transport = transport
         if self.peer is None:
             host, port = transport.get_extra_info("peername")[:2]
-            self.peer = Peer("TCP", host, port)
+            self.peer = Peer(self.kind, host, port)
         self.endpoint._connected(self)
 
     def data_received(self, data: bytes) -> None:

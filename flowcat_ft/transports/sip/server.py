@@ -42,6 +42,7 @@ import ipaddress
 import itertools
 import logging
 import secrets
+import ssl
 import threading
 from collections import deque
 from concurrent.futures import Future
@@ -83,7 +84,9 @@ class CallFailed(Exception):
 class SipOptions:
     """How the SIP server listens and answers.
 
-    ``host``/``port``: where SIP listens (UDP and TCP, or ``transports``);
+    ``host``/``port``: where SIP listens (UDP and TCP, or ``transports``: ``"tls"``
+    among them listens on ``tls_port`` with the server context ``tls``, and our TLS
+    connections to trunks are made with ``tls_client``, by default the system's CAs);
     ``public_address``: the address written into Contact, Via and SDP (behind NAT; None:
     the address we are reached at); ``rtp_ports``: the range RTP ports come from;
     ``codecs``: in order of preference; ``allowed_sources``: addresses or networks
@@ -99,6 +102,9 @@ class SipOptions:
     host: str = "0.0.0.0"
     port: int = 5060
     transports: tuple[str, ...] = ("udp", "tcp")
+    tls: ssl.SSLContext | None = None
+    tls_port: int = 5061
+    tls_client: ssl.SSLContext | None = None
     public_address: str | None = None
     rtp_ports: tuple[int, int] = (20000, 30000)
     codecs: tuple[str, ...] = tuple(CODECS)
@@ -175,6 +181,9 @@ class SipServer:
             port=options.port,
             transports=options.transports,
             advertised=options.public_address,
+            tls=options.tls,
+            tls_port=options.tls_port,
+            tls_client=options.tls_client,
         )
         try:
             self._loops[0].submit(self._start()).result(10)
@@ -198,9 +207,10 @@ class SipServer:
 
     @property
     def uri(self) -> str:
-        """The SIP URI that reaches the agent (``sip:agent@address:port``)."""
+        """The SIP URI that reaches the agent (``sip:agent@address:port``, over the first
+        of the transports: ``;transport=tls`` on the TLS port if that is TLS)."""
         assert self.endpoint is not None, "not started"
-        return f"sip:agent@{self.endpoint.local_address()}:{self.endpoint.port}"
+        return str(self.endpoint.contact(self.options.transports[0]).uri)
 
     @property
     def calls(self) -> list[SipCall]:
