@@ -53,6 +53,7 @@ from flowcat_ft.services.stt import DeepgramSTTService, OpenAISTTService
 from flowcat_ft.services.tts import CartesiaTTSService, ElevenLabsTTSService, OpenAITTSService
 from flowcat_ft.sip.message import SipError, Uri
 from flowcat_ft.sip.sdp import CODECS as SDP_CODECS
+from flowcat_ft.sip.sdp import SRTP_POLICIES
 from flowcat_ft.transports.clients import TrustedProxies
 from flowcat_ft.transports.load import LoadBounds
 from flowcat_ft.transports.server import CARRIERS
@@ -261,7 +262,8 @@ class SipConfig:
     lasts; ``early_media_secs``: when not 0, how long the agent's audio flows as early
     media (183 Session Progress with SDP) before the answer, in place of the ringing;
     ``rtp_timeout``: seconds without RTP before hanging up; ``session_expires``: RFC 4028
-    session interval;
+    session interval; ``srtp``: ``allowed`` (SRTP offers with SDES keys are taken),
+    ``required`` (plain RTP offers get 488; our offers are SRTP) or ``off``;
     ``trunks``: registrars to register with (un-registered at shutdown);
     ``dial_token_env``: the environment variable holding the bearer token of the HTTP
     endpoints that place calls (``POST /sip/calls``...); None: they are not served."""
@@ -282,6 +284,7 @@ class SipConfig:
     early_media_secs: float = bounded(0.0, 0, 60)
     rtp_timeout: float = bounded(30.0, above=0)
     session_expires: int = bounded(1800, 90)
+    srtp: Literal[SRTP_POLICIES] = "allowed"
     trunks: tuple[SipTrunkConfig, ...] = ()
     dial_token_env: str | None = None
 

@@ -55,6 +55,7 @@ def start_sip(
         early_media_secs=sip.early_media_secs,
         rtp_timeout=sip.rtp_timeout,
         session_expires=sip.session_expires,
+        srtp=sip.srtp,
         max_calls=config.limits.max_calls,
         trunks=trunks,
     )

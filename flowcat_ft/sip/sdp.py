@@ -11,13 +11,21 @@
 - the direction: ``sendonly`` or ``inactive`` from the peer is a hold (we answer
   ``recvonly`` / ``inactive`` and stop sending), as is the old ``c=0.0.0.0``;
 - where the peer's media is: its ``c=`` address and ``m=`` port, which a re-INVITE may
-  change.
+  change;
+- SRTP keys (RFC 4568's SDES: ``RTP/SAVP`` with ``a=crypto`` lines), by the ``srtp``
+  policy: ``"off"`` refuses an SRTP offer, ``"allowed"`` takes one (and offers plain RTP),
+  ``"required"`` refuses a plain offer and offers only SRTP. The first crypto line with a
+  suite of :data:`~flowcat_ft.sip.srtp.SUITES` is taken, answered with our own key under
+  its tag; the keys are in the clear in the SDP, so only signalling over TLS keeps them
+  secret.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
+
+from flowcat_ft.sip.srtp import SUITES, SrtpError, decode_key, new_key
 
 __all__ = [
     "CODECS",
@@ -26,6 +34,7 @@ __all__ = [
     "Negotiated",
     "SdpError",
     "SessionDescription",
+    "SrtpKeys",
     "accept_answer",
     "answer",
     "make_offer",
@@ -34,6 +43,7 @@ __all__ = [
 
 DTMF_PAYLOAD_TYPE = 101
 PTIME_MS = 20
+SRTP_POLICIES = ("off", "allowed", "required")
 
 
 class SdpError(ValueError):
@@ -82,7 +92,13 @@ class Media:
     direction: str | None = None
     address: str | None = None
     ptime: int | None = None
+    crypto: list[tuple[int, str, str]] = field(default_factory=list)  # tag, suite, key
     other: list[str] = field(default_factory=list)
+
+    @property
+    def secure(self) -> bool:
+        """Whether the stream is SRTP (``RTP/SAVP``)."""
+        return self.proto.upper().startswith("RTP/SAVP")
 
     def format_name(self, payload_type: int) -> tuple[str, int] | None:
         if payload_type in self.rtpmap:
@@ -124,6 +140,8 @@ class SessionDescription:
                     lines.append(f"a=fmtp:{pt} {media.fmtp[pt]}")
             if media.ptime is not None:
                 lines.append(f"a=ptime:{media.ptime}")
+            for tag, suite, key in media.crypto:
+                lines.append(f"a=crypto:{tag} {suite} inline:{key}")
             if media.direction is not None:
                 lines.append(f"a={media.direction}")
         return "\r\n".join(lines) + "\r\n"
@@ -212,15 +230,32 @@ def _media_attribute(media: Media, attribute: str, argument: str, line: str) -> 
             media.fmtp[int(pt)] = params.strip()
     elif attribute == "ptime" and argument.strip().isdigit():
         media.ptime = int(argument)
+    elif attribute == "crypto":
+        parts = argument.split()
+        if len(parts) < 3 or not parts[0].isdigit() or not parts[2].startswith("inline:"):
+            raise SdpError(f"bad crypto line {line[:80]!r}")
+        if len(parts) == 3:  # session parameters (UNENCRYPTED_SRTP...): not for us
+            key = parts[2].removeprefix("inline:")
+            media.crypto.append((int(parts[0]), parts[1].upper(), key))
     else:
         media.other.append(line)
 
 
 @dataclass(frozen=True, slots=True)
+class SrtpKeys:
+    """The SRTP suite agreed, our key (what we send is protected with it) and the peer's
+    (what we receive), as base64 key and salt."""
+
+    suite: str
+    local: str
+    remote: str
+
+
+@dataclass(frozen=True, slots=True)
 class Negotiated:
     """What an offer/answer agreed: the codec and its payload type, RFC 4733's payload
-    type (None if the peer did not take it), where the peer's RTP goes, and whether we
-    may send and should expect to receive."""
+    type (None if the peer did not take it), where the peer's RTP goes, whether we
+    may send and should expect to receive, and the SRTP keys (None: plain RTP)."""
 
     codec: Codec
     payload_type: int
@@ -229,6 +264,7 @@ class Negotiated:
     remote_port: int
     send: bool
     receive: bool
+    srtp: SrtpKeys | None = None
 
     @property
     def on_hold(self) -> bool:
@@ -247,12 +283,18 @@ def answer(
     codecs: tuple[str, ...] = tuple(CODECS),
     session_id: int | None = None,
     version: int = 1,
+    srtp: str = "allowed",
+    srtp_key: str | None = None,
 ) -> tuple[SessionDescription, Negotiated]:
     """Our answer to ``offer``, with our RTP at ``address``:``port``, accepting the first
-    of the offer's codecs that is in ``codecs``. :class:`SdpError` (488) if none is."""
+    of the offer's codecs that is in ``codecs``, and SRTP as the ``srtp`` policy says
+    (``srtp_key``: our key, kept from an earlier answer; default: a new one).
+    :class:`SdpError` (488) if no codec is in common or SRTP cannot be agreed."""
     audio = offer.audio
-    if audio is None or audio.port == 0 or not audio.proto.startswith("RTP/AVP"):
-        raise SdpError("the offer has no RTP/AVP audio stream", 488)
+    rtp = ("RTP/AVP", "RTP/SAVP")
+    if audio is None or audio.port == 0 or not audio.proto.upper().startswith(rtp):
+        raise SdpError("the offer has no RTP/AVP or RTP/SAVP audio stream", 488)
+    keys, crypto = _answer_srtp(audio, srtp, srtp_key)
     chosen, dtmf = None, None
     for pt in audio.formats:
         named = audio.format_name(pt)
@@ -276,6 +318,7 @@ def answer(
     direction = _REVERSE[offered_direction]
     formats = [pt] + ([dtmf] if dtmf is not None else [])
     media = Media("audio", port, audio.proto, formats, ptime=PTIME_MS, direction=direction)
+    media.crypto = crypto
     media.rtpmap[pt] = (codec.name, codec.clock_rate)
     if dtmf is not None:
         media.rtpmap[dtmf] = ("telephone-event", 8000)
@@ -290,8 +333,34 @@ def answer(
         audio.port,
         send=direction in ("sendrecv", "sendonly"),
         receive=direction in ("sendrecv", "recvonly"),
+        srtp=keys,
     )
     return description, negotiated
+
+
+def _answer_srtp(
+    audio: Media, policy: str, key: str | None
+) -> tuple[SrtpKeys | None, list[tuple[int, str, str]]]:
+    """The SRTP keys of our answer to ``audio``, and its crypto line (:class:`SdpError`
+    488 where the ``policy`` or the offer's suites rule SRTP out)."""
+    if not audio.secure:
+        if policy == "required":
+            raise SdpError("SRTP is required here: offer RTP/SAVP with a=crypto", 488)
+        return None, []
+    if policy == "off":
+        raise SdpError("SRTP is not taken here: offer RTP/AVP", 488)
+    for tag, suite, remote in audio.crypto:
+        if suite not in SUITES:
+            continue
+        try:
+            decode_key(remote)
+        except SrtpError:
+            continue
+        local = key or new_key()
+        return SrtpKeys(suite, local, remote), [(tag, suite, local)]
+    offered = ", ".join(suite for _, suite, _ in audio.crypto) or "none"
+    taken = ", ".join(SUITES)
+    raise SdpError(f"no SRTP crypto suite in common: offered {offered}; we take {taken}", 488)
 
 
 def make_offer(
@@ -302,10 +371,15 @@ def make_offer(
     session_id: int | None = None,
     version: int = 1,
     direction: str = "sendrecv",
+    srtp: bool = False,
 ) -> SessionDescription:
-    """Our offer: ``codecs`` in order of preference, then telephone-event, 20 ms."""
+    """Our offer: ``codecs`` in order of preference, then telephone-event, 20 ms; with
+    ``srtp``, as ``RTP/SAVP`` with one crypto line per suite (each its own key)."""
     formats = [CODECS[name].static_type for name in codecs] + [DTMF_PAYLOAD_TYPE]
-    media = Media("audio", port, "RTP/AVP", formats, ptime=PTIME_MS, direction=direction)
+    proto = "RTP/SAVP" if srtp else "RTP/AVP"
+    media = Media("audio", port, proto, formats, ptime=PTIME_MS, direction=direction)
+    if srtp:
+        media.crypto = [(tag, suite, new_key()) for tag, suite in enumerate(SUITES, 1)]
     for name in codecs:
         codec = CODECS[name]
         media.rtpmap[codec.static_type] = (codec.name, codec.clock_rate)
@@ -334,6 +408,7 @@ def accept_answer(offer: SessionDescription, reply: SessionDescription) -> Negot
             chosen = (pt, CODECS[named[0]])
     if chosen is None:
         raise SdpError("the answer has none of the codecs we offered", 488)
+    keys = _accepted_srtp(ours, audio)
     direction = _REVERSE[audio.direction or reply.direction or "sendrecv"]
     ours_direction = ours.direction or "sendrecv"
     send = direction in ("sendrecv", "sendonly") and ours_direction in ("sendrecv", "sendonly")
@@ -346,7 +421,26 @@ def accept_answer(offer: SessionDescription, reply: SessionDescription) -> Negot
         audio.port,
         send=send,
         receive=receive,
+        srtp=keys,
     )
+
+
+def _accepted_srtp(ours: Media, theirs: Media) -> SrtpKeys | None:
+    """The SRTP keys an answer took (:class:`SdpError` 488 if it does not match what we
+    offered: a suite we did not offer under its tag, SRTP we did not offer or refused)."""
+    if not ours.secure:
+        if theirs.secure:
+            raise SdpError("the answer is SRTP, which we did not offer", 488)
+        return None
+    offered = {tag: (suite, key) for tag, suite, key in ours.crypto}
+    for tag, suite, remote in theirs.crypto if theirs.secure else ():
+        if tag in offered and offered[tag][0] == suite:
+            try:
+                decode_key(remote)
+            except SrtpError as error:
+                raise SdpError(f"the answer's SRTP key: {error}", 488) from None
+            return SrtpKeys(suite, offered[tag][1], remote)
+    raise SdpError("the answer took none of the SRTP crypto suites we offered", 488)
 
 
 def with_version(description: SessionDescription, version: int) -> SessionDescription:

@@ -52,6 +52,7 @@ from flowcat_ft.sip.sdp import (
     parse_sdp,
     with_version,
 )
+from flowcat_ft.sip.srtp import new_key
 from flowcat_ft.transports.sip.endpoint import Peer, new_tag
 
 if TYPE_CHECKING:
@@ -118,6 +119,7 @@ class SipCall:
         self._local_sdp: SessionDescription | None = None
         self._version = 1
         self._session_id = next(_session_ids)
+        self._srtp_key = new_key()  # ours in every SRTP answer of the call
         self._refresh_interval: float | None = None
         self._we_refresh = False
         self._session_timer: asyncio.TimerHandle | None = None
@@ -175,6 +177,8 @@ class SipCall:
                     port,
                     codecs=self.server.options.codecs,
                     session_id=self._session_id,
+                    srtp=self.server.options.srtp,
+                    srtp_key=self._srtp_key,
                 )
             else:  # a late offer: ours goes in the 200, the answer comes in the ACK
                 self._local_sdp = self._pending_offer = self.server.offer(
@@ -530,6 +534,8 @@ class SipCall:
                     codecs=self.server.options.codecs,
                     session_id=self._session_id,
                     version=self._version,
+                    srtp=self.server.options.srtp,
+                    srtp_key=self._srtp_key,
                 )
             except SdpError as error:
                 response = request.response(error.status, to_tag=self.local_tag)

@@ -19,6 +19,10 @@ media loop. Every 20 ms, from the loop's :class:`~flowcat_ft.transports.pacer.Ti
   place in the audio. While the peer holds the call (``sendonly`` or
   ``inactive``) nothing is sent and the agent's audio is dropped.
 
+SRTP (when the SDP agreed keys, :mod:`flowcat_ft.sip.srtp`): every packet out is
+encrypted and tagged, RTCP too; a packet in whose tag is wrong, or a replay, is counted
+(``unauthenticated``) and dropped before anything else looks at it, latching included.
+
 Symmetric RTP (RFC 4961): packets go to the SDP's address until the first packet comes,
 then to wherever that packet came from (the peer's NAT). RTCP: a sender report (or a
 receiver report, before we have sent) every :data:`RTCP_INTERVAL` seconds, with a report
@@ -57,6 +61,7 @@ from flowcat_ft.sip.rtp import (
     rtp_packet,
     sender_report,
 )
+from flowcat_ft.sip.srtp import SUITES, SrtpContext, SrtpError
 from flowcat_ft.transports.call_edge import CallEdge
 
 if TYPE_CHECKING:
@@ -156,6 +161,8 @@ class RtpSession(CallEdge):
         self._jitter: JitterBuffer | None = None
         self._remote_ssrc: int | None = None
         self._dtmf_in = DtmfReceiver()
+        self._srtp_out: SrtpContext | None = None  # protects what we send (our key)
+        self._srtp_in: SrtpContext | None = None  # checks what we receive (the peer's key)
         self._stats = ReceptionStats()
         self._in_clock: float | None = None  # when the next frame is due to the pipeline
         self._in_step = FRAME_SECS  # the peer's packet time (its ptime)
@@ -168,6 +175,7 @@ class RtpSession(CallEdge):
         self.packets_in = self.packets_out = self.octets_out = 0
         self.dtmf_in = self.dtmf_out = 0
         self.ignored = 0  # packets of other payload types or sources, or past the depth
+        self.unauthenticated = 0  # SRTP or SRTCP packets with a wrong tag, or replays
         self.rtcp_in = self.rtcp_out = 0
 
     @property
@@ -219,6 +227,11 @@ class RtpSession(CallEdge):
             self._latched = False  # latch again onto wherever the new stream comes from
         if old is not None and old.codec != negotiated.codec:
             self._jitter = None
+        if old is None or old.srtp != negotiated.srtp:
+            keys = negotiated.srtp
+            suite = SUITES[keys.suite] if keys is not None else None
+            self._srtp_out = SrtpContext(suite, keys.local) if keys is not None else None
+            self._srtp_in = SrtpContext(suite, keys.remote) if keys is not None else None
         if not negotiated.send:
             self._queue.clear()
         self._last_packet = self._loop.time()
@@ -318,6 +331,8 @@ class RtpSession(CallEdge):
 
     def _send(self, payload_type: int, timestamp: int, payload: bytes, marker: bool) -> None:
         packet = rtp_packet(payload_type, self._seq, timestamp, self._ssrc, payload, marker)
+        if self._srtp_out is not None:
+            packet = self._srtp_out.protect(packet)
         self._seq = (self._seq + 1) & 0xFFFF
         self._rtp.sendto(packet, self._remote)
         self.packets_out += 1
@@ -329,6 +344,13 @@ class RtpSession(CallEdge):
         if self.closed:
             return
         negotiated = self.negotiated
+        if self._srtp_in is not None:
+            try:
+                data = self._srtp_in.unprotect(data)
+            except SrtpError as error:
+                self.unauthenticated += 1
+                logger.debug("SRTP packet dropped: %s", error)
+                return
         try:
             packet = parse_rtp(data)
         except ValueError:
@@ -373,6 +395,12 @@ class RtpSession(CallEdge):
 
     def rtcp_received(self, data: bytes, source: tuple[str, int]) -> None:
         try:
+            if self._srtp_in is not None:
+                data = self._srtp_in.unprotect_rtcp(data)
+        except SrtpError:
+            self.unauthenticated += 1
+            return
+        try:
             reports = parse_rtcp(data)
         except ValueError:
             return
@@ -399,6 +427,8 @@ class RtpSession(CallEdge):
             )
         else:
             packet = receiver_report(self._ssrc, block, self._cname)
+        if self._srtp_out is not None:
+            packet = self._srtp_out.protect_rtcp(packet)
         self._rtcp.sendto(packet, (self._remote[0], self._remote[1] + 1))
         self.rtcp_out += 1
 

@@ -95,8 +95,11 @@ class SipOptions:
     long the agent's audio flows as early media (``183 Session Progress`` with our SDP,
     in place of the 180) before the answer; ``rtp_timeout``: seconds without RTP
     before hanging up; ``session_expires`` / ``min_se``: RFC 4028 session timers;
-    ``max_calls``: calls at once (None: the runtime's limit only); ``trunks``: registrars
-    to register with (:class:`~flowcat_ft.transports.sip.registration.Trunk`).
+    ``srtp``: ``"allowed"`` (an SRTP offer with SDES keys is taken, ours are plain RTP),
+    ``"required"`` (a plain offer gets 488, ours are SRTP) or ``"off"`` (an SRTP offer
+    gets 488); ``max_calls``: calls at once (None: the runtime's limit only);
+    ``trunks``: registrars to register with
+    (:class:`~flowcat_ft.transports.sip.registration.Trunk`).
     """
 
     host: str = "0.0.0.0"
@@ -114,6 +117,7 @@ class SipOptions:
     rtp_timeout: float = 30.0
     session_expires: int = 1800
     min_se: int = 90
+    srtp: str = "allowed"
     max_calls: int | None = None
     trunks: tuple[Trunk, ...] = ()
     user_agent: str = "flowcat-ft"
@@ -480,8 +484,13 @@ class SipServer:
         return self.options.public_address or self.endpoint.local_address(peer)
 
     def offer(self, peer: Peer, port: int, session_id: int) -> SessionDescription:
+        """Our SDP offer (SRTP only where ``options.srtp`` requires it)."""
         return make_offer(
-            self.media_address(peer), port, codecs=self.options.codecs, session_id=session_id
+            self.media_address(peer),
+            port,
+            codecs=self.options.codecs,
+            session_id=session_id,
+            srtp=self.options.srtp == "required",
         )
 
 
