@@ -264,7 +264,9 @@ class SipConfig:
     ``rtp_timeout``: seconds without RTP before hanging up; ``session_expires``: RFC 4028
     session interval; ``srtp``: ``allowed`` (SRTP offers with SDES keys are taken),
     ``required`` (plain RTP offers get 488; our offers are SRTP) or ``off``;
-    ``trunks``: registrars to register with (un-registered at shutdown);
+    ``trunks``: registrars to register with (un-registered at shutdown); ``nameservers``:
+    DNS servers that find trunks by NAPTR and SRV (``address`` or ``address:port``; empty:
+    the system's);
     ``dial_token_env``: the environment variable holding the bearer token of the HTTP
     endpoints that place calls (``POST /sip/calls``...); None: they are not served."""
 
@@ -286,6 +288,7 @@ class SipConfig:
     session_expires: int = bounded(1800, 90)
     srtp: Literal[SRTP_POLICIES] = "allowed"
     trunks: tuple[SipTrunkConfig, ...] = ()
+    nameservers: tuple[str, ...] = ()
     dial_token_env: str | None = None
 
     def tls_context(self) -> ssl.SSLContext | None:

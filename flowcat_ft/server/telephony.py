@@ -58,6 +58,7 @@ def start_sip(
         srtp=sip.srtp,
         max_calls=config.limits.max_calls,
         trunks=trunks,
+        nameservers=sip.nameservers,
     )
     sip_server = SipServer(
         runtime, pipeline, options, media=media, loops=server.loops, turn_log=server.turns

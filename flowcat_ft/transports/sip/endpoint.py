@@ -44,6 +44,7 @@ from flowcat_ft.sip.message import (
     parse,
 )
 from flowcat_ft.sip.transaction import ClientTransaction, ServerTransaction
+from flowcat_ft.transports.sip.locate import Locator
 
 if TYPE_CHECKING:
     from flowcat_ft.loops import EventLoopThread
@@ -90,7 +91,8 @@ class SipEndpoint:
     the peer when listening on every address). ``tls``: the server context TLS is served
     with (required with ``"tls"`` in ``transports``), on ``tls_port`` (0: a free one);
     ``tls_client``: the context our own TLS connections are made with (default: the
-    system's CAs, and the peer's name checked).
+    system's CAs, and the peer's name checked); ``nameservers``: the DNS servers that
+    locate peers (``"address"`` or ``"address:port"``; default: the system's).
     """
 
     def __init__(
@@ -105,6 +107,7 @@ class SipEndpoint:
         tls: ssl.SSLContext | None = None,
         tls_port: int = 5061,
         tls_client: ssl.SSLContext | None = None,
+        nameservers: tuple[str, ...] = (),
     ) -> None:
         self.io = io
         self.loop = io.loop
@@ -117,6 +120,7 @@ class SipEndpoint:
         self.tls = tls
         self.tls_port = tls_port
         self.tls_client = tls_client
+        self._locator = Locator(self.transports, nameservers)
         self._on_request = on_request
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp_server: asyncio.Server | None = None
@@ -402,15 +406,10 @@ class SipEndpoint:
         return await done
 
     async def resolve(self, uri: Uri) -> Peer:
-        """Where requests to ``uri`` go: its host (an address, or a name looked up; no
-        SRV or NAPTR), its port (5060 by default, 5061 over TLS) and its ``transport``
-        (UDP by default, TLS for ``sips:``). ``OSError`` if the name cannot be looked up."""
-        transport = uri.transport.upper()
-        port = uri.port or (5061 if transport == "TLS" else 5060)
-        host = uri.host
-        if not _is_ip(host):
-            infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-            host = infos[0][4][0]
+        """Where requests to ``uri`` go, by RFC 3263 (NAPTR, SRV, then the host's address:
+        :mod:`~flowcat_ft.transports.sip.locate`): the first server to try. ``OSError``
+        if there is none."""
+        transport, host, port = (await self._locator.locate(uri))[0]
         return Peer(transport, host, port)
 
     def send_ack(self, ack: Request, peer: Peer) -> None:

@@ -99,7 +99,9 @@ class SipOptions:
     ``"required"`` (a plain offer gets 488, ours are SRTP) or ``"off"`` (an SRTP offer
     gets 488); ``max_calls``: calls at once (None: the runtime's limit only);
     ``trunks``: registrars to register with
-    (:class:`~flowcat_ft.transports.sip.registration.Trunk`).
+    (:class:`~flowcat_ft.transports.sip.registration.Trunk`); ``nameservers``: the DNS
+    servers that locate trunks and phones by NAPTR and SRV (``"address"`` or
+    ``"address:port"``; empty: the system's).
     """
 
     host: str = "0.0.0.0"
@@ -120,6 +122,7 @@ class SipOptions:
     srtp: str = "allowed"
     max_calls: int | None = None
     trunks: tuple[Trunk, ...] = ()
+    nameservers: tuple[str, ...] = ()
     user_agent: str = "flowcat-ft"
 
 
@@ -188,6 +191,7 @@ class SipServer:
             tls=options.tls,
             tls_port=options.tls_port,
             tls_client=options.tls_client,
+            nameservers=options.nameservers,
         )
         try:
             self._loops[0].submit(self._start()).result(10)
