@@ -130,15 +130,17 @@ def sipp(server: SipServer, scenario: str, *, transport: str = "u1", timeout: in
 
 @pytest.fixture
 def phone():
-    """``phone(scenario)``: a SIPp UAS on a free port, echoing RTP; yields its URI."""
+    """``phone(scenario, transport="u1")``: a SIPp UAS on a free port (UDP, or TCP with
+    ``"t1"``), echoing RTP; yields its URI."""
     started: list[subprocess.Popen] = []
 
-    def start(scenario: str) -> tuple[str, subprocess.Popen]:
-        port, media = free_port(), free_port(even=True)
+    def start(scenario: str, transport: str = "u1") -> tuple[str, subprocess.Popen]:
+        kind = socket.SOCK_STREAM if transport == "t1" else socket.SOCK_DGRAM
+        port, media = free_port(kind), free_port(even=True)
         command = [
             need("sipp"), "-sf", str(SCENARIOS / scenario), "-i", "127.0.0.1",
             "-p", str(port), "-mp", str(media), "-rtp_echo", "-m", "1", "-nostdin",
-            "-timeout", "30s", "-timeout_error",
+            "-timeout", "30s", "-timeout_error", "-t", transport,
         ]  # fmt: skip
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         started.append(process)
@@ -207,3 +209,12 @@ def live_call(server: SipServer) -> Iterator[LiveCall]:
         yield call
     finally:
         call.close()
+
+
+def registrar(scenario: str, port: int, transport: str = "u1") -> subprocess.Popen:
+    """SIPp as a registrar on ``port`` (UDP, or TCP with ``"t1"``), playing ``scenario``."""
+    command = [
+        need("sipp"), "-sf", str(SCENARIOS / scenario), "-i", "127.0.0.1", "-p", str(port),
+        "-t", transport, "-m", "1", "-nostdin", "-timeout", "60s", "-timeout_error",
+    ]  # fmt: skip
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -14,9 +14,11 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 import pytest
-from conftest import Heard, finished, listening
+from conftest import Heard, finished, free_port, listening, registrar
+from helpers import wait_until
 
 from flowcat_ft.sip.message import Uri
+from flowcat_ft.transports.sip import Trunk
 from flowcat_ft.transports.sip.locate import Locator
 
 
@@ -133,3 +135,50 @@ def test_the_agent_calls_a_phone_its_trunks_dns_points_at(sip_server, phone, zon
     assert (call.peer.transport, call.peer.host, call.peer.port) == ("UDP", "127.0.0.1", port)
     server.hang_up(call.call_id)
     finished(process)
+
+
+def test_the_next_srv_target_is_tried_when_the_first_cannot_be_reached(sip_server, phone, zone):
+    dead = free_port(socket.SOCK_STREAM)  # nothing listens: the connection is refused
+    uri, process = phone("answer.xml", "t1")
+    port = Uri.parse(uri).port
+    dns_zone = zone(
+        {
+            ("_sip._tcp.trunk.test", "SRV"): [
+                f"10 0 {dead} sbc1.trunk.test.",
+                f"20 0 {port} sbc2.trunk.test.",
+            ],
+            ("sbc1.trunk.test", "A"): ["127.0.0.1"],
+            ("sbc2.trunk.test", "A"): ["127.0.0.1"],
+        }
+    )
+    server = sip_server(listening(Heard()), nameservers=(dns_zone.address,))
+    call = server.dial("sip:+15551234@trunk.test;transport=tcp").result(15)
+    assert (call.peer.transport, call.peer.port) == ("TCP", port)
+    assert server.ended[-1].end_reason.startswith("503 cannot connect")  # the first try
+    server.hang_up(call.call_id)
+    finished(process)
+
+
+def test_a_registrar_that_cannot_be_reached_is_passed_over(sip_server, zone):
+    dead, port = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_STREAM)
+    sipp = registrar("registrar_hour.xml", port, "t1")
+    try:
+        dns_zone = zone(
+            {
+                ("_sip._tcp.pbx.test", "SRV"): [
+                    f"10 0 {dead} pbx1.pbx.test.",
+                    f"20 0 {port} pbx2.pbx.test.",
+                ],
+                ("pbx1.pbx.test", "A"): ["127.0.0.1"],
+                ("pbx2.pbx.test", "A"): ["127.0.0.1"],
+            }
+        )
+        trunk = Trunk(registrar="sip:pbx.test;transport=tcp", user="agent")
+        server = sip_server(listening(Heard()), trunks=(trunk,), nameservers=(dns_zone.address,))
+        (registration,) = server.registrations
+        assert wait_until(lambda: registration.state == "registered", 10)
+        server.stop(grace=0)  # the un-REGISTER goes to the registrar that took it
+        assert sipp.wait(15) == 0, sipp.stderr.read().decode()
+    finally:
+        sipp.kill()
+        sipp.wait()

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-
-from conftest import SCENARIOS, Heard, free_port, listening, need
+from conftest import Heard, free_port, listening, registrar
 from helpers import wait_until
 
 from flowcat_ft.transports.sip import Trunk
 
 
-def registrar(port: int) -> subprocess.Popen:
-    command = [
-        need("sipp"), "-sf", str(SCENARIOS / "registrar.xml"), "-i", "127.0.0.1",
-        "-p", str(port), "-m", "1", "-nostdin", "-timeout", "30s", "-timeout_error",
-    ]  # fmt: skip
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
 def test_register_with_digest_refresh_and_unregister(sip_server):
     port = free_port()
-    sipp = registrar(port)
+    sipp = registrar("registrar.xml", port)
     try:
         trunk = Trunk(
             registrar=f"sip:127.0.0.1:{port}", user="agent", password="secret", expires=60
@@ -40,7 +30,7 @@ def test_register_with_digest_refresh_and_unregister(sip_server):
 
 def test_a_wrong_password_is_a_failure_that_names_the_status(sip_server):
     port = free_port()
-    sipp = registrar(port)
+    sipp = registrar("registrar.xml", port)
     try:
         trunk = Trunk(registrar=f"sip:127.0.0.1:{port}", user="agent", password="wrong")
         server = sip_server(listening(Heard()), trunks=(trunk,))

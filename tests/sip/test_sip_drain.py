@@ -5,27 +5,17 @@ binding is removed."""
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
-from conftest import SCENARIOS, Heard, free_port, listening, live_call, need, sipp
+from conftest import Heard, free_port, listening, live_call, registrar, sipp
 from helpers import wait_until
 
 from flowcat_ft.transports.sip import CallFailed, Trunk
 
 
-def registrar(port: int) -> subprocess.Popen:
-    command = [
-        need("sipp"), "-sf", str(SCENARIOS / "registrar_drain.xml"), "-i", "127.0.0.1",
-        "-p", str(port), "-m", "1", "-nostdin", "-timeout", "60s", "-timeout_error",
-    ]  # fmt: skip
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
 def test_draining_refuses_new_calls_and_pings_while_the_live_call_goes_on(sip_server):
     heard = Heard()
     port = free_port()
-    trunk_registrar = registrar(port)
+    trunk_registrar = registrar("registrar_hour.xml", port)
     try:
         trunk = Trunk(registrar=f"sip:127.0.0.1:{port}", user="agent")
         server = sip_server(listening(heard), trunks=(trunk,))

@@ -128,6 +128,7 @@ class SipCall:
         self._transfer: asyncio.Future[bool] | None = None  # our REFER's outcome
         self.started_at = time.monotonic()
         self._early_media: asyncio.Task | None = None  # opening the call on a 18x (outbound)
+        self.reached = False  # the peer answered our INVITE with anything (outbound)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -332,6 +333,7 @@ class SipCall:
         self._invite_sent = invite
 
         def on_response(response: Response) -> None:
+            self.reached = True
             if response.status < 200:
                 self._provisional(response)
                 return

@@ -405,12 +405,11 @@ class SipEndpoint:
             return request.response(408, f"cannot connect: {error.strerror or error}")
         return await done
 
-    async def resolve(self, uri: Uri) -> Peer:
+    async def locate(self, uri: Uri) -> list[Peer]:
         """Where requests to ``uri`` go, by RFC 3263 (NAPTR, SRV, then the host's address:
-        :mod:`~flowcat_ft.transports.sip.locate`): the first server to try. ``OSError``
-        if there is none."""
-        transport, host, port = (await self._locator.locate(uri))[0]
-        return Peer(transport, host, port)
+        :mod:`~flowcat_ft.transports.sip.locate`): the servers to try, in order.
+        ``OSError`` if there is none."""
+        return [Peer(*target) for target in await self._locator.locate(uri)]
 
     def send_ack(self, ack: Request, peer: Peer) -> None:
         """An ACK for a 2xx: no transaction of its own (RFC 3261 section 13.2.2.4)."""

@@ -14,7 +14,8 @@ domain's DNS says which transports and servers take SIP, and in what order.
 - no SRV record at all: the host's addresses on the default port.
 
 SRV records come in RFC 2782's order (lowest priority first, weighted at random within a
-priority: dnspython's ``processing_order``), each target's addresses in turn. Only the
+priority: dnspython's ``processing_order``), each target's addresses in turn; a caller
+tries the next when one cannot be reached or answers 503 (section 4.3). Only the
 transports we listen on are used (a peer must reach our Contact over the same one).
 The resolver is dnspython's asyncio one (pure Python; the GIL stays off), with the
 system's resolver configuration or the ``nameservers`` given.

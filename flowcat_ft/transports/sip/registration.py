@@ -70,6 +70,7 @@ class Registration:
         self.expires = 0  # the interval granted
         self._task: asyncio.Task | None = None
         self._stopping: asyncio.Task | None = None
+        self._peer: Peer | None = None  # the server that took our binding
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._keep_registered())
@@ -99,11 +100,42 @@ class Registration:
                 await asyncio.sleep(RETRY_SECS)
 
     async def _register(self, expires: int) -> int:
-        """One registration (with its challenges); the interval granted, 0 if refused."""
+        """One registration (with its challenges); the interval granted, 0 if refused.
+        Each server DNS gives for the registrar is tried in turn while one cannot be
+        reached or is unavailable (RFC 3263 section 4.3), the one that took the binding
+        first."""
         try:
-            peer = await self.endpoint.resolve(self.registrar)
+            peers = await self.endpoint.locate(self.registrar)
         except OSError as error:
             return self._failed(f"cannot look up {self.registrar.host}: {error}")
+        if self._peer in peers:
+            peers.remove(self._peer)
+            peers.insert(0, self._peer)
+        for peer in peers:
+            try:
+                response, expires = await self._register_at(peer, expires)
+            except DigestError as error:
+                return self._failed(f"cannot answer the challenge: {error}")
+            if response.status not in (408, 503):
+                break
+            logger.info("registrar %s: %d %s", peer, response.status, response.reason)
+        if response.status >= 300:
+            return self._failed(f"{response.status} {response.reason}")
+        if not expires:
+            logger.info("unregistered from %s", self.registrar)
+            return 0
+        granted = self._granted(response, expires, peer)
+        self.state, self.expires, self._peer = "registered", granted, peer
+        self.last_status = f"{response.status} {response.reason}"
+        logger.info(
+            "registered %s with %s (%s) for %d s", self.aor.uri, self.registrar, peer, granted
+        )
+        return granted
+
+    async def _register_at(self, peer: Peer, expires: int) -> tuple[Response, int]:
+        """REGISTER with one server, answering its challenges and its Min-Expires: the
+        final response, and the interval asked for last. ``DigestError`` if a challenge
+        cannot be answered."""
         for _ in range(3):  # a challenge, a stale nonce, a Min-Expires
             request = self._request(expires, peer)
             response = await self.endpoint.final_response(request, peer)
@@ -111,10 +143,7 @@ class Registration:
                 challenges = response.headers.values(
                     "Proxy-Authenticate" if response.status == 407 else "WWW-Authenticate"
                 )
-                try:
-                    self._challenge, self._nc = (response.status, strongest(challenges)), 0
-                except DigestError as error:
-                    return self._failed(f"cannot answer the challenge: {error}")
+                self._challenge, self._nc = (response.status, strongest(challenges)), 0
                 continue
             if response.status == 423:
                 minimum = response.headers.get("Min-Expires") or ""
@@ -122,16 +151,7 @@ class Registration:
                     expires = int(minimum)
                     continue
             break
-        if response.status >= 300:
-            return self._failed(f"{response.status} {response.reason}")
-        if not expires:
-            logger.info("unregistered from %s", self.registrar)
-            return 0
-        granted = self._granted(response, expires, peer)
-        self.state, self.expires = "registered", granted
-        self.last_status = f"{response.status} {response.reason}"
-        logger.info("registered %s with %s for %d s", self.aor.uri, self.registrar, granted)
-        return granted
+        return response, expires
 
     def _request(self, expires: int, peer: Peer) -> Request:
         """A REGISTER, with credentials for the last challenge (its nonce reused, with the

@@ -420,7 +420,21 @@ class SipServer:
             raise CallFailed(503, _DRAINING)
         if self.options.max_calls is not None and len(self._calls) >= self.options.max_calls:
             raise CallFailed(503, "the server is full")
-        peer = await self.endpoint.resolve(uri)
+        peers = await self.endpoint.locate(uri)
+        for peer, next_peer in zip(peers, [*peers[1:], None], strict=True):
+            call = await self._placed_call(uri, peer, from_user)
+            response = await call.dial(credentials, ring_timeout)
+            if call.state == "confirmed":
+                logger.info("%s answered our call %s", to, call.call_id)
+                return call
+            if next_peer is None or call.reached or response.status not in _FAILOVER:
+                raise CallFailed(response.status, response.reason)
+            # RFC 3263 section 4.3: a server that cannot be reached, or is unavailable
+            logger.info("%s: %d %s; trying %s", peer, response.status, response.reason, next_peer)
+        raise AssertionError("unreachable: locate() returns a server or raises")
+
+    async def _placed_call(self, uri: Uri, peer: Peer, from_user: str) -> SipCall:
+        """A call to ``uri`` through ``peer``, its RTP port bound, its INVITE not sent."""
         media = self._media_session()
         try:
             bind = media.bind(self.rtp_ports, self.rtp_host)
@@ -444,10 +458,6 @@ class SipServer:
             headers.add(name, value)
         call = SipCall(self, Request("INVITE", uri, headers), None, peer, media, outbound=True)
         self._add(call)
-        response = await call.dial(credentials, ring_timeout)
-        if call.state != "confirmed":
-            raise CallFailed(response.status, response.reason)
-        logger.info("%s answered our call %s", to, call.call_id)
         return call
 
     def hang_up(self, call_id: str, reason: str = "hung up by the application") -> None:
@@ -499,6 +509,9 @@ class SipServer:
 
 
 _UNREGISTER_SECS = 5.0
+_FAILOVER = (408, 503)
+"""Failures of ours (no answer, no connection: 408) or the server's (503) after which the
+next server DNS gave is tried (RFC 3263 section 4.3)."""
 _DRAINING = "the server is draining"
 RETRY_AFTER_FULL = 5
 """Seconds a trunk is asked to wait before it sends a full server another INVITE."""
