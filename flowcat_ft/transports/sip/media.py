@@ -23,6 +23,12 @@ SRTP (when the SDP agreed keys, :mod:`flowcat_ft.sip.srtp`): every packet out is
 encrypted and tagged, RTCP too; a packet in whose tag is wrong, or a replay, is counted
 (``unauthenticated``) and dropped before anything else looks at it, latching included.
 
+With ``MediaOptions(pace_output=False)`` (benchmarks, like the WebSocket sessions' option)
+there is no playout clock on either side: each audio packet goes to the pipeline as it
+arrives, without the jitter buffer, and the agent's audio goes out as it comes, one packet
+per 20 ms chunk, with nothing sent in between (no silence, no DTMF events), so a round trip
+measures the runtime rather than the clocks.
+
 Symmetric RTP (RFC 4961): packets go to the SDP's address until the first packet comes,
 then to wherever that packet came from (the peer's NAT). RTCP: a sender report (or a
 receiver report, before we have sent) every :data:`RTCP_INTERVAL` seconds, with a report
@@ -290,7 +296,8 @@ class RtpSession(CallEdge):
             self._out_clock += skipped * FRAME_SECS
             self._skipped = True  # the next packet's marker tells the peer to resync
         while self._out_clock <= now:
-            self._next_output()
+            if self.options.pace_output:
+                self._next_output()
             self._out_clock += FRAME_SECS
         return True
 
@@ -298,7 +305,9 @@ class RtpSession(CallEdge):
         jitter, negotiated = self._jitter, self.negotiated
         if jitter is None or negotiated is None or not negotiated.receive:
             return
-        payload = jitter.get(at).payload
+        self._to_pipeline(jitter.get(at).payload, negotiated)
+
+    def _to_pipeline(self, payload: bytes, negotiated: Negotiated) -> None:
         try:
             self._add_audio(payload, 8000, negotiated.codec.wire_codec)
         except ProtocolError as error:
@@ -318,13 +327,18 @@ class RtpSession(CallEdge):
             self._send(negotiated.dtmf_payload_type, self._dtmf_timestamp, payload, first)
             return
         if self._queue:
-            payload, marker = self._queue.popleft(), not self._talking
-            self._talking = True
-        else:
-            payload, marker = self._silence(), self.packets_out == 0
-            self._talking = False
-        self._send(negotiated.payload_type, timestamp, payload, marker or self._skipped)
+            self._send_audio(timestamp, self._queue.popleft())
+            return
+        marker = self.packets_out == 0 or self._skipped
+        self._talking = self._skipped = False
+        self._send(negotiated.payload_type, timestamp, self._silence(), marker)
+
+    def _send_audio(self, timestamp: int, payload: bytes) -> None:
+        """Send 20 ms of the agent's audio; the marker starts each talkspurt."""
+        marker = not self._talking or self._skipped
+        self._talking = True
         self._skipped = False
+        self._send(self.negotiated.payload_type, timestamp, payload, marker)
 
     def _silence(self) -> bytes:
         return (b"\xff" if self.wire_codec == "mulaw" else b"\xd5") * SAMPLES_PER_FRAME
@@ -375,6 +389,9 @@ class RtpSession(CallEdge):
         self._last_packet = now
         self.packets_in += 1
         self._stats.packet(packet.ssrc, packet.seq, packet.timestamp, now)
+        if not self.options.pace_output:
+            self._to_pipeline(packet.payload, negotiated)
+            return
         if self._jitter is None or packet.ssrc != self._remote_ssrc:
             self._remote_ssrc = packet.ssrc
             self._jitter = self._jitter_buffer(len(packet.payload), negotiated.codec.wire_codec)
@@ -440,7 +457,11 @@ class RtpSession(CallEdge):
             self._carry.clear()
             return  # on hold: the caller hears nothing of it
         for chunk in self._chunks(data, FRAME_SECS):
-            self._queue.append(chunk)
+            if self.options.pace_output:
+                self._queue.append(chunk)
+            elif self._remote is not None:
+                self._send_audio(self._timestamp, chunk)
+                self._timestamp += SAMPLES_PER_FRAME
 
     def _clear(self) -> None:
         self._queue.clear()
