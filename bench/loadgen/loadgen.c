@@ -45,6 +45,18 @@
  * records whether and when the server closed it (or sent a Twilio `stop`). The run ends
  * once every call has ended or --grace s after the window. Times are ms from the start.
  *
+ * RTP mode (--rtp): each call is a SIP call over UDP to 127.0.0.1:PORT instead of a
+ * WebSocket: the generator sends the INVITE itself (an SDP offer of PCMU at 20 ms on the
+ * call's own RTP socket), sends it again after 0.5, 1, 2 and 4 s until a final response
+ * (a provisional one stops that), gives up after 8 s, and ACKs the 200 OK (each time it
+ * comes). Its frames then go to the address of the answer's SDP as RTP (payload type 0,
+ * sequence numbers and timestamps counting up, marker on the first), stamped like the
+ * WebSocket modes' payloads; every PCMU packet that comes back on the call's socket is an
+ * echo. The end is a BYE (sent again every 0.5 s until its 200 OK, 2 s at most). A BYE
+ * from the server is answered 200 and counts as a call closed early (close code 0);
+ * an INVITE refused counts its status as the close code. The report adds "setup_ms":
+ * INVITE sent to 200 OK received, percentiles over the calls answered.
+ *
  * Build: cc -O2 -o loadgen loadgen.c (bench/echo/loadgen.py does it).
  */
 
@@ -55,10 +67,12 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -73,6 +87,10 @@
 #define MAX_PENDING (256 * 1024) /* unsent bytes per connection before frames are dropped */
 #define MIN_GAP_NS 500000LL   /* at most one timer wake-up per 0.5 ms */
 #define TIMER_ID UINT32_MAX
+#define SIP_ID (UINT32_MAX - 1)
+#define SIP_T1_NS 500000000LL          /* --rtp: first retransmission interval */
+#define SIP_GIVE_UP_NS 8000000000LL    /* --rtp: an INVITE unanswered this long failed */
+#define SIP_BUF 4096
 #define MAX_CODES 16
 #define MAX_CLIPS 16
 #define AUDIBLE 500           /* a frame is audible if a sample reaches this (16-bit PCM) */
@@ -110,6 +128,12 @@ struct conn {
     size_t noise_pos;
     int64_t ended;       /* when the server closed the call or sent a stop (0: it did not) */
     int end_code;        /* its close code (0: a Twilio stop) */
+    /* --rtp */
+    uint16_t rtp_seq;
+    int64_t invited_at;  /* when the INVITE was first sent */
+    int64_t retry_at;    /* when the INVITE (or BYE) goes again (INT64_MAX: not) */
+    int64_t retry_gap;   /* the interval before that, doubled each time */
+    char to_tag[64];     /* the server's tag, from its final response */
 };
 
 enum kind { GREETING, QUESTION, GOODBYE, DONE_TALKING };
@@ -140,6 +164,7 @@ struct options {
     int nclips;
     const char *goodbye, *noise;
     double period, greeting_timeout, barge_in;
+    int rtp;
 };
 
 static struct options opt = {
@@ -179,6 +204,8 @@ static uint64_t icalls_closed;
 static int opened_count, resolved_count, closed_early;
 static int collecting = 1; /* round trips are recorded until the grace period ends */
 static int codes[MAX_CODES], code_counts[MAX_CODES], code_kinds;
+static uint64_t *setups; /* --rtp: INVITE to 200 OK of each call answered */
+static size_t setup_count, setup_cap;
 
 static int64_t now_ns(void) {
     struct timespec ts;
@@ -486,6 +513,8 @@ static void schedule_after_question(int i, int64_t said_at) {
     c->next_say = next;
 }
 
+static int send_rtp(int i, uint64_t k, const uint8_t *payload);
+
 /* Send frame number k of connection i, stamped now. */
 static int send_frame(int i, uint64_t k, int in_window) {
     uint8_t payload[FRAME_BYTES];
@@ -498,6 +527,7 @@ static int send_frame(int i, uint64_t k, int in_window) {
         for (int b = STAMP_BYTES + 1; b < FRAME_BYTES; b++)
             payload[b] = 0x80 | ((b * 5 + k) & 0x7F);
     }
+    if (opt.rtp) return send_rtp(i, k, payload);
     if (!opt.twilio) return send_ws(i, 0x2, payload, FRAME_BYTES);
     char b64[4 * (FRAME_BYTES + 2) / 3 + 1];
     b64[b64_encode(payload, FRAME_BYTES, b64)] = 0;
@@ -542,7 +572,10 @@ static void close_conn(int i, int early) {
     if (opt.churn > 0) c->redial_at = now_ns() + (int64_t)((0.1 + 0.9 * uniform()) * 1e9);
 }
 
+static void rtp_connect(int i);
+
 static void start_connect(int i) {
+    if (opt.rtp) { rtp_connect(i); return; }
     struct conn *c = &conns[i];
     c->opened = 0;
     c->frames_sent = 0;
@@ -772,14 +805,300 @@ static void on_readable(int i) {
     if (c->state == OPEN || c->state == CLOSING) read_frames(i, t);
 }
 
+static void rtp_readable(int i);
+
 static void on_event(uint32_t i, uint32_t events) {
     struct conn *c = &conns[i];
+    if (opt.rtp) { rtp_readable((int)i); return; }
     if (c->state == CONNECTING) {
         send_handshake(i);
         return;
     }
     if (events & EPOLLOUT) flush_pending(i);
     if (c->state != DONE && (events & (EPOLLIN | EPOLLHUP | EPOLLERR))) on_readable(i);
+}
+
+/* -- RTP mode: SIP over UDP, RTP on a socket per call ------------------------------------ */
+
+static int sip_fd = -1, sip_port;
+static struct sockaddr_in server_addr;
+static int pending_sip; /* calls waiting for a final response to their INVITE or BYE */
+
+static void sip_setup(void) {
+    server_addr.sin_family = AF_INET;
+    server_addr.sin_port = htons(opt.port);
+    server_addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    sip_fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+    struct sockaddr_in local = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof local;
+    int size = 4 << 20;
+    if (sip_fd < 0 || bind(sip_fd, (struct sockaddr *)&local, sizeof local) < 0 ||
+        getsockname(sip_fd, (struct sockaddr *)&local, &len) < 0) {
+        perror("loadgen: SIP socket");
+        exit(1);
+    }
+    setsockopt(sip_fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
+    sip_port = ntohs(local.sin_port);
+    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = SIP_ID};
+    epoll_ctl(epfd, EPOLL_CTL_ADD, sip_fd, &ev);
+}
+
+static void sip_send(const char *msg, int n) {
+    sendto(sip_fd, msg, (size_t)n, 0, (struct sockaddr *)&server_addr, sizeof server_addr);
+}
+
+/* A request of call i: INVITE (with the SDP offer), ACK or BYE, on the transaction
+ * `branch` names: the INVITE's is the same on each retransmission, as is the ACK of a
+ * final response that is not a 2xx; the ACK of a 2xx and a BYE are transactions of their
+ * own. */
+static void sip_request(int i, const char *method, const char *branch) {
+    struct conn *c = &conns[i];
+    char sdp[512], msg[SIP_BUF], to_tag[80] = "";
+    int body = 0, invite = !strcmp(method, "INVITE"), bye = !strcmp(method, "BYE");
+    if (invite) {
+        struct sockaddr_in local;
+        socklen_t len = sizeof local;
+        getsockname(c->fd, (struct sockaddr *)&local, &len);
+        body = snprintf(sdp, sizeof sdp,
+                        "v=0\r\no=- %d 1 IN IP4 127.0.0.1\r\ns=loadgen\r\nc=IN IP4 127.0.0.1\r\n"
+                        "t=0 0\r\nm=audio %d RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=ptime:20\r\n"
+                        "a=sendrecv\r\n",
+                        i, ntohs(local.sin_port));
+    }
+    if (c->to_tag[0]) snprintf(to_tag, sizeof to_tag, ";tag=%s", c->to_tag);
+    int n = snprintf(msg, sizeof msg,
+                     "%s sip:agent@127.0.0.1:%d SIP/2.0\r\n"
+                     "Via: SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bK-lg%d-%d-%s;rport\r\n"
+                     "Max-Forwards: 70\r\nFrom: <sip:caller%d@127.0.0.1:%d>;tag=lg%d\r\n"
+                     "To: <sip:agent@127.0.0.1:%d>%s\r\nCall-ID: lg-%d-%d@127.0.0.1\r\n"
+                     "CSeq: %d %s\r\nContact: <sip:caller%d@127.0.0.1:%d>\r\n"
+                     "%sContent-Length: %d\r\n\r\n%s",
+                     method, opt.port, sip_port, (int)getpid(), i, branch, i, sip_port, i,
+                     opt.port, to_tag, (int)getpid(), i, bye ? 2 : 1, method, i, sip_port,
+                     invite ? "Content-Type: application/sdp\r\n" : "", body, invite ? sdp : "");
+    sip_send(msg, n);
+}
+
+/* Open call i: its RTP socket, then the INVITE. */
+static void rtp_connect(int i) {
+    struct conn *c = &conns[i];
+    c->opened = 0;
+    c->frames_sent = 0;
+    c->to_tag[0] = 0;
+    c->fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+    struct sockaddr_in local = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    c->state = CONNECTING;
+    if (c->fd < 0 || bind(c->fd, (struct sockaddr *)&local, sizeof local) < 0) {
+        if (c->fd >= 0) close(c->fd);
+        c->state = DONE;
+        resolve(0);
+        return;
+    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
+    epoll_ctl(epfd, EPOLL_CTL_ADD, c->fd, &ev);
+    c->state = HANDSHAKE;
+    c->invited_at = now_ns();
+    c->retry_gap = SIP_T1_NS;
+    c->retry_at = c->invited_at + SIP_T1_NS;
+    pending_sip++;
+    sip_request(i, "INVITE", "INVITE");
+}
+
+static int send_rtp(int i, uint64_t k, const uint8_t *payload) {
+    struct conn *c = &conns[i];
+    uint8_t packet[12 + FRAME_BYTES];
+    uint32_t timestamp = (uint32_t)(k * FRAME_BYTES), ssrc = 0x10000 + (uint32_t)i;
+    packet[0] = 0x80;
+    packet[1] = (uint8_t)(k == 0 ? 0x80 : 0x00); /* PCMU; the marker starts the stream */
+    packet[2] = (uint8_t)(c->rtp_seq >> 8);
+    packet[3] = (uint8_t)c->rtp_seq;
+    for (int b = 0; b < 4; b++) {
+        packet[4 + b] = (uint8_t)(timestamp >> (24 - 8 * b));
+        packet[8 + b] = (uint8_t)(ssrc >> (24 - 8 * b));
+    }
+    memcpy(packet + 12, payload, FRAME_BYTES);
+    c->rtp_seq++;
+    return send(c->fd, packet, sizeof packet, 0) == (ssize_t)sizeof packet ? 0 : -1;
+}
+
+/* Every packet waiting on call i's RTP socket: PCMU ones are echoes. */
+static void rtp_readable(int i) {
+    uint8_t packet[2048];
+    for (;;) {
+        ssize_t n = recv(conns[i].fd, packet, sizeof packet, 0);
+        if (n < 0 && errno == EAGAIN) return;
+        if (n < 0) continue; /* an ICMP error of an earlier send */
+        int64_t t = now_ns();
+        size_t header = 12 + 4 * (size_t)(packet[0] & 0x0F);
+        if (n >= 12 && (packet[0] & 0x10) && (size_t)n >= header + 4)
+            header += 4 + 4 * (size_t)(packet[header + 2] << 8 | packet[header + 3]);
+        if (n < 12 || packet[0] >> 6 != 2 || (size_t)n <= header) corrupt++;
+        else if ((packet[1] & 0x7F) != 0) other_messages++;
+        else echo_arrived(packet + header, (size_t)n - header, t);
+    }
+}
+
+/* The value of header `name` (or its compact form) in a SIP message, copied into out. */
+static int sip_header(const char *msg, const char *name, char compact, char *out, size_t size) {
+    size_t len = strlen(name);
+    for (const char *line = strstr(msg, "\r\n"); line; line = strstr(line + 2, "\r\n")) {
+        const char *h = line + 2, *v;
+        if (h[0] == '\r') return -1; /* the end of the headers */
+        if (!strncasecmp(h, name, len) && (h[len] == ':' || h[len] == ' ')) v = h + len;
+        else if (compact && tolower((unsigned char)h[0]) == compact && (h[1] == ':' || h[1] == ' '))
+            v = h + 1;
+        else continue;
+        while (*v == ' ' || *v == ':') v++;
+        const char *end = strstr(v, "\r\n");
+        size_t n = end ? (size_t)(end - v) : strlen(v);
+        if (n >= size) n = size - 1;
+        memcpy(out, v, n);
+        out[n] = 0;
+        return 0;
+    }
+    return -1;
+}
+
+/* The call a SIP message belongs to (its Call-ID is ours), or -1. */
+static int sip_call(const char *msg) {
+    char id[128];
+    int pid, i;
+    if (sip_header(msg, "Call-ID", 'i', id, sizeof id) < 0) return -1;
+    if (sscanf(id, "lg-%d-%d@", &pid, &i) != 2 || pid != (int)getpid() || i < 0 || i >= opt.calls)
+        return -1;
+    return i;
+}
+
+/* The 200 OK to call i's INVITE: where its RTP goes, per the answer's SDP. */
+static int rtp_answered(int i, const char *msg) {
+    const char *body = strstr(msg, "\r\n\r\n"), *c_line, *m_line;
+    char addr[64];
+    int port;
+    if (!body || !(c_line = strstr(body, "c=IN IP4 ")) || !(m_line = strstr(body, "m=audio ")) ||
+        sscanf(c_line + 9, "%63[0-9.]", addr) != 1 || sscanf(m_line + 8, "%d", &port) != 1)
+        return -1;
+    struct sockaddr_in media = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    if (inet_pton(AF_INET, addr, &media.sin_addr) != 1) return -1;
+    return connect(conns[i].fd, (struct sockaddr *)&media, sizeof media);
+}
+
+static void sip_response(const char *msg) {
+    int status = atoi(msg + 8), i = sip_call(msg);
+    char cseq[64], to[256];
+    if (i < 0 || sip_header(msg, "CSeq", 0, cseq, sizeof cseq) < 0) return;
+    struct conn *c = &conns[i];
+    if (strstr(cseq, "BYE")) {
+        if (status >= 200 && c->state == CLOSING) pending_sip--, close_conn(i, 0);
+        return;
+    }
+    if (!strstr(cseq, "INVITE")) return;
+    if (status < 200) { /* provisional: the server has it; stop sending it again */
+        if (c->state == HANDSHAKE) c->retry_at = INT64_MAX;
+        return;
+    }
+    if (c->state == HANDSHAKE && sip_header(msg, "To", 't', to, sizeof to) == 0) {
+        const char *tag = strstr(to, "tag=");
+        if (tag) snprintf(c->to_tag, sizeof c->to_tag, "%.*s", (int)strcspn(tag + 4, ";>"), tag + 4);
+    }
+    /* each final response again too: our ACK may have been lost */
+    sip_request(i, "ACK", status >= 300 ? "INVITE" : "ACK");
+    if (c->state != HANDSHAKE) return;
+    pending_sip--;
+    if (status >= 300 || rtp_answered(i, msg) < 0) {
+        count_close(status >= 300 ? status : 0);
+        close_conn(i, 0);
+        return;
+    }
+    push_rtt(&setups, &setup_count, &setup_cap, (uint64_t)(now_ns() - c->invited_at));
+    c->state = OPEN;
+    c->opened = 1;
+    calls_opened++;
+    icalls_opened++;
+    resolve(1);
+}
+
+/* A request from the server: a BYE ends its call; any request is answered 200. */
+static void sip_from_server(const char *msg) {
+    char via[512], from[256], to[256], id[128], cseq[64], reply[SIP_BUF];
+    if (sip_header(msg, "Via", 'v', via, sizeof via) < 0 ||
+        sip_header(msg, "From", 'f', from, sizeof from) < 0 ||
+        sip_header(msg, "To", 't', to, sizeof to) < 0 ||
+        sip_header(msg, "Call-ID", 'i', id, sizeof id) < 0 ||
+        sip_header(msg, "CSeq", 0, cseq, sizeof cseq) < 0)
+        return;
+    if (!strncmp(msg, "ACK ", 4)) return;
+    int n = snprintf(reply, sizeof reply,
+                     "SIP/2.0 200 OK\r\nVia: %s\r\nFrom: %s\r\nTo: %s\r\nCall-ID: %s\r\n"
+                     "CSeq: %s\r\nContent-Length: 0\r\n\r\n",
+                     via, from, to, id, cseq);
+    sip_send(reply, n);
+    int i = sip_call(msg);
+    if (i >= 0 && !strncmp(msg, "BYE ", 4) && conns[i].state == OPEN) {
+        count_close(0);
+        server_ended(i, 0, now_ns());
+        close_conn(i, 1);
+    }
+}
+
+static void sip_readable(void) {
+    char msg[SIP_BUF];
+    for (;;) {
+        ssize_t n = recv(sip_fd, msg, sizeof msg - 1, 0);
+        if (n < 0 && errno == EAGAIN) return;
+        if (n <= 0) continue;
+        msg[n] = 0;
+        if (!strncmp(msg, "SIP/2.0 ", 8)) sip_response(msg);
+        else sip_from_server(msg);
+    }
+}
+
+/* INVITEs and BYEs unanswered: sent again (0.5, 1, 2, 4 s apart); an INVITE fails 8 s on. */
+static void sip_timers(int64_t now) {
+    if (!pending_sip) return;
+    for (int i = 0; i < opt.calls; i++) {
+        struct conn *c = &conns[i];
+        if (c->state == HANDSHAKE && now >= c->invited_at + SIP_GIVE_UP_NS) {
+            pending_sip--;
+            count_close(408);
+            close_conn(i, 0);
+        } else if ((c->state == HANDSHAKE || c->state == CLOSING) && now >= c->retry_at) {
+            const char *method = c->state == HANDSHAKE ? "INVITE" : "BYE";
+            sip_request(i, method, method);
+            c->retry_gap *= 2;
+            c->retry_at = now + c->retry_gap;
+        }
+    }
+}
+
+/* Hang up every call still up (BYE), waiting up to 2 s for the 200 OKs. */
+static void hang_up_all(void) {
+    int64_t now = now_ns();
+    for (int i = 0; i < opt.calls; i++) {
+        struct conn *c = &conns[i];
+        if (c->state == OPEN) {
+            c->state = CLOSING;
+            c->retry_gap = SIP_T1_NS;
+            c->retry_at = now + SIP_T1_NS;
+            pending_sip++;
+            sip_request(i, "BYE", "BYE");
+        } else if (c->state != DONE) {
+            if (c->state == HANDSHAKE) pending_sip--;
+            close_conn(i, 0);
+        }
+    }
+    int64_t deadline = now + 2000000000LL;
+    struct epoll_event events[256];
+    while (pending_sip > 0 && (now = now_ns()) < deadline) {
+        sip_timers(now);
+        int n = epoll_wait(epfd, events, 256, 50);
+        for (int e = 0; e < n; e++) {
+            uint32_t i = events[e].data.u32;
+            if (i == SIP_ID) sip_readable();
+            else if (i != TIMER_ID && conns[i].state != DONE) rtp_readable((int)i);
+        }
+    }
+    for (int i = 0; i < opt.calls; i++)
+        if (conns[i].state != DONE) close_conn(i, 0);
 }
 
 /* -- the schedule ------------------------------------------------------------------------------ */
@@ -831,8 +1150,11 @@ static void arm_timer(int64_t at) {
 }
 
 /* Close every open connection cleanly, waiting up to 1 s for the servers' close frames. */
+static void hang_up_all(void);
+
 static void close_all(void) {
     static const uint8_t normal[2] = {0x03, 0xE8}; /* 1000 */
+    if (opt.rtp) { hang_up_all(); return; }
     int open = 0;
     for (int i = 0; i < opt.calls; i++) {
         if (conns[i].state == OPEN) {
@@ -950,7 +1272,7 @@ static void report_conversations(void) {
 
 static void report(double window_cpu, double window_s) {
     qsort(rtts, rtt_count, sizeof *rtts, by_value);
-    const char *mode = talking ? "conversation" : opt.twilio ? "twilio" : "raw";
+    const char *mode = talking ? "conversation" : opt.rtp ? "rtp" : opt.twilio ? "twilio" : "raw";
     printf("{\"calls\":%d,\"mode\":\"%s\",\"idle\":%s,\"fps\":%d,\"seconds\":%.3f,", opt.calls,
            mode, opt.idle ? "true" : "false", opt.fps, opt.seconds);
     if (talking) report_conversations();
@@ -974,6 +1296,13 @@ static void report(double window_cpu, double window_s) {
     print_ms("p99", percentile_ms(99), ",");
     print_ms("p99.9", percentile_ms(99.9), ",");
     print_ms("max", rtt_count ? rtts[rtt_count - 1] / 1e6 : NAN, "},");
+    if (opt.rtp) {
+        qsort(setups, setup_count, sizeof *setups, by_value);
+        printf("\"setup_ms\":{");
+        print_ms("p50", percentile_of(setups, setup_count, 50), ",");
+        print_ms("p99", percentile_of(setups, setup_count, 99), ",");
+        print_ms("max", setup_count ? setups[setup_count - 1] / 1e6 : NAN, "},");
+    }
     printf("\"loadgen_cpu_s\":%.3f,\"loadgen_cpu_percent\":%.2f}\n", cpu_seconds(),
            window_s > 0 ? window_cpu / window_s * 100 : 0.0);
 }
@@ -982,7 +1311,7 @@ static void report(double window_cpu, double window_s) {
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: loadgen --port P [--path PATH] [--twilio] [--calls N] [--ramp S]\n"
+            "usage: loadgen --port P [--path PATH] [--twilio | --rtp] [--calls N] [--ramp S]\n"
             "               [--warmup S] [--seconds S] [--grace S] [--fps N] [--idle]\n"
             "               [--churn S] [--report S] [--clip FILE]... [--goodbye FILE]\n"
             "               [--noise FILE] [--period S] [--greeting-timeout S] [--barge-in S]\n");
@@ -997,6 +1326,7 @@ static void parse(int argc, char **argv) {
         {"idle", 0, 0, 'i'},   {"churn", 1, 0, 'c'},   {"report", 1, 0, 'R'},
         {"clip", 1, 0, 'C'},   {"goodbye", 1, 0, 'G'}, {"noise", 1, 0, 'N'},
         {"period", 1, 0, 'T'}, {"greeting-timeout", 1, 0, 'W'}, {"barge-in", 1, 0, 'B'},
+        {"rtp", 0, 0, 'U'},
         {0, 0, 0, 0},
     };
     int ch;
@@ -1023,6 +1353,7 @@ static void parse(int argc, char **argv) {
         case 'T': opt.period = atof(optarg); break;
         case 'W': opt.greeting_timeout = atof(optarg); break;
         case 'B': opt.barge_in = atof(optarg); break;
+        case 'U': opt.rtp = 1; break;
         default: usage();
         }
     }
@@ -1032,7 +1363,7 @@ static void parse(int argc, char **argv) {
         opt.ramp < 0 || opt.ramp > 600 || opt.warmup < 0 || opt.warmup > 600 ||
         opt.grace < 0 || opt.grace > 600 || strlen(opt.path) > 256 || opt.path[0] != '/' ||
         (opt.nclips && (!opt.goodbye || opt.idle || opt.churn > 0)) || opt.period <= 0 ||
-        opt.greeting_timeout < 0)
+        opt.greeting_timeout < 0 || (opt.rtp && (opt.twilio || opt.churn > 0 || opt.nclips)))
         usage();
     talking = opt.nclips > 0;
     if (talking) opt.twilio = 1;
@@ -1062,6 +1393,7 @@ int main(int argc, char **argv) {
         }
     }
 
+    if (opt.rtp) sip_setup();
     period_ns = 1000000000LL / opt.fps;
     t0 = now_ns();
     for (int i = 0; i < opt.calls; i++) conns[i].mask_seed = 2463534242u ^ (uint32_t)(i * 2654435761u);
@@ -1081,6 +1413,7 @@ int main(int argc, char **argv) {
         int64_t now = now_ns();
         while (next_open < opt.calls && open_time(next_open) <= now) start_connect(next_open++);
         if (opt.churn > 0) churn(now);
+        if (opt.rtp) sip_timers(now);
         if (!measuring && now >= m0) { /* before this turn's sends, which the window counts */
             measuring = 1;
             cpu_at_m0 = cpu_seconds();
@@ -1116,6 +1449,7 @@ int main(int argc, char **argv) {
         if (measuring == 1 && m1 < wake) wake = m1;
         if (measuring == 1 && next_report < wake) wake = next_report;
         if (opt.churn > 0 && now + 20000000LL < wake) wake = now + 20000000LL; /* churn ticks */
+        if (pending_sip && now + 50000000LL < wake) wake = now + 50000000LL; /* SIP timers */
         if (wake > deadline) wake = deadline;
         if (wake < now + MIN_GAP_NS) wake = now + MIN_GAP_NS;
         arm_timer(wake);
@@ -1128,7 +1462,8 @@ int main(int argc, char **argv) {
                 if (read(timerfd, &ticks, sizeof ticks) < 0 && errno != EAGAIN) return 1;
                 continue;
             }
-            if (conns[i].state != DONE) on_event(i, events[e].events);
+            if (i == SIP_ID) sip_readable();
+            else if (conns[i].state != DONE) on_event(i, events[e].events);
         }
     }
     collecting = 0;
