@@ -5,6 +5,10 @@ The transport hands the pipeline the wire's µ-law (``decode_input=False``), so 
 a stage (:class:`~flowcat_ft.audio.processors.G711Decoder`), and so is encoding; replies
 go out as they come (``pace_output=False``), so a round trip measures the runtime, not a
 playout clock. Serves ``/raw?codec=mulaw&sample_rate=8000`` (binary µ-law) and ``/twilio``.
+With ``--sip`` it also answers SIP calls over UDP on the same port number, with RTP media
+on the same event loops and runtime (:func:`start_sip`): ``unpaced`` hands each packet to
+the pipeline as it arrives and sends each reply as it comes, as the WebSocket path does
+here; ``paced`` is what a phone call gets (the jitter buffer and one packet every 20 ms).
 Run by the kit in ``.venv-ft`` or ``.venv-gil``; :func:`start` also serves a test in-process.
 """
 
@@ -18,12 +22,15 @@ from flowcat_ft.agents.echo import echo_pipeline
 from flowcat_ft.audio.processors import G711Decoder, G711Encoder
 from flowcat_ft.transports.server import WebSocketServer, split_cores
 from flowcat_ft.transports.session import MediaOptions
+from flowcat_ft.transports.sip import SipOptions, SipServer
 from flowcat_ft.waiting import STRATEGIES
 
 PROCESSORS = 7
 """Processors in the benchmark's pipeline, as in the published comparison."""
 
 MAX_CALLS = 5000
+RTP_PORTS = (20000, 30000)
+SIP_SHAPES = ("unpaced", "paced")
 
 
 def bench_pipeline() -> Pipeline:
@@ -54,20 +61,41 @@ def start(
     return server.start()
 
 
+def start_sip(server: WebSocketServer, shape: str = "unpaced") -> SipServer:
+    """Answer SIP calls over UDP on 127.0.0.1, on ``server``'s port number, loops and
+    runtime, with the benchmark's pipeline; ``shape`` is one of :data:`SIP_SHAPES`. Stop
+    it with ``stop()`` before ``server``."""
+    options = SipOptions(
+        host="127.0.0.1",
+        port=server.port,
+        transports=("udp",),
+        rtp_ports=RTP_PORTS,
+        max_calls=MAX_CALLS,
+    )
+    media = MediaOptions(decode_input=False, pace_output=shape == "paced")
+    sip = SipServer(server.runtime, bench_pipeline(), options, media=media, loops=server.loops)
+    return sip.start()
+
+
 def main() -> None:
     p = arguments(__doc__)
     p.add_argument("--loops", type=int, default=None, help="event-loop threads (half the cores)")
     p.add_argument("--threads", type=int, default=None, help="stage threads (the other cores)")
     p.add_argument("--wait", choices=STRATEGIES, help="how idle stage threads wait")
+    p.add_argument("--sip", choices=SIP_SHAPES, help="also answer SIP calls (UDP, same port)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     raise_fd_limit()
     name_threads()
     server = start(args.port, args.loops, args.threads, args.wait)
+    sip = start_sip(server, args.sip) if args.sip else None
     try:
         threads = server.runtime.threads
-        serve_until_stopped(f"flowcat-ft {server.loop_count} loops, {threads} stage threads")
+        also = f", SIP with {args.sip} RTP" if sip else ""
+        serve_until_stopped(f"flowcat-ft {server.loop_count} loops, {threads} stage threads{also}")
     finally:
+        if sip is not None:
+            sip.stop(grace=2)
         server.stop(grace=2)
         server.runtime.stop()
 
