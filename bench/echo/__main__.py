@@ -1,7 +1,8 @@
 """Echo benchmark: flowcat-ft on 3.13t against its GIL twin, pipecat and a bare floor.
 
 A native load generator (``bench/loadgen/loadgen.c``) opens N calls to each server, each
-sending 160-byte µ-law frames at 50 fps, and measures every echo's round trip. Every point
+sending 160-byte µ-law frames at 50 fps, and measures every echo's round trip; the RTP rows
+place SIP calls instead (INVITE/ACK/BYE over UDP) and send the frames as PCMU RTP. Every point
 (10, 50, 100, 200, 300, 400, 500 calls, then more while any server holds) runs for every
 server, interleaved: at each point the servers take turns, in an order rotated from point
 to point, so noise from the rest of the machine falls on all of them. A server whose p99
@@ -67,6 +68,8 @@ ROWS = (
     Row("pipecat-fastapi", "pipecat FastAPI+Twilio", "pipecat-fastapi", "twilio"),
     Row(report.FLOOR_TWILIO, "floor Twilio (3.13t)", "floor", "twilio"),
     Row(report.FLOWCAT_TWILIO, "flowcat-ft Twilio (3.13t)", "flowcat-ft", "twilio"),
+    Row(report.FLOWCAT_RTP, "flowcat-ft SIP/RTP (3.13t)", "flowcat-ft", "rtp"),
+    Row(report.FLOWCAT_RTP_PACED, "flowcat-ft RTP paced (3.13t)", "flowcat-ft-paced", "rtp"),
 )
 QUICK_ROWS = tuple(row.key for row in ROWS[:5])
 
@@ -326,17 +329,22 @@ def configs_for(
     return configs
 
 
-def servers_for(cores: int, configs: dict[str, dict[str, Any]]) -> dict[str, Server]:
+def servers_for(
+    cores: int, configs: dict[str, dict[str, Any]], rtp: bool = False
+) -> dict[str, Server]:
     """Every server, sized to ``cores`` CPUs: the floor's event loops, pipecat's worker
-    processes, flowcat-ft's loops and stage threads (``configs``)."""
+    processes, flowcat-ft's loops and stage threads (``configs``); with ``rtp``,
+    flowcat-ft on 3.13t also answers SIP calls with unpaced RTP (the WebSocket rows'
+    shape), and ``flowcat-ft-paced`` with paced RTP (a phone call's)."""
 
-    def flowcat(build: str) -> Server:
+    def flowcat(build: str, sip: str | None = None) -> Server:
         config = configs.get(build, {})
-        return servers.flowcat(build, config.get("loops"), config.get("threads"))
+        return servers.flowcat(build, config.get("loops"), config.get("threads"), sip)
 
     return {
         "floor": servers.floor(cores),
-        "flowcat-ft": flowcat("ft"),
+        "flowcat-ft": flowcat("ft", "unpaced" if rtp else None),
+        "flowcat-ft-paced": flowcat("ft", "paced"),
         "flowcat-gil": flowcat("gil"),
         "pipecat": servers.pipecat("websockets", cores),
         "pipecat-fastapi": servers.pipecat("fastapi", cores),
@@ -387,7 +395,7 @@ def main(args: argparse.Namespace) -> None:
     setups: list[dict[str, Any]] = []
     for setup in plan.setups:
         configs = configs_for(picked, setup.cores)
-        named = servers_for(setup.cores, configs)
+        named = servers_for(setup.cores, configs, any(row.mode == "rtp" for row in plan.rows))
         last = setup is plan.setups[-1]
         done, memory, long_run = run_servers(plan, setup, named, extras=last)
         runs += done

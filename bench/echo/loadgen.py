@@ -27,7 +27,10 @@ SOURCE = ROOT / "bench" / "loadgen" / "loadgen.c"
 BINARY = ROOT / "bench" / "loadgen" / "build" / "loadgen"
 
 PATHS = {"raw": "/raw?codec=mulaw&sample_rate=8000", "twilio": "/twilio"}
-"""The URL path a server under test serves each message format on."""
+"""The URL path a server under test serves each WebSocket message format on."""
+MODES = (*PATHS, "rtp")
+"""What a call sends: a WebSocket message format, or (``"rtp"``) a SIP call over UDP to the
+same port number with PCMU RTP."""
 
 
 def compiler() -> str | None:
@@ -67,7 +70,8 @@ def build() -> Path:
 @dataclass(frozen=True)
 class Load:
     """One run of the load generator: ``calls`` connections sending ``mode`` messages
-    (``"raw"`` binary µ-law or ``"twilio"`` JSON), opened over ``ramp`` s, then ``warmup``
+    (``"raw"`` binary µ-law or ``"twilio"`` JSON; ``"rtp"``: SIP calls, with RTP over UDP
+    on the same port number), opened over ``ramp`` s, then ``warmup``
     s of traffic, then ``seconds`` s measured, then up to ``grace`` s for the last echoes.
     ``idle``: each call sends one frame, then the connections are held for ``seconds``.
     ``churn``: calls last a log-normal length with this median (s), each slot dialling a
@@ -91,7 +95,8 @@ class Load:
         return max(0.2, self.calls / 500)
 
     def argv(self, binary: Path, port: int) -> list[str]:
-        argv = [str(binary), "--port", str(port), "--path", PATHS[self.mode]]
+        argv = [str(binary), "--port", str(port)]
+        argv += ["--rtp"] if self.mode == "rtp" else ["--path", PATHS[self.mode]]
         argv += ["--calls", str(self.calls), "--ramp", f"{self.ramp:g}"]
         argv += ["--warmup", f"{self.warmup:g}", "--seconds", f"{self.seconds:g}"]
         argv += ["--grace", f"{self.grace:g}"]

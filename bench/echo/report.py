@@ -20,6 +20,8 @@ FLOOR = "floor"
 PIPECAT = "pipecat"
 FLOWCAT_TWILIO = "flowcat-ft-twilio"
 FLOOR_TWILIO = "floor-twilio"
+FLOWCAT_RTP = "flowcat-ft-rtp"
+FLOWCAT_RTP_PACED = "flowcat-ft-rtp-paced"
 COSTS = ((FLOWCAT, FLOOR), (FLOWCAT_TWILIO, FLOOR_TWILIO))
 """The rows whose p99 difference is the pipeline's own cost, on each message format."""
 
@@ -238,7 +240,38 @@ def targets(result: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
         out.append(("≥ 1.5x the calls of the GIL twin at p99 ≤ 5 ms", shown, met))
     else:
         out.append(("≥ 1.5x the calls of the GIL twin at p99 ≤ 5 ms", "not run", None))
-    return out
+    return out + rtp_targets(runs)
+
+
+def rtp_targets(runs: Sequence[Run]) -> list[tuple[str, str, bool | None]]:
+    """Issue 16's targets for SIP/RTP calls (unpaced, as the WebSocket rows run): p99 no
+    higher than the WebSocket echo's at any point both ran, and 300 calls at p99 ≤ 10 ms."""
+    rtp, websocket = _by(runs, FLOWCAT_RTP), _by(runs, FLOWCAT)
+    both = sorted(rtp.keys() & websocket.keys())
+    target = "RTP echo p99 ≤ the WebSocket echo's at every point"
+    if not both:
+        out = [(target, "not run", None)]
+    else:
+        worse = [c for c in both if not _at_most(rtp[c], websocket[c])]
+        shown = ", ".join(
+            f"{c}: {_ms(rtp[c]['rtt_ms']['p99'])} vs {_ms(websocket[c]['rtt_ms']['p99'])} ms"
+            for c in worse or both
+        )
+        out = [(target, ("higher at " if worse else "") + shown, not worse)]
+    target = "≥ 300 concurrent RTP calls with p99 ≤ 10 ms"
+    if not rtp:
+        return [*out, (target, "not run", None)]
+    held_calls = capacity(runs, FLOWCAT_RTP, 10.0)
+    shown = f"{held_calls} calls (largest point run: {max(rtp)})"
+    met: bool | None = held_calls >= 300 if held_calls >= 300 or max(rtp) >= 300 else None
+    return [*out, (target, shown, met)]
+
+
+def _at_most(run: Run, other: Run) -> bool:
+    """Whether ``run`` got its frames back (as :func:`held` counts) at a p99 no higher
+    than ``other``'s."""
+    mine, theirs = run["rtt_ms"]["p99"], other["rtt_ms"]["p99"]
+    return mine is not None and (theirs is None or mine <= theirs) and held(run, math.inf)
 
 
 def memory_rows(result: dict[str, Any]) -> list[tuple[str, int, str]]:

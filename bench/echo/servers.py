@@ -44,10 +44,14 @@ class Server:
         return [str(self.python), "-m", self.module, "--port", str(port), *self.args]
 
 
-def flowcat(build: str, loops: int | None = None, threads: int | None = None) -> Server:
+def flowcat(
+    build: str, loops: int | None = None, threads: int | None = None, sip: str | None = None
+) -> Server:
     """flowcat-ft's echo server on the ``"ft"`` or ``"gil"`` venv (default: the server's
-    own split of the cores between event-loop and stage threads)."""
-    args: tuple[str, ...] = ()
+    own split of the cores between event-loop and stage threads); ``sip``: it also answers
+    SIP calls with RTP of this shape (``"unpaced"`` or ``"paced"``, see
+    :mod:`bench.echo.flowcat_server`)."""
+    args: tuple[str, ...] = ("--sip", sip) if sip else ()
     if loops is not None:
         args += ("--loops", str(loops))
     if threads is not None:
@@ -57,12 +61,13 @@ def flowcat(build: str, loops: int | None = None, threads: int | None = None) ->
         shape = "the server's split of the cores"
     else:
         shape = f"{loops or 'default'} loops, {threads or 'default'} stage threads"
+    also = f", SIP with {sip} RTP" if sip else ""
     return Server(
-        f"flowcat-ft {label}",
+        f"flowcat-ft {label}" + (f" {sip} RTP" if sip == "paced" else ""),
         python_of(build),
         "bench.echo.flowcat_server",
         args,
-        f"flowcat-ft 7-processor echo pipeline on {label} ({shape})",
+        f"flowcat-ft 7-processor echo pipeline on {label} ({shape}{also})",
     )
 
 
