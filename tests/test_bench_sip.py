@@ -73,6 +73,12 @@ def test_rtp_targets_compare_with_the_websocket_row_point_by_point():
     assert (met, shown) == (False, "higher at 300: 5.00 vs 4.00 ms")
     assert (held, enough) == ("300 calls (largest point run: 300)", True)
 
+    runs = [run(ws, 100, 2.0), run(rtp, 100, 1.5, throughput=0.9)]
+    assert report.rtp_targets(runs)[0][1:] == (
+        "higher at 100: 1.50 vs 2.00 ms (throughput 0.9000)",
+        False,
+    )
+
     runs = [run(ws, 100, 2.0), run(rtp, 100, 1.5), run(rtp, 200, 30.0, 0.9)]
     (_, shown, met), (_, held, enough) = report.rtp_targets(runs)
     assert (met, shown) == (True, "100: 1.50 vs 2.00 ms")

@@ -255,6 +255,7 @@ def rtp_targets(runs: Sequence[Run]) -> list[tuple[str, str, bool | None]]:
         worse = [c for c in both if not _at_most(rtp[c], websocket[c])]
         shown = ", ".join(
             f"{c}: {_ms(rtp[c]['rtt_ms']['p99'])} vs {_ms(websocket[c]['rtt_ms']['p99'])} ms"
+            + ("" if held(rtp[c], math.inf) else f" (throughput {rtp[c]['throughput'] or 0:.4f})")
             for c in worse or both
         )
         out = [(target, ("higher at " if worse else "") + shown, not worse)]
