@@ -467,7 +467,7 @@ class RtpSession(CallEdge):
         self._queue.clear()
 
     def _frame_out(self, frame: Frame) -> None:
-        if type(frame) is OutputDTMFFrame:
+        if type(frame) is OutputDTMFFrame and self.options.pace_output:
             self.dtmf_out += 1
             self._dtmf_out.extend(dtmf_packets(frame.digit))
 
