@@ -18,7 +18,7 @@ needs_cc = pytest.mark.skipif(
 CALLS = 2
 
 
-@pytest.fixture(scope="module", params=["unpaced", "paced"])
+@pytest.fixture(params=["unpaced", "paced"])
 def sip_server(request):
     server = start(port=0, loops=1, threads=1)
     sip = start_sip(server, request.param)
