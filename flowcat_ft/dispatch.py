@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import traceback
 
-from flowcat_ft.frames import Direction, Frame
+from flowcat_ft.frames import CancelFrame, Direction, Frame
 from flowcat_ft.processor import LIFECYCLE_FRAMES, FrameProcessor
 from flowcat_ft.slabs import PoolExhaustedError
 
@@ -24,7 +24,9 @@ def deliver(proc: FrameProcessor, direction: Direction, frame: Frame) -> None:
     raises anything else, the error is logged and a fatal :class:`ErrorFrame` goes
     upstream; when it leaves the pipeline the call is cancelled (see
     :meth:`Call._emit <flowcat_ft.call.Call._emit>`). Until then the call's frames still
-    flow, and further errors from it are not reported again. The stage thread and every
+    flow, and further errors from it are not reported again. A :class:`CancelFrame`
+    whose ``on_cancel`` raised goes on all the same: a call ends only when its cancel
+    reaches the end of the pipeline. The stage thread and every
     other call carry on.
     """
     try:
@@ -36,6 +38,8 @@ def deliver(proc: FrameProcessor, direction: Direction, frame: Frame) -> None:
         pass  # overload: the frame is dropped, and the pool has counted the drop
     except Exception as error:
         contain(proc, frame, error)
+        if type(frame) is CancelFrame:  # the call ends only when its cancel gets through
+            proc.push(frame, direction)
 
 
 def contain(proc: FrameProcessor, frame: Frame | None, error: Exception) -> None:

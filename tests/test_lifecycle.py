@@ -119,6 +119,31 @@ def test_a_raising_processor_ends_only_its_own_call(runtime):
     assert wait_until(lambda: runtime.pool.in_use == 0)
 
 
+@pytest.mark.parametrize("hook", ["on_end", "on_cancel"])
+def test_a_raising_end_or_cancel_hook_still_ends_the_call(runtime, hook, caplog):
+    def boom(self) -> None:
+        raise ValueError(f"{hook} failed")
+
+    Breaks = type("Breaks", (Tag,), {hook: boom})
+    call = runtime.open_call(Pipeline([Tag, Breaks, Tag], threads=2))
+    push_audio(call, 20)
+    call.end() if hook == "on_end" else call.cancel("caller hung up")
+    assert call.wait(10), f"a raising {hook} left the call hanging"
+    out = list(call.frames(timeout=5))
+    assert isinstance(out[-1], CancelFrame) and call.failed
+    if hook == "on_end":  # the error's report cancels the call
+        errors = [f for f in out if isinstance(f, ErrorFrame)]
+        assert len(errors) == 1 and errors[0].fatal and errors[0].processor == "Breaks"
+        assert call.end_reason == f"fatal error: {errors[0].error}"
+        del errors
+    else:  # the caller's cancel went through
+        assert call.end_reason == "caller hung up"
+    reports = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(reports) == 1 and f"ValueError: {hook} failed (in Breaks" in reports[0]
+    del out
+    assert wait_until(lambda: runtime.pool.in_use == 0)
+
+
 def test_pushing_into_a_closed_call_raises(runtime):
     call = runtime.open_call(Pipeline([Tag]))
     call.end()
