@@ -5,12 +5,13 @@
 # headless browsers that talk to the playground: chromium, and firefox-esr with pulseaudio
 # (Firefox runs Web Audio only with a sound server to play to); haproxy, the load balancer
 # in front of a fleet of servers (deploy/haproxy/); and the SIP peers the SIP tests call
-# and are called by: SIPp (sip-tester), baresip, kamailio, sipsak.
+# and are called by: SIPp (sip-tester), baresip, kamailio, sipsak; openssl (the test
+# certificates) and gcc (the benchmarks' load generator).
 # Installs what is missing when run as root; otherwise says what to install.
 set -euo pipefail
 needed=(espeak-ng)
 [ "${1:-test}" = serve ] || needed+=(sox tinyproxy chromium firefox-esr pulseaudio haproxy
-                                     sip-tester baresip kamailio sipsak)
+                                     sip-tester baresip kamailio sipsak openssl gcc)
 missing=()
 for pkg in "${needed[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -13,6 +13,8 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from peers import need_program
+
 FREE_THREADED = not sys._is_gil_enabled()
 
 
@@ -107,10 +109,11 @@ def twilio_stream_url(port: int, call_sid: str) -> str:
 def self_signed_certificate(where: Path) -> tuple[str, str]:
     """A self-signed certificate for 127.0.0.1 and its key (PEM files in ``where``), made
     with the ``openssl`` command line."""
+    openssl = need_program("openssl")
     cert, key = str(where / "cert.pem"), str(where / "key.pem")
     subprocess.run(
         [
-            "openssl",
+            openssl,
             "req",
             "-x509",
             *("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"),

@@ -5,14 +5,18 @@ frame comes back with its round trip measured."""
 from __future__ import annotations
 
 import pytest
+from peers import missing
 
 from bench.echo import loadgen
 from bench.echo.flowcat_server import start
 from flowcat_ft.transports.server import WebSocketServer
 
-pytestmark = pytest.mark.skipif(
-    loadgen.compiler() is None, reason="no C compiler (cc) to build the load generator"
-)
+
+@pytest.fixture(scope="module", autouse=True)
+def _compiler():
+    if loadgen.compiler() is None:
+        missing("no C compiler (cc) to build the load generator", "apt-get install gcc")
+
 
 CALLS = 5
 

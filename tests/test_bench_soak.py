@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from peers import missing
 
 from bench._common import ROOT
 from bench.echo import loadgen
@@ -109,8 +110,9 @@ def test_the_markdown_has_the_targets_and_a_row_per_interval():
     assert "![soak](soak.png)" in text
 
 
-@pytest.mark.skipif(loadgen.compiler() is None, reason="no C compiler to build the load generator")
 def test_a_short_soak_through_the_real_server():
+    if loadgen.compiler() is None:
+        missing("no C compiler (cc) to build the load generator", "apt-get install gcc")
     command = [sys.executable, "-m", "bench.soak", "--seconds", "6", "--interval", "3"]
     command += ["--capacity", "5", "--call-length", "1.5", "--no-write"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)

@@ -9,12 +9,16 @@ import sys
 import textwrap
 
 import pytest
+from peers import missing
+
 
 # Look for pyinstrument without importing it: importing it here would turn the GIL on for
 # every test that runs after this one in the same process.
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("pyinstrument") is None, reason="the profile extra is not installed"
-)
+@pytest.fixture(autouse=True)
+def _pyinstrument():
+    if importlib.util.find_spec("pyinstrument") is None:
+        missing("pyinstrument is not installed", "the profile extra; ci/venvs.sh installs it")
+
 
 SCRIPT = textwrap.dedent(
     """

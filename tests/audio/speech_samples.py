@@ -12,13 +12,13 @@ must find nothing.
 from __future__ import annotations
 
 import hashlib
-import shutil
 import subprocess
 import wave
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from peers import need_program
 
 from flowcat_ft.audio.resample import resample
 from flowcat_ft.audio.vad import level_db
@@ -29,8 +29,7 @@ SPEECH_DB = -40.0  # a 10 ms stretch of the clean utterance louder than this is 
 
 def espeak(tmp_path_factory: pytest.TempPathFactory, text: str, rate: int) -> np.ndarray:
     """*text* spoken by espeak-ng, as int16 samples at *rate* (made once per session)."""
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed (ci/system-packages.sh installs it)")
+    need_program("espeak-ng")
     cache = tmp_path_factory.getbasetemp() / "espeak"
     cache.mkdir(exist_ok=True)
     path = cache / f"{hashlib.sha1(text.encode()).hexdigest()[:16]}.wav"

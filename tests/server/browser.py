@@ -28,19 +28,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from helpers import wait_until
+from peers import need_program
 from websockets.sync.client import connect
 
 __all__ = ["Browser", "BrowserError", "Chromium", "Firefox", "Page", "need_chromium"]
 
 
 def need_chromium() -> str:
-    """The chromium executable, or skip the test."""
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        pytest.skip("chromium is not installed (ci/system-packages.sh installs it)")
-    return path
+    """The chromium executable (see :func:`peers.need_program`)."""
+    return need_program("chromium", "chromium-browser")
 
 
 class BrowserError(Exception):
@@ -282,18 +279,14 @@ _FIREFOX_PREFS = {
 
 class Firefox(Browser):
     """Headless Firefox ESR, with a PulseAudio server of its own: Firefox runs Web Audio
-    only with a sound device to play to, here a null sink. Skips the test where either is
-    not installed."""
+    only with a sound device to play to, here a null sink. Needs both installed
+    (see :func:`peers.need_program`)."""
 
     name = "firefox"
 
     def __init__(self, *, timeout: float = 30.0) -> None:
-        executable = shutil.which("firefox-esr") or shutil.which("firefox")
-        pulseaudio = shutil.which("pulseaudio")
-        if executable is None or pulseaudio is None:
-            pytest.skip(
-                "firefox or pulseaudio is not installed (apt-get install firefox-esr pulseaudio)"
-            )
+        executable = need_program("firefox-esr", "firefox")
+        pulseaudio = need_program("pulseaudio")
         profile = Path(tempfile.mkdtemp(prefix="flowcat-firefox-"))
         prefs = [f"user_pref({json.dumps(k)}, {json.dumps(v)});" for k, v in _FIREFOX_PREFS.items()]
         (profile / "user.js").write_text("\n".join(prefs) + "\n")

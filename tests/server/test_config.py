@@ -4,13 +4,13 @@ answering a caller through local stand-ins for the providers)."""
 
 from __future__ import annotations
 
-import shutil
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers import wait_until
+from peers import need_program
 from services.fake_providers import (
     FakeCartesia,
     FakeDeepgram,
@@ -20,6 +20,7 @@ from services.fake_providers import (
     sse_handler,
     tone,
 )
+from services.offline_speech import need_worker_python
 
 from flowcat_ft.agents.echo import Echo
 from flowcat_ft.audio.turns import TurnDetector
@@ -57,11 +58,9 @@ from flowcat_ft.services.offline import (
     EspeakTTS,
     GraphLLM,
     SphinxSTT,
-    SphinxWorkerError,
     TranscriptRecorder,
     vad_analyzer,
 )
-from flowcat_ft.services.offline.sphinx_pool import find_worker_python
 from flowcat_ft.services.stt import DeepgramSTTService
 from flowcat_ft.services.tts import CartesiaTTSService
 from flowcat_ft.transports.server import CARRIERS
@@ -105,12 +104,8 @@ def mistakes(tmp_path, text):
 
 
 def need_offline_engines():
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed (ci/system-packages.sh installs it)")
-    try:
-        find_worker_python()
-    except SphinxWorkerError:
-        pytest.skip("no python for the PocketSphinx worker (ci/venvs.sh makes .venv-gil)")
+    need_program("espeak-ng")
+    need_worker_python()
 
 
 def kinds(pipeline):

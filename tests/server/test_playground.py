@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from browser import Chromium, Firefox, need_chromium
 from helpers import wait_until
+from peers import missing
 from services.offline_speech import need_worker_python, say, silence, with_noise
 from websockets.sync.client import connect
 
@@ -48,6 +49,7 @@ from flowcat_ft.services.offline.sphinx_pool import Grammar
 from flowcat_ft.services.offline.sphinx_worker import words
 from flowcat_ft.transports.server import WebSocketServer
 from flowcat_ft.transports.session import MediaOptions
+from flowcat_ft.transports.webrtc import WebRTCGateway
 
 # Real-time and CPU-heavy: ci/test.sh runs the tests of this group one at a time.
 pytestmark = pytest.mark.xdist_group("realtime")
@@ -253,13 +255,9 @@ def test_chromium_talks_to_the_offline_agent_over_websocket(serve, tmp_path):
 def test_chromium_talks_to_the_offline_agent_over_webrtc(serve, tmp_path):
     need_chromium()
     need_worker_python()
-    try:
-        from flowcat_ft.transports.webrtc import WebRTCGateway
-    except ImportError:
-        pytest.skip("no WebRTC gateway (flowcat_ft.transports.webrtc) in this tree")
     gateway = WebRTCGateway(media_path="/playground")
     if not gateway.available:
-        pytest.skip("the WebRTC gateway is unavailable here (aiortc on the GIL twin?)")
+        missing("no python with aiortc for the WebRTC gateway", "ci/venvs.sh installs it")
     server = serve(offline_agent_pipeline(), pages=gateway.pages(), sockets=gateway.sockets())
     gateway.start(f"ws://127.0.0.1:{server.port}")
     try:

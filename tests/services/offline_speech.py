@@ -1,27 +1,21 @@
 """Helpers for the offline-service tests: espeak-ng speech as 16 kHz PCM, and the
-PocketSphinx worker's python (tests that need one skip without it)."""
+PocketSphinx worker's python (a missing one is a missing peer: see :mod:`peers`)."""
 
 from __future__ import annotations
 
 import functools
 import io
-import shutil
 import subprocess
 import wave
 
 import numpy as np
-import pytest
+from peers import missing, need_program
 
 from flowcat_ft.audio.resample import resample
 from flowcat_ft.services.offline.sphinx_pool import SphinxWorkerError, find_worker_python
 
 RATE = 16000
 NOISE_RMS = 60.0  # a caller's line is never digitally silent: about -55 dBFS of noise
-
-
-def need_espeak() -> None:
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed (ci/system-packages.sh installs it)")
 
 
 @functools.cache
@@ -35,10 +29,10 @@ def _worker_python() -> str | None:
 
 
 def need_worker_python() -> str:
-    """The GIL python with pocketsphinx, or skip (ci/venvs.sh installs it in .venv-gil)."""
+    """The GIL python with pocketsphinx, or :func:`peers.missing`."""
     python = _worker_python()
     if python is None:
-        pytest.skip("no GIL python with pocketsphinx (ci/venvs.sh installs it in .venv-gil)")
+        missing("no GIL python with pocketsphinx", "ci/venvs.sh installs it in .venv-gil")
     return python
 
 
@@ -53,7 +47,7 @@ def _say(text: str, rate: int) -> bytes:
 
 def say(text: str, rate: int = RATE) -> np.ndarray:
     """*text* spoken by espeak-ng, as int16 samples at *rate* (made once per session)."""
-    need_espeak()
+    need_program("espeak-ng")
     return np.frombuffer(_say(text, rate), np.int16)
 
 

@@ -5,7 +5,6 @@ system's CAs refuse this one); a service given ``ca_file`` or ``ssl_context`` tr
 from __future__ import annotations
 
 import asyncio
-import shutil
 import ssl
 
 import pytest
@@ -33,11 +32,6 @@ from flowcat_ft.services.net.http import HTTPClient, HTTPConnectError, Timeouts
 from flowcat_ft.services.net.retry import RetryPolicy
 from flowcat_ft.services.stt import DeepgramSTTService
 from flowcat_ft.services.tts import OpenAITTSService
-
-pytestmark = pytest.mark.skipif(
-    shutil.which("openssl") is None,
-    reason="the openssl command line is needed to make the test certificate",
-)
 
 FAST = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.05)
 ONCE = RetryPolicy(attempts=1)

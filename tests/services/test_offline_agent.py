@@ -15,7 +15,8 @@ import time
 import numpy as np
 import pytest
 from helpers import wait_until
-from offline_speech import need_espeak, need_worker_python, say, with_noise
+from offline_speech import need_worker_python, say, with_noise
+from peers import need_program
 
 from flowcat_ft import (
     BotStartedSpeakingFrame,
@@ -180,7 +181,7 @@ class Caller:
 
 
 def test_a_scripted_conversation_with_a_barge_in(runtime):
-    need_espeak()
+    need_program("espeak-ng")
     need_worker_python()
     caller = Caller(
         runtime, offline_agent_pipeline(tools=TOOLS, turn_timeout_secs=0.6), {"caller": "Alice"}
@@ -249,7 +250,7 @@ def check_replies(runtime, graph, slots, replies, expected):
 
 
 def test_goodbye_over_the_reply_cuts_it_off_and_ends_the_call(runtime):
-    need_espeak()
+    need_program("espeak-ng")
     need_worker_python()
     caller = Caller(runtime, offline_agent_pipeline(tools=TOOLS), {"caller": "Bob"})
     caller.wait(until=lambda: caller.count(BotStartedSpeakingFrame) >= 1)
@@ -279,7 +280,7 @@ def test_goodbye_over_the_reply_cuts_it_off_and_ends_the_call(runtime):
 
 
 def test_one_word_over_the_reply_is_answered_after_it_and_two_words_cut_it_off(runtime):
-    need_espeak()
+    need_program("espeak-ng")
     need_worker_python()
     caller = Caller(
         runtime, offline_agent_pipeline(tools=TOOLS, turn_timeout_secs=0.6), {"caller": "Eve"}

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import wait_until
-from offline_speech import need_espeak
+from peers import need_program
 
 from flowcat_ft import (
     EndFrame,
@@ -49,7 +49,7 @@ def test_sentences_are_split_where_they_end():
 
 
 def espeak_wav(text: str) -> bytes:
-    need_espeak()
+    need_program("espeak-ng")
     return subprocess.run(["espeak-ng", "--stdout", text], capture_output=True, check=True).stdout
 
 
@@ -93,7 +93,7 @@ def test_audio_is_framed_in_20_ms_slabs_at_the_output_rate():
 
 
 def run_tts(runtime, frames, rate=24000, **options):
-    need_espeak()
+    need_program("espeak-ng")
     out = []
     call = runtime.open_call(
         Pipeline([lambda: EspeakTTS(**options)]),
@@ -222,7 +222,7 @@ def test_a_missing_espeak_is_a_clear_error():
 def test_speech_waits_for_slabs_when_the_pool_runs_low(runtime):
     """A server behind on its calls: speech leaves a quarter of the pool to callers' audio,
     waiting instead of failing the call."""
-    need_espeak()
+    need_program("espeak-ng")
     pool = runtime.pool
     held = [pool.take() for _ in range(pool.capacity - 100)]  # 100 free: under the reserve
     seen: list[type] = []  # the frames' kinds: the frames themselves go (and their slabs)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 import socket
 import subprocess
 import threading
@@ -12,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from peers import need_program
 
 from flowcat_ft import FrameProcessor, Pipeline, Runtime
 from flowcat_ft.agents.echo import Echo
@@ -96,17 +96,10 @@ def sip_server():
         runtime.stop()
 
 
-def need(binary: str) -> str:
-    path = shutil.which(binary)
-    if path is None:
-        pytest.skip(f"{binary} is not installed (ci/system-packages.sh installs it)")
-    return path
-
-
 def sipp_command(server: SipServer, scenario: str, *, transport: str = "u1", timeout: int = 30):
     """The command line of one call of a SIPp scenario against ``server``, and the file
     its errors go to."""
-    binary = need("sipp")
+    binary = need_program("sipp")
     port, media = free_port(), free_port(even=True)
     errors = Path(f"/tmp/flowcat-sipp-{port}-errors.log")
     command = [
@@ -138,7 +131,7 @@ def phone():
         kind = socket.SOCK_STREAM if transport == "t1" else socket.SOCK_DGRAM
         port, media = free_port(kind), free_port(even=True)
         command = [
-            need("sipp"), "-sf", str(SCENARIOS / scenario), "-i", "127.0.0.1",
+            need_program("sipp"), "-sf", str(SCENARIOS / scenario), "-i", "127.0.0.1",
             "-p", str(port), "-mp", str(media), "-rtp_echo", "-m", "1", "-nostdin",
             "-timeout", "30s", "-timeout_error", "-t", transport,
         ]  # fmt: skip
@@ -167,7 +160,7 @@ class LiveCall:
         self.call_id = f"live-{free_port()}@sipp"
         control = free_port(socket.SOCK_STREAM)
         command = [
-            need("sipp"), "-sf", str(SCENARIOS / "live.xml"), f"127.0.0.1:{server.port}",
+            need_program("sipp"), "-sf", str(SCENARIOS / "live.xml"), f"127.0.0.1:{server.port}",
             "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(free_port(even=True)),
             "-rtp_echo", "-3pcc", f"127.0.0.1:{control}", "-m", "1", "-nostdin",
             "-timeout", "60s", "-timeout_error",
@@ -214,7 +207,7 @@ def live_call(server: SipServer) -> Iterator[LiveCall]:
 def registrar(scenario: str, port: int, transport: str = "u1") -> subprocess.Popen:
     """SIPp as a registrar on ``port`` (UDP, or TCP with ``"t1"``), playing ``scenario``."""
     command = [
-        need("sipp"), "-sf", str(SCENARIOS / scenario), "-i", "127.0.0.1", "-p", str(port),
+        need_program("sipp"), "-sf", str(SCENARIOS / scenario), "-i", "127.0.0.1", "-p", str(port),
         "-t", transport, "-m", "1", "-nostdin", "-timeout", "60s", "-timeout_error",
     ]  # fmt: skip
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Heard, free_port, listening, need
+from conftest import Heard, free_port, listening
 from helpers import self_signed_certificate, wait_until
+from peers import need_program
 
 from flowcat_ft.transports.sip import CallFailed
 
@@ -26,8 +27,9 @@ from flowcat_ft.transports.sip import CallFailed
 def speech(folder) -> str:
     """Two seconds of espeak-ng's speech, then three of silence, as 8 kHz 16-bit WAV."""
     spoken, path = folder / "spoken.wav", folder / "say.wav"
-    subprocess.run([need("espeak-ng"), "-w", spoken, "hello agent, this is a test"], check=True)
-    convert = [need("sox"), spoken, "-r", "8000", "-c", "1", "-b", "16", path, "pad", "0", "3"]
+    espeak, sox = need_program("espeak-ng"), need_program("sox")
+    subprocess.run([espeak, "-w", spoken, "hello agent, this is a test"], check=True)
+    convert = [sox, spoken, "-r", "8000", "-c", "1", "-b", "16", path, "pad", "0", "3"]
     subprocess.run(convert, check=True)
     return str(path)
 
@@ -65,7 +67,7 @@ class Baresip:
             f"ctrl_tcp_listen 127.0.0.1:{self.ctrl}\n{self.config}"
         )
         self.process = subprocess.Popen(
-            [need("baresip"), "-f", str(folder)],
+            [need_program("baresip"), "-f", str(folder)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )

@@ -8,8 +8,9 @@ import subprocess
 import time
 
 import pytest
-from conftest import Heard, free_port, listening, need, sipp
+from conftest import Heard, free_port, listening, sipp
 from helpers import wait_until
+from peers import need_program
 
 CONFIG = """#!KAMAILIO
 debug=2
@@ -68,7 +69,7 @@ def kamailio(tmp_path):
         port = free_port(socket.SOCK_STREAM)
         config = tmp_path / "proxy.cfg"
         config.write_text(CONFIG.format(port=port, agent=agent))
-        command = [need("kamailio"), "-f", str(config), "-DD", "-E", "-Y", str(tmp_path),
+        command = [need_program("kamailio"), "-f", str(config), "-DD", "-E", "-Y", str(tmp_path),
                    "-m", "32", "-M", "4"]  # fmt: skip
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         started.append(process)

@@ -11,8 +11,9 @@ import subprocess
 import time
 
 import numpy as np
-from conftest import Heard, listening, need
+from conftest import Heard, listening
 from helpers import wait_until
+from peers import need_program
 
 from flowcat_ft import FrameProcessor, Pipeline
 from flowcat_ft.frames import InputDTMFFrame, OutputAudioRawFrame
@@ -209,7 +210,7 @@ def test_an_unsupported_require_is_420_naming_it(sip_server):
 def test_sipsak_options_keepalive_is_answered(sip_server):
     server = sip_server(listening(Heard()))
     result = subprocess.run(
-        [need("sipsak"), "-s", f"sip:agent@127.0.0.1:{server.port}", "-vv"],
+        [need_program("sipsak"), "-s", f"sip:agent@127.0.0.1:{server.port}", "-vv"],
         capture_output=True,
         timeout=20,
         check=False,

@@ -11,7 +11,6 @@ import functools
 import http.client
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import numpy as np
 import pytest
 import websockets
 from helpers import wait_until
+from peers import missing, need_program
 
 from flowcat_ft import FrameProcessor, InputDTMFFrame, OutputAudioRawFrame, Pipeline
 from flowcat_ft.agents.echo import Echo
@@ -50,7 +50,7 @@ def _aiortc_python() -> tuple[str | None, str]:
 def aiortc_python() -> str:
     python, reason = _aiortc_python()
     if python is None:
-        pytest.skip(f"aiortc cannot be installed here: {reason}")
+        missing(f"no python with aiortc: {reason}", "ci/venvs.sh installs it in .venv-gil")
     return python
 
 
@@ -153,8 +153,7 @@ def speech_start(pcm: np.ndarray) -> int:
 def speech(tmp_path) -> tuple[Path, np.ndarray]:
     """An espeak-ng utterance after 0.5 s of silence, as espeak writes it (22.05 kHz), and
     the same at 16 kHz."""
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed (ci/system-packages.sh installs it)")
+    need_program("espeak-ng")
     said = tmp_path / "said.wav"
     text = "Hello there. This call goes through the WebRTC companion and comes back."
     subprocess.run(["espeak-ng", "-w", str(said), text], check=True)
