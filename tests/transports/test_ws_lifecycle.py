@@ -140,12 +140,34 @@ def test_the_agent_ending_the_call_closes_the_connection(serve):
 def test_an_idle_connection_times_out(serve):
     server = serve(options=MediaOptions(idle_timeout=0.3))
 
-    async def call() -> int | None:
+    async def call() -> tuple[int | None, str | None]:
         async with websockets.connect(f"ws://127.0.0.1:{server.port}/twilio") as ws:
             await ws.send(twilio_start())
-            return await asyncio.wait_for(close_code_of(ws), 5)
+            return await asyncio.wait_for(close_code_of(ws), 5), ws.close_reason
 
-    assert asyncio.run(call()) == 1001
+    assert asyncio.run(call()) == (1001, "idle for 0.3 s")
+    assert wait_until(lambda: server.runtime.calls == [])
+
+
+def test_traffic_keeps_resetting_the_idle_timer(serve):
+    """The control case: media for three idle timeouts keeps the call; once it stops, the
+    timer runs out."""
+    server = serve(options=MediaOptions(idle_timeout=1.0))
+    frames = 150  # three seconds of 20 ms frames
+
+    async def call() -> tuple[int, int | None, str | None]:
+        async with websockets.connect(f"ws://127.0.0.1:{server.port}/twilio") as ws:
+            await ws.send(twilio_start())
+            for i in range(frames):
+                await ws.send(twilio_media(b"\x33" * 160, i))
+                await asyncio.sleep(0.02)
+            echoed = 0
+            async for message in ws:  # the echo of every frame, then the idle close
+                echoed += json.loads(message).get("event") == "media"
+            return echoed, ws.close_code, ws.close_reason
+
+    echoed, code, reason = asyncio.run(call())
+    assert (echoed, code, reason) == (frames, 1001, "idle for 1 s")
     assert wait_until(lambda: server.runtime.calls == [])
 
 
