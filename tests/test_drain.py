@@ -1,12 +1,14 @@
 """Graceful drain of a real `flowcat-ft serve` process, with real signals and real calls:
 SIGTERM takes it out of rotation at once and refuses new calls, live calls go on to their
 end, then it exits 0; a second SIGTERM, or the end of the grace, ends what is left;
-`flowcat-ft drain` (a preStop hook) starts the drain without stopping the server."""
+`flowcat-ft drain` (a preStop hook) starts the drain without stopping the server; under
+load, every caller sees a normal close."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import signal
 import subprocess
 
@@ -148,3 +150,42 @@ def test_the_drain_command_says_when_there_is_no_such_server():
     )
     assert result.returncode == 1
     assert "cannot signal process 999999999" in result.stderr
+
+
+def test_sigterm_with_calls_streaming_ends_each_cleanly_and_exits_0(served):
+    """SIGTERM under load, through the CLI: six callers streaming when it comes. At the end
+    of the grace each sees a normal close (1001, never 1011), the process exits 0, and it
+    logs no error or traceback."""
+    server = served("shutdown_grace: 1")
+    echoed = [0] * 6
+
+    async def stream_until_closed(ws, n: int) -> tuple[int | None, str | None]:
+        async def send() -> None:
+            with contextlib.suppress(ConnectionClosed):
+                for i in itertools.count(3):
+                    await ws.send(twilio_media(b"\x44" * 160, i))
+                    await asyncio.sleep(0.02)
+
+        sender = asyncio.create_task(send())
+        try:
+            async for _ in ws:  # ends at a normal close; raises at an abnormal one
+                echoed[n] += 1
+        finally:
+            sender.cancel()
+        return ws.close_code, ws.close_reason
+
+    async def scenario() -> list[tuple[int | None, str | None]]:
+        callers = [await websockets.connect(server.url()) for _ in echoed]
+        for n, ws in enumerate(callers):
+            await ws.send(twilio_start(call=f"CA{n}"))
+            await echo(ws, 3)
+        streams = [asyncio.create_task(stream_until_closed(ws, n)) for n, ws in enumerate(callers)]
+        assert await until(lambda: min(echoed) >= 5)  # every call mid-stream
+        server.proc.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(asyncio.gather(*streams), 60)
+
+    assert asyncio.run(scenario()) == [(1001, "the server is shutting down")] * len(echoed)
+    assert server.proc.wait(30) == 0
+    output = server.output()
+    assert f"stopped: ended the calls still live: {len(echoed)}" in output
+    assert "Traceback" not in output and "ERROR" not in output, output
