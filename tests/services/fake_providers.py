@@ -762,7 +762,8 @@ class FakeCartesia(FakeWSServer):
     chunks of ``chunk_secs`` sent ``delay`` apart, with word timestamps (seconds from the
     context's start) sent before the chunks; ``done`` after ``continue: false``. ``mode``:
     "normal", "garbage", "close" (after the first chunk), "stall" (after the first chunk),
-    "error" (an error message for the context)."""
+    "error" (an error message for the context); with ``fault_on`` set, only contexts whose
+    first text contains it get ``mode``, the others "normal"."""
 
     def __init__(self, word_secs: float = 0.1, chunk_secs: float = 0.05, delay: float = 0.0):
         super().__init__("fake-cartesia")
@@ -770,6 +771,7 @@ class FakeCartesia(FakeWSServer):
         self.chunk_secs = chunk_secs
         self.delay = delay
         self.mode = "normal"
+        self.fault_on: str | None = None
         self.requests: list[dict] = []
         self.cancelled: list[str] = []
         self.chunks_sent = 0
@@ -798,9 +800,12 @@ class FakeCartesia(FakeWSServer):
     async def _context(self, ws: ServerConnection, ctx: str, queue: asyncio.Queue) -> None:
         offset = 0.0
         first = True
+        faulty = None
         while True:
             request = await queue.get()
-            mode = self.mode
+            if faulty is None:
+                faulty = self.fault_on is None or self.fault_on in request["transcript"]
+            mode = self.mode if faulty else "normal"
             if mode == "garbage":
                 await ws.send("<html>502 Bad Gateway</html>")
                 return

@@ -167,8 +167,8 @@ def parse_message(message: str | bytes) -> Event:
     raise ProviderProtocolError(f"a message without a type: {message[:60]!r}")
 
 
-class _ConnectionLost(Exception):
-    pass
+class TTSConnectionLost(ConnectionError):
+    """The connection to Cartesia closed or failed while turns were using it."""
 
 
 class _Sender:
@@ -245,7 +245,7 @@ class CartesiaTTSService(TTSService):
         return ws
 
     async def _receive(self, ws: ClientConnection) -> None:
-        error: Exception = _ConnectionLost("the TTS connection closed")
+        error: Exception | None = None
         try:
             async for message in ws:
                 try:
@@ -261,6 +261,9 @@ class CartesiaTTSService(TTSService):
         finally:
             if self._ws is ws:
                 self._ws = None
+            if error is None:
+                how = f"code {ws.close_code}" + (f" ({ws.close_reason})" if ws.close_reason else "")
+                error = TTSConnectionLost(f"the TTS connection closed with {how}")
             for queue in self._contexts.values():
                 queue.put_nowait(error)
             await close_quietly(ws)
@@ -343,7 +346,7 @@ class CartesiaTTSService(TTSService):
             sender.last_sent = loop.time()
             sender.done = True
         except (ConnectionClosed, OSError) as error:
-            queue.put_nowait(_ConnectionLost(f"the TTS connection failed: {error}"))
+            queue.put_nowait(TTSConnectionLost(f"the TTS connection failed: {error}"))
 
     def _cancel_context(self, ws: ClientConnection, context_id: str) -> None:
         """Tell the provider to drop a context (without waiting: this may run as the turn
