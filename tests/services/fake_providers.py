@@ -676,7 +676,8 @@ class FakeDeepgram(FakeWSServer):
     ``UtteranceEnd`` message follows it (as when noise keeps endpointing from firing).
     ``mode``: "normal", "garbage" (a non-JSON message first), "error" (an Error message
     first), "drop" (close with 1011 after the first result), "silent" (take the audio,
-    answer nothing, until the mode changes)."""
+    answer nothing, until the mode changes), "stall" (the same on this connection for
+    ever). Each connection takes the mode it opens with, but for "silent"."""
 
     def __init__(
         self,
@@ -729,7 +730,7 @@ class FakeDeepgram(FakeWSServer):
         async for message in ws:
             if isinstance(message, bytes):
                 self.audio_bytes += len(message)
-                if self.mode == "silent":
+                if mode == "stall" or self.mode == "silent":
                     self.notify()
                     continue
                 heard += len(message)

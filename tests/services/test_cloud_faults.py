@@ -1,17 +1,27 @@
 """A provider's fault touches only the call it serves.
 
 Several calls share one local fake of a provider; the one call whose request goes wrong
-meets a provider that stalls, sends garbage, or closes mid-stream. That call gets a clear,
+meets a provider that stalls, sends garbage, or closes mid-stream: Deepgram-style speech to
+text, an OpenAI-compatible LLM, Cartesia-style text to speech. That call gets a clear,
 non-fatal error naming the problem (never the peer's raw bytes or a traceback), its
-caller hears the documented fallback (the LLM's fallback line; the TTS ends the reply),
-and its next turn works; every other call gets its whole answer with no error; every slab
-comes back. (Each fault on one call alone is in test_cloud_llm.py and test_cloud_tts.py.)
+caller hears the documented fallback (the LLM's fallback line; the TTS ends the reply; the
+STT reconnects), and its next turn works; every other call gets its whole answer with no
+error; every slab comes back. (Each fault on one call alone is in test_cloud_stt.py,
+test_cloud_llm.py and test_cloud_tts.py.)
 """
 
 from __future__ import annotations
 
 import pytest
-from fake_providers import FakeCartesia, FakeHTTPServer, Recorder, openai_chunks, sse_handler
+from fake_providers import (
+    FakeCartesia,
+    FakeDeepgram,
+    FakeHTTPServer,
+    Recorder,
+    openai_chunks,
+    sse_handler,
+    tone,
+)
 from helpers import wait_until
 
 from flowcat_ft import (
@@ -21,6 +31,7 @@ from flowcat_ft import (
     LLMFullResponseStartFrame,
     LLMTextFrame,
     Pipeline,
+    TranscriptionFrame,
     TTSAudioRawFrame,
     TTSTextFrame,
 )
@@ -28,10 +39,12 @@ from flowcat_ft.services.llm import OpenAILLMService
 from flowcat_ft.services.llm.frames import LLMMessagesFrame, TTSSpeakFrame
 from flowcat_ft.services.net.http import Timeouts
 from flowcat_ft.services.net.retry import RetryPolicy
+from flowcat_ft.services.stt import DeepgramSTTService
 from flowcat_ft.services.tts import CartesiaTTSService
 
 HEALTHY = 3
 ONCE = RetryPolicy(attempts=1)
+FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05)
 USER = [{"role": "user", "content": "hi"}]
 ANSWER = ["It", " is", " sunny", " in", " Rome."]
 FALLBACK = "Sorry, give me a moment."
@@ -124,7 +137,7 @@ def test_a_tts_fault_fails_only_its_own_reply(runtime, cartesia, mode, expected)
         url=cartesia.url,
         api_key="ck-test-5678",
         sample_rate=24000,
-        retry=RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05),
+        retry=FAST,
         read_timeout=0.5,
     )
     faulty, *healthy = outs = [Recorder() for _ in range(1 + HEALTHY)]
@@ -148,6 +161,67 @@ def test_a_tts_fault_fails_only_its_own_reply(runtime, cartesia, mode, expected)
     for call in calls:
         call.close()
         assert call.end_reason == "ended" and not call.failed
+    for out in outs:
+        out.frames.clear()
+    assert wait_until(lambda: runtime.pool.in_use == 0)
+
+
+@pytest.fixture
+def deepgram():
+    server = FakeDeepgram(["turn", "on", "the", "lights"], final_after=0.3)
+    yield server
+    server.close()
+
+
+def speak(call, seconds: float) -> None:
+    audio = tone(seconds, 16000)
+    for i in range(0, len(audio), 640):
+        call.push_audio(audio[i : i + 640], 16000)
+
+
+def finals(out: Recorder) -> list[str]:
+    return [f.text for f in out.of(TranscriptionFrame) if type(f) is TranscriptionFrame]
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("stall", "no reply from the STT for 0.3 s"),
+        ("garbage", "a message that is not JSON"),
+        ("drop", "the STT connection closed: NET-0000 internal error"),
+    ],
+    ids=["stall", "garbage", "closed-mid-stream"],
+)
+def test_an_stt_fault_fails_only_its_own_call_s_words(runtime, deepgram, mode, expected):
+    stt = lambda: DeepgramSTTService(  # noqa: E731
+        url=deepgram.url + "/v1/listen",
+        api_key="dg-key-777",
+        retry=FAST,
+        stall_timeout=0.3,
+        keepalive_secs=60,
+    )
+    faulty, *healthy = outs = [Recorder() for _ in range(1 + HEALTHY)]
+    deepgram.mode = mode
+    calls = [runtime.open_call(Pipeline([stt]), faulty)]
+    speak(calls[0], 0.2)
+    assert deepgram.wait_for(lambda: deepgram.connections == 1)  # it took the fault
+    deepgram.mode = "normal"
+    calls += [runtime.open_call(Pipeline([stt]), out) for out in healthy]
+    for call in calls[1:]:
+        speak(call, 0.4)
+
+    assert wait_until(lambda: errors(faulty), 10)
+    [error] = errors(faulty)
+    assert error.error.startswith(f"{error.processor}: ") and expected in error.error
+    assert not error.fatal and "Traceback" not in error.error
+    for out in healthy:
+        assert wait_until(lambda out=out: finals(out) == ["turn on the lights"], 10)
+    speak(calls[0], 0.4)  # the faulty call is heard again (on a new connection if need be)
+    assert wait_until(lambda: "turn on the lights" in finals(faulty), 10)
+    for call in calls:
+        call.close()
+        assert call.end_reason == "ended" and not call.failed
+    assert [len(errors(out)) for out in outs] == [1] + [0] * HEALTHY
     for out in outs:
         out.frames.clear()
     assert wait_until(lambda: runtime.pool.in_use == 0)
