@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import pytest
 from helpers import wait_until
+from peers import missing, need_program
 
 from bench.echo import loadgen, report
 from bench.echo.flowcat_server import start, start_sip
 from bench.sip import __main__ as sip_bench
 from bench.sip import sipp
 
-needs_cc = pytest.mark.skipif(
-    loadgen.compiler() is None, reason="no C compiler (cc) to build the load generator"
-)
 CALLS = 2
 
 
@@ -28,8 +26,9 @@ def sip_server(request):
     server.runtime.stop()
 
 
-@needs_cc
 def test_rtp_calls_are_set_up_and_every_packet_comes_back_timed(sip_server):
+    if loadgen.compiler() is None:
+        missing("no C compiler (cc) to build the load generator", "apt-get install gcc")
     progress: list[str] = []
     load = loadgen.Load(CALLS, "rtp", seconds=1.0, warmup=0.2, grace=2.0)
     result = loadgen.run(sip_server.port, load, progress.append)
@@ -127,8 +126,8 @@ def test_sipp_files_are_read(tmp_path):
     assert sipp.completed_rate(setups[:1]) is None
 
 
-@pytest.mark.skipif(sipp.binary() is None, reason="SIPp is not installed (ci/system-packages.sh)")
 def test_sipp_sets_calls_up_at_a_rate(sip_server):
+    need_program("sipp")
     result = sipp.run(sip_server.port, sipp.Rate(5, 1.0, hold=0.1))
 
     assert (result["calls"], result["successful"], result["failed"]) == (5, 5, 0)
