@@ -605,12 +605,9 @@ def _check_sip(config: Config) -> list[ConfigError]:
                     "transports.sip.tls_cert", f"cannot load the certificate and key: {reason}"
                 )
             )
-    if sip.dial_token_env is not None and not os.environ.get(sip.dial_token_env):
-        errors.append(
-            config.error(
-                "transports.sip.dial_token_env",
-                f"the environment variable {sip.dial_token_env} (the token) is not set",
-            )
+    if sip.dial_token_env is not None:
+        errors += _secret_env_errors(
+            config, "transports.sip.dial_token_env", sip.dial_token_env, "the token"
         )
     for i, trunk in enumerate(sip.trunks):
         where = f"transports.sip.trunks[{i}]"
@@ -618,13 +615,9 @@ def _check_sip(config: Config) -> list[ConfigError]:
             Uri.parse(trunk.registrar)
         except SipError as error:
             errors.append(config.error(f"{where}.registrar", f"expected a sip: URI ({error})"))
-        env = trunk.password_env
-        if env is not None and not os.environ.get(env):
-            errors.append(
-                config.error(
-                    f"{where}.password_env",
-                    f"the environment variable {env} (the trunk's password) is not set",
-                )
+        if trunk.password_env is not None:
+            errors += _secret_env_errors(
+                config, f"{where}.password_env", trunk.password_env, "the trunk's password"
             )
     return errors
 
@@ -647,6 +640,20 @@ def _resolve(config: Config) -> Config:
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
+def _secret_env_errors(config: Config, field: str, env: str, what: str) -> list[ConfigError]:
+    """The mistake in *field*, which names *env*, the environment variable that holds
+    *what* (a key, a token, a password): not a variable's name (the secret itself
+    written in the file, then not repeated in the message), or a variable that is not
+    set."""
+    if not _ENV_NAME.match(env):
+        return [
+            config.error(field, f"expected the name of an environment variable, not {what} itself")
+        ]
+    if not os.environ.get(env):
+        return [config.error(field, f"the environment variable {env} ({what}) is not set")]
+    return []
+
+
 def _carrier_errors(config: Config) -> list[ConfigError]:
     """The mistakes in how carriers' requests are verified: secrets that are not set,
     keys that are not keys."""
@@ -665,17 +672,8 @@ def _carrier_errors(config: Config) -> list[ConfigError]:
         "exotel.password_env": (transports.exotel.password_env, "the Exotel password"),
     }
     for name, (env, what) in secrets.items():
-        if env is None:
-            continue
-        field = f"transports.{name}"
-        if not _ENV_NAME.match(env):
-            errors.append(
-                config.error(field, f"expected the name of an environment variable, not {what}")
-            )
-        elif not os.environ.get(env):
-            errors.append(
-                config.error(field, f"the environment variable {env} ({what}) is not set")
-            )
+        if env is not None:
+            errors += _secret_env_errors(config, f"transports.{name}", env, what)
     key_env = transports.stream_token_key_env
     key = os.environ.get(key_env) if key_env else None
     if key and len(key) < 32:
@@ -716,20 +714,19 @@ def _check_access(config: Config) -> list[ConfigError]:
     server, errors = config.server, []
     token_env = server.access_token_env
     if token_env is not None:
+        field = "server.access_token_env"
+        unset = _secret_env_errors(config, field, token_env, "the access token")
         token = os.environ.get(token_env, "")
-        if not _ENV_NAME.match(token_env):
-            problem = "expected the name of an environment variable, not the token itself"
-        elif not token:
-            problem = f"the environment variable {token_env} (the access token) is not set"
+        if unset:
+            errors += unset
         elif len(token) < MIN_TOKEN_CHARS:
-            problem = (
-                f"the token in {token_env} is {len(token)} characters: it needs at least "
-                f"{MIN_TOKEN_CHARS} ({_MAKE_TOKEN} makes one)"
+            errors.append(
+                config.error(
+                    field,
+                    f"the token in {token_env} is {len(token)} characters: it needs at least "
+                    f"{MIN_TOKEN_CHARS} ({_MAKE_TOKEN} makes one)",
+                )
             )
-        else:
-            problem = ""
-        if problem:
-            errors.append(config.error("server.access_token_env", problem))
     if (server.tls_cert is None) != (server.tls_key is None):
         given, missing = (
             ("tls_cert", "tls_key") if server.tls_key is None else ("tls_key", "tls_cert")
@@ -805,17 +802,9 @@ def _check(config: Config) -> list[ConfigError]:
             continue
         key_env = getattr(section, "api_key_env", None)
         if key_env is not None:
-            if not _ENV_NAME.match(key_env):
-                error(
-                    f"agent.{name}.api_key_env",
-                    "expected the name of an environment variable (such as "
-                    "OPENAI_API_KEY), not the key itself",
-                )
-            elif not os.environ.get(key_env):
-                error(
-                    f"agent.{name}.api_key_env",
-                    f"the environment variable {key_env} (the API key) is not set",
-                )
+            errors += _secret_env_errors(
+                config, f"agent.{name}.api_key_env", key_env, "the API key"
+            )
     llm = agent.llm
     if (
         isinstance(llm, OpenAILLMConfig)

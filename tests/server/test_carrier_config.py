@@ -46,7 +46,7 @@ def test_secrets_that_are_not_set_or_not_keys_stop_start_up(tmp_path, monkeypatc
         "transports.plivo.auth_token_env: the environment variable TEST_UNSET (the Plivo auth "
         "token) is not set",
         "transports.vonage.signature_secret_env: expected the name of an environment variable, "
-        "not the Vonage signature secret",
+        "not the Vonage signature secret itself",
         "transports.exotel.username_env: the environment variable TEST_UNSET (the Exotel user "
         "name) is not set",
         "transports.stream_token_key_env: the key in TEST_SHORT_KEY is too short: give at least "
@@ -56,4 +56,24 @@ def test_secrets_that_are_not_set_or_not_keys_stop_start_up(tmp_path, monkeypatc
         "transports.exotel: give both username_env and password_env, or neither",
         "transports.exotel.allow_from[1]: expected an IP address or network (203.0.113.0/24), "
         "got 'example.com'",
+    ]
+
+
+def test_a_secret_written_in_place_of_its_variable_is_never_repeated(tmp_path):
+    """Every field that names a secret's environment variable refuses the secret itself,
+    and the error does not write it into the log."""
+    found = mistakes(
+        tmp_path,
+        "  sip:\n"
+        "    dial_token_env: 'dial token 1234'\n"
+        "    trunks: [{registrar: 'sip:pbx.example', user: a, password_env: 'hunter2!'}]\n"
+        "  twilio: {auth_token_env: 'abc def'}\n",
+    )
+    assert found == [
+        "transports.twilio.auth_token_env: expected the name of an environment variable, not "
+        "the Twilio auth token itself",
+        "transports.sip.dial_token_env: expected the name of an environment variable, not the "
+        "token itself",
+        "transports.sip.trunks[0].password_env: expected the name of an environment variable, "
+        "not the trunk's password itself",
     ]
