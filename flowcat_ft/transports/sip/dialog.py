@@ -144,6 +144,10 @@ class SipCall:
 
     # -- answering the INVITE --------------------------------------------------------------
 
+    def start_answering(self) -> None:
+        """Answer the INVITE (:meth:`answer`) as one of the call's tasks, on this loop."""
+        self._spawn(self.answer())
+
     async def answer(self) -> None:
         """Answer the INVITE: 100, 180, then 200 with SDP (or a failure)."""
         invite, transaction = self.invite, self._invite_transaction

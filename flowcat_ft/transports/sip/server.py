@@ -347,7 +347,7 @@ class SipServer:
             return
         call = SipCall(self, request, transaction, peer, self._media_session())
         self._add(call)
-        call._spawn(call.answer())
+        call.start_answering()
 
     def _add(self, call: SipCall) -> None:
         self._calls[call.key] = call
