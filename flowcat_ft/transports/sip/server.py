@@ -160,12 +160,12 @@ class SipServer:
         self._turn_log = turn_log
         self.endpoint: SipEndpoint | None = None
         self.registrations: list[Registration] = []
-        self._calls: dict[tuple[str, str], SipCall] = {}
+        self._calls: dict[tuple[str, str], SipCall] = {}  # the signalling loop's only
         self._idle = threading.Event()
         self._idle.set()
         self._draining = False
         self._unregistering: asyncio.Task | None = None
-        self.refused = 0
+        self.refused = 0  # INVITEs refused: written on the signalling loop, read anywhere
         # The last calls to end, newest last: appended on the signalling loop, read by
         # copying (list(server.ended)) from any thread.
         self.ended: deque[SipCall] = deque(maxlen=100)
