@@ -39,10 +39,39 @@ LAYERS = [
 
 ABOVE_THE_CORE = {"__init__", "cli"}
 
+PACKAGES = {
+    "sip": set(),
+    "agents": {"core"},
+    "audio": {"core"},
+    "serializers": {"core"},
+    "telemetry": {"core"},
+    "services": {"core", "audio", "telemetry"},
+    "transports": {"core", "audio", "serializers", "sip"},
+    "server": {
+        "core",
+        "agents",
+        "audio",
+        "serializers",
+        "services",
+        "sip",
+        "telemetry",
+        "transports",
+    },
+}
+"""The packages above the core, and what each may import: ``"core"`` is any module of
+LAYERS. The SIP core is Sans-I/O and imports nothing of flowcat_ft; services and
+transports know nothing of each other; only the server assembles them all."""
+
 
 def core_imports(module: str) -> set[str]:
     """The flowcat_ft modules ``module`` imports, wherever the import statement is."""
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    return imports(PACKAGE / f"{module}.py")
+
+
+def imports(path: Path) -> set[str]:
+    """The flowcat_ft modules the file at ``path`` imports (dotted, without the
+    ``flowcat_ft.`` prefix), wherever the import statement is."""
+    tree = ast.parse(path.read_text())
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -67,6 +96,22 @@ def test_every_top_level_module_is_placed():
 def test_a_core_module_imports_only_modules_below_it(module):
     below = set(LAYERS[: LAYERS.index(module)])
     assert core_imports(module) - below == set()
+
+
+def test_every_package_is_placed():
+    packages = {path.parent.name for path in PACKAGE.glob("*/__init__.py")}
+    assert packages == set(PACKAGES)
+
+
+@pytest.mark.parametrize("package", sorted(PACKAGES))
+def test_a_package_imports_only_what_lies_below_it(package):
+    allowed = PACKAGES[package] | {package}
+    found = set()
+    for path in (PACKAGE / package).rglob("*.py"):
+        for name in imports(path):
+            top = name.partition(".")[0]
+            found.add("core" if top in LAYERS else top)
+    assert found - allowed == set()
 
 
 @pytest.mark.parametrize("module", ["processor", "stage"])
