@@ -21,6 +21,7 @@ import pytest
 import websockets
 from browser import Chromium, need_chromium
 from helpers import wait_until
+from served import echo_config
 
 from flowcat_ft.server.access import SESSION_COOKIE, AccessToken
 from flowcat_ft.server.app import AgentServer
@@ -35,27 +36,6 @@ PCM = b"\x01\x02" * 320  # 20 ms at 16 kHz
 def token(monkeypatch):
     monkeypatch.setenv("TEST_ACCESS_TOKEN", TOKEN)
     return TOKEN
-
-
-def config(tmp_path, rest: str = "", **server):
-    """A configuration of the echo agent on loopback (``server`` fields override)."""
-    fields = {"host": "127.0.0.1", "port": 0, "webrtc": False, **server}
-    path = tmp_path / "agent.yaml"
-    path.write_text(f"server: {json.dumps(fields)}\nagent: {{kind: echo}}\n{rest}")
-    return load_config(path)
-
-
-@pytest.fixture
-def agent_server():
-    started = []
-
-    def start(cfg) -> AgentServer:
-        started.append(server := AgentServer(cfg).start())
-        return server
-
-    yield start
-    for server in started:
-        server.stop(grace=0)
 
 
 def request(
@@ -90,7 +70,7 @@ def refusal(port: int, path: str, headers: dict | None = None) -> tuple[int, str
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.1", "agent.example.com", ""])
 def test_start_up_refuses_a_server_others_can_reach_with_no_token(tmp_path, host):
-    cfg = config(tmp_path, host=host)
+    cfg = echo_config(tmp_path, host=host)
     with pytest.raises(ConfigError) as refused:
         AgentServer(cfg).start()
     message = str(refused.value)
@@ -100,7 +80,7 @@ def test_start_up_refuses_a_server_others_can_reach_with_no_token(tmp_path, host
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "localhost", "::1"])
 def test_a_server_on_loopback_needs_no_token(tmp_path, agent_server, host):
-    server = agent_server(config(tmp_path, host=host))
+    server = agent_server(echo_config(tmp_path, host=host))
     assert server.port > 0
 
 
@@ -163,7 +143,7 @@ def test_with_a_token_an_exposed_server_starts_and_says_how_to_sign_in(tmp_path)
 
 
 def test_without_the_token_nothing_of_the_servers_own_opens(tmp_path, agent_server, token):
-    server = agent_server(config(tmp_path, access_token_env="TEST_ACCESS_TOKEN"))
+    server = agent_server(echo_config(tmp_path, access_token_env="TEST_ACCESS_TOKEN"))
     port = server.port
     for path in ("/raw", "/playground", "/raw?codec=pcm16&sample_rate=16000"):
         status, body = refusal(port, path)
@@ -183,7 +163,7 @@ def test_without_the_token_nothing_of_the_servers_own_opens(tmp_path, agent_serv
 
 
 def test_the_token_as_a_bearer_header_or_a_query_parameter(tmp_path, agent_server, token):
-    server = agent_server(config(tmp_path, access_token_env="TEST_ACCESS_TOKEN"))
+    server = agent_server(echo_config(tmp_path, access_token_env="TEST_ACCESS_TOKEN"))
     port, bearer = server.port, {"Authorization": f"Bearer {TOKEN}"}
     assert asyncio.run(echo(port, "/raw?codec=pcm16&sample_rate=16000", bearer)) == PCM
     assert asyncio.run(echo(port, f"/raw?access_token={TOKEN}&sample_rate=16000")) == PCM
@@ -194,7 +174,7 @@ def test_the_token_as_a_bearer_header_or_a_query_parameter(tmp_path, agent_serve
 
 
 def test_a_page_opened_with_the_token_signs_the_browser_in(tmp_path, agent_server, token):
-    server = agent_server(config(tmp_path, access_token_env="TEST_ACCESS_TOKEN"))
+    server = agent_server(echo_config(tmp_path, access_token_env="TEST_ACCESS_TOKEN"))
     port = server.port
     browser = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
     form = request(port, "/?autostart=ws", browser)
@@ -227,7 +207,7 @@ def test_chromium_signs_in_once_then_the_playground_talks(tmp_path, agent_server
     companion's own connection behind it) go on with the session."""
     need_chromium()
     webrtc = {"webrtc": "auto", "webrtc_companions": 1} if mode == "webrtc" else {}
-    server = agent_server(config(tmp_path, access_token_env="TEST_ACCESS_TOKEN", **webrtc))
+    server = agent_server(echo_config(tmp_path, access_token_env="TEST_ACCESS_TOKEN", **webrtc))
     if mode == "webrtc":
         assert wait_until(lambda: server.gateway.status()["running"], 60)
     with Chromium() as browser:
@@ -265,7 +245,7 @@ def test_an_access_token_shorter_than_16_characters_is_refused():
 
 
 def test_webrtc_offers_need_the_token_and_are_rate_limited(tmp_path, agent_server, token):
-    cfg = config(
+    cfg = echo_config(
         tmp_path,
         "limits: {offers_per_minute: 8}\n",
         access_token_env="TEST_ACCESS_TOKEN",
@@ -310,7 +290,9 @@ def self_signed(tmp_path: Path) -> tuple[Path, Path]:
 def test_tls_serves_https_and_wss(tmp_path, agent_server, token):
     cert, key = self_signed(tmp_path)
     server = agent_server(
-        config(tmp_path, access_token_env="TEST_ACCESS_TOKEN", tls_cert=str(cert), tls_key=str(key))
+        echo_config(
+            tmp_path, access_token_env="TEST_ACCESS_TOKEN", tls_cert=str(cert), tls_key=str(key)
+        )
     )
     context = ssl.create_default_context(cafile=cert)
     context.check_hostname = False

@@ -10,16 +10,11 @@ import urllib.request
 import pytest
 import websockets
 from helpers import wait_until
+from served import echo_config
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from flowcat_ft.server.app import AgentServer
 from flowcat_ft.server.config import ConfigError, load_config
-
-
-def config(tmp_path, server: str = "", rest: str = ""):
-    path = tmp_path / "agent.yaml"
-    path.write_text(f"server: {{host: 127.0.0.1, port: 0{server}}}\nagent: {{kind: echo}}\n{rest}")
-    return load_config(path)
 
 
 def get(port: int, path: str) -> tuple[int, bytes]:
@@ -30,21 +25,10 @@ def get(port: int, path: str) -> tuple[int, bytes]:
         return error.code, error.read()
 
 
-@pytest.fixture
-def agent_server():
-    started = []
-
-    def start(cfg) -> AgentServer:
-        started.append(server := AgentServer(cfg).start())
-        return server
-
-    yield start
-    for server in started:
-        server.stop(grace=0)
-
-
 def test_the_configured_server_has_every_entry_point(tmp_path, agent_server):
-    server = agent_server(config(tmp_path, rest="transports: {carriers: [twilio, raw]}\n"))
+    server = agent_server(
+        echo_config(tmp_path, "transports: {carriers: [twilio, raw]}\n", webrtc="auto")
+    )
     port = server.port
     assert get(port, "/")[1].startswith(b"<!doctype html>")  # the playground
     assert get(port, "/status")[0] == 200
@@ -64,7 +48,7 @@ def test_the_configured_server_has_every_entry_point(tmp_path, agent_server):
 
 
 def test_webrtc_and_the_playground_can_be_turned_off(tmp_path, agent_server):
-    server = agent_server(config(tmp_path, ", playground: false, webrtc: false"))
+    server = agent_server(echo_config(tmp_path, playground=False))
     assert get(server.port, "/")[0] == 404
     assert get(server.port, "/webrtc/offer")[0] == 404
     assert "webrtc" not in json.loads(get(server.port, "/status.json")[1])
@@ -77,7 +61,7 @@ def test_numpy_blas_runs_on_one_thread_while_the_server_runs(tmp_path):
     before = blas_threads()
     assert before, "numpy's BLAS is not loaded"
     with threadpool_limits(2, user_api="blas"):  # as on a machine with 2 cores or more
-        server = AgentServer(config(tmp_path, ", playground: false, webrtc: false")).start()
+        server = AgentServer(echo_config(tmp_path, playground=False)).start()
         try:
             assert blas_threads() == [1] * len(before)
         finally:
@@ -98,7 +82,7 @@ def test_twilio_requests_are_verified_when_the_config_names_the_token(
 ):
     monkeypatch.setenv("TEST_TWILIO_TOKEN", "secret-token")
     twilio = "transports: {twilio: {auth_token_env: TEST_TWILIO_TOKEN}}\n"
-    server = agent_server(config(tmp_path, ", webrtc: false", twilio))
+    server = agent_server(echo_config(tmp_path, twilio))
     assert get(server.port, "/twilio/answer?CallSid=CA1") == (403, b"missing X-Twilio-Signature\n")
     assert get(server.port, "/plivo/answer?CallUUID=u1")[0] == 200
 
@@ -109,11 +93,11 @@ def test_a_twilio_token_variable_that_is_not_set_stops_start_up(tmp_path, monkey
     with pytest.raises(
         ConfigError, match=r"transports\.twilio\.auth_token_env: .*TEST_TWILIO_TOKEN"
     ):
-        config(tmp_path, rest=twilio)
+        echo_config(tmp_path, twilio)
 
 
 def test_a_draining_server_refuses_calls_and_webrtc_offers(tmp_path, agent_server):
-    server = agent_server(config(tmp_path, ", webrtc: true, webrtc_companions: 1"))
+    server = agent_server(echo_config(tmp_path, webrtc=True, webrtc_companions=1))
     server.drain()
     assert get(server.port, "/ready") == (503, b"not ready: draining\n")
     offer = urllib.request.Request(
