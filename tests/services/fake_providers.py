@@ -32,6 +32,13 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request as WSRequest
 
+from flowcat_ft import (
+    Direction,
+    ErrorFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+)
 from flowcat_ft.loops import EventLoopThread
 
 # -- shared bits ---------------------------------------------------------------------------
@@ -1191,3 +1198,20 @@ class Recorder:
             for f, d in list(self.frames)
             if isinstance(f, kind) and (direction is None or d == direction)
         ]
+
+
+def errors(out: Recorder) -> list[ErrorFrame]:
+    """The error frames a call sent upstream (out of its pipeline's first processor)."""
+    return out.of(ErrorFrame, Direction.UPSTREAM)
+
+
+def texts(out: Recorder) -> list[str]:
+    """The text of the LLM's text frames a call put out, in order."""
+    return [f.text for f in out.of(LLMTextFrame)]
+
+
+def say_hello(call) -> None:
+    """Push one LLM response, "Hello.", into ``call`` (for a TTS to speak)."""
+    call.push(LLMFullResponseStartFrame())
+    call.push(LLMTextFrame("Hello."))
+    call.push(LLMFullResponseEndFrame())

@@ -13,22 +13,21 @@ import pytest
 from fake_providers import (
     FakeHTTPServer,
     Recorder,
+    errors,
     openai_chunks,
     pcm_handler,
+    say_hello,
     server_context,
     sse_handler,
+    texts,
     tone,
 )
 from helpers import self_signed_certificate, wait_until
 from tinyproxy import Tinyproxy
 
 from flowcat_ft import (
-    Direction,
-    ErrorFrame,
     InterruptionFrame,
     LLMFullResponseEndFrame,
-    LLMFullResponseStartFrame,
-    LLMTextFrame,
     Pipeline,
     TranscriptionFrame,
     TTSAudioRawFrame,
@@ -48,11 +47,6 @@ CHAT = "/v1/chat/completions"
 SPEECH = "/v1/audio/speech"
 TRANSCRIPTIONS = "/v1/audio/transcriptions"
 USER = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory) -> tuple[str, str]:
-    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture
@@ -94,20 +88,6 @@ def openai_stt(server, certificate):
 
 def finals(out: Recorder) -> list[str]:
     return [f.text for f in out.of(TranscriptionFrame)]
-
-
-def texts(out: Recorder) -> list[str]:
-    return [f.text for f in out.of(LLMTextFrame)]
-
-
-def errors(out: Recorder) -> list[ErrorFrame]:
-    return out.of(ErrorFrame, Direction.UPSTREAM)
-
-
-def say_hello(call) -> None:
-    call.push(LLMFullResponseStartFrame())
-    call.push(LLMTextFrame("Hello."))
-    call.push(LLMFullResponseEndFrame())
 
 
 # -- HTTP/2 ------------------------------------------------------------------------------------

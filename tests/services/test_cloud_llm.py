@@ -11,18 +11,18 @@ import time
 
 import pytest
 from fake_providers import (
-    FakeHTTPServer,
     Recorder,
     anthropic_events,
+    errors,
     openai_chunks,
     sse_handler,
     status_handler,
+    texts,
 )
 from helpers import wait_until
 
 from flowcat_ft import (
     Direction,
-    ErrorFrame,
     InterruptionFrame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
@@ -54,13 +54,6 @@ CHAT = "/v1/chat/completions"
 USER = [{"role": "user", "content": "hi"}]
 
 
-@pytest.fixture
-def http():
-    server = FakeHTTPServer()
-    yield server
-    server.close()
-
-
 def openai_llm(http, **kwargs):
     options = {"retry": FAST, "timeouts": TIMEOUTS, **kwargs}
     return lambda: OpenAILLMService(
@@ -68,16 +61,8 @@ def openai_llm(http, **kwargs):
     )
 
 
-def texts(out: Recorder) -> list[str]:
-    return [f.text for f in out.of(LLMTextFrame)]
-
-
 def ended(out: Recorder, n: int = 1) -> bool:
     return len(out.of(LLMFullResponseEndFrame)) >= n
-
-
-def errors(out: Recorder) -> list[ErrorFrame]:
-    return out.of(ErrorFrame, Direction.UPSTREAM)
 
 
 # -- the Sans-I/O decoders -----------------------------------------------------------------------

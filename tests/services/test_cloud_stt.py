@@ -11,12 +11,11 @@ import struct
 import time
 
 import pytest
-from fake_providers import FakeDeepgram, FakeHTTPServer, Recorder, status_handler, tone
+from fake_providers import FakeDeepgram, Recorder, errors, status_handler, tone
 from helpers import wait_until
 
 from flowcat_ft import (
     Direction,
-    ErrorFrame,
     InputAudioRawFrame,
     InterimTranscriptionFrame,
     Pipeline,
@@ -44,10 +43,6 @@ def push_speech(call, seconds: float) -> None:
 
 def finals(out: Recorder) -> list[str]:
     return [f.text for f in out.of(TranscriptionFrame) if type(f) is TranscriptionFrame]
-
-
-def errors(out: Recorder) -> list[ErrorFrame]:
-    return out.of(ErrorFrame, Direction.UPSTREAM)
 
 
 def test_deepgram_messages_parse_per_the_docs():
@@ -252,13 +247,6 @@ def test_deepgram_that_cannot_be_reached_ends_the_call(runtime, deepgram):
 
 
 # -- OpenAI transcription ---------------------------------------------------------------------
-
-
-@pytest.fixture
-def http():
-    server = FakeHTTPServer()
-    yield server
-    server.close()
 
 
 def transcription(text: str):

@@ -12,18 +12,16 @@ from fake_providers import (
     FakeDeepgram,
     FakeHTTPServer,
     Recorder,
+    errors,
     pcm_handler,
+    say_hello,
     server_context,
     tone,
 )
 from helpers import self_signed_certificate, wait_until
 
 from flowcat_ft import (
-    Direction,
-    ErrorFrame,
     LLMFullResponseEndFrame,
-    LLMFullResponseStartFrame,
-    LLMTextFrame,
     Pipeline,
     TranscriptionFrame,
     TTSAudioRawFrame,
@@ -37,21 +35,12 @@ FAST = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.05)
 ONCE = RetryPolicy(attempts=1)
 
 
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory) -> tuple[str, str]:
-    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
-
-
 @pytest.fixture
 def https(certificate):
     server = FakeHTTPServer(server_context(certificate))
     server.routes["/v1/audio/speech"] = pcm_handler(tone(0.3, 24000), chunk_bytes=4800)
     yield server
     server.close()
-
-
-def errors(out: Recorder) -> list[ErrorFrame]:
-    return out.of(ErrorFrame, Direction.UPSTREAM)
 
 
 # -- the HTTP client --------------------------------------------------------------------------
@@ -93,12 +82,6 @@ def openai_tts(server, **tls):
         timeouts=Timeouts(connect=2, head=2, read=2),
         **tls,
     )
-
-
-def say_hello(call) -> None:
-    call.push(LLMFullResponseStartFrame())
-    call.push(LLMTextFrame("Hello."))
-    call.push(LLMFullResponseEndFrame())
 
 
 def test_an_http_service_given_a_ca_file(runtime, https, certificate):

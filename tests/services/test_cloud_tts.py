@@ -12,8 +12,8 @@ import pytest
 from fake_providers import (
     FakeCartesia,
     FakeElevenLabs,
-    FakeHTTPServer,
     Recorder,
+    errors,
     pcm_handler,
     status_handler,
     tone,
@@ -23,7 +23,6 @@ from helpers import wait_until
 from flowcat_ft import (
     Direction,
     EndFrame,
-    ErrorFrame,
     InterruptionFrame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
@@ -64,10 +63,6 @@ def audio_secs(out: Recorder) -> float:
 
 def kinds(out: Recorder) -> list[type]:
     return [type(f) for f, d in list(out.frames) if d is Direction.DOWNSTREAM]
-
-
-def errors(out: Recorder) -> list[ErrorFrame]:
-    return out.of(ErrorFrame, Direction.UPSTREAM)
 
 
 # -- Sans-I/O pieces ------------------------------------------------------------------------------
@@ -359,13 +354,6 @@ def test_elevenlabs_errors_are_reported(runtime, elevenlabs, mode, expected):
 
 
 # -- OpenAI HTTP TTS -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def http():
-    server = FakeHTTPServer()
-    yield server
-    server.close()
 
 
 def openai_tts(http, **kwargs):

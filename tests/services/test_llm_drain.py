@@ -9,7 +9,7 @@ import asyncio
 import threading
 
 import pytest
-from fake_providers import FakeCartesia, FakeHTTPServer, Recorder, openai_chunks, sse_handler
+from fake_providers import FakeCartesia, Recorder, openai_chunks, sse_handler
 from helpers import wait_until
 
 from flowcat_ft import (
@@ -39,13 +39,6 @@ REPLY = "One two three. Four five six seven. Eight nine ten eleven twelve."
 TOKENS = [w if not i else " " + w for i, w in enumerate(REPLY.split())]
 WORDS = REPLY.split()
 WORD_SECS = 0.05
-
-
-@pytest.fixture
-def http():
-    server = FakeHTTPServer()
-    yield server
-    server.close()
 
 
 @pytest.fixture
