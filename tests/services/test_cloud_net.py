@@ -12,6 +12,7 @@ import pytest
 from fake_providers import FakeHTTPServer, FakeWSServer, pcm_handler, raw_handler, status_handler
 
 from flowcat_ft.services.net.auth import MissingAPIKeyError, Secret, api_key, redact_headers
+from flowcat_ft.services.net.errors import ProviderProtocolError, json_object
 from flowcat_ft.services.net.http import (
     HTTPClient,
     HTTPConnectError,
@@ -318,3 +319,18 @@ def test_the_cloud_services_leave_the_gil_off():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == str(sys._is_gil_enabled())  # False on 3.13t
+
+
+@pytest.mark.parametrize(
+    ("message", "problem"),
+    [
+        (b"\x00\x01", "a 2-byte binary message (expected JSON)"),
+        ("{not json", "an event that is not JSON: '{not json'"),
+        ("[1, 2]", "an event that is not an object: '[1, 2]'"),
+    ],
+)
+def test_a_provider_message_that_is_not_a_json_object_is_named(message, problem):
+    assert json_object('{"type": "ok"}', "an event") == {"type": "ok"}
+    with pytest.raises(ProviderProtocolError) as raised:
+        json_object(message, "an event")
+    assert str(raised.value) == problem

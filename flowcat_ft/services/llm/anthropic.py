@@ -45,6 +45,7 @@ from flowcat_ft.services.llm.base import (
 )
 from flowcat_ft.services.net.auth import Secret
 from flowcat_ft.services.net.auth import api_key as find_api_key
+from flowcat_ft.services.net.errors import json_object
 from flowcat_ft.services.net.http import Timeouts
 from flowcat_ft.services.net.retry import RetryPolicy
 from flowcat_ft.services.net.sse import SSEEvent
@@ -191,12 +192,7 @@ class MessagesStreamDecoder:
 
     def feed(self, event: str, data: str) -> list[TextDelta]:
         """The text deltas of one event (``event`` is the SSE event name)."""
-        try:
-            payload = json.loads(data)
-        except ValueError:
-            raise LLMProtocolError(f"a stream event that is not JSON: {data[:80]!r}") from None
-        if not isinstance(payload, dict):
-            raise LLMProtocolError(f"a stream event that is not an object: {data[:80]!r}")
+        payload = json_object(data, "a stream event", LLMProtocolError)
         kind = payload.get("type") or event
         if kind == "error" or event == "error":
             error = payload.get("error") or {}

@@ -37,6 +37,7 @@ from flowcat_ft.services.llm.base import (
     TextDelta,
 )
 from flowcat_ft.services.net.auth import Secret, optional_api_key
+from flowcat_ft.services.net.errors import json_object
 from flowcat_ft.services.net.http import Timeouts
 from flowcat_ft.services.net.retry import RetryPolicy
 from flowcat_ft.services.net.sse import SSEEvent
@@ -99,12 +100,7 @@ class ChatStreamDecoder:
         if data.strip() == "[DONE]":
             self.done = True
             return []
-        try:
-            chunk = json.loads(data)
-        except ValueError:
-            raise LLMProtocolError(f"a stream event that is not JSON: {data[:80]!r}") from None
-        if not isinstance(chunk, dict):
-            raise LLMProtocolError(f"a stream event that is not an object: {data[:80]!r}")
+        chunk = json_object(data, "a stream event", LLMProtocolError)
         if chunk.get("error"):
             error = chunk["error"]
             message = error.get("message", error) if isinstance(error, dict) else error

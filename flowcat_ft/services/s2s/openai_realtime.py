@@ -92,7 +92,7 @@ from flowcat_ft.services.llm.frames import (
 )
 from flowcat_ft.services.net.auth import Secret
 from flowcat_ft.services.net.auth import api_key as find_api_key
-from flowcat_ft.services.net.errors import ProviderProtocolError
+from flowcat_ft.services.net.errors import ProviderProtocolError, json_object
 from flowcat_ft.services.net.retry import RetryPolicy
 from flowcat_ft.services.net.service import CloudService
 from flowcat_ft.services.net.ws import close_quietly, connect_ws
@@ -220,13 +220,8 @@ COMMIT = json.dumps({"type": "input_audio_buffer.commit"})
 
 def parse_event(message: str | bytes) -> RealtimeEvent:
     """One server event; :class:`ProviderProtocolError` if malformed."""
-    if isinstance(message, bytes):
-        raise ProviderProtocolError(f"a {len(message)}-byte binary message (expected JSON)")
-    try:
-        payload = json.loads(message)
-    except ValueError:
-        raise ProviderProtocolError(f"an event that is not JSON: {message[:60]!r}") from None
-    if not isinstance(payload, dict) or not isinstance(payload.get("type"), str):
+    payload = json_object(message, "an event")
+    if not isinstance(payload.get("type"), str):
         raise ProviderProtocolError(f"an event without a type: {message[:60]!r}")
     kind = payload["type"]
     if kind in AUDIO_DELTAS:

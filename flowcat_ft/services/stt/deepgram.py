@@ -58,7 +58,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 from flowcat_ft.frames import InputAudioRawFrame, StartFrame
 from flowcat_ft.services.net.auth import Secret
 from flowcat_ft.services.net.auth import api_key as find_api_key
-from flowcat_ft.services.net.errors import ProviderError, ProviderProtocolError
+from flowcat_ft.services.net.errors import ProviderError, ProviderProtocolError, json_object
 from flowcat_ft.services.net.retry import RetryPolicy
 from flowcat_ft.services.net.ws import close_quietly, connect_ws
 from flowcat_ft.services.stt.base import STTService
@@ -113,14 +113,7 @@ def listen_url(base: str, **options: Any) -> str:
 def parse_message(message: str | bytes) -> Transcript | UtteranceEnd | Ignored:
     """One server message. Raises :class:`ProviderError` for an error message,
     :class:`ProviderProtocolError` for a malformed one."""
-    if isinstance(message, bytes):
-        raise ProviderProtocolError(f"a {len(message)}-byte binary message (expected JSON)")
-    try:
-        payload = json.loads(message)
-    except ValueError:
-        raise ProviderProtocolError(f"a message that is not JSON: {message[:60]!r}") from None
-    if not isinstance(payload, dict):
-        raise ProviderProtocolError(f"a message that is not an object: {message[:60]!r}")
+    payload = json_object(message)
     kind = payload.get("type")
     if kind in ("Error", "error") or ("err_code" in payload and "err_msg" in payload):
         detail = payload.get("description") or payload.get("message") or payload.get("err_msg")

@@ -32,7 +32,6 @@ import os
 import ssl
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
@@ -40,7 +39,7 @@ from websockets.exceptions import ConnectionClosed
 from flowcat_ft.frames import StartFrame
 from flowcat_ft.services.net.auth import Secret
 from flowcat_ft.services.net.auth import api_key as find_api_key
-from flowcat_ft.services.net.errors import ProviderError, ProviderProtocolError
+from flowcat_ft.services.net.errors import ProviderError, ProviderProtocolError, json_object
 from flowcat_ft.services.net.retry import RetryPolicy
 from flowcat_ft.services.net.ws import close_quietly, connect_ws
 from flowcat_ft.services.tts.base import TextFeed, TTSService, TurnAudio
@@ -130,14 +129,7 @@ def cancel_request(context_id: str) -> str:
 
 def parse_message(message: str | bytes) -> Event:
     """One server message; :class:`ProviderProtocolError` if it is malformed."""
-    if isinstance(message, bytes):
-        raise ProviderProtocolError(f"a {len(message)}-byte binary message (expected JSON)")
-    try:
-        payload: Any = json.loads(message)
-    except ValueError:
-        raise ProviderProtocolError(f"a message that is not JSON: {message[:60]!r}") from None
-    if not isinstance(payload, dict):
-        raise ProviderProtocolError(f"a message that is not an object: {message[:60]!r}")
+    payload = json_object(message)
     context_id = str(payload.get("context_id", ""))
     kind = payload.get("type")
     if kind == "chunk":

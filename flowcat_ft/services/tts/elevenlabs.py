@@ -38,7 +38,7 @@ from websockets.exceptions import ConnectionClosed
 
 from flowcat_ft.services.net.auth import Secret
 from flowcat_ft.services.net.auth import api_key as find_api_key
-from flowcat_ft.services.net.errors import ProviderError, ProviderProtocolError
+from flowcat_ft.services.net.errors import ProviderError, ProviderProtocolError, json_object
 from flowcat_ft.services.net.retry import RetryPolicy
 from flowcat_ft.services.net.ws import close_quietly, connect_ws
 from flowcat_ft.services.tts.base import TextFeed, TTSService, TurnAudio
@@ -123,14 +123,7 @@ def alignment_words(alignment: Any) -> list[tuple[float, str]]:
 
 
 def parse_message(message: str | bytes) -> Audio:
-    if isinstance(message, bytes):
-        raise ProviderProtocolError(f"a {len(message)}-byte binary message (expected JSON)")
-    try:
-        payload = json.loads(message)
-    except ValueError:
-        raise ProviderProtocolError(f"a message that is not JSON: {message[:60]!r}") from None
-    if not isinstance(payload, dict):
-        raise ProviderProtocolError(f"a message that is not an object: {message[:60]!r}")
+    payload = json_object(message)
     if payload.get("error") or ("message" in payload and "audio" not in payload):
         detail = payload.get("message") or payload.get("error")
         raise ProviderError(f"the TTS failed: {detail}")
