@@ -168,9 +168,3 @@ def test_bad_input_after_start(message, code, match):
     with pytest.raises(ProtocolError, match=match) as info:
         receive_all(started(), message)
     assert info.value.close_code == code
-
-
-def test_binary_frames_are_refused():
-    with pytest.raises(ProtocolError, match="binary message") as info:
-        started().receive(PCM)
-    assert info.value.close_code == CloseCode.UNSUPPORTED_DATA

@@ -215,9 +215,3 @@ def test_bad_input_after_start(start, message, code, match):
     with pytest.raises(ProtocolError, match=match) as info:
         receive_all(started(start), message)
     assert info.value.close_code == code
-
-
-def test_binary_frames_are_refused():
-    with pytest.raises(ProtocolError, match="binary message") as info:
-        started().receive(AUDIO)
-    assert info.value.close_code == CloseCode.UNSUPPORTED_DATA

@@ -228,12 +228,3 @@ def test_bad_input_after_start(message, code, match):
     with pytest.raises(ProtocolError, match=match) as info:
         receive_all(started(), message)
     assert info.value.close_code == code
-
-
-def test_binary_frames_and_oversized_messages():
-    with pytest.raises(ProtocolError, match="binary message") as info:
-        started().receive(ULAW)
-    assert info.value.close_code == CloseCode.UNSUPPORTED_DATA
-    with pytest.raises(ProtocolError, match="over the 512-byte limit") as info:
-        TwilioSerializer(max_message_bytes=512).receive(json.dumps(media(ULAW * 4, 1)))
-    assert info.value.close_code == CloseCode.MESSAGE_TOO_BIG

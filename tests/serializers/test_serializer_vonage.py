@@ -167,9 +167,3 @@ def test_bad_input_after_start(message, code, match):
     with pytest.raises(ProtocolError, match=match) as info:
         receive_all(started(), message)
     assert info.value.close_code == code
-
-
-def test_oversized_binary_frame():
-    with pytest.raises(ProtocolError, match="over the 1024-byte limit") as info:
-        VonageSerializer(max_message_bytes=1024).receive(FRAME * 2)
-    assert info.value.close_code == CloseCode.MESSAGE_TOO_BIG
