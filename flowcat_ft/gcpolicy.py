@@ -50,10 +50,11 @@ class _ProcessGc:
     """The process-wide side of every running :class:`GcPolicy`.
 
     Threading contract: ``users``, ``saved`` and the callback's registration change under
-    ``lock`` (policies start and stop on any thread); ``baseline`` and ``last`` are written
-    by the gc callback, which runs on whichever thread collects, with every other thread
-    stopped (3.13t) or holding no GIL (GIL build), and read without the lock; ``pauses``
-    has that callback as its single writer.
+    ``lock`` (policies start and stop on any thread, and each runtime's housekeeper
+    writes its count of live calls), and ``users`` is read under it too; ``baseline``
+    and ``last`` are written by the gc callback, which runs on whichever thread
+    collects, with every other thread stopped (3.13t) or holding no GIL (GIL build), and
+    read without the lock; ``pauses`` has that callback as its single writer.
     """
 
     def __init__(self) -> None:
@@ -89,7 +90,7 @@ class _ProcessGc:
                 gc.enable()
 
     def idle(self) -> bool:
-        """No running policy's runtime has a live call."""
+        """No running policy's runtime has a live call (call it under ``lock``)."""
         return not any(list(self.users.values()))
 
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
@@ -170,8 +171,9 @@ class GcPolicy:
             if self not in _process.users:
                 return
             _process.users[self] = active_calls
+            idle = _process.idle()
         garbage = self.garbage
-        if _process.idle():
+        if idle:
             if idle_for >= self.idle_after and garbage >= self.threshold // 10:
                 self.collect("idle")
         elif garbage >= self.threshold and time.monotonic() - _process.last >= self.min_interval:
