@@ -106,8 +106,8 @@ class CallTrace:
 
     Threading contract: the turn methods run on the tracer's stage thread, :meth:`job` on
     the services' stage threads and event loops. ``_lock`` guards ``_turn``,
-    ``_answering``, ``_turns``, ``_open_jobs``, ``_ending`` and ``_ended``; spans are made
-    and ended outside it (the SDK's spans lock themselves).
+    ``_answering``, ``_turns``, ``_user_stopped_ns``, ``_open_jobs``, ``_ending`` and
+    ``_ended``; spans are made and ended outside it (the SDK's spans lock themselves).
     """
 
     def __init__(self, tracer: Tracer, call_id: int, metadata: Mapping[Any, Any]) -> None:
