@@ -191,6 +191,10 @@ class AudioSocketServer:
         server.stop()
 
     ``loops``: event-loop threads to share (not stopped here) or how many to start.
+
+    Threading contract: the sessions are added and removed by the loops' threads, under
+    ``_lock``, and read under it from any thread (:attr:`sessions`); :meth:`start` and
+    :meth:`stop` run on one thread, which alone writes ``port`` and ``_servers``.
     """
 
     def __init__(
