@@ -281,7 +281,7 @@ class DeepgramSTTService(STTService):
             self._answered = False
             self._wake.set()  # send what queued up while connecting
             sender = asyncio.ensure_future(self._sender(ws))
-            keepalive = asyncio.ensure_future(self._keepalive(ws))
+            keepalive = asyncio.ensure_future(self._keepalive())
             try:
                 clean = await self._receive(ws)
             finally:
@@ -349,7 +349,7 @@ class DeepgramSTTService(STTService):
             and now - since >= self.stall_timeout
         )
 
-    async def _keepalive(self, ws: ClientConnection) -> None:
+    async def _keepalive(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.keepalive_secs / 2)
