@@ -323,7 +323,7 @@ class Serializer(abc.ABC):
         The transport calls it for each frame leaving the pipeline downstream that is not
         audio and that it does not handle itself (interruptions, TTS stops and the call's end
         are :meth:`send_clear`, :meth:`send_mark` and closing): transcripts, speaking events,
-        text, and the transport's own :class:`~flowcat_ft.services.llm.frames.MetricsFrame`
+        text, and the transport's own :class:`~flowcat_ft.frames.MetricsFrame`
         of a turn's latency (``{"turn_latency_ms": ms}``, from processor ``"transport"``).
         Called only once the stream has started.
         """
