@@ -191,12 +191,12 @@ class SphinxWorker:
     :meth:`start`) and again after it dies.
 
     Threading contract: ``_process``, ``_starting``, ``_pending``, ``_backlog``,
-    ``_streams``, ``_loaded`` and ``_stderr`` are used on ``io``'s loop only. ``outstanding``
-    (samples sent and not yet decoded), ``open_streams`` and each stream's ``_unsettled``
-    are written under ``_lock`` by any thread (a send adds, a reply or the end of a stream
-    takes away) and read anywhere: :meth:`load` is a heuristic, a stale read costs only a
-    less even spread. ``restarts`` (worker processes that died and were replaced) is
-    written on the loop and may be read anywhere.
+    ``_streams``, ``_loaded``, ``_stderr`` and ``_closed`` are used on ``io``'s loop only.
+    ``outstanding`` (samples sent and not yet decoded), ``open_streams`` and each stream's
+    ``_unsettled`` are written under ``_lock`` by any thread (a send adds, a reply or the
+    end of a stream takes away) and read anywhere: :meth:`load` is a heuristic, a stale
+    read costs only a less even spread. ``restarts`` (worker processes that died and were
+    replaced) is written on the loop and may be read anywhere.
     """
 
     def __init__(
