@@ -27,11 +27,11 @@ from carrier_messages import (
 )
 from ecdsa import Ed25519, SigningKey
 from helpers import wait_until
+from served import echo_config
 from websockets.datastructures import Headers
 
 from flowcat_ft.server.app import AgentServer
 from flowcat_ft.server.carrierauth import exotel_guards
-from flowcat_ft.server.config import load_config
 from flowcat_ft.server.signatures import plivo_signature, twilio_signature, vonage_payload_hash
 from flowcat_ft.server.streamtokens import StreamTokens
 from flowcat_ft.transports.http import HttpRequest
@@ -47,9 +47,7 @@ SECRETS = {
 TELNYX_KEY = SigningKey.from_string(b"\x11" * 32, curve=Ed25519)
 TELNYX_PUBLIC = base64.b64encode(TELNYX_KEY.get_verifying_key().to_string()).decode()
 
-CONFIG = """\
-server: {host: 127.0.0.1, port: 0, playground: false, webrtc: false}
-agent: {kind: echo}
+TRANSPORTS = """\
 transports:
   stream_token_key_env: TEST_STREAM_KEY
   twilio: {auth_token_env: TEST_TWILIO_TOKEN}
@@ -62,21 +60,15 @@ transports:
 
 
 @pytest.fixture
-def carrier_server(tmp_path, monkeypatch):
+def carrier_server(tmp_path, monkeypatch, agent_server):
     """Start the server with every carrier verified (Exotel allowing ``allow_from``)."""
     for name, value in {**SECRETS, "TEST_TELNYX_KEY": TELNYX_PUBLIC}.items():
         monkeypatch.setenv(name, value)
-    started = []
 
     def start(allow_from: str = "127.0.0.1") -> AgentServer:
-        path = tmp_path / "agent.yaml"
-        path.write_text(CONFIG % allow_from)
-        started.append(server := AgentServer(load_config(path)).start())
-        return server
+        return agent_server(echo_config(tmp_path, TRANSPORTS % allow_from, playground=False))
 
-    yield start
-    for server in started:
-        server.stop(grace=0)
+    return start
 
 
 def send(port: int, method: str, path: str, body: bytes = b"", headers=None):
@@ -321,13 +313,9 @@ def test_a_stream_without_a_valid_token_for_its_carrier_and_call_is_refused(carr
 
 
 def test_start_up_names_the_carriers_whose_webhooks_are_not_verified(tmp_path):
-    path = tmp_path / "agent.yaml"
-    path.write_text(
-        "server: {host: 127.0.0.1, port: 0, playground: false, webrtc: false}\n"
-        "agent: {kind: echo}\ntransports: {carriers: [telnyx, raw]}\n"
-    )
+    config = echo_config(tmp_path, "transports: {carriers: [telnyx, raw]}\n", playground=False)
     steps: list[str] = []
-    server = AgentServer(load_config(path), progress=steps.append).start()
+    server = AgentServer(config, progress=steps.append).start()
     try:
         assert (
             "webhooks not verified for telnyx: anyone who reaches /<carrier>/answer can start "

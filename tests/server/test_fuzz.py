@@ -24,9 +24,9 @@ import time
 import pytest
 import websockets
 from helpers import wait_until
+from served import echo_config
 
 from flowcat_ft.server.app import AgentServer
-from flowcat_ft.server.config import load_config
 
 pytestmark = pytest.mark.xdist_group("realtime")  # thousands of sockets: one at a time
 
@@ -81,17 +81,12 @@ class HealthyCall(threading.Thread):
 
 
 @pytest.fixture
-def server(tmp_path, monkeypatch):
+def server(tmp_path, monkeypatch, agent_server):
     monkeypatch.setenv("FUZZ_ACCESS_TOKEN", TOKEN)
-    path = tmp_path / "agent.yaml"
-    path.write_text(
-        "server: {host: 127.0.0.1, port: 0, webrtc: false, access_token_env: FUZZ_ACCESS_TOKEN}\n"
-        "limits: {handshake_timeout: 2}\n"
-        "agent: {kind: echo}\n"
+    config = echo_config(
+        tmp_path, "limits: {handshake_timeout: 2}\n", access_token_env="FUZZ_ACCESS_TOKEN"
     )
-    served = AgentServer(load_config(path)).start()
-    yield served
-    served.stop(grace=0)
+    return agent_server(config)
 
 
 def connect(port: int, source: str) -> socket.socket:
