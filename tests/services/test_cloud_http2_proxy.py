@@ -22,7 +22,7 @@ from fake_providers import (
     texts,
     tone,
 )
-from helpers import self_signed_certificate, wait_until
+from helpers import wait_until
 from tinyproxy import Tinyproxy
 
 from flowcat_ft import (

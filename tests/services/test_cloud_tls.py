@@ -18,7 +18,7 @@ from fake_providers import (
     server_context,
     tone,
 )
-from helpers import self_signed_certificate, wait_until
+from helpers import wait_until
 
 from flowcat_ft import (
     LLMFullResponseEndFrame,
