@@ -53,6 +53,7 @@ from flowcat_ft.services.stt import DeepgramSTTService, OpenAISTTService
 from flowcat_ft.services.tts import CartesiaTTSService, ElevenLabsTTSService, OpenAITTSService
 from flowcat_ft.sip.message import SipError, Uri
 from flowcat_ft.sip.sdp import CODECS as SDP_CODECS
+from flowcat_ft.sip.sdp import DEFAULT_CODECS as SDP_DEFAULT_CODECS
 from flowcat_ft.sip.sdp import SRTP_POLICIES
 from flowcat_ft.transports.clients import TrustedProxies
 from flowcat_ft.transports.load import LoadBounds
@@ -280,7 +281,7 @@ class SipConfig:
     public_address: str | None = None
     rtp_port_min: int = bounded(20000, 1024, 65534)
     rtp_port_max: int = bounded(30000, 1025, 65535)
-    codecs: tuple[Literal[tuple(SDP_CODECS)], ...] = tuple(SDP_CODECS)
+    codecs: tuple[Literal[tuple(SDP_CODECS)], ...] = SDP_DEFAULT_CODECS
     allowed_sources: tuple[str, ...] = ()
     ring_secs: float = bounded(0.0, 0, 60)
     early_media_secs: float = bounded(0.0, 0, 60)

@@ -3,10 +3,13 @@
 :func:`parse_sdp` reads a session description; :func:`answer` answers an offer and
 :func:`make_offer` / :func:`accept_answer` do the other side. What is negotiated:
 
-- one audio codec, G.711 µ-law (PCMU, payload type 0) or A-law (PCMA, 8) at 8 kHz and
-  20 ms packets, the first of the offer's that we support, in the offer's order;
-- RFC 4733 ``telephone-event/8000`` for DTMF, with the payload type the offerer chose
-  (we offer 101); every other payload type in the offer is left out of the answer, and
+- one audio codec, G.711 µ-law (PCMU, payload type 0) or A-law (PCMA, 8) at 8 kHz, or
+  Opus (RFC 7587: ``opus/48000/2``, a dynamic payload type, the RTP clock at 48 kHz
+  whatever the audio's bandwidth), 20 ms packets: Opus where both sides take it (it
+  is wideband), else the first of the offer's codecs that we take, in the offer's order;
+- RFC 4733 ``telephone-event`` for DTMF at the chosen codec's clock rate (8000 for
+  G.711, 48000 for Opus), with the payload type the offerer chose (we offer 101 and,
+  with Opus, 102); every other payload type in the offer is left out of the answer, and
   RTP packets that carry one are not decoded as audio;
 - the direction: ``sendonly`` or ``inactive`` from the peer is a hold (we answer
   ``recvonly`` / ``inactive`` and stop sending), as is the old ``c=0.0.0.0``;
@@ -29,6 +32,7 @@ from flowcat_ft.sip.srtp import SUITES, SrtpError, decode_key, new_key
 
 __all__ = [
     "CODECS",
+    "DEFAULT_CODECS",
     "Codec",
     "Media",
     "Negotiated",
@@ -41,7 +45,11 @@ __all__ = [
     "parse_sdp",
 ]
 
-DTMF_PAYLOAD_TYPE = 101
+DTMF_PAYLOAD_TYPE = 101  # telephone-event/8000, for G.711
+WIDEBAND_DTMF_PAYLOAD_TYPE = 102  # telephone-event/48000, for Opus
+OPUS_FMTP = "minptime=10;useinbandfec=0;stereo=0;sprop-stereo=0"
+"""RFC 7587 parameters of our Opus: mono both ways (we decode stereo to mono too), no
+in-band FEC asked of the peer (PyAV's decoder does not expose it)."""
 PTIME_MS = 20
 SRTP_POLICIES = ("off", "allowed", "required")
 
@@ -58,22 +66,31 @@ class SdpError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Codec:
-    """An RTP payload format: its name as in ``a=rtpmap``, clock rate, and the codec
-    name flowcat's audio code uses (``"mulaw"``, ``"alaw"``; None for telephone-event)."""
+    """An RTP payload format: its name as in ``a=rtpmap``, clock rate, the payload type
+    we offer it with (static for G.711, dynamic for Opus), the codec name flowcat's audio
+    code uses (``"mulaw"``, ``"alaw"``, ``"opus"``), and its ``a=rtpmap`` channels and
+    ``a=fmtp`` parameters."""
 
     name: str
     clock_rate: int
     static_type: int | None
     wire_codec: str | None
+    offer_type: int = 0
+    channels: int = 1
+    fmtp: str | None = None
 
 
 CODECS = {
-    "PCMU": Codec("PCMU", 8000, 0, "mulaw"),
-    "PCMA": Codec("PCMA", 8000, 8, "alaw"),
+    "PCMU": Codec("PCMU", 8000, 0, "mulaw", offer_type=0),
+    "PCMA": Codec("PCMA", 8000, 8, "alaw", offer_type=8),
+    "OPUS": Codec("opus", 48000, None, "opus", offer_type=111, channels=2, fmtp=OPUS_FMTP),
 }
-"""The audio codecs flowcat sends and receives over RTP, by SDP name."""
+"""The audio codecs flowcat sends and receives over RTP, by SDP name in capitals."""
 
-_STATIC = {codec.static_type: codec for codec in CODECS.values()}
+DEFAULT_CODECS = ("PCMU", "PCMA")
+"""The codecs taken and offered unless configured otherwise (Opus is asked for)."""
+
+_STATIC = {c.static_type: c for c in CODECS.values() if c.static_type is not None}
 _DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 _REVERSE = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly"}
 _REVERSE["inactive"] = "inactive"
@@ -81,13 +98,15 @@ _REVERSE["inactive"] = "inactive"
 
 @dataclass(slots=True)
 class Media:
-    """One ``m=`` section: ``rtpmap`` is payload type -> ``(name, clock rate)``."""
+    """One ``m=`` section: ``rtpmap`` is payload type -> ``(name, clock rate)``,
+    ``channels`` payload type -> the rtpmap's channel count where one is given."""
 
     kind: str
     port: int
     proto: str
     formats: list[int]
     rtpmap: dict[int, tuple[str, int]] = field(default_factory=dict)
+    channels: dict[int, int] = field(default_factory=dict)
     fmtp: dict[int, str] = field(default_factory=dict)
     direction: str | None = None
     address: str | None = None
@@ -135,7 +154,8 @@ class SessionDescription:
             for pt in media.formats:
                 if pt in media.rtpmap:
                     name, rate = media.rtpmap[pt]
-                    lines.append(f"a=rtpmap:{pt} {name}/{rate}")
+                    channels = f"/{media.channels[pt]}" if pt in media.channels else ""
+                    lines.append(f"a=rtpmap:{pt} {name}/{rate}{channels}")
                 if pt in media.fmtp:
                     lines.append(f"a=fmtp:{pt} {media.fmtp[pt]}")
             if media.ptime is not None:
@@ -220,10 +240,12 @@ def _media_attribute(media: Media, attribute: str, argument: str, line: str) -> 
     if attribute == "rtpmap":
         pt, _, encoding = argument.partition(" ")
         name, _, rest = encoding.partition("/")
-        rate = rest.partition("/")[0]
+        rate, _, channels = rest.partition("/")
         if not pt.isdigit() or not name or not rate.isdigit():
             raise SdpError(f"bad rtpmap {line!r}")
         media.rtpmap[int(pt)] = (name, int(rate))
+        if channels.isdigit():
+            media.channels[int(pt)] = int(channels)
     elif attribute == "fmtp":
         pt, _, params = argument.partition(" ")
         if pt.isdigit():
@@ -280,14 +302,15 @@ def answer(
     address: str,
     port: int,
     *,
-    codecs: tuple[str, ...] = tuple(CODECS),
+    codecs: tuple[str, ...] = DEFAULT_CODECS,
     session_id: int | None = None,
     version: int = 1,
     srtp: str = "allowed",
     srtp_key: str | None = None,
 ) -> tuple[SessionDescription, Negotiated]:
-    """Our answer to ``offer``, with our RTP at ``address``:``port``, accepting the first
-    of the offer's codecs that is in ``codecs``, and SRTP as the ``srtp`` policy says
+    """Our answer to ``offer``, with our RTP at ``address``:``port``, accepting one of
+    the offer's codecs that is in ``codecs`` (Opus first, else in the offer's order)
+    and telephone-event at its clock rate, and SRTP as the ``srtp`` policy says
     (``srtp_key``: our key, kept from an earlier answer; default: a new one).
     :class:`SdpError` (488) if no codec is in common or SRTP cannot be agreed."""
     audio = offer.audio
@@ -295,22 +318,21 @@ def answer(
     if audio is None or audio.port == 0 or not audio.proto.upper().startswith(rtp):
         raise SdpError("the offer has no RTP/AVP or RTP/SAVP audio stream", 488)
     keys, crypto = _answer_srtp(audio, srtp, srtp_key)
-    chosen, dtmf = None, None
-    for pt in audio.formats:
-        named = audio.format_name(pt)
-        if named is None:
-            continue
-        name, rate = named
-        if name == "TELEPHONE-EVENT" and rate == 8000 and dtmf is None:
-            dtmf = pt
-        elif chosen is None and name in codecs and CODECS[name].clock_rate == rate:
-            chosen = (pt, CODECS[name])
+    taken = [
+        (pt, CODECS[named[0]])
+        for pt in audio.formats
+        if (named := audio.format_name(pt)) is not None
+        and named[0] in codecs
+        and CODECS[named[0]].clock_rate == named[1]
+    ]
+    chosen = next((c for c in taken if c[1].name == "opus"), taken[0] if taken else None)
     if chosen is None:
         offered = ", ".join(
             "/".join(map(str, audio.format_name(pt) or (pt,))) for pt in audio.formats
         )
         raise SdpError(f"no codec in common: offered {offered}; we take {', '.join(codecs)}", 488)
     pt, codec = chosen
+    dtmf = _telephone_event(audio, codec.clock_rate)
     offered_direction = audio.direction or offer.direction or "sendrecv"
     remote_address = audio.address or offer.address or ""
     if remote_address in ("0.0.0.0", "::") and offered_direction == "sendrecv":
@@ -319,9 +341,9 @@ def answer(
     formats = [pt] + ([dtmf] if dtmf is not None else [])
     media = Media("audio", port, audio.proto, formats, ptime=PTIME_MS, direction=direction)
     media.crypto = crypto
-    media.rtpmap[pt] = (codec.name, codec.clock_rate)
+    _describe(media, pt, codec)
     if dtmf is not None:
-        media.rtpmap[dtmf] = ("telephone-event", 8000)
+        media.rtpmap[dtmf] = ("telephone-event", codec.clock_rate)
         media.fmtp[dtmf] = "0-16"
     session_id = session_id or int(time.time())
     description = SessionDescription(_origin(address, session_id, version), address, [media])
@@ -336,6 +358,24 @@ def answer(
         srtp=keys,
     )
     return description, negotiated
+
+
+def _telephone_event(media: Media, clock_rate: int) -> int | None:
+    """The first payload type of ``media`` that is RFC 4733 events at ``clock_rate``
+    (section 2.1: the events' clock is the audio's)."""
+    for pt in media.formats:
+        if media.format_name(pt) == ("TELEPHONE-EVENT", clock_rate):
+            return pt
+    return None
+
+
+def _describe(media: Media, payload_type: int, codec: Codec) -> None:
+    """Add ``codec``'s ``a=rtpmap`` (and ``a=fmtp``) under ``payload_type``."""
+    media.rtpmap[payload_type] = (codec.name, codec.clock_rate)
+    if codec.channels != 1:
+        media.channels[payload_type] = codec.channels
+    if codec.fmtp is not None:
+        media.fmtp[payload_type] = codec.fmtp
 
 
 def _answer_srtp(
@@ -367,24 +407,27 @@ def make_offer(
     address: str,
     port: int,
     *,
-    codecs: tuple[str, ...] = tuple(CODECS),
+    codecs: tuple[str, ...] = DEFAULT_CODECS,
     session_id: int | None = None,
     version: int = 1,
     direction: str = "sendrecv",
     srtp: bool = False,
 ) -> SessionDescription:
-    """Our offer: ``codecs`` in order of preference, then telephone-event, 20 ms; with
-    ``srtp``, as ``RTP/SAVP`` with one crypto line per suite (each its own key)."""
-    formats = [CODECS[name].static_type for name in codecs] + [DTMF_PAYLOAD_TYPE]
+    """Our offer: ``codecs`` in order of preference, then telephone-event at 8 kHz (and
+    at 48 kHz with Opus), 20 ms; with ``srtp``, as ``RTP/SAVP`` with one crypto line
+    per suite (each its own key)."""
+    clocks = sorted({CODECS[name].clock_rate for name in codecs})
+    events = {8000: DTMF_PAYLOAD_TYPE, 48000: WIDEBAND_DTMF_PAYLOAD_TYPE}
+    formats = [CODECS[name].offer_type for name in codecs] + [events[c] for c in clocks]
     proto = "RTP/SAVP" if srtp else "RTP/AVP"
     media = Media("audio", port, proto, formats, ptime=PTIME_MS, direction=direction)
     if srtp:
         media.crypto = [(tag, suite, new_key()) for tag, suite in enumerate(SUITES, 1)]
     for name in codecs:
-        codec = CODECS[name]
-        media.rtpmap[codec.static_type] = (codec.name, codec.clock_rate)
-    media.rtpmap[DTMF_PAYLOAD_TYPE] = ("telephone-event", 8000)
-    media.fmtp[DTMF_PAYLOAD_TYPE] = "0-16"
+        _describe(media, CODECS[name].offer_type, CODECS[name])
+    for clock in clocks:
+        media.rtpmap[events[clock]] = ("telephone-event", clock)
+        media.fmtp[events[clock]] = "0-16"
     session_id = session_id or int(time.time())
     return SessionDescription(_origin(address, session_id, version), address, [media])
 
@@ -397,17 +440,15 @@ def accept_answer(offer: SessionDescription, reply: SessionDescription) -> Negot
     if ours is None or audio is None or audio.port == 0:
         raise SdpError("the answer refused the audio stream", 488)
     offered = {ours.format_name(pt) for pt in ours.formats}
-    chosen, dtmf = None, None
+    chosen = None
     for pt in audio.formats:
         named = audio.format_name(pt)
-        if named is None or named not in offered:
-            continue
-        if named[0] == "TELEPHONE-EVENT":
-            dtmf = pt if dtmf is None else dtmf
-        elif chosen is None and named[0] in CODECS:
+        if named in offered and named[0] in CODECS:
             chosen = (pt, CODECS[named[0]])
+            break
     if chosen is None:
         raise SdpError("the answer has none of the codecs we offered", 488)
+    dtmf = _telephone_event(audio, chosen[1].clock_rate)
     keys = _accepted_srtp(ours, audio)
     direction = _REVERSE[audio.direction or reply.direction or "sendrecv"]
     ours_direction = ours.direction or "sendrecv"

@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING
 
 from flowcat_ft.loops import EventLoopThread
 from flowcat_ft.sip.message import Headers, NameAddr, Request, Response, Uri
-from flowcat_ft.sip.sdp import CODECS, SessionDescription, make_offer
+from flowcat_ft.sip.sdp import DEFAULT_CODECS, SessionDescription, make_offer
 from flowcat_ft.transports.edge import LoopEdge
 from flowcat_ft.transports.pacer import Ticker
 from flowcat_ft.transports.session import MediaOptions
@@ -89,7 +89,8 @@ class SipOptions:
     connections to trunks are made with ``tls_client``, by default the system's CAs);
     ``public_address``: the address written into Contact, Via and SDP (behind NAT; None:
     the address we are reached at); ``rtp_ports``: the range RTP ports come from;
-    ``codecs``: in order of preference; ``allowed_sources``: addresses or networks
+    ``codecs``: in order of our offers' preference (``"OPUS"`` asks for Opus, taken over
+    G.711 whenever a peer offers it too); ``allowed_sources``: addresses or networks
     (``"203.0.113.0/24"``) whose INVITEs are taken (empty: any); ``ring_secs``: how
     long ``180 Ringing`` lasts before the answer; ``early_media_secs``: when not 0, how
     long the agent's audio flows as early media (``183 Session Progress`` with our SDP,
@@ -112,7 +113,7 @@ class SipOptions:
     tls_client: ssl.SSLContext | None = None
     public_address: str | None = None
     rtp_ports: tuple[int, int] = (20000, 30000)
-    codecs: tuple[str, ...] = tuple(CODECS)
+    codecs: tuple[str, ...] = DEFAULT_CODECS
     allowed_sources: tuple[str, ...] = ()
     ring_secs: float = 0.0
     early_media_secs: float = 0.0
