@@ -15,7 +15,9 @@ a clock or a socket itself, so simulated traces test it exactly.
 - A packet that arrives after its turn to play has passed is late, one already received
   is a duplicate: both are dropped and counted.
 - A missing packet is concealed: the last frame played again, 6 dB quieter each time, for
-  up to :data:`CONCEAL_REPEATS` frames, then silence.
+  up to :data:`CONCEAL_REPEATS` frames, then silence.  Payloads of a codec the buffer
+  cannot decode (Opus: ``codec=None``) are opaque: a missing one is an empty payload,
+  for the decoder to conceal.
 """
 
 from __future__ import annotations
@@ -88,7 +90,8 @@ class JitterBuffer:
 
     *sample_rate* is the RTP clock rate (8000 for G.711), *frame_ms* the audio in each
     packet, *codec* the payloads' encoding (``"pcm16"``, ``"mulaw"`` or ``"alaw"``), used
-    to make concealment and silence.  Times given to :meth:`put` and :meth:`get` are in
+    to make concealment and silence (None: opaque payloads, and ``b""`` in place of a
+    missing one).  Times given to :meth:`put` and :meth:`get` are in
     seconds, from any one clock.
 
     Threading: not locked; a transport uses one buffer from one thread.
@@ -100,9 +103,9 @@ class JitterBuffer:
         frame_ms: int = 20,
         min_depth_ms: int = 20,
         max_depth_ms: int = 80,
-        codec: str = "pcm16",
+        codec: str | None = "pcm16",
     ) -> None:
-        if codec not in _CODECS:
+        if codec is not None and codec not in _CODECS:
             raise ValueError(f"unknown codec {codec!r}; expected one of {tuple(_CODECS)}")
         if not 0 < frame_ms <= min_depth_ms <= max_depth_ms:
             raise ValueError("need 0 < frame_ms <= min_depth_ms <= max_depth_ms")
@@ -110,9 +113,9 @@ class JitterBuffer:
         self.frame_ms = frame_ms
         self.min_depth_ms = min_depth_ms
         self.max_depth_ms = max_depth_ms
-        self._codec = _CODECS[codec]
+        self._codec = _CODECS[codec] if codec is not None else None
         samples = sample_rate * frame_ms // 1000
-        self._silence = self._encode(np.zeros(samples, np.int16))
+        self._silence = self._encode(np.zeros(samples, np.int16)) if self._codec else b""
 
         self._packets: dict[int, bytes] = {}  # by extended sequence number
         self._seen: set[int] = set()  # extended numbers received lately
@@ -210,9 +213,9 @@ class JitterBuffer:
         self._concealed += 1
         self._repeats += 1
         last = self._last_payload
-        if last is None or self._repeats > CONCEAL_REPEATS:
-            return Playout(self._silence, None)
         codec = self._codec
+        if last is None or self._repeats > CONCEAL_REPEATS or codec is None:
+            return Playout(self._silence, None)
         if codec.decode is None:
             pcm = np.frombuffer(last, np.int16)
         else:

@@ -99,17 +99,21 @@ class DtmfReceiver:
         return DTMF_EVENTS[event] if event < len(DTMF_EVENTS) else None
 
 
-def dtmf_packets(digit: str, duration_ms: int = 100, volume: int = 10) -> list[tuple[bytes, bool]]:
+def dtmf_packets(
+    digit: str, duration_ms: int = 100, volume: int = 10, clock_rate: int = 8000
+) -> list[tuple[bytes, bool]]:
     """The payloads, one per 20 ms, that send ``digit`` for ``duration_ms``, each with
-    whether it is the event's first packet (which carries the marker bit). The end packet
-    is sent three times, as RFC 4733 section 2.5.1.4 recommends."""
+    whether it is the event's first packet (which carries the marker bit). Durations are
+    in units of ``clock_rate``, the audio's (RFC 4733 section 2.1). The end packet is
+    sent three times, as RFC 4733 section 2.5.1.4 recommends."""
     event = DTMF_EVENTS.index(digit)
     steps = max(1, duration_ms // 20)
+    step_units = clock_rate // 50
     packets = []
     for step in range(1, steps + 1):
-        duration = step * 160
+        duration = step * step_units
         packets.append((_EVENT.pack(event, volume & 0x3F, duration), step == 1))
-    end = _EVENT.pack(event, 0x80 | (volume & 0x3F), steps * 160)
+    end = _EVENT.pack(event, 0x80 | (volume & 0x3F), steps * step_units)
     packets += [(end, False)] * 3
     return packets
 

@@ -88,6 +88,7 @@ class CallEdge:
         self.io = io
         self.options = options
         self.call: Call | None = None
+        self.pipeline_rate = 0  # the call's sample rate in the pipeline, once open
         self._edge = edge
         self._loop = io.loop
         self._carry = bytearray()  # outgoing wire bytes short of a whole chunk
@@ -113,7 +114,7 @@ class CallEdge:
 
     def _open_call(self, wire_rate: int, metadata: dict) -> Call:
         """Open the call on the pipeline, at the options' rate (or the wire's)."""
-        rate = self.options.sample_rate or wire_rate
+        rate = self.pipeline_rate = self.options.sample_rate or wire_rate
         if rate != wire_rate:
             self._resample_in = StreamingResampler(wire_rate, rate)
             self._resample_out = StreamingResampler(rate, wire_rate)
@@ -122,6 +123,16 @@ class CallEdge:
             self.pipeline, self._from_stage_thread, start_frame=start
         )
         return self.call
+
+    def _wire_rate_changed(self) -> None:
+        """The wire's rate may have changed mid-call (a new codec): resample the caller's
+        audio from the new one (the agent's is resampled to it as it comes)."""
+        wire_rate, rate = self.wire_rate, self.pipeline_rate
+        resampler = self._resample_in
+        if self.call is None or (resampler.in_rate if resampler else rate) == wire_rate:
+            return
+        self._resample_in = StreamingResampler(wire_rate, rate) if wire_rate != rate else None
+        self._resample_out = None
 
     def _add_audio(self, payload: bytes, sample_rate: int, codec: str) -> None:
         """Caller audio in the wire codec: a frame at the end of this loop turn.

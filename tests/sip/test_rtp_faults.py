@@ -53,8 +53,8 @@ class Caller:
     def receive(self) -> Request | Response:
         return parse(self.sip.recv(65536))
 
-    def call(self) -> None:
-        offer = make_offer("127.0.0.1", self.rtp.getsockname()[1], codecs=("PCMU",))
+    def call(self, codecs: tuple[str, ...] = ("PCMU",)) -> None:
+        offer = make_offer("127.0.0.1", self.rtp.getsockname()[1], codecs=codecs)
         invite = Request("INVITE", Uri.parse(f"sip:agent@127.0.0.1:{self.server.port}"))
         invite.headers = self.headers("INVITE", 1)
         invite.headers.add("Content-Type", "application/sdp")

@@ -5,13 +5,15 @@ media loop. Every 20 ms, from the loop's :class:`~flowcat_ft.transports.pacer.Ti
 
 - **in**: the next frame from the call's :class:`~flowcat_ft.audio.jitter.JitterBuffer`
   (reordered, duplicates and late packets dropped, losses concealed) goes to the pipeline,
-  decoded from G.711 with the loop's other calls (:class:`~flowcat_ft.transports.edge.
-  LoopEdge`). Only the negotiated audio payload type is audio; RFC 4733 packets become
-  :class:`~flowcat_ft.frames.InputDTMFFrame`\\ s; other payload types, and packets from
-  anywhere but the source we latched onto, are counted and dropped. A new SSRC starts a
-  new jitter buffer.
+  decoded by the call's :class:`~flowcat_ft.transports.sip.codecs.RtpCodec` (G.711 with
+  the loop's other calls at the :class:`~flowcat_ft.transports.edge.LoopEdge`; Opus
+  straight to the pipeline's rate). Only the negotiated audio payload type is audio;
+  RFC 4733 packets become :class:`~flowcat_ft.frames.InputDTMFFrame`\\ s; other payload
+  types, and packets from anywhere but the source we latched onto, are counted and
+  dropped. A new SSRC starts a new jitter buffer.
 - **out**: one packet, always: the agent's next 20 ms of audio, or silence while it is
-  quiet, so timestamps run on without gaps; the marker bit starts the stream and each of
+  quiet, encoded by the codec, so timestamps (at the codec's clock: 160 a packet for
+  G.711, 960 for Opus) run on without gaps; the marker bit starts the stream and each of
   the agent's talkspurts. After a loop stall of over 200 ms the packets missed are not
   sent late in a burst: the timestamps skip them, and the next packet has the marker.
   An interruption drops the queued audio at once (the next packet is silence).
@@ -69,6 +71,7 @@ from flowcat_ft.sip.rtp import (
 )
 from flowcat_ft.sip.srtp import SUITES, SrtpContext, SrtpError
 from flowcat_ft.transports.call_edge import CallEdge
+from flowcat_ft.transports.sip.codecs import RtpCodec, rtp_codec
 
 if TYPE_CHECKING:
     from flowcat_ft.loops import EventLoopThread
@@ -84,7 +87,7 @@ logger = logging.getLogger("flowcat_ft.sip")
 __all__ = ["RTCP_INTERVAL", "RtpPorts", "RtpSession"]
 
 FRAME_SECS = 0.02
-SAMPLES_PER_FRAME = 160  # 20 ms at G.711's 8 kHz
+OPUS_PIPELINE_RATE = 16000  # an Opus call's pipeline rate when the options name none
 RTCP_INTERVAL = 5.0
 MAX_QUEUED_SECS = 20.0  # agent audio queued ahead of playout (more is dropped)
 MAX_DEPTH_MS = 1000  # packets further ahead of playout than this are dropped (a flood)
@@ -150,6 +153,7 @@ class RtpSession(CallEdge):
         # loop (the dialog hands it over to the signalling loop).
         self.on_hangup: Callable[[str], None] = lambda reason: None
         self.negotiated: Negotiated | None = None
+        self._codec: RtpCodec | None = None  # the negotiated codec's state; None before
         self.port = 0
         self._rtp: asyncio.DatagramTransport | None = None
         self._rtcp: asyncio.DatagramTransport | None = None
@@ -186,11 +190,21 @@ class RtpSession(CallEdge):
 
     @property
     def wire_codec(self) -> str | None:
-        return self.negotiated.codec.wire_codec if self.negotiated is not None else None
+        return self._codec.wire_codec if self._codec is not None else None
 
     @property
     def wire_rate(self) -> int:
-        return 8000
+        return self._codec.wire_rate if self._codec is not None else 8000
+
+    @property
+    def _clock_rate(self) -> int:
+        """The RTP clock's rate: the codec's (G.711's before one is agreed)."""
+        return self._codec.clock_rate if self._codec is not None else 8000
+
+    @property
+    def _frame_samples(self) -> int:
+        """The RTP timestamp's step per 20 ms packet."""
+        return self._clock_rate // 50
 
     def log_context(self, **fields: object) -> dict[str, object]:
         return super().log_context(carrier="sip") | fields
@@ -210,7 +224,10 @@ class RtpSession(CallEdge):
         """Open the call on the pipeline and start the clock (``negotiated`` None: the
         answer comes later, in the ACK; nothing is sent until :meth:`update`).
         Raises :class:`~flowcat_ft.runtime.RuntimeFullError` if the runtime is full."""
-        self._open_call(8000, {"carrier": "sip", **metadata})
+        if negotiated is not None:
+            rate = self.options.sample_rate or OPUS_PIPELINE_RATE
+            self._codec = rtp_codec(negotiated.codec, rate)
+        self._open_call(self.wire_rate, {"carrier": "sip", **metadata})
         if negotiated is not None:
             self.update(negotiated)
         now = self._loop.time()
@@ -231,8 +248,11 @@ class RtpSession(CallEdge):
         ):
             self._remote = (negotiated.remote_address, negotiated.remote_port)
             self._latched = False  # latch again onto wherever the new stream comes from
-        if old is not None and old.codec != negotiated.codec:
+        if self._codec is None or (old is not None and old.codec != negotiated.codec):
+            self._codec = rtp_codec(negotiated.codec, self.pipeline_rate)
             self._jitter = None
+            self._wire_rate_changed()
+        self._stats.clock_rate = self._clock_rate
         if old is None or old.srtp != negotiated.srtp:
             keys = negotiated.srtp
             suite = SUITES[keys.suite] if keys is not None else None
@@ -292,7 +312,7 @@ class RtpSession(CallEdge):
                 self._in_clock += self._in_step
         if now - self._out_clock > _CATCH_UP * FRAME_SECS:
             skipped = int((now - self._out_clock) / FRAME_SECS)
-            self._timestamp += skipped * SAMPLES_PER_FRAME
+            self._timestamp += skipped * self._frame_samples
             self._out_clock += skipped * FRAME_SECS
             self._skipped = True  # the next packet's marker tells the peer to resync
         while self._out_clock <= now:
@@ -305,19 +325,20 @@ class RtpSession(CallEdge):
         jitter, negotiated = self._jitter, self.negotiated
         if jitter is None or negotiated is None or not negotiated.receive:
             return
-        self._to_pipeline(jitter.get(at).payload, negotiated)
+        self._to_pipeline(jitter.get(at).payload)
 
-    def _to_pipeline(self, payload: bytes, negotiated: Negotiated) -> None:
+    def _to_pipeline(self, payload: bytes) -> None:
+        codec = self._codec
         try:
-            self._add_audio(payload, 8000, negotiated.codec.wire_codec)
-        except ProtocolError as error:
+            self._add_audio(codec.decode(payload), codec.wire_rate, codec.wire_codec)
+        except (ProtocolError, ValueError) as error:
             self.ignored += 1
             logger.debug("RTP payload refused: %s", error)
 
     def _next_output(self) -> None:
         negotiated = self.negotiated
         timestamp = self._timestamp
-        self._timestamp += SAMPLES_PER_FRAME
+        self._timestamp += self._frame_samples
         if negotiated is None or not negotiated.send or self._remote is None:
             return
         if self._dtmf_out and negotiated.dtmf_payload_type is not None:
@@ -331,17 +352,15 @@ class RtpSession(CallEdge):
             return
         marker = self.packets_out == 0 or self._skipped
         self._talking = self._skipped = False
-        self._send(negotiated.payload_type, timestamp, self._silence(), marker)
+        self._send(negotiated.payload_type, timestamp, self._codec.silence(), marker)
 
-    def _send_audio(self, timestamp: int, payload: bytes) -> None:
-        """Send 20 ms of the agent's audio; the marker starts each talkspurt."""
+    def _send_audio(self, timestamp: int, audio: bytes) -> None:
+        """Send 20 ms of the agent's (wire) audio; the marker starts each talkspurt."""
         marker = not self._talking or self._skipped
         self._talking = True
         self._skipped = False
+        payload = self._codec.encode(audio)
         self._send(self.negotiated.payload_type, timestamp, payload, marker)
-
-    def _silence(self) -> bytes:
-        return (b"\xff" if self.wire_codec == "mulaw" else b"\xd5") * SAMPLES_PER_FRAME
 
     def _send(self, payload_type: int, timestamp: int, payload: bytes, marker: bool) -> None:
         packet = rtp_packet(payload_type, self._seq, timestamp, self._ssrc, payload, marker)
@@ -390,11 +409,11 @@ class RtpSession(CallEdge):
         self.packets_in += 1
         self._stats.packet(packet.ssrc, packet.seq, packet.timestamp, now)
         if not self.options.pace_output:
-            self._to_pipeline(packet.payload, negotiated)
+            self._to_pipeline(packet.payload)
             return
         if self._jitter is None or packet.ssrc != self._remote_ssrc:
             self._remote_ssrc = packet.ssrc
-            self._jitter = self._jitter_buffer(len(packet.payload), negotiated.codec.wire_codec)
+            self._jitter = self._jitter_buffer(packet.payload)
             if self._in_clock is None:
                 self._in_clock = now + self._in_step
         if self._jitter.depth_ms > MAX_DEPTH_MS:
@@ -402,13 +421,15 @@ class RtpSession(CallEdge):
             return
         self._jitter.put(packet.seq, packet.timestamp, packet.payload, now)
 
-    def _jitter_buffer(self, payload_bytes: int, codec: str) -> JitterBuffer:
-        """A jitter buffer for the peer's packet time, from its first packet (a G.711
-        byte is a sample: 160 bytes are 20 ms; peers that send 30 ms packets are common)."""
-        frame_ms = payload_bytes // 8 if payload_bytes % 80 == 0 and payload_bytes else 20
+    def _jitter_buffer(self, payload: bytes) -> JitterBuffer:
+        """A jitter buffer for the peer's packet time, from its first packet (peers that
+        send 30 ms packets are common)."""
+        codec = self._codec
+        frame_ms = codec.packet_ms(payload) or 20
         frame_ms = frame_ms if 10 <= frame_ms <= 60 else 20
         self._in_step = frame_ms / 1000
-        return JitterBuffer(8000, frame_ms, frame_ms, max(80, 4 * frame_ms), codec=codec)
+        depth = max(80, 4 * frame_ms)
+        return JitterBuffer(codec.clock_rate, frame_ms, frame_ms, depth, codec=codec.jitter_codec)
 
     def rtcp_received(self, data: bytes, source: tuple[str, int]) -> None:
         try:
@@ -461,7 +482,7 @@ class RtpSession(CallEdge):
                 self._queue.append(chunk)
             elif self._remote is not None:
                 self._send_audio(self._timestamp, chunk)
-                self._timestamp += SAMPLES_PER_FRAME
+                self._timestamp += self._frame_samples
 
     def _clear(self) -> None:
         self._queue.clear()
@@ -469,7 +490,7 @@ class RtpSession(CallEdge):
     def _frame_out(self, frame: Frame) -> None:
         if type(frame) is OutputDTMFFrame and self.options.pace_output:
             self.dtmf_out += 1
-            self._dtmf_out.extend(dtmf_packets(frame.digit))
+            self._dtmf_out.extend(dtmf_packets(frame.digit, clock_rate=self._clock_rate))
 
     def _call_ended(self, frame: Frame) -> None:
         if type(frame) is not EndFrame:
