@@ -8,9 +8,10 @@
   whatever the audio's bandwidth), 20 ms packets: Opus where both sides take it (it
   is wideband), else the first of the offer's codecs that we take, in the offer's order;
 - RFC 4733 ``telephone-event`` for DTMF at the chosen codec's clock rate (8000 for
-  G.711, 48000 for Opus), with the payload type the offerer chose (we offer 101 and,
-  with Opus, 102); every other payload type in the offer is left out of the answer, and
-  RTP packets that carry one are not decoded as audio;
+  G.711, 48000 for Opus; with Opus, at 8000 where the offer has no other), with the
+  payload type the offerer chose (we offer 101 and, with Opus, 102); every other payload
+  type in the offer is left out of the answer, and RTP packets that carry one are not
+  decoded as audio;
 - the direction: ``sendonly`` or ``inactive`` from the peer is a hold (we answer
   ``recvonly`` / ``inactive`` and stop sending), as is the old ``c=0.0.0.0``;
 - where the peer's media is: its ``c=`` address and ``m=`` port, which a re-INVITE may
@@ -343,7 +344,7 @@ def answer(
     media.crypto = crypto
     _describe(media, pt, codec)
     if dtmf is not None:
-        media.rtpmap[dtmf] = ("telephone-event", codec.clock_rate)
+        media.rtpmap[dtmf] = audio.rtpmap.get(dtmf, ("telephone-event", codec.clock_rate))
         media.fmtp[dtmf] = "0-16"
     session_id = session_id or int(time.time())
     description = SessionDescription(_origin(address, session_id, version), address, [media])
@@ -362,10 +363,13 @@ def answer(
 
 def _telephone_event(media: Media, clock_rate: int) -> int | None:
     """The first payload type of ``media`` that is RFC 4733 events at ``clock_rate``
-    (section 2.1: the events' clock is the audio's)."""
-    for pt in media.formats:
-        if media.format_name(pt) == ("TELEPHONE-EVENT", clock_rate):
-            return pt
+    (section 2.1: the events' clock is the audio's), else at 8000: peers that offer Opus
+    with events at 8 kHz only are common (baresip, older browsers); the events then go
+    with timestamps and durations at the audio's clock, as their RTP stream's are."""
+    for rate in dict.fromkeys((clock_rate, 8000)):
+        for pt in media.formats:
+            if media.format_name(pt) == ("TELEPHONE-EVENT", rate):
+                return pt
     return None
 
 

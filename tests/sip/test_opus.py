@@ -60,10 +60,11 @@ def test_without_opus_configured_the_answer_is_g711_as_before():
     with pytest.raises(SdpError) as refused:
         answer(parse_sdp(only_opus), "h", 1)
     assert refused.value.status == 488 and "OPUS/48000" in refused.value.reason
-    # Opus offered without 48 kHz events: Opus, and no DTMF (8 kHz events do not fit it).
+    # Opus offered with 8 kHz events only (baresip does): those are taken.
     no_wideband_events = only_opus.replace("RTP/AVP 109 110", "RTP/AVP 109 101")
-    _, negotiated = answer(parse_sdp(no_wideband_events), "h", 1, codecs=WITH_OPUS)
-    assert negotiated.codec.name == "opus" and negotiated.dtmf_payload_type is None
+    description, negotiated = answer(parse_sdp(no_wideband_events), "h", 1, codecs=WITH_OPUS)
+    assert negotiated.codec.name == "opus" and negotiated.dtmf_payload_type == 101
+    assert "a=rtpmap:101 telephone-event/8000\r\n" in str(description)
 
 
 def test_our_offer_with_opus_and_the_peers_answers():
