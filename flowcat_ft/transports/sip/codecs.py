@@ -13,7 +13,10 @@ packet moves the RTP clock:
   clock runs at 48 kHz whatever the audio's bandwidth, 960 a packet. Packets vary in
   size, so the jitter buffer keeps them opaque and gives an empty payload for a lost
   one, which decodes to silence (PyAV's decoder offers no packet-loss concealment).
-  Silence while the agent is quiet is encoded silence, so the encoder's state runs on.
+  Silence while the agent is quiet is encoded silence: the encoder's own for the first
+  few packets after the agent's audio (its state follows the audio down to silence),
+  then the same packet again, which the encoder would make anyway (libopus takes longer
+  over digital silence, about 0.2 ms a packet, than over speech).
 
 Threading: a codec holds one call's encoder and decoder state; it is used only on the
 call's media loop.
@@ -30,6 +33,7 @@ from flowcat_ft.sip.sdp import Codec
 __all__ = ["G711", "Opus", "RtpCodec", "opus_packet_ms", "rtp_codec"]
 
 FRAME_MS = 20
+_ENCODED_QUIET = 3  # silent packets encoded after audio before the steady one is reused
 
 
 class RtpCodec:
@@ -104,6 +108,9 @@ class Opus(RtpCodec):
         self._decoder = OpusDecoder(sample_rate)
         self._pcm = np.empty(sample_rate * 120 // 1000, np.int16)  # Opus's longest packet
         self._quiet = np.zeros(sample_rate * FRAME_MS // 1000, np.int16)
+        for _ in range(_ENCODED_QUIET):
+            self._silence = self._encoder.encode(self._quiet)
+        self._quiet_packets = _ENCODED_QUIET  # silent packets since the last audio
 
     def decode(self, payload: bytes) -> bytes:
         if not payload:
@@ -115,9 +122,13 @@ class Opus(RtpCodec):
         return self._pcm[:n].tobytes()
 
     def encode(self, audio: bytes) -> bytes:
+        self._quiet_packets = 0
         return self._encoder.encode(np.frombuffer(audio, np.int16))
 
     def silence(self) -> bytes:
+        if self._quiet_packets >= _ENCODED_QUIET:
+            return self._silence
+        self._quiet_packets += 1
         return self._encoder.encode(self._quiet)
 
     def packet_ms(self, payload: bytes) -> int | None:
