@@ -258,10 +258,12 @@ class SipConfig:
     """SIP trunking (:mod:`flowcat_ft.transports.sip`): calls from a SIP trunk or a PBX,
     with RTP media. ``transports``: ``tls`` among them serves SIP over TLS on
     ``tls_port`` with ``tls_cert`` and ``tls_key`` (PEM files); ``public_address``: the
-    address written into SIP headers and SDP (behind NAT); ``allowed_sources``: addresses
-    or networks whose INVITEs are taken (empty: any); ``ring_secs``: how long 180 Ringing
-    lasts; ``early_media_secs``: when not 0, how long the agent's audio flows as early
-    media (183 Session Progress with SDP) before the answer, in place of the ringing;
+    address written into SIP headers and SDP (behind NAT); ``codecs``: what our offers
+    list, in order, and answers take (``OPUS`` added: Opus, taken over G.711 whenever a
+    caller offers both); ``allowed_sources``: addresses or networks whose INVITEs are
+    taken (empty: any); ``ring_secs``: how long 180 Ringing lasts; ``early_media_secs``:
+    when not 0, how long the agent's audio flows as early media (183 Session Progress
+    with SDP) before the answer, in place of the ringing;
     ``rtp_timeout``: seconds without RTP before hanging up; ``session_expires``: RFC 4028
     session interval; ``srtp``: ``allowed`` (SRTP offers with SDES keys are taken),
     ``required`` (plain RTP offers get 488; our offers are SRTP) or ``off``;
