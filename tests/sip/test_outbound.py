@@ -20,6 +20,20 @@ def test_the_agent_calls_a_phone_hears_it_and_hangs_up(sip_server, phone):
     assert wait_until(lambda: server.runtime.pool.in_use == 0)
 
 
+def test_the_agent_offers_opus_and_a_phone_that_takes_it_echoes_it(sip_server, phone):
+    heard = Heard()
+    server = sip_server(listening(heard), codecs=("OPUS", "PCMU", "PCMA"))
+    uri, process = phone("answer_opus.xml")  # it checks our offer lists Opus first
+    call = server.dial(uri).result(15)
+    assert (call.media.negotiated.codec.name, call.media.negotiated.payload_type) == ("opus", 111)
+    assert call.media.negotiated.dtmf_payload_type == 102
+    assert wait_until(lambda: call.media.packets_in > 20)  # our Opus, echoed by the phone
+    assert wait_until(lambda: heard.frames > 20) and call.media.ignored == 0  # decoded
+    server.hang_up(call.call_id)
+    finished(process)
+    assert wait_until(lambda: server.runtime.pool.in_use == 0)
+
+
 def test_a_busy_phone_is_a_failure_with_its_status(sip_server, phone):
     server = sip_server(listening(Heard()))
     uri, process = phone("busy.xml")
