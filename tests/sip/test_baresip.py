@@ -118,20 +118,10 @@ class Baresip:
         self.process.wait(5)
 
 
-OPUS = "module opus.so\nopus_stereo no\nopus_sprop_stereo no\n"
-"""baresip's config lines that add Opus to its offer (after G.711: we prefer Opus)."""
-
-
-@pytest.mark.parametrize(
-    ("codec", "codecs", "config"),
-    [("PCMU", ("PCMU", "PCMA"), ""), ("opus", ("OPUS", "PCMU", "PCMA"), OPUS)],
-)
-def test_baresip_calls_speaks_hears_the_echo_and_dtmf_goes_both_ways(
-    sip_server, tmp_path, codec, codecs, config
-):
+def test_baresip_calls_speaks_hears_the_echo_and_dtmf_goes_both_ways(sip_server, tmp_path):
     heard = Heard()
-    server = sip_server(listening(heard), codecs=codecs)
-    phone = Baresip(tmp_path, config)
+    server = sip_server(listening(heard))
+    phone = Baresip(tmp_path)
     try:
         phone.command("dial", f"sip:agent@127.0.0.1:{server.port}")
         phone.wait_for("CALL_ESTABLISHED")
@@ -151,7 +141,6 @@ def test_baresip_calls_speaks_hears_the_echo_and_dtmf_goes_both_ways(
     assert wait_until(lambda: server.ended)
     call = server.ended[-1]
     assert call.end_reason == "the caller hung up"
-    assert call.media.negotiated.codec.name == codec
     assert call.media.rtcp_in >= 1 and call.media.rtcp_out >= 1  # its reports read, ours sent
     assert wait_until(lambda: server.runtime.pool.in_use == 0)
 
