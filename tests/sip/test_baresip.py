@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Heard, free_port, listening
 from helpers import self_signed_certificate, wait_until
 from peers import need_program
+from sip_helpers import Heard, free_port, listening
 
 from flowcat_ft.transports.sip import CallFailed
 

@@ -5,8 +5,8 @@ failure is heard by the agent."""
 from __future__ import annotations
 
 import pytest
-from conftest import Heard, finished, listening, sipp
 from helpers import wait_until
+from sip_helpers import Heard, finished, listening, sipp
 
 from flowcat_ft.transports.sip import CallFailed
 

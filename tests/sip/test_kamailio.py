@@ -8,9 +8,9 @@ import subprocess
 import time
 
 import pytest
-from conftest import Heard, free_port, listening, sipp
 from helpers import wait_until
 from peers import need_program
+from sip_helpers import Heard, free_port, listening, sipp
 
 CONFIG = """#!KAMAILIO
 debug=2

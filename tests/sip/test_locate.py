@@ -14,8 +14,8 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 import pytest
-from conftest import Heard, finished, free_port, listening, registrar
 from helpers import wait_until
+from sip_helpers import Heard, finished, free_port, listening, registrar
 
 from flowcat_ft.sip.message import Uri
 from flowcat_ft.transports.sip import Trunk

@@ -8,8 +8,8 @@ import time
 
 import numpy as np
 import pytest
-from conftest import Heard, listening
 from helpers import wait_until
+from sip_helpers import Heard, listening
 from test_rtp_faults import Caller
 
 from flowcat_ft.audio.jitter import JitterBuffer

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import Heard, finished, listening
 from helpers import wait_until
+from sip_helpers import Heard, finished, listening
 
 from flowcat_ft.transports.sip import CallFailed
 

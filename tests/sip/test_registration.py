@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from conftest import Heard, free_port, listening, registrar
 from helpers import wait_until
+from sip_helpers import Heard, free_port, listening, registrar
 
 from flowcat_ft.transports.sip import Trunk
 

@@ -11,9 +11,9 @@ import subprocess
 import time
 
 import numpy as np
-from conftest import Heard, listening
 from helpers import wait_until
 from peers import need_program
+from sip_helpers import Heard, listening
 
 from flowcat_ft import FrameProcessor, Pipeline
 from flowcat_ft.frames import InputDTMFFrame, OutputAudioRawFrame

@@ -6,8 +6,8 @@ binding is removed."""
 from __future__ import annotations
 
 import pytest
-from conftest import Heard, free_port, listening, live_call, registrar, sipp
 from helpers import wait_until
+from sip_helpers import Heard, free_port, listening, live_call, registrar, sipp
 
 from flowcat_ft.transports.sip import CallFailed, Trunk
 

@@ -9,8 +9,8 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import finished, free_port, live_call, sipp
 from helpers import self_signed_certificate, wait_until
+from sip_helpers import finished, free_port, live_call, sipp
 
 from flowcat_ft.server.app import AgentServer
 from flowcat_ft.server.config import ConfigError, load_config

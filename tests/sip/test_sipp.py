@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
-from conftest import Heard, listening, sipp, sipp_command
 from helpers import wait_until
+from sip_helpers import Heard, listening, sipp, sipp_command
 
 
 def test_a_call_with_speech_dtmf_a_session_refresh_and_hold(sip_server):

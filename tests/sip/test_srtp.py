@@ -8,8 +8,8 @@ import base64
 import sys
 
 import pytest
-from conftest import Heard, listening, sipp
 from helpers import FREE_THREADED
+from sip_helpers import Heard, listening, sipp
 
 from flowcat_ft.sip.rtp import rtp_packet
 from flowcat_ft.sip.sdp import SdpError, accept_answer, answer, make_offer, parse_sdp
