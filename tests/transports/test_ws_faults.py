@@ -175,19 +175,19 @@ def test_faults_end_only_their_own_calls(serve):
 
 class Hoarder(FrameProcessor):
     """Keeps every audio frame of its call (and its slab) until the caller presses a key:
-    a burst that takes the whole pool."""
-
-    hoarding = False
+    a burst that takes the whole pool. The key, a system frame, may overtake burst frames
+    still queued; those are let through, not kept."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.kept: list[InputAudioRawFrame] = []
+        self.kept: list[InputAudioRawFrame] | None = []
 
     def process(self, frame, direction):
         if isinstance(frame, InputDTMFFrame):
-            type(self).hoarding = not self.kept
-            self.kept.clear()
-        elif type(frame) is InputAudioRawFrame and frame.samples[0] == 0x66:
+            self.kept = None
+        elif (
+            type(frame) is InputAudioRawFrame and frame.samples[0] == 0x66 and self.kept is not None
+        ):
             self.kept.append(frame)
             return
         self.push(frame, direction)
