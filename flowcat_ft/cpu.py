@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -62,10 +61,11 @@ class CpuAccount:
     :meth:`snapshot` look.
 
     Threading contract: :meth:`sample` runs on one thread (the runtime's housekeeper) and
-    publishes each sample by appending it to ``_samples``, a deque of immutable samples;
-    :meth:`snapshot` may run on any thread and reads a copy of the deque (a deque's
-    append, popleft and copy are atomic on 3.13t as on the GIL build), so it never sees
-    a sample half-made. ``_children`` is used by the sampling thread only.
+    publishes the samples in the window by assigning a new tuple of immutable samples to
+    ``_samples``; :meth:`snapshot` may run on any thread and reads that attribute once
+    (an attribute load is atomic on 3.13t as on the GIL build), so it never sees a
+    sample half-made nor a collection being changed (copying a deque while another
+    thread changes it raises on 3.13t). ``_children`` is used by the sampling thread only.
     """
 
     def __init__(
@@ -74,7 +74,7 @@ class CpuAccount:
         self.kind_of = kind_of
         self.window = window
         self.discover_every = discover_every
-        self._samples: deque[_Sample] = deque()
+        self._samples: tuple[_Sample, ...] = ()
         self._children: dict[int, str] = {}  # pid: name
         self._discovered_at = -float("inf")
 
@@ -93,10 +93,10 @@ class CpuAccount:
         times = os.times()
         ended = times.children_user + times.children_system
         parts["ended workers"] = Part("ended workers", "ended workers", ended)
-        samples = self._samples
-        samples.append(_Sample(now, calls, time.process_time(), parts))
+        samples = (*self._samples, _Sample(now, calls, time.process_time(), parts))
         while len(samples) > 2 and now - samples[1].at >= self.window:
-            samples.popleft()
+            samples = samples[1:]
+        self._samples = samples
 
     def _threads(self) -> list[Part]:
         parts, known = [], set()
@@ -132,7 +132,7 @@ class CpuAccount:
         ``window`` seconds, ``cores`` and ``us_per_call_s`` (µs of CPU per call per
         second; None without calls). Also the whole process's (``process``, children not
         included) and the calls running (``calls``: their mean over the window)."""
-        samples = list(self._samples)
+        samples = self._samples
         if not samples:
             return {"window_s": 0.0, "calls": 0, "process": None, "parts": []}
         first, last = samples[0], samples[-1]

@@ -197,6 +197,20 @@ class Entry:
         self.ready.extend(routes)
         self.doorbell.ring()
 
+    def waiting(self) -> int:
+        """Frames waiting here, for metrics read from any thread (approximate).
+
+        Iterating ``ready`` while another thread appends or pops raises "deque mutated
+        during iteration" on 3.13t (``copy()`` iterates too), so a few tries are made; if
+        all meet a change, each ready call counts as one frame.
+        """
+        for _ in range(3):
+            try:
+                return len(self.system) + sum(len(route.input) for route in tuple(self.ready))
+            except RuntimeError:
+                continue
+        return len(self.system) + len(self.ready)
+
     def send_system(self, frame: Frame) -> None:
         self.system.append(frame)
         self.doorbell.ring()
@@ -334,7 +348,7 @@ class Stage(threading.Thread):
         """Frames waiting for this stage (approximate when read from another thread)."""
         depth = sum(len(link) for link in (self.in_down, self.in_up) if link is not None)
         if self.entry is not None:
-            depth += len(self.entry.system) + sum(len(r.input) for r in list(self.entry.ready))
+            depth += self.entry.waiting()
         return depth
 
     def run(self) -> None:

@@ -55,3 +55,29 @@ def test_metrics_while_running_and_after():
         assert after["gc"]["automatic"] is False
     finally:
         rt.stop()
+
+
+def test_queue_depth_read_while_calls_are_scheduled_and_taken():
+    """Metrics read from another thread while the first stage pops ready calls and other
+    threads schedule them: approximate, never an error (the ready deque cannot be
+    iterated while it changes on 3.13t)."""
+    rt = Runtime(threads=1, housekeeping_interval=0.05).start()
+    stop = threading.Event()
+    try:
+        calls = [rt.open_call(Pipeline([Tag]), lambda f, d: None) for _ in range(20)]
+
+        def feed() -> None:
+            while not stop.is_set():
+                for call in calls:
+                    call.try_push(TextFrame("x"))
+
+        feeders = [threading.Thread(target=feed) for _ in range(2)]
+        for t in feeders:
+            t.start()
+        depths = [rt.metrics()["pipelines"][0]["stages"][0]["queue_depth"] for _ in range(3000)]
+        assert max(depths) > 0
+    finally:
+        stop.set()
+        for t in feeders:
+            t.join()
+        rt.stop()

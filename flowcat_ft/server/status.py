@@ -40,7 +40,7 @@ def snapshot(
         call, stream = session.call, session.serializer.stream
         if call is None:
             continue
-        turns = list(session.turns)
+        turns = session.turns.recent()
         calls.append(
             {
                 "id": call.id,
@@ -94,7 +94,7 @@ def snapshot(
         "cpu": metrics["cpu"],
         "turns": [
             [round(t.at, 3), round(t.latency_ms, 1)]
-            for t in list(server.turns)
+            for t in server.turns.recent()
             if now - t.at <= TURN_WINDOW_SECS
         ],
         **{name: report() for name, report in (extras or {}).items()},

@@ -22,6 +22,7 @@ only hands the frame over to the loop's bridge.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -68,6 +69,32 @@ class Turn(NamedTuple):
     latency_ms: float
 
 
+class TurnLog:
+    """The newest ``size`` answered turns, oldest first.
+
+    Threading contract: event-loop threads append (a server's log is shared by all its
+    loops), any thread reads :meth:`recent`. A lock guards the deque, because on 3.13t
+    copying a deque while another thread appends to it raises "deque mutated during
+    iteration". A turn is logged once per answer, so the lock is never hot.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._turns: deque[Turn] = deque(maxlen=size)
+        self._lock = threading.Lock()
+
+    def append(self, turn: Turn) -> None:
+        with self._lock:
+            self._turns.append(turn)
+
+    def recent(self) -> list[Turn]:
+        """A copy of the turns logged, oldest first."""
+        with self._lock:
+            return list(self._turns)
+
+    def __len__(self) -> int:
+        return len(self._turns)
+
+
 class CallEdge:
     """One call's audio between a wire and the runtime (see the module docstring)."""
 
@@ -81,7 +108,7 @@ class CallEdge:
         io: EventLoopThread,
         edge: LoopEdge,
         options: MediaOptions,
-        turn_log: deque[Turn] | None = None,
+        turn_log: TurnLog | None = None,
     ) -> None:
         self.runtime = runtime
         self.pipeline = pipeline
@@ -99,7 +126,7 @@ class CallEdge:
         self.frames_in = 0
         self.dropped_in = 0
         # Response latency per turn: the last few here, every call's in the server's log.
-        self.turns: deque[Turn] = deque(maxlen=20)
+        self.turns = TurnLog(20)
         self._turn_log = turn_log
         self._user_stopped_ns = 0  # pts of the user's last end of speech, until answered
 

@@ -37,7 +37,7 @@ import socket
 import ssl
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from email.utils import formatdate
 from http import HTTPStatus
@@ -54,6 +54,7 @@ from flowcat_ft.pipeline import Pipeline
 from flowcat_ft.runtime import Runtime
 from flowcat_ft.serializers import SERIALIZERS, Serializer, StreamStarted, make_serializer
 from flowcat_ft.serializers.base import quoted
+from flowcat_ft.transports.call_edge import TurnLog
 from flowcat_ft.transports.clients import Client, TrustedProxies, client_key
 from flowcat_ft.transports.connection import MediaConnection
 from flowcat_ft.transports.edge import LoopEdge
@@ -68,7 +69,7 @@ from flowcat_ft.transports.limits import ClientLimits
 from flowcat_ft.transports.load import LoadBounds, LoadMonitor
 from flowcat_ft.transports.ops import prometheus_text
 from flowcat_ft.transports.pacer import Ticker
-from flowcat_ft.transports.session import MediaOptions, MediaSession, Turn, close_reason
+from flowcat_ft.transports.session import MediaOptions, MediaSession, close_reason
 
 logger = logging.getLogger("flowcat_ft.transports")
 
@@ -212,9 +213,7 @@ class WebSocketServer:
         self.refused = 0
         self.refusals: Counter[str] = Counter()  # calls refused, by reason (see _REFUSALS)
         self.close_codes: Counter[int] = Counter()  # how connections ended, by close code
-        # Every call's answered turns, newest last: appended by the loops (deque appends
-        # are atomic), read by copying (list(self.turns)) from any thread.
-        self.turns: deque[Turn] = deque(maxlen=1000)
+        self.turns = TurnLog(1000)  # every call's answered turns (from any loop)
         self._lock = threading.Lock()
         self._calls_changed = threading.Condition(self._lock)
         self._active: set[MediaSession] = set()

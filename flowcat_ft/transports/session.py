@@ -41,7 +41,7 @@ from flowcat_ft.serializers import (
     StreamStarted,
     StreamStopped,
 )
-from flowcat_ft.transports.call_edge import CallEdge, Turn
+from flowcat_ft.transports.call_edge import CallEdge, Turn, TurnLog
 from flowcat_ft.transports.edge import LoopEdge
 from flowcat_ft.transports.pacer import FRAME_SECS, Playout, Ticker
 
@@ -92,7 +92,7 @@ class MediaSession(CallEdge):
         ticker: Ticker,
         edge: LoopEdge,
         options: MediaOptions,
-        turn_log: deque[Turn] | None = None,
+        turn_log: TurnLog | None = None,
         check_start: Callable[[StreamStarted], str | None] | None = None,
     ) -> None:
         super().__init__(runtime, pipeline, io, edge, options, turn_log)

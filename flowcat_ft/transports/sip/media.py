@@ -70,7 +70,7 @@ from flowcat_ft.sip.rtp import (
     sender_report,
 )
 from flowcat_ft.sip.srtp import SUITES, SrtpContext, SrtpError
-from flowcat_ft.transports.call_edge import CallEdge
+from flowcat_ft.transports.call_edge import CallEdge, TurnLog
 from flowcat_ft.transports.sip.codecs import RtpCodec, rtp_codec
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ class RtpSession(CallEdge):
         options: MediaOptions,
         *,
         timeout: float,
-        turn_log: deque | None = None,
+        turn_log: TurnLog | None = None,
     ) -> None:
         super().__init__(runtime, pipeline, io, edge, options, turn_log)
         self._ticker = ticker

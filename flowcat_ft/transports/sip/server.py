@@ -64,7 +64,7 @@ if TYPE_CHECKING:
     from flowcat_ft.pipeline import Pipeline
     from flowcat_ft.runtime import Runtime
     from flowcat_ft.sip.transaction import ServerTransaction
-    from flowcat_ft.transports.call_edge import Turn
+    from flowcat_ft.transports.call_edge import TurnLog
 
 logger = logging.getLogger("flowcat_ft.sip")
 
@@ -142,7 +142,7 @@ class SipServer:
         *,
         media: MediaOptions | None = None,
         loops: int | list[EventLoopThread] = 1,
-        turn_log: deque[Turn] | None = None,
+        turn_log: TurnLog | None = None,
     ) -> None:
         self.runtime = runtime
         self.pipeline = pipeline
