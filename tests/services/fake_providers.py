@@ -648,6 +648,7 @@ class FakeWSServer(_Threaded):
         return f"{'wss' if self._ssl else 'ws'}://127.0.0.1:{self.port}"
 
     async def _handle(self, ws: ServerConnection) -> None:
+        self.opening(ws)
         self.connections += 1
         self.notify()
         try:
@@ -658,6 +659,10 @@ class FakeWSServer(_Threaded):
             if ws.protocol.close_rcvd_then_sent:
                 self.closed_by_client += 1
             self.notify()
+
+    def opening(self, ws: ServerConnection) -> None:
+        """Take what the connection keeps of the settings, before it is counted: a test
+        waiting for the count may change them as soon as it sees it (on another thread)."""
 
     async def session(self, ws: ServerConnection) -> None:
         raise NotImplementedError
@@ -701,6 +706,7 @@ class FakeDeepgram(FakeWSServer):
         self.utterance_end = False
         self.audio_bytes = 0
         self.controls: list[str] = []
+        self._modes: dict[ServerConnection, str] = {}  # each connection's, as it opened
 
     def _results(self, text: str, final: bool, start: float) -> str:
         return json.dumps(
@@ -725,8 +731,11 @@ class FakeDeepgram(FakeWSServer):
                 json.dumps({"type": "UtteranceEnd", "channel": [0, 1], "last_word_end": 0.4})
             )
 
+    def opening(self, ws: ServerConnection) -> None:
+        self._modes[ws] = self.mode
+
     async def session(self, ws: ServerConnection) -> None:
-        mode = self.mode
+        mode = self._modes.pop(ws)
         if mode == "garbage":
             await ws.send("this is not json")
         elif mode == "error":
