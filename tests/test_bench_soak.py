@@ -4,8 +4,10 @@ through ``flowcat-ft serve`` that samples the server and finds every slab back."
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from peers import missing
@@ -28,6 +30,8 @@ def row(t: float, rss_mb: float, p99: float, fds: int = 20, threads: int = 6) ->
         "rtt_ms": {"p50": p99 / 2, "p99": p99, "p99.9": p99 * 1.2, "max": p99 * 2},
         "server_cpu_s": 6.0,
         "machine_busy_s": 30.0,
+        "machine_steal_s": 0.0,
+        "machine_hiccup_max_ms": 0.5,
         "calls_active": 8,
         "rss_bytes": int(rss_mb * 1e6),
         "open_fds": fds,
@@ -97,6 +101,10 @@ def test_the_tail_target_at_few_calls_is_judged_only_at_few_calls():
     light["totals"]["rtt_ms"]["max"] = 25.0
     verdicts = dict((name, met) for name, _, met in summarise(light)["targets"])
     assert verdicts["max round trip ≤ 20.0 ms at 10 calls"] is False
+    shown = dict((name, shown) for name, shown, _ in summarise(light)["targets"])
+    assert shown["max round trip ≤ 20.0 ms at 10 calls"] == (
+        "25.00 ms (the machine's worst hiccup: 0.50 ms)"
+    )
     heavy = {**light, "calls": 80}
     assert not any("at 10 calls" in name for name, _, _ in summarise(heavy)["targets"])
 
@@ -127,3 +135,31 @@ def test_a_short_soak_through_the_real_server():
     assert run["end"]["calls_active"] == 0
     assert run["summary"]["slabs_in_use_at_end"] == 0
     assert run["server_exit_code"] == 0  # SIGTERM stopped it cleanly
+    for sample in run["rows"]:  # the machine's hiccups and stolen time, measured
+        assert sample["machine_hiccup_max_ms"] >= 0 and sample["machine_steal_s"] >= 0
+
+
+def test_the_hiccup_meter_reports_a_stall_of_its_own_process():
+    meter = subprocess.Popen(
+        [sys.executable, "-m", "bench.soak.hiccups"],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+
+        def take() -> dict:
+            meter.stdin.write("\n")
+            meter.stdin.flush()
+            return json.loads(meter.stdout.readline())
+
+        take()
+        meter.send_signal(signal.SIGSTOP)  # the machine "stalls" it for 0.2 s
+        time.sleep(0.2)
+        meter.send_signal(signal.SIGCONT)
+        stalled = take()
+        assert stalled["max_ms"] >= 150 and stalled["wakeups"] > 0
+    finally:
+        meter.stdin.close()
+        meter.wait(10)

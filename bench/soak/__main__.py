@@ -14,10 +14,13 @@ Every ``--interval`` seconds (60) the run records that interval's round trips (p
 p99.9, max), frames lost and calls started and ended, and samples the server: its RSS, open
 file descriptors and threads, slabs in use, garbage collections and their pauses (from its
 ``/status.json``), and its CPU (``/proc``), with what the rest of the machine used
-meanwhile. At the end it waits for the server to have no call and checks every slab is
-back. It writes ``bench/results/DATE-Nc-soak[-quick][-Ncalls].{json,md,png}`` (``-Ncalls``
-with ``--capacity``) (the plot with
-matplotlib on the GIL venv, as the echo kit's); the last line of output is the JSON result.
+meanwhile, the CPU time the hypervisor stole, and the machine's worst hiccup: how late a
+separate process that only sleeps 1 ms at a time was woken (``bench.soak.hiccups``), so a
+round-trip stall that the machine caused shows as one. At the end it waits for the server
+to have no call and checks every slab is back. It writes
+``bench/results/DATE-Nc-soak[-quick][-Ncalls].{json,md,png}`` (``-Ncalls`` with
+``--capacity``; the plot with matplotlib on the GIL venv, as the echo kit's); the last
+line of output is the JSON result.
 
 Round trips include the server's output pacing (the echo agent sends audio at real time,
 as to a carrier): after a stall of the server or the machine a call's audio stays that much
@@ -30,6 +33,7 @@ import json
 import math
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -121,30 +125,67 @@ class Server:
             return self.proc.wait()
 
 
+class Hiccups:
+    """The hiccup meter (``bench.soak.hiccups``) as a child process."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.soak.hiccups"],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def take(self) -> dict[str, float]:
+        """The worst oversleep (``max_ms``) and the wake-ups since the last call."""
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def stop(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(10)
+
+
+def stolen_seconds() -> float:
+    """CPU seconds the hypervisor gave other guests while this machine wanted to run
+    (``steal`` in ``/proc/stat``), over all cores so far."""
+    with open("/proc/stat") as f:
+        return int(f.readline().split()[8]) / TICK
+
+
 class Sampler:
     """Joins each interval's round trips (from the load generator) with a sample of the
-    server taken as the interval ends, into one row."""
+    server and of the machine taken as the interval ends, into one row."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, hiccups: Hiccups) -> None:
         self.server = server
+        self.hiccups = hiccups
         self.rows: list[dict[str, Any]] = []
         self.started = time.monotonic()
         self._cpu = server.cpu_seconds()
         self._machine = machine_busy()[0]
+        self._stolen = stolen_seconds()
         self._lock = threading.Lock()
 
     def sample(self) -> dict[str, Any]:
-        """The server now: its status (less the per-call list) and CPU since last time."""
+        """The server now: its status (less the per-call list), its CPU and the machine's
+        since last time, and the machine's worst hiccup since last time."""
         status = self.server.status()
-        cpu, machine = self.server.cpu_seconds(), machine_busy()[0]
+        cpu, machine, stolen = self.server.cpu_seconds(), machine_busy()[0], stolen_seconds()
         with self._lock:
             used, busy = cpu - self._cpu, machine - self._machine
-            self._cpu, self._machine = cpu, machine
+            steal = stolen - self._stolen
+            self._cpu, self._machine, self._stolen = cpu, machine, stolen
+            hiccup = self.hiccups.take()
         gc = status["gc"]
         return {
             "at_s": round(time.monotonic() - self.started, 1),
             "server_cpu_s": round(used, 2),
             "machine_busy_s": round(busy, 2),
+            "machine_steal_s": round(steal, 2),
+            "machine_hiccup_max_ms": hiccup["max_ms"],
             "calls_active": len(status["calls"]),
             "rss_bytes": status["process"]["rss_bytes"],
             "open_fds": status["process"]["open_fds"],
@@ -182,9 +223,10 @@ def main(args: Any) -> None:
     )
     LOGS.mkdir(parents=True, exist_ok=True)
     server = Server(LOGS / "soak-server.log")
+    hiccups = Hiccups()
     try:
         server.wait_ready()
-        sampler = Sampler(server)
+        sampler = Sampler(server, hiccups)
         start = sampler.sample()
         load = Load(
             calls,
@@ -197,6 +239,7 @@ def main(args: Any) -> None:
         end = wait_for_calls_to_end(sampler)
     finally:
         exit_code = server.stop()
+        hiccups.stop()
     result = {
         "bench": "soak",
         "date": date.today().isoformat(),
