@@ -46,8 +46,8 @@ class SpscRing:
     """A bounded FIFO for exactly one producer thread and one consumer thread.
 
     Producer methods: :meth:`push`, :meth:`push_many`, :meth:`free_slots`.
-    Consumer methods: :meth:`pop`, :meth:`pop_many`, :meth:`__len__` (exact for the consumer,
-    a lower bound of the truth for anyone else).
+    Consumer methods: :meth:`pop`, :meth:`pop_many`, :meth:`__len__` (exact for the consumer;
+    for any other thread, such as one reading metrics, approximate but never negative).
 
     Shared state: ``_slots`` (fixed-length list; slot writes by the producer, reads and
     clears by the consumer, each slot handed over by the index protocol in the module
@@ -68,7 +68,10 @@ class SpscRing:
         self._tail = 0
 
     def __len__(self) -> int:
-        return self._tail - self._head
+        # ``_head`` first: read the other way round by a third thread, a tail read before
+        # the consumer popped up to it and a head read after could give a negative length.
+        head = self._head
+        return self._tail - head
 
     # -- producer side ---------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import threading
+import time
 
 import pytest
 from helpers import FREE_THREADED
@@ -97,3 +98,33 @@ def test_stress_no_item_lost_duplicated_or_reordered(strategy):
     assert errors == []
     assert len(ring) == 0
     assert doorbell.missed_wakeups == 0
+
+
+def test_a_third_thread_never_reads_a_negative_length():
+    """Metrics read a ring's length from a thread that neither pushes nor pops."""
+    ring = SpscRing(8)
+    stop = threading.Event()
+
+    def produce() -> None:
+        while not stop.is_set():
+            ring.push(1)
+
+    def consume() -> None:
+        while not stop.is_set():
+            ring.pop()
+
+    workers = [threading.Thread(target=produce), threading.Thread(target=consume)]
+    for worker in workers:
+        worker.start()
+    reads, lowest, highest = 0, 0, 0
+    try:  # 200,000 reads, and on until one has seen items in the ring
+        deadline = time.monotonic() + 10
+        while reads < 200_000 or (highest == 0 and time.monotonic() < deadline):
+            lengths = [len(ring) for _ in range(1000)]
+            reads += len(lengths)
+            lowest, highest = min(lowest, *lengths), max(highest, *lengths)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    assert lowest == 0 and highest > 0

@@ -24,7 +24,7 @@ def test_each_answered_turn_is_logged_once(serve):
             assert wait_until(lambda: len(server.sessions[0].turns) == 2)
 
     asyncio.run(call())
-    turns = list(server.turns)
+    turns = server.turns.recent()
     assert len(turns) == 2
     assert all(turn.latency_ms >= 0 for turn in turns)
     assert turns[0].at <= turns[1].at
