@@ -12,7 +12,7 @@ import contextlib
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import Future
 from functools import partial
 from typing import Any
@@ -121,6 +121,43 @@ class EventLoopThread:
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout)
+
+
+class EventLoops:
+    """The event-loop threads a server runs on: its own, started by :meth:`start` and
+    stopped by :meth:`stop`, or another owner's (the WebSocket server's, shared with SIP
+    and AudioSocket), used but left running::
+
+        loops = EventLoops("flowcat-sip", 2)  # starts and stops two threads of its own
+        loops = EventLoops("flowcat-sip", ws_server.loops)  # shares these, never stops them
+
+    Threading contract: :meth:`start` and :meth:`stop` are called by the thread that starts
+    and stops the server, which alone changes the list; other threads (the loops' own)
+    read it only while the server runs.
+    """
+
+    def __init__(self, name: str, loops: int | Sequence[EventLoopThread]) -> None:
+        self.name = name
+        self.owned = isinstance(loops, int)
+        """Whether the threads are this object's, to start and stop."""
+        self._count = loops if isinstance(loops, int) else len(loops)
+        self._loops: list[EventLoopThread] = [] if isinstance(loops, int) else list(loops)
+
+    def start(self) -> list[EventLoopThread]:
+        """Start the threads (if they are this object's and not running); returns them."""
+        if self.owned and not self._loops:
+            self._loops = [EventLoopThread(f"{self.name}-{i}") for i in range(self._count)]
+        return list(self._loops)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the threads if they are this object's (shared ones are left running)."""
+        if self.owned:
+            loops, self._loops = self._loops, []
+            for io in loops:
+                io.stop(timeout)
+
+    def __iter__(self) -> Iterator[EventLoopThread]:
+        return iter(self._loops)
 
 
 # Every EventLoopThread started and not stopped, whoever made it (a runtime, a transport's

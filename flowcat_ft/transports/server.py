@@ -49,7 +49,7 @@ from websockets.datastructures import Headers
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from flowcat_ft.loops import EventLoopThread
+from flowcat_ft.loops import EventLoops, EventLoopThread
 from flowcat_ft.pipeline import Pipeline
 from flowcat_ft.runtime import Runtime
 from flowcat_ft.serializers import SERIALIZERS, Serializer, StreamStarted, make_serializer
@@ -217,7 +217,7 @@ class WebSocketServer:
         self._lock = threading.Lock()
         self._calls_changed = threading.Condition(self._lock)
         self._active: set[MediaSession] = set()
-        self._loops: list[EventLoopThread] = []
+        self._loops = EventLoops("flowcat-ws", self.loop_count)
         self._servers: list[Server] = []
         self._draining = False
         self._monitor: LoadMonitor | None = None
@@ -242,9 +242,7 @@ class WebSocketServer:
         self._refuse_a_port_in_use()
         self.runtime.start()
         try:
-            for i in range(self.loop_count):
-                io = EventLoopThread(f"flowcat-ws-{i}")
-                self._loops.append(io)
+            for io in self._loops.start():
                 ticker = Ticker(io.loop)
                 edge = LoopEdge(io, self.runtime.pool)
                 server = io.submit(self._listen(io, ticker, edge)).result(10)
@@ -255,7 +253,7 @@ class WebSocketServer:
             self.stop(grace=0)
             raise
         if self.load is not None:
-            self._monitor = LoadMonitor(self.load, self._loops, self.runtime).start()
+            self._monitor = LoadMonitor(self.load, self.loops, self.runtime).start()
         scheme = "wss" if self.tls is not None else "ws"
         logger.info(
             "listening on %s://%s:%d (%d loops)", scheme, self.host, self.port, self.loop_count
@@ -522,9 +520,7 @@ class WebSocketServer:
             future.result(_CLOSING_HANDSHAKE_SECS + 10)
         if self._monitor is not None:
             self._monitor.stop()
-        for io in self._loops:
-            io.stop()
-        self._loops.clear()
+        self._loops.stop()
         self._servers.clear()
 
 

@@ -23,7 +23,7 @@ import time
 from typing import TYPE_CHECKING
 
 from flowcat_ft.frames import EndFrame, Frame, InputDTMFFrame
-from flowcat_ft.loops import EventLoopThread
+from flowcat_ft.loops import EventLoops, EventLoopThread
 from flowcat_ft.runtime import RuntimeFullError
 from flowcat_ft.serializers import AudioIn, DtmfIn, ProtocolError, StreamStarted, StreamStopped
 from flowcat_ft.transports.audiosocket.protocol import (
@@ -212,9 +212,7 @@ class AudioSocketServer:
         self.host = host
         self.port = port
         self.options = options or MediaOptions()
-        self._own_loops = isinstance(loops, int)
-        self._loop_count = loops if isinstance(loops, int) else len(loops)
-        self._loops: list[EventLoopThread] = [] if isinstance(loops, int) else list(loops)
+        self._loops = EventLoops("flowcat-audiosocket", loops)
         self._servers: list[asyncio.Server] = []
         self._lock = threading.Lock()
         self._active: set[AudioSocketSession] = set()
@@ -227,12 +225,8 @@ class AudioSocketServer:
     def start(self) -> AudioSocketServer:
         """Listen on every loop. ``OSError`` if the port is taken."""
         self.runtime.start()
-        if self._own_loops:
-            self._loops = [
-                EventLoopThread(f"flowcat-audiosocket-{i}") for i in range(self._loop_count)
-            ]
         try:
-            for io in self._loops:
+            for io in self._loops.start():
                 server = io.submit(self._listen(io)).result(10)
                 self._servers.append(server)
                 self.port = server.sockets[0].getsockname()[1]
@@ -259,9 +253,7 @@ class AudioSocketServer:
         for session in self.sessions:
             session.io.loop.call_soon_threadsafe(session._end, "the server is shutting down")
         self._wait_for_calls(2.0)
-        if self._own_loops:
-            for io in self._loops:
-                io.stop()
+        self._loops.stop()
         self._servers.clear()
 
     def _wait_for_calls(self, seconds: float) -> None:

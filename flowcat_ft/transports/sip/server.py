@@ -49,7 +49,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from flowcat_ft.loops import EventLoopThread
+from flowcat_ft.loops import EventLoops, EventLoopThread
 from flowcat_ft.sip.message import Headers, NameAddr, Request, Response, Uri
 from flowcat_ft.sip.sdp import DEFAULT_CODECS, SessionDescription, make_offer
 from flowcat_ft.transports.edge import LoopEdge
@@ -153,9 +153,8 @@ class SipServer:
         self._networks = [
             ipaddress.ip_network(n, strict=False) for n in self.options.allowed_sources
         ]
-        self._own_loops = isinstance(loops, int)
-        self._loops: list[EventLoopThread] = [] if isinstance(loops, int) else list(loops)
-        self._loop_count = loops if isinstance(loops, int) else len(loops)
+        self._loops = EventLoops("flowcat-sip", loops)
+        self._signalling: EventLoopThread | None = None  # the first loop, once started
         self._media_loops: list[tuple[EventLoopThread, Ticker, LoopEdge]] = []
         self._next_loop = itertools.count()
         self._turn_log = turn_log
@@ -176,14 +175,12 @@ class SipServer:
     def start(self) -> SipServer:
         """Listen; returns once SIP is listening. ``OSError`` if the port is taken."""
         self.runtime.start()
-        if self._own_loops:
-            self._loops = [EventLoopThread(f"flowcat-sip-{i}") for i in range(self._loop_count)]
-        self._media_loops = [
-            (io, Ticker(io.loop), LoopEdge(io, self.runtime.pool)) for io in self._loops
-        ]
+        loops = self._loops.start()
+        self._signalling = loops[0]
+        self._media_loops = [(io, Ticker(io.loop), LoopEdge(io, self.runtime.pool)) for io in loops]
         options = self.options
         self.endpoint = SipEndpoint(
-            self._loops[0],
+            self._signalling,
             self._request,
             host=options.host,
             port=options.port,
@@ -195,9 +192,9 @@ class SipServer:
             nameservers=options.nameservers,
         )
         try:
-            self._loops[0].submit(self._start()).result(10)
+            self._signalling.submit(self._start()).result(10)
         except OSError:
-            self._stop_loops()
+            self._loops.stop()
             raise
         logger.info("SIP listening on %s (%s)", self.uri, "/".join(options.transports))
         return self
@@ -228,7 +225,7 @@ class SipServer:
         async def copy() -> list[SipCall]:
             return list(self._calls.values())
 
-        return self._loops[0].submit(copy()).result(5)
+        return self._signalling.submit(copy()).result(5)
 
     def stop(self, grace: float = 5.0) -> None:
         """Refuse new calls, let live ones finish for up to ``grace`` seconds, hang up the
@@ -237,9 +234,9 @@ class SipServer:
             return
         self._draining = True
         try:
-            self._loops[0].submit(self._wind_down(grace)).result(grace + 10)
+            self._signalling.submit(self._wind_down(grace)).result(grace + 10)
         finally:
-            self._stop_loops()
+            self._loops.stop()
             self.endpoint = None
 
     async def _wind_down(self, grace: float) -> None:
@@ -260,7 +257,7 @@ class SipServer:
         go on. From any thread; cannot be undone; calling it again changes nothing."""
         assert self.endpoint is not None, "not started"
         self._draining = True
-        self._loops[0].loop.call_soon_threadsafe(self._unregister_once_idle)
+        self._signalling.loop.call_soon_threadsafe(self._unregister_once_idle)
 
     @property
     def draining(self) -> bool:
@@ -284,11 +281,6 @@ class SipServer:
                 await asyncio.gather(*unregistering, return_exceptions=True)
         except TimeoutError:
             logger.warning("a registrar did not answer our un-REGISTER in time")
-
-    def _stop_loops(self) -> None:
-        if self._own_loops:
-            for io in self._loops:
-                io.stop()
 
     # -- requests --------------------------------------------------------------------------
 
@@ -411,7 +403,7 @@ class SipServer:
         agent. The future gives the :class:`SipCall` once it is answered, or raises
         :class:`CallFailed` with the status (busy, no answer...). ``credentials`` (user,
         password) answer a trunk's digest challenge."""
-        return self._loops[0].submit(self._dial(to, from_user, credentials, ring_timeout))
+        return self._signalling.submit(self._dial(to, from_user, credentials, ring_timeout))
 
     async def _dial(
         self, to: str, from_user: str, credentials: tuple[str, str] | None, ring_timeout: float
@@ -469,7 +461,7 @@ class SipServer:
                 if call.call_id == call_id:
                     call.hang_up(reason)
 
-        self._loops[0].loop.call_soon_threadsafe(hang_up)
+        self._signalling.loop.call_soon_threadsafe(hang_up)
 
     def transfer(self, call_id: str, target: str) -> Future[bool]:
         """Transfer the call to ``target`` (a ``sip:`` or ``tel:`` URI: a human) with
@@ -482,7 +474,7 @@ class SipServer:
                 raise KeyError(f"no call {call_id}")
             return await calls[0].transfer(target)
 
-        return self._loops[0].submit(transfer())
+        return self._signalling.submit(transfer())
 
     def call_ended(self, call: SipCall) -> None:
         """A call's dialog is over (called by the call, on the signalling loop)."""
