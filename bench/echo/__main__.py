@@ -223,28 +223,44 @@ def tune(build: str, seconds: float, warmup: float) -> tuple[tuple[int, int], li
 # -- the run ---------------------------------------------------------------------------------
 
 
-def sweep(
-    plan: Plan, setup: Setup, running: dict[str, Running], points: Sequence[int]
-) -> list[dict[str, Any]]:
-    """Every point for every row still holding, the rows' order rotated at each point; each
-    run records the setup's CPUs."""
-    runs: list[dict[str, Any]] = []
-    stopped: set[str] = set()
-    for index, calls in enumerate(points):
-        active = [row for row in plan.rows if row.key not in stopped]
-        if not active:
-            break
-        turn = index % len(active)
-        for row in active[turn:] + active[:turn]:
-            r = running[row.server]
-            servers.wait_quiet(r)
-            load = Load(calls, row.mode, plan.seconds, plan.warmup, cpus=setup.loadgen)
-            run = {"server": row.key, **cpu_record(setup), **measure(r, load)}
-            runs.append(run)
-            print(describe(run, row.label), flush=True)
-            if saturated(run):
-                stopped.add(row.key)
-    return runs
+class Sweep:
+    """Loads one setup's servers with the plan's rows, point after point, over one or more
+    calls of :meth:`run` (the idle-memory runs come between the first point and the rest).
+
+    At each point every row still holding runs once, the rows' order rotated one place from
+    the point before; a row that saturates is not loaded again in this sweep, whichever
+    call of :meth:`run` it saturated in. Each run records the setup's CPUs.
+    """
+
+    def __init__(self, plan: Plan, setup: Setup, running: dict[str, Running]) -> None:
+        self.plan = plan
+        self.setup = setup
+        self.running = running
+        self.runs: list[dict[str, Any]] = []
+        self.stopped: set[str] = set()  # the keys of the rows that saturated
+        self._points_run = 0
+
+    def run(self, points: Sequence[int]) -> None:
+        """Run ``points``, in order, after the points of the calls before."""
+        for calls in points:
+            active = [row for row in self.plan.rows if row.key not in self.stopped]
+            if not active:
+                return
+            turn = self._points_run % len(active)
+            self._points_run += 1
+            for row in active[turn:] + active[:turn]:
+                self._run_one(row, calls)
+
+    def _run_one(self, row: Row, calls: int) -> None:
+        r = self.running[row.server]
+        servers.wait_quiet(r)
+        plan = self.plan
+        load = Load(calls, row.mode, plan.seconds, plan.warmup, cpus=self.setup.loadgen)
+        run = {"server": row.key, **cpu_record(self.setup), **measure(r, load)}
+        self.runs.append(run)
+        print(describe(run, row.label), flush=True)
+        if saturated(run):
+            self.stopped.add(row.key)
 
 
 def cpu_record(setup: Setup) -> dict[str, Any]:
@@ -363,14 +379,15 @@ def run_servers(
     memory: dict[str, dict[str, Any]] = {}
     long_run = None
     try:
-        runs = sweep(plan, setup, running, plan.points[:1])
+        sweep = Sweep(plan, setup, running)
+        sweep.run(plan.points[:1])
         for row in plan.rows if extras else ():
             if row.server not in memory:
                 print(f"memory per idle session of {row.server}", flush=True)
                 servers.wait_quiet(running[row.server])
                 load = Load(plan.idle_calls, row.mode, 1.5, idle=True, cpus=setup.loadgen)
                 memory[row.server] = idle_memory(running[row.server], load)
-        runs += sweep(plan, setup, running, plan.points[1:])
+        sweep.run(plan.points[1:])
         if extras and not plan.quick and "flowcat-ft" in running:
             print(f"{LONG_RUN.seconds:g} s at {LONG_RUN.calls} calls on flowcat-ft", flush=True)
             servers.wait_quiet(running["flowcat-ft"])
@@ -379,7 +396,7 @@ def run_servers(
     finally:
         for r in running.values():
             r.stop()
-    return runs, memory, long_run
+    return sweep.runs, memory, long_run
 
 
 def main(args: argparse.Namespace) -> None:
