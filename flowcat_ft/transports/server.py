@@ -512,9 +512,9 @@ class WebSocketServer:
         """
         self.drain()
         self.wait_for_calls(grace)
-        closing = [
+        closing = [  # fewer servers than loops where start() failed to listen on one
             io.submit(_close_server(server))
-            for io, server in zip(self._loops, self._servers, strict=True)
+            for io, server in zip(self._loops, self._servers, strict=False)
         ]
         for future in closing:
             future.result(_CLOSING_HANDSHAKE_SECS + 10)

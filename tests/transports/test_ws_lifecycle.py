@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import socket
 import weakref
 
+import pytest
 import websockets
 from carrier_messages import twilio_media, twilio_start
 from helpers import wait_until
@@ -16,6 +18,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from flowcat_ft import EndFrame, FrameProcessor, InputDTMFFrame, Pipeline, Runtime
 from flowcat_ft.agents.echo import Echo, echo_pipeline
 from flowcat_ft.gcpolicy import GcPolicy
+from flowcat_ft.loops import running_loops
 from flowcat_ft.transports.server import WebSocketServer
 from flowcat_ft.transports.session import MediaOptions
 
@@ -246,3 +249,17 @@ def test_stopping_lets_calls_go_on_for_the_grace_then_closes_them(serve):
     assert asyncio.run(call()) == (True, 1001, 503)
     assert wait_until(lambda: server.runtime.calls == [])
     assert wait_until(lambda: server.runtime.pool.in_use == 0)
+
+
+def test_a_port_taken_by_a_silent_socket_fails_start_with_oserror_and_stops_the_loops():
+    """Bound but not listening: nothing answers the server's check, and bind() refuses."""
+    with socket.socket() as taken, Runtime(threads=1) as runtime:
+        taken.bind(("127.0.0.1", 0))
+        before = set(running_loops())
+        server = WebSocketServer(runtime, echo_pipeline(), port=taken.getsockname()[1], loops=2)
+
+        with pytest.raises(OSError):
+            server.start()
+
+        assert set(running_loops()) == before
+        assert server.loops == []
