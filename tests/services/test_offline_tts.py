@@ -232,10 +232,11 @@ def test_speech_waits_for_slabs_when_the_pool_runs_low(runtime):
         start_frame=StartFrame(audio_out_sample_rate=16000),
     )
     call.push(TextFrame(" ".join(["this sentence goes on for a while"] * 8) + "."))  # ~8 s
-    assert wait_until(lambda: TTSAudioRawFrame in seen, 5)
-    time.sleep(0.5)
-    assert ErrorFrame not in seen
-    assert seen.count(TTSAudioRawFrame) < 50  # one read of espeak-ng's output, then a wait
+    tts = call.processors[0]
+    # Paused after its first read of espeak-ng's output, and held there by `held`:
+    assert wait_until(lambda: tts.reserve_pauses == 1 and TTSAudioRawFrame in seen, 5)
+    assert ErrorFrame not in seen and TTSTextFrame not in seen
+    assert seen.count(TTSAudioRawFrame) < 50
     for slab in held:
         slab.release()
     assert wait_until(lambda: TTSTextFrame in seen, 10)

@@ -202,6 +202,8 @@ class EspeakTTS(AsyncService):
     Threading contract: ``_text``, ``_queue``, ``_busy``, ``_speaking`` and ``_until``
     are used on the stage thread only; the synthesis coroutines (one at a time) see only
     their arguments and hand frames, and their clock, back through :meth:`call_soon`.
+    ``reserve_pauses`` (how many times synthesis paused to leave the pool's reserve free)
+    is written by the synthesis coroutines, on their event loop, and read from any thread.
     """
 
     drain_on_end = True
@@ -234,6 +236,7 @@ class EspeakTTS(AsyncService):
         self._busy = False  # a sentence is being synthesised
         self._speaking = False  # TTSStartedFrame pushed, TTSStoppedFrame not yet
         self._until = 0.0  # time.monotonic() when the audio pushed so far has played
+        self.reserve_pauses = 0
 
     def on_start(self, frame: StartFrame) -> None:
         if self.sample_rate is None:
@@ -322,8 +325,7 @@ class EspeakTTS(AsyncService):
                 until = max(until, now) + len(frames) * FRAME_MS / 1000
                 if until - now > self.max_ahead_secs:  # let the caller catch up
                     await asyncio.sleep(until - now - self.max_ahead_secs)
-                while self.pool.available < self.pool.capacity * POOL_RESERVE:
-                    await asyncio.sleep(FRAME_MS / 1000)  # leave the slabs to callers' audio
+                await self._leave_the_reserve()
             code = await process.wait()
             if code != 0 or framer is None:
                 error = (await process.stderr.read()).decode(errors="replace").strip()
@@ -336,6 +338,16 @@ class EspeakTTS(AsyncService):
                 process.kill()  # interrupted: stop synthesising at once
                 await process.wait()
             self.call_soon(self._spoken, generation, until)
+
+    async def _leave_the_reserve(self) -> None:
+        """Wait while less than :data:`POOL_RESERVE` of the pool is free: leave the slabs
+        to callers' audio."""
+        pool = self.pool
+        if pool.available >= pool.capacity * POOL_RESERVE:
+            return
+        self.reserve_pauses += 1
+        while pool.available < pool.capacity * POOL_RESERVE:
+            await asyncio.sleep(FRAME_MS / 1000)
 
     # -- the end, interruptions ---------------------------------------------------------------
 
