@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import socket
 import struct
+import termios
 import time
 import uuid
 
@@ -69,6 +71,12 @@ class Asterisk:
                 messages.append((kind, self.buffer[3 : 3 + length]))
                 self.buffer = self.buffer[3 + length :]
         return messages
+
+    def unacknowledged(self) -> int:
+        """Bytes sent that the server's side has neither acknowledged nor reset (Linux's
+        SIOCOUTQ, which is TIOCOUTQ)."""
+        queued = fcntl.ioctl(self.sock, termios.TIOCOUTQ, struct.pack("i", 0))
+        return struct.unpack("i", queued)[0]
 
 
 def test_audio_comes_back_and_dtmf_reaches_the_agent(audiosocket):
@@ -144,7 +152,10 @@ def test_audio_still_arriving_after_the_agent_hangs_up_does_not_destroy_the_hang
     assert wait_until(lambda: server.sessions and all(s.end_reason for s in server.sessions))
     for _ in range(50):  # the caller talks on: audio the server has not read
         asterisk.send(0x10, b"\x01\x00" * 160)
-    time.sleep(0.2)
+    # All of it reached the server's side, which acknowledged it (half-closed, reading on)
+    # or, had it closed with the data unread, answered with a reset: by now that would
+    # have destroyed the hangup and the EOF waiting to be read here.
+    assert wait_until(lambda: asterisk.unacknowledged() == 0)
     assert asterisk.receive(2) == [(0x00, b"")]  # the hangup, then the server's EOF
     assert server.sessions  # it waits for the peer's side...
     asterisk.sock.close()
