@@ -90,7 +90,9 @@ def test_the_playout_lets_audio_out_at_real_time_and_says_when_the_bot_speaks(ru
     time.sleep(0.3)
     call.interrupt()
     assert wait_until(lambda: any(type(f) is BotStoppedSpeakingFrame for _, f, _ in out))
-    time.sleep(0.2)
+    # A frame after the cut: audio still waiting would be let out ahead of it.
+    call.push(TTSTextFrame("after the cut"))
+    assert wait_until(lambda: any(type(f) is TTSTextFrame for _, f, _ in out))
     first = next(t for t, f, _ in out if isinstance(f, OutputAudioRawFrame))
     cut = next(t for t, f, _ in out if type(f) is InterruptionFrame)
     audio = [t for t, f, _ in out if isinstance(f, OutputAudioRawFrame)]
