@@ -170,9 +170,9 @@ def test_an_interruption_kills_espeak_and_drops_what_was_left(runtime):
     call, out = run_tts(runtime, frames, rate=16000)
     assert wait_until(lambda: any(isinstance(f, TTSAudioRawFrame) for f in out), 5)
     first = time.monotonic()
-    time.sleep(0.3)
     # espeak-ng could say it all in a moment; the stage reads only what would have played
-    # by now, plus a second (and a pipe read): espeak-ng is waiting on its pipe.
+    # by now, plus a second (and a pipe read), then pauses: espeak-ng waits on its pipe.
+    assert wait_until(lambda: call.processors[0].ahead_pauses > 0, 5)
     assert len(espeak_children()) == 1
     made = sum(isinstance(f, TTSAudioRawFrame) for f in out) * 0.02
     assert made < time.monotonic() - first + 1.0 + 0.3

@@ -202,8 +202,9 @@ class EspeakTTS(AsyncService):
     Threading contract: ``_text``, ``_queue``, ``_busy``, ``_speaking`` and ``_until``
     are used on the stage thread only; the synthesis coroutines (one at a time) see only
     their arguments and hand frames, and their clock, back through :meth:`call_soon`.
-    ``reserve_pauses`` (how many times synthesis paused to leave the pool's reserve free)
-    is written by the synthesis coroutines, on their event loop, and read from any thread.
+    ``ahead_pauses`` and ``reserve_pauses`` (how many times synthesis paused, to let the
+    caller catch up or to leave the pool's reserve free) are written by the synthesis
+    coroutines, on their event loop, and read from any thread.
     """
 
     drain_on_end = True
@@ -236,6 +237,7 @@ class EspeakTTS(AsyncService):
         self._busy = False  # a sentence is being synthesised
         self._speaking = False  # TTSStartedFrame pushed, TTSStoppedFrame not yet
         self._until = 0.0  # time.monotonic() when the audio pushed so far has played
+        self.ahead_pauses = 0
         self.reserve_pauses = 0
 
     def on_start(self, frame: StartFrame) -> None:
@@ -324,6 +326,7 @@ class EspeakTTS(AsyncService):
                 now = time.monotonic()
                 until = max(until, now) + len(frames) * FRAME_MS / 1000
                 if until - now > self.max_ahead_secs:  # let the caller catch up
+                    self.ahead_pauses += 1
                     await asyncio.sleep(until - now - self.max_ahead_secs)
                 await self._leave_the_reserve()
             code = await process.wait()
