@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from bench._common import build
+from bench.agent import providers as fakes
 from bench.agent import report
 from bench.agent.conversation import Conversations, Voices
 from bench.agent.measure import OFFLINE_CONFIG, agent_server, measure
@@ -134,3 +135,26 @@ def test_conversations_with_the_offline_agent_record_replies_and_calls_it_ended(
     stages = [p for p in run["parts"] if p["kind"] == "stage"]
     assert stages and stages[0]["us_per_call_s"] > 0
     assert any(p["kind"] == "worker" for p in run["parts"])  # PocketSphinx's
+
+
+def test_conversations_with_the_cloud_agent_on_the_fake_providers(tmp_path):
+    assert loadgen.compiler() is not None, "no C compiler (cc) to build the load generator"
+    voices = Voices.make(tmp_path, questions=("what is the time",))
+    providers = fakes.start()
+    try:
+        config = fakes.agent_config(providers, tmp_path / "cloud.yaml")
+        load = Conversations(2, voices, seconds=12.0, warmup=1.0, period=6.0, greeting_timeout=1.0)
+        with Running(agent_server(build(), config), tmp_path / "server.log") as running:
+            running.wait_ready()
+            run = measure(running, load, build())
+        times = providers.report()
+    finally:
+        providers.stop()
+
+    s = run["summary"]
+    assert (s["opened"], s["failed"]) == (2, 0)
+    assert s["questions"] >= 2 and s["replied"] == s["questions"]
+    assert 0 < s["reply_latency_ms"]["p50"] < 10_000
+    assert s["audible_s"]["p50"] > 1.0  # the fake TTS's reply: 0.3 s a word, 11 words
+    assert times["llm_first_token_s"]["count"] >= s["replied"]
+    assert times["tts_first_audio_s"]["count"] >= s["replied"]

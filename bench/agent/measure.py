@@ -29,8 +29,13 @@ def agent_server(build: str, config: Path) -> Server:
         python_of(build),
         "bench.agent.serve",
         (str(config),),
-        f"flowcat-ft serve {config.relative_to(ROOT)} on {LABELS[build]}",
+        f"flowcat-ft serve {shown(config)} on {LABELS[build]}",
     )
+
+
+def shown(path: Path) -> str:
+    """``path`` as a command line in a result shows it: from the repository's root."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def status_cpu(port: int) -> dict[str, Any]:

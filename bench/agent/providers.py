@@ -304,11 +304,15 @@ def start() -> Providers:
 def agent_config(providers: Providers, path: Path) -> Path:
     """A ``flowcat-ft serve`` config for a cloud agent on the fake providers, written to
     ``path``."""
+    from bench.agent.conversation import STREAM_KEY_ENV
+
     ws = f"ws://127.0.0.1:{providers.ws_port}"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         "# bench.agent --agent cloud: a cloud agent on local fake providers\n"
         "server: {host: 127.0.0.1, playground: false, webrtc: false}\n"
+        # The calls' stream URL carries a token, as with bench/agent/offline.yaml.
+        f"transports: {{stream_token_key_env: {STREAM_KEY_ENV}}}\n"
         "limits: {max_calls: 1000}\n"
         "logging: {level: WARNING}\n"
         "agent:\n"
