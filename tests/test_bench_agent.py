@@ -158,3 +158,30 @@ def test_conversations_with_the_cloud_agent_on_the_fake_providers(tmp_path):
     assert s["audible_s"]["p50"] > 1.0  # the fake TTS's reply: 0.3 s a word, 11 words
     assert times["llm_first_token_s"]["count"] >= s["replied"]
     assert times["tts_first_audio_s"]["count"] >= s["replied"]
+
+
+def test_the_runtime_s_share_is_the_reply_latency_over_the_floor():
+    def step(p50_ms: float) -> dict:
+        return {"what": "", "count": 4, "p50": p50_ms, "p95": p50_ms, "max": p50_ms}
+
+    providers = {
+        "stt_final_s": step(400.0),
+        "llm_first_token_s": step(400.0),
+        "llm_last_token_s": step(740.0),
+        "tts_first_audio_s": step(120.0),
+    }
+    # The turn ends at the turn timeout (the STT's final came first), or at the final.
+    assert report.floor_ms(providers, 0.8) == 800 + 740 + 120
+    assert report.floor_ms(providers, 0.2) == 400 + 740 + 120
+
+    def run(calls: int, p50: float, p99: float) -> dict:
+        latency = {"p50": p50, "p95": p99, "p99": p99, "max": p99}
+        return {"python": "3.13t", "calls": calls, "summary": {"reply_latency_ms": latency}}
+
+    runs = [run(1, 1690, 1700), run(200, 1700, 1740)]
+    assert report.share_rows(runs, 1660) == [
+        ("3.13t", 1, "1660", "1690", "1700", "30", "40"),
+        ("3.13t", 200, "1660", "1700", "1740", "40", "80"),
+    ]
+    [verdict] = report.share_target(runs, 1660)  # judged at 200 calls only
+    assert verdict.endswith("adds 80 ms to the p99 (target ≤ 50 ms): **missed**")

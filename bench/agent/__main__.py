@@ -39,6 +39,7 @@ from bench._common import (
     table,
 )
 from bench.agent import markdown, report, speech
+from bench.agent import providers as fakes
 from bench.agent.conversation import Conversations, Voices
 from bench.agent.measure import LABELS, OFFLINE_CONFIG, agent_server, measure
 from bench.echo import loadgen, servers
@@ -106,8 +107,6 @@ def main(args: argparse.Namespace) -> None:
     builds = args.interpreters.split(",")
     providers = None
     if args.agent == "cloud":
-        from bench.agent import providers as fakes
-
         providers = fakes.start()
         config = fakes.agent_config(providers, LOGS / "agent-cloud.yaml")
     else:
@@ -139,6 +138,7 @@ def main(args: argparse.Namespace) -> None:
         "questions": [p.name for p in voices.questions],
         "config": str(config.relative_to(ROOT)) if config.is_relative_to(ROOT) else str(config),
         "providers": provider_times,
+        "turn_timeout_s": fakes.TURN_TIMEOUT if providers is not None else None,
         "runs": runs,
     }
     print()
@@ -151,6 +151,12 @@ def main(args: argparse.Namespace) -> None:
     if providers is not None:
         print()
         print(table(*report.provider_rows(result["providers"])))
+        floor = report.floor_ms(result["providers"], fakes.TURN_TIMEOUT)
+        if floor is not None:
+            print()
+            print(table(report.SHARE_HEADERS, report.share_rows(runs, floor)))
+            for verdict in report.share_target(runs, floor):
+                print(f"  {verdict}")
     write(result, args.out)
     finish({k: v for k, v in result.items() if k != "runs"} | {"runs": _brief(runs)}, args)
 

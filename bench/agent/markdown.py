@@ -52,10 +52,26 @@ def document(result: dict[str, Any], plot_name: str | None) -> str:
             "",
             "## The fake providers' own time",
             "",
-            "What the providers took of each reply (over the whole run, every point); the "
-            "rest of a reply's latency is the runtime's: VAD and turn-taking, the hops "
-            "between services, resampling, pacing, and the network on loopback.",
+            "What the providers took of each reply (over the whole run, every point).",
             "",
             markdown_table(headers, body),
         ]
+        floor = report.floor_ms(result["providers"], result["turn_timeout_s"])
+        if floor is not None:
+            lines += [
+                "",
+                "## The runtime's share of the reply latency",
+                "",
+                f"The floor, {floor:.0f} ms, is what a reply takes were the runtime free: the "
+                f"turn ends {result['turn_timeout_s']:g} s after the question (the turn "
+                "timeout; the STT's final comes before it), then the LLM's reply to its "
+                "last token (one sentence, which the TTS is sent whole), then the TTS's "
+                "first audio (`bench.agent.report.floor_ms`). The rest is the runtime's: "
+                "VAD, the hops between services, pacing, the network on loopback, and "
+                "waiting for a core.",
+                "",
+                markdown_table(report.SHARE_HEADERS, report.share_rows(result["runs"], floor)),
+                "",
+                *(f"- {verdict}" for verdict in report.share_target(result["runs"], floor)),
+            ]
     return "\n".join(lines) + "\n"

@@ -52,6 +52,9 @@ TTS_FIRST_AUDIO = 0.12
 TTS_WORD = 0.3
 TRANSCRIPT = "what is the weather"
 REPLY = "The weather today is sunny and warm, with a light breeze."
+TURN_TIMEOUT = 0.8
+"""The cloud agent's turn timeout (``agent.turns.timeout_secs``, the default): the silence
+after which the caller's turn ends and the LLM is asked."""
 KEY_ENV = "BENCH_FAKE_PROVIDER_KEY"
 """The environment variable the cloud agent's config names for every key."""
 
@@ -318,6 +321,7 @@ def agent_config(providers: Providers, path: Path) -> Path:
         "agent:\n"
         "  kind: pipeline\n"
         "  sample_rate: 16000\n"
+        f"  turns: {{timeout_secs: {TURN_TIMEOUT}}}\n"
         f"  stt: {{engine: deepgram, url: {ws}/v1/listen, api_key_env: {KEY_ENV}}}\n"
         f"  llm: {{engine: openai, model: fake, base_url: http://127.0.0.1:"
         f"{providers.http_port}/v1, api_key_env: {KEY_ENV}}}\n"
