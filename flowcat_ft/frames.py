@@ -3,7 +3,7 @@
 Three kinds, as in pipecat:
 
 - :class:`SystemFrame` is handled at once: it overtakes the same call's queued data frames
-  (start, cancel, interruption, error);
+  (start, cancel, interruption, the output's pause and resume, error);
 - :class:`DataFrame` carries content in order (audio, text, transcriptions); an
   interruption drops the queued ones that are output (the caller's own audio and words stay);
 - :class:`ControlFrame` is ordered with data but survives interruptions (speaking events,
@@ -125,6 +125,21 @@ class InterruptionFrame(SystemFrame):
     def __init__(self) -> None:
         super().__init__()
         self.entered_ns = time.perf_counter_ns()
+
+
+class PauseOutputFrame(SystemFrame):
+    """The caller may be cutting in: the output stops playing the bot's audio at once
+    (a carrier is told to drop what it holds) and keeps it, with what follows, until a
+    :class:`ResumeOutputFrame` plays it on from where the caller stopped hearing it, or
+    an :class:`InterruptionFrame` drops it. LiveKit Agents' "false interruption" pause."""
+
+    __slots__ = ()
+
+
+class ResumeOutputFrame(SystemFrame):
+    """The speech that paused the output did not interrupt: play on what was kept."""
+
+    __slots__ = ()
 
 
 class ErrorFrame(SystemFrame):

@@ -11,8 +11,10 @@ turn's response latency. What carries the audio subclasses it: a WebSocket media
 
 A subclass says what its wire carries (:attr:`wire_codec`, :attr:`wire_rate`) and
 implements the hooks: :meth:`_play` (agent audio, in the wire's codec and rate),
-:meth:`_clear` (an interruption: drop the audio not yet played), :meth:`_tts_stopped`,
-:meth:`_frame_out` (any other frame leaving the pipeline) and :meth:`_call_ended`.
+:meth:`_clear` (an interruption: drop the audio not yet played), :meth:`_pause` and
+:meth:`_resume` (the caller may be cutting in: stop playing, keep the audio, play it on),
+:meth:`_tts_stopped`, :meth:`_frame_out` (any other frame leaving the pipeline) and
+:meth:`_call_ended`.
 
 Threading contract: everything runs on the call's event loop (``io``), except
 :meth:`_from_stage_thread`, the call's ``on_output``, which runs on a stage thread and
@@ -43,6 +45,8 @@ from flowcat_ft.frames import (
     InterruptionFrame,
     MetricsFrame,
     OutputAudioRawFrame,
+    PauseOutputFrame,
+    ResumeOutputFrame,
     StartFrame,
     TTSStoppedFrame,
     UserStoppedSpeakingFrame,
@@ -129,6 +133,8 @@ class CallEdge:
         self.turns = TurnLog(20)
         self._turn_log = turn_log
         self._user_stopped_ns = 0  # pts of the user's last end of speech, until answered
+        self.paused = False  # between a PauseOutputFrame and its resume or interruption
+        self.pauses = 0
 
     def log_context(self, **fields: object) -> dict[str, object]:
         """The ``extra`` for a log line about this call (see flowcat_ft.server.logs)."""
@@ -211,7 +217,17 @@ class CallEdge:
             frame.release()  # the audio is on its way out: the slab comes back now
         elif type(frame) is InterruptionFrame:
             self._carry.clear()
+            self.paused = False
             self._clear()
+        elif type(frame) is PauseOutputFrame:
+            if not self.paused:
+                self.paused = True
+                self.pauses += 1
+                self._pause()
+        elif type(frame) is ResumeOutputFrame:
+            if self.paused:
+                self.paused = False
+                self._resume()
         elif type(frame) is TTSStoppedFrame:
             self._tts_stopped()
         elif type(frame) is UserStoppedSpeakingFrame:
@@ -272,6 +288,16 @@ class CallEdge:
 
     def _clear(self) -> None:
         """An interruption: drop the agent audio not yet played."""
+        raise NotImplementedError
+
+    def _pause(self) -> None:
+        """The caller may be cutting in: stop playing the agent's audio at once, and keep
+        it (what the carrier was sent and has not played, and what comes next), until
+        :meth:`_resume` plays it on or :meth:`_clear` drops it."""
+        raise NotImplementedError
+
+    def _resume(self) -> None:
+        """Play on what :meth:`_pause` kept, from where the caller stopped hearing it."""
         raise NotImplementedError
 
     def _tts_stopped(self) -> None:

@@ -8,7 +8,9 @@ decoded from G.711 into a slab at the edge, the one copy on the way in, together
 audio of every connection on the loop that came in the same loop turn
 (:mod:`flowcat_ft.transports.edge`). Outgoing frames
 arrive from the stage threads through the loop's bridge in batches; audio is encoded,
-cut into 20 ms frames and paced (:mod:`flowcat_ft.transports.pacer`); other frames
+cut into 20 ms frames and paced (:mod:`flowcat_ft.transports.pacer`); an interruption
+sends the carrier's ``clear``, and so does a pause, whose resume sends again what the
+carrier dropped unplayed; other frames
 become the serializer's messages where its protocol has some (``Serializer.send_frame``).
 
 Bad input closes this connection only, with a close code that says why, and a log line:
@@ -282,6 +284,18 @@ class MediaSession(CallEdge):
         if message is not None:
             self.clears += 1
             self._send(message)
+
+    def _pause(self) -> None:
+        """Take back what the carrier holds and has not played, with a ``clear`` (where
+        its protocol has none, what was sent plays), and hold what comes next. Without
+        pacing (``pace_output``) audio goes out as it comes, and a pause changes nothing."""
+        clear = self.serializer.send_clear()
+        self._playout.pause(take_back=clear is not None)
+        if clear is not None and self.options.pace_output:
+            self._send(clear)
+
+    def _resume(self) -> None:
+        self._playout.resume()
 
     def _tts_stopped(self) -> None:
         message = self.serializer.send_mark(f"utterance-{self._marks + 1}")

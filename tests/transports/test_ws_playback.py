@@ -1,5 +1,6 @@
 """What the caller hears: DTMF arrives as frames, bot audio is paced at real time, a mark
-follows each utterance, and an interruption clears what the carrier still holds."""
+follows each utterance, an interruption clears what the carrier still holds, and a pause
+clears it too, to send it again on resume."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import base64
 import json
 import time
 
+import numpy as np
 import websockets
 from carrier_messages import receive_until_quiet, twilio_dtmf, twilio_start
 
@@ -16,24 +18,35 @@ from flowcat_ft import (
     FrameProcessor,
     InputDTMFFrame,
     OutputAudioRawFrame,
+    PauseOutputFrame,
     Pipeline,
+    ResumeOutputFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
 )
+from flowcat_ft.audio import g711
 from flowcat_ft.transports.pacer import Playout, Ticker
 
 
+def numbered(i: int) -> bytes:
+    """20 ms of 8 kHz audio whose first two samples (in µ-law too) tell frame i of 100."""
+    return np.array([512 * (i // 10), 512 * (i % 10)] + [4096] * 158, np.int16).tobytes()
+
+
 class KeypadBot(FrameProcessor):
-    """Key 1: speak two seconds of audio. Key 2: interrupt, as a barge-in would."""
+    """Key 1: speak two seconds of audio, frames numbered. Key 2: interrupt, as a barge-in
+    would. Keys 3 and 4: pause the output and resume it, as a barge-in gate does."""
 
     def process(self, frame, direction):
         if isinstance(frame, InputDTMFFrame) and frame.digit == "1":
             self.push(TTSStartedFrame())
-            for _ in range(100):  # 100 x 20 ms at 8 kHz, produced at once like a TTS burst
-                self.push(OutputAudioRawFrame.from_bytes(self.pool, b"\x00\x10" * 160, 8000))
+            for i in range(100):  # 100 x 20 ms at 8 kHz, produced at once like a TTS burst
+                self.push(OutputAudioRawFrame.from_bytes(self.pool, numbered(i), 8000))
             self.push(TTSStoppedFrame())
         elif isinstance(frame, InputDTMFFrame) and frame.digit == "2":
             self.interrupt()
+        elif isinstance(frame, InputDTMFFrame) and frame.digit in "34":
+            self.push(PauseOutputFrame() if frame.digit == "3" else ResumeOutputFrame())
         self.push(frame, direction)
 
 
@@ -142,6 +155,85 @@ def test_the_pacer_counts_the_marks_it_drops():
             playout.play(item, 0.0 if item[0] == "m" else 60.0)  # a minute each: none due
         assert (sent, playout.dropped, playout.marks_dropped) == (["a1"], 1, 1)
         assert playout.clear() == 3 and playout.marks_dropped == 2  # a2, a3 and m2
+    finally:
+        loop.close()
+
+
+def mulaw(pcm: bytes) -> bytes:
+    out = np.empty(len(pcm) // 2, np.uint8)
+    return out[: g711.ENCODERS["mulaw"](np.frombuffer(pcm, np.int16), out)].tobytes()
+
+
+def test_a_pause_clears_the_carrier_and_the_resume_sends_again_what_it_dropped(serve):
+    server = serve(Pipeline([KeypadBot]))
+
+    def frame_number(message: str) -> int:
+        first = base64.b64decode(json.loads(message)["media"]["payload"])[:2]
+        return keys.index(first)
+
+    async def call() -> list:
+        async with websockets.connect(f"ws://127.0.0.1:{server.port}/twilio") as ws:
+            await ws.send(twilio_start())
+            await ws.send(twilio_dtmf("1"))
+            messages = [await asyncio.wait_for(ws.recv(), 5) for _ in range(20)]
+            await ws.send(twilio_dtmf("3"))
+            while "clear" not in twilio_events(messages):
+                messages.append(await asyncio.wait_for(ws.recv(), 5))
+            await ws.send(twilio_dtmf("4"))
+            while "mark" not in twilio_events(messages):
+                messages.append(await asyncio.wait_for(ws.recv(), 5))
+            sessions.extend(server.sessions)
+            return messages
+
+    keys = [mulaw(numbered(i))[:2] for i in range(100)]
+    assert len(set(keys)) == 100
+    sessions = []
+    messages = asyncio.run(call())
+    events = twilio_events(messages)
+    assert events.count("clear") == 1 and events[-1] == "mark"
+    cut = events.index("clear")
+    before = [frame_number(m) for m in messages[:cut]]
+    after = [frame_number(m) for m in messages[cut + 1 : -1]]
+    # In order up to the pause; then from a frame the carrier had not finished playing
+    # (no more than the lead, 80 ms, and the frame playing), on to the end: all 100 heard.
+    assert before == list(range(len(before)))
+    assert before[-1] - 5 <= after[0] <= before[-1] + 1
+    assert after == list(range(after[0], 100))
+    assert (sessions[0].pauses, sessions[0].clears, sessions[0].marks_sent) == (1, 0, 1)
+
+
+def test_the_pacer_takes_back_what_has_not_played_when_it_pauses():
+    loop = asyncio.new_event_loop()
+    now = [100.0]
+    loop.time = lambda: now[0]
+    try:
+        sent = []
+        playout = Playout(sent.append, Ticker(loop), lead=0.05)
+        for i in range(5):
+            playout.play(f"a{i}", 0.02)  # a0, a1, a2 go at once (the lead); a3, a4 queue
+        assert sent == ["a0", "a1", "a2"] and playout.queued == 2
+        now[0] += 0.03  # a0 has played, a1 is playing
+        playout.pause(take_back=True)
+        playout.play("a5", 0.02)
+        playout.play("m", 0.0)
+        assert not playout.tick(now[0]) and sent == ["a0", "a1", "a2"]  # paused
+        assert playout.queued == 6  # a1 a2 a3 a4 a5 m
+        now[0] += 1.0
+        sent.clear()
+        playout.resume()  # sends the lead's worth at once
+        assert sent == ["a1", "a2", "a3"]
+        while playout.tick(now[0]):
+            now[0] += 0.02
+        assert sent == ["a1", "a2", "a3", "a4", "a5", "m"]
+
+        # Without taking back (a carrier that cannot clear), only what was queued waits.
+        sent.clear()
+        now[0] += 1.0
+        for i in range(5):
+            playout.play(f"b{i}", 0.02)
+        playout.pause(take_back=False)
+        assert playout.queued == 2 and sent == ["b0", "b1", "b2"]
+        assert playout.clear() == 2 and not playout.paused  # an interruption ends a pause
     finally:
         loop.close()
 

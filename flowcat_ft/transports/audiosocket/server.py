@@ -5,7 +5,7 @@ channel to this server; each connection is one call, served on one of the event 
 (each listens on the port, ``SO_REUSEPORT``). Audio comes and goes as 8 kHz signed
 linear (resampled at the edge to the pipeline's rate, like every other transport, by
 :class:`~flowcat_ft.transports.call_edge.CallEdge`); the agent's audio is paced out in
-20 ms messages; an interruption drops what is queued; DTMF becomes
+20 ms messages; an interruption drops what is queued, a pause holds it; DTMF becomes
 :class:`~flowcat_ft.frames.InputDTMFFrame`\\ s; the agent hanging up sends a hangup
 message once its audio has played. A connection that breaks the protocol is closed, with
 a log line naming the problem, and its call cancelled; the others go on.
@@ -167,6 +167,12 @@ class AudioSocketSession(CallEdge, asyncio.Protocol):
 
     def _clear(self) -> None:
         self._playout.clear()
+
+    def _pause(self) -> None:
+        self._playout.pause(take_back=False)  # AudioSocket cannot clear: what was sent plays
+
+    def _resume(self) -> None:
+        self._playout.resume()
 
     def _call_ended(self, frame: Frame) -> None:
         if type(frame) is not EndFrame:

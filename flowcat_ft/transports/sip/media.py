@@ -16,7 +16,9 @@ media loop. Every 20 ms, from the loop's :class:`~flowcat_ft.transports.pacer.Ti
   G.711, 960 for Opus) run on without gaps; the marker bit starts the stream and each of
   the agent's talkspurts. After a loop stall of over 200 ms the packets missed are not
   sent late in a burst: the timestamps skip them, and the next packet has the marker.
-  An interruption drops the queued audio at once (the next packet is silence).
+  An interruption drops the queued audio at once (the next packet is silence); a pause
+  (:class:`~flowcat_ft.frames.PauseOutputFrame`) sends silence in its place until the
+  resume.
   :class:`~flowcat_ft.frames.OutputDTMFFrame`\\ s are sent as RFC 4733 events in their
   place in the audio. While the peer holds the call (``sendonly`` or
   ``inactive``) nothing is sent and the agent's audio is dropped.
@@ -347,7 +349,7 @@ class RtpSession(CallEdge):
                 self._dtmf_timestamp = timestamp
             self._send(negotiated.dtmf_payload_type, self._dtmf_timestamp, payload, first)
             return
-        if self._queue:
+        if self._queue and not self.paused:
             self._send_audio(timestamp, self._queue.popleft())
             return
         marker = self.packets_out == 0 or self._skipped
@@ -486,6 +488,13 @@ class RtpSession(CallEdge):
 
     def _clear(self) -> None:
         self._queue.clear()
+
+    def _pause(self) -> None:
+        """Silence goes out in place of the queued audio (RTP has no clear: the packet or
+        two on their way play) until :meth:`_resume`."""
+
+    def _resume(self) -> None:
+        """The queued audio goes out again, from the next tick."""
 
     def _frame_out(self, frame: Frame) -> None:
         if type(frame) is OutputDTMFFrame and self.options.pace_output:
