@@ -98,7 +98,11 @@ def build_agent(config: Config, tracer: ProcessorFactory | None = None) -> Agent
         _tts(agent.tts, agent.sample_rate),
         stt=_stt(agent.stt),
         turns=turns,
-        barge_in=partial(BargeInGate, min_words=agent.turns.min_barge_in_words)
+        barge_in=partial(
+            BargeInGate,
+            min_words=agent.turns.min_barge_in_words,
+            pause_on_speech=agent.turns.pause_on_speech,
+        )
         if by_words
         else None,
         context=LLMContextAggregatorPair(system_prompt=getattr(agent.llm, "system_prompt", None)),
@@ -137,6 +141,7 @@ def _offline(
             barge_in=agent.turns.barge_in,
             min_barge_in_words=agent.turns.min_barge_in_words,
             min_barge_in_secs=agent.turns.min_barge_in_secs,
+            pause_on_speech=agent.turns.pause_on_speech,
             analyzer=analyzer,
             stt_workers=agent.stt.workers,
             dictation=agent.stt.mode == "dictation",

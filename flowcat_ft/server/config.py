@@ -377,12 +377,15 @@ class TurnsConfig:
     ``"words"``: on what was heard, once it has ``min_barge_in_words`` words or holds a
     phrase that always interrupts ("stop", "goodbye", a graph's ``interrupts`` edges);
     what does not interrupt is answered when the bot has finished
-    (:class:`~flowcat_ft.services.barge_in.BargeInGate`). ``"speech"``: once it has lasted
-    ``min_barge_in_secs``; shorter speech is let go, untranscribed."""
+    (:class:`~flowcat_ft.services.barge_in.BargeInGate`), and with ``pause_on_speech``
+    the bot's audio pauses as soon as the caller speaks over it, to resume if the words do
+    not interrupt. ``"speech"``: once it has lasted ``min_barge_in_secs``; shorter speech
+    is let go, untranscribed."""
 
     timeout_secs: float = bounded(0.8, 0)
     barge_in: Literal["words", "speech"] = "words"
     min_barge_in_words: int = bounded(2, 1)
+    pause_on_speech: bool = True
     min_barge_in_secs: float = bounded(0.5, 0)
 
 

@@ -14,6 +14,15 @@ This is pipecat's minimum-words interruption strategy, with the words that did n
 interrupt kept rather than dropped. The decision is taken as early as the STT allows: on
 each :class:`~flowcat_ft.frames.InterimTranscriptionFrame` (what was heard so far), else on
 the final :class:`~flowcat_ft.frames.TranscriptionFrame`.
+
+Words come a while after speech starts (the VAD reports it some 200 ms in, a word is
+recognised once most of it has been heard), so with *pause_on_speech* the gate pauses the
+bot as soon as the caller starts speaking over it (LiveKit Agents' "false interruption"
+handling): a :class:`~flowcat_ft.frames.PauseOutputFrame` stops the output at once (the
+carrier is told to drop what it holds), and either the words interrupt, which drops the
+paused reply, or the caller's turn ends without them, and a
+:class:`~flowcat_ft.frames.ResumeOutputFrame` plays the reply on from where the caller
+stopped hearing it.
 """
 
 from __future__ import annotations
@@ -28,9 +37,12 @@ from flowcat_ft.frames import (
     Frame,
     InputAudioRawFrame,
     InterimTranscriptionFrame,
+    PauseOutputFrame,
+    ResumeOutputFrame,
     SystemFrame,
     TranscriptionFrame,
     UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
 )
 from flowcat_ft.processor import FrameProcessor
 
@@ -64,25 +76,41 @@ class BargeInGate(FrameProcessor):
     system frames, pass at once. At the end of the call a held turn goes on, ahead of the
     :class:`~flowcat_ft.frames.EndFrame`.
 
+    With *pause_on_speech*, each :class:`~flowcat_ft.frames.UserStartedSpeakingFrame` over
+    the bot also pauses its output (a :class:`~flowcat_ft.frames.PauseOutputFrame`
+    downstream), and the held turn's :class:`~flowcat_ft.frames.UserStoppedSpeakingFrame`,
+    if its words have not interrupted by then, resumes it (a
+    :class:`~flowcat_ft.frames.ResumeOutputFrame`); the turn's final transcript, which
+    follows, may still interrupt. The output resumes too if the bot stops first, and
+    ahead of the end of the call.
+
     ``interruptions`` counts the barge-ins acted on, ``deferred`` the turns held until the
-    bot had finished.
+    bot had finished, ``pauses`` the pauses.
 
     Threading contract: everything here runs on the processor's stage thread.
     """
 
     def __init__(
-        self, *, min_words: int = 2, phrases: Iterable[str] = (), name: str | None = None
+        self,
+        *,
+        min_words: int = 2,
+        phrases: Iterable[str] = (),
+        pause_on_speech: bool = False,
+        name: str | None = None,
     ) -> None:
         super().__init__(name=name)
         if min_words < 1:
             raise ValueError(f"min_words must be at least 1, not {min_words}")
         self.min_words = min_words
+        self.pause_on_speech = pause_on_speech
         self.phrases = tuple(
             dict.fromkeys(" ".join(_words(p)) for p in (*ALWAYS_INTERRUPT, *phrases) if _words(p))
         )
         self.interruptions = 0
         self.deferred = 0
+        self.pauses = 0
         self.bot_speaking = False
+        self._paused = False  # the output is paused: a resume or interruption is due
         self._held: list[Frame] | None = None  # the turn held while the bot speaks
         self._finals: list[str] = []  # its final transcripts so far
         self._interrupting = False  # it interrupted: waiting for the interruption
@@ -93,6 +121,7 @@ class BargeInGate(FrameProcessor):
             self.bot_speaking = True
         elif kind is BotStoppedSpeakingFrame:
             self.bot_speaking = False
+            self._resume_output()
             if self._held is not None and not self._interrupting:
                 self.deferred += 1
                 self._release()
@@ -100,11 +129,16 @@ class BargeInGate(FrameProcessor):
             self.push(frame, direction)
         elif self._held is not None:
             self._held.append(frame)
-            if isinstance(frame, TranscriptionFrame) and not self._interrupting:
+            if kind is UserStartedSpeakingFrame:
+                self._pause_output()
+            elif kind is UserStoppedSpeakingFrame:
+                self._resume_output()
+            elif isinstance(frame, TranscriptionFrame) and not self._interrupting:
                 self._judge(frame)
         elif kind is UserStartedSpeakingFrame and self.bot_speaking:
             self._held = [frame]
             self._finals = []
+            self._pause_output()
         else:
             self.push(frame, direction)
 
@@ -127,14 +161,27 @@ class BargeInGate(FrameProcessor):
             self.interruptions += 1
             self.interrupt()
 
+    def _pause_output(self) -> None:
+        if self.pause_on_speech and self.bot_speaking and not (self._paused or self._interrupting):
+            self._paused = True
+            self.pauses += 1
+            self.push(PauseOutputFrame())
+
+    def _resume_output(self) -> None:
+        if self._paused and not self._interrupting:  # not ahead of the interruption
+            self._paused = False
+            self.push(ResumeOutputFrame())
+
     def on_interruption(self) -> None:
         self.bot_speaking = False
+        self._paused = False  # the interruption drops the paused output
         if self._held is not None:
             # After the interruption has gone on from here (it does once this returns).
             self._interrupting = True
             self.call_soon(self._release)
 
     def on_end(self) -> None:
+        self._resume_output()
         self._release()
 
     def on_cancel(self) -> None:

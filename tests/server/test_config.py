@@ -134,6 +134,7 @@ def test_an_empty_file_or_none_is_the_default_offline_agent(tmp_path):
     assert agent.turns == TurnsConfig(
         timeout_secs=0.8, barge_in="words", min_barge_in_words=2, min_barge_in_secs=0.5
     )
+    assert agent.turns.pause_on_speech
     assert agent.stt == SphinxSTTConfig(mode="auto", workers=None)
     assert agent.llm == GraphLLMConfig(graph=DEFAULT_GRAPH)
     assert agent.tts == EspeakTTSConfig(voice="en-us", rate_wpm=175)
@@ -285,6 +286,9 @@ def test_a_wrong_type_names_the_value(tmp_path):
     assert error.message == "expected a list, got 'twilio'"
     error, _ = mistakes(tmp_path, "- a list\n")
     assert error.message == "expected a mapping, got a list"
+    error, _ = mistakes(tmp_path, "agent: {turns: {pause_on_speech: sometimes}}")
+    assert error.field == "agent.turns.pause_on_speech"
+    assert error.message == "expected true or false, got 'sometimes'"
 
 
 def test_a_bad_choice_lists_the_choices(tmp_path):
@@ -488,6 +492,9 @@ def test_the_offline_agent(tmp_path):
     ]
     assert (turns.turn_timeout_secs, turns.interrupts) == (1.1, False)
     assert gate.min_words == 3 and "goodbye" in gate.phrases and "stop" in gate.phrases
+    assert gate.pause_on_speech
+    steady = load_config(write(tmp_path, "agent: {turns: {pause_on_speech: false}}"))
+    assert not build_agent(steady).pipeline.make_processors()[2].pause_on_speech
     assert stt.pool_size == 3
     analyzer = turns.analyzer_factory(16000)
     assert isinstance(analyzer, EnergyVADAnalyzer)

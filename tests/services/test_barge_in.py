@@ -123,3 +123,69 @@ def test_a_held_turn_goes_on_ahead_of_the_end_of_the_call(runtime):
     assert call.wait(5)
     assert names(out)[-3:] == ["UserStartedSpeakingFrame", "TranscriptionFrame:hi", "EndFrame"]
     assert isinstance(out[-1], EndFrame)
+
+
+def test_with_pause_on_speech_the_bot_pauses_at_once_and_resumes_if_not_interrupted(runtime):
+    call, out = gate_call(runtime, pause_on_speech=True)
+    # "Thanks" over the bot: paused at the start of speech, before any word; resumed at
+    # the end of the turn, which waits for the bot to finish.
+    call.push(BotStartedSpeakingFrame())
+    call.push(UserStartedSpeakingFrame())
+    assert wait_until(lambda: "PauseOutputFrame" in names(out))
+    for frame in [
+        InterimTranscriptionFrame("thanks"),
+        UserStoppedSpeakingFrame(),
+        TranscriptionFrame("thanks"),
+    ]:
+        call.push(frame)
+    assert wait_until(lambda: "ResumeOutputFrame" in names(out))
+    # "What time" over the bot: paused, then the words interrupt; no resume.
+    call.push(BotStoppedSpeakingFrame())
+    call.push(BotStartedSpeakingFrame())
+    call.push(UserStartedSpeakingFrame())
+    call.push(InterimTranscriptionFrame("what time"))
+    call.push(UserStoppedSpeakingFrame())
+    assert wait_until(lambda: names(out).count("UserStoppedSpeakingFrame") == 2)
+    assert names(out) == [
+        "BotStartedSpeakingFrame",
+        "PauseOutputFrame",
+        "ResumeOutputFrame",
+        "UserStartedSpeakingFrame",  # the held turn, once the bot has finished
+        "InterimTranscriptionFrame:thanks",
+        "UserStoppedSpeakingFrame",
+        "TranscriptionFrame:thanks",
+        "BotStoppedSpeakingFrame",
+        "BotStartedSpeakingFrame",
+        "PauseOutputFrame",
+        "InterruptionFrame",
+        "UserStartedSpeakingFrame",
+        "InterimTranscriptionFrame:what time",
+        "UserStoppedSpeakingFrame",
+    ]
+    gate = call.processors[0]
+    assert (gate.pauses, gate.interruptions, gate.deferred) == (2, 1, 1)
+    call.close()
+
+
+def test_a_paused_output_resumes_if_the_bot_stops_first_or_the_call_ends(runtime):
+    call, out = gate_call(runtime, pause_on_speech=True)
+    for frame in [BotStartedSpeakingFrame(), UserStartedSpeakingFrame(), BotStoppedSpeakingFrame()]:
+        call.push(frame)
+    assert wait_until(lambda: "BotStoppedSpeakingFrame" in names(out))
+    assert names(out) == [
+        "BotStartedSpeakingFrame",
+        "PauseOutputFrame",
+        "ResumeOutputFrame",
+        "UserStartedSpeakingFrame",
+        "BotStoppedSpeakingFrame",
+    ]
+    for frame in [BotStartedSpeakingFrame(), UserStartedSpeakingFrame()]:
+        call.push(frame)
+    call.end()
+    assert call.wait(5)
+    assert names(out)[-4:] == [
+        "PauseOutputFrame",
+        "ResumeOutputFrame",
+        "UserStartedSpeakingFrame",
+        "EndFrame",
+    ]

@@ -26,7 +26,9 @@ from flowcat_ft import (
     InterruptionFrame,
     LLMFullResponseStartFrame,
     OutputAudioRawFrame,
+    PauseOutputFrame,
     Pipeline,
+    ResumeOutputFrame,
     StartFrame,
     TranscriptionFrame,
     TTSAudioRawFrame,
@@ -101,6 +103,37 @@ def test_the_playout_lets_audio_out_at_real_time_and_says_when_the_bot_speaks(ru
     assert len(audio) < 100
     out.clear()
     del frame
+    call.close()
+    assert wait_until(lambda: runtime.pool.in_use == 0)
+
+
+def test_the_playout_holds_the_audio_while_paused_and_lets_it_all_out_on_resume(runtime):
+    out = []
+    started = time.monotonic()
+    call = runtime.open_call(
+        Pipeline([lambda: BotPlayout(0.08)]),
+        lambda f, d: (
+            out.append((time.monotonic() - started, f)) if d is Direction.DOWNSTREAM else None
+        ),
+    )
+    for frame in tone_frames(runtime, 1.0):
+        call.push(frame)
+    del frame
+    assert wait_until(lambda: any(type(f) is BotStartedSpeakingFrame for _, f in out))
+    call.push(PauseOutputFrame())
+    time.sleep(0.3)  # the caller speaks a word over the bot
+    call.push(ResumeOutputFrame())
+    assert wait_until(lambda: any(type(f) is BotStoppedSpeakingFrame for _, f in out))
+    kinds = [type(f) for _, f in out]
+    paused, resumed = kinds.index(PauseOutputFrame), kinds.index(ResumeOutputFrame)
+    assert OutputAudioRawFrame not in kinds[paused:resumed]  # nothing let out meanwhile
+    assert kinds.count(OutputAudioRawFrame) == 50 and kinds[-1] is BotStoppedSpeakingFrame
+    # Still speaking through the pause, which adds to the time the audio takes to play:
+    # what was let out and not played by the pause plays again after it.
+    first = next(t for t, f in out if isinstance(f, OutputAudioRawFrame))
+    assert out[-1][0] - first >= 1.0 + 0.3 - 0.02
+    assert kinds.count(BotStartedSpeakingFrame) == 1
+    out.clear()
     call.close()
     assert wait_until(lambda: runtime.pool.in_use == 0)
 

@@ -98,6 +98,7 @@ def offline_agent_pipeline(
     barge_in: Literal["words", "speech"] = "words",
     min_barge_in_words: int = 2,
     min_barge_in_secs: float = 0.5,
+    pause_on_speech: bool = True,
     analyzer: Callable[[int], VADAnalyzer] | None = None,
     dictation: bool = False,
     echo: bool = False,
@@ -122,7 +123,9 @@ def offline_agent_pipeline(
     interrupts it when it has *min_barge_in_words* words or more, or holds one of the
     graph's interrupting phrases ("stop", "goodbye"); anything else is answered when the
     bot has finished (:class:`~flowcat_ft.services.barge_in.BargeInGate`, after the
-    speech recogniser). ``"speech"``: speech over the bot interrupts it once it has lasted
+    speech recogniser); with *pause_on_speech* the bot's audio pauses as soon as the
+    caller speaks over it, and plays on if the words do not interrupt.
+    ``"speech"``: speech over the bot interrupts it once it has lasted
     *min_barge_in_secs*, and shorter speech is let go, untranscribed.
     *tracer* (a :class:`~flowcat_ft.telemetry.tracing.ConversationTracer` factory), placed
     after the turn detector, traces the conversation.
@@ -146,7 +149,9 @@ def offline_agent_pipeline(
         interrupts=not by_words,
     )
     stt = lambda: SphinxSTT(phrases, pool_size=stt_workers)  # noqa: E731
-    gate = lambda: BargeInGate(min_words=min_barge_in_words, phrases=interrupt_phrases)  # noqa: E731
+    gate = lambda: BargeInGate(  # noqa: E731
+        min_words=min_barge_in_words, phrases=interrupt_phrases, pause_on_speech=pause_on_speech
+    )
     traced = [turns, tracer] if tracer is not None else [turns]
     listen = [*traced, stt, gate] if by_words else [*traced, stt]
     return Pipeline(

@@ -21,6 +21,8 @@ from flowcat_ft.frames import (
     Direction,
     Frame,
     OutputAudioRawFrame,
+    PauseOutputFrame,
+    ResumeOutputFrame,
     StartFrame,
     SystemFrame,
 )
@@ -41,8 +43,13 @@ class BotPlayout(FrameProcessor):
     follows, both ways too.
 
     An interruption drops the waiting data frames (control frames go on at once) and stops
-    the bot speaking. An :class:`~flowcat_ft.frames.EndFrame` lets everything waiting out
-    at once, ahead of it (a transport that paces its output plays it to the end).
+    the bot speaking. A :class:`~flowcat_ft.frames.PauseOutputFrame` stops letting audio
+    out (the bot is still speaking, paused) until a
+    :class:`~flowcat_ft.frames.ResumeOutputFrame`, which lets it out again from where the
+    caller stopped hearing it: the audio let out but not yet played when the pause came
+    is played again (the output transport sends it again). An
+    :class:`~flowcat_ft.frames.EndFrame` lets everything waiting out at once, ahead of it
+    (a transport that paces its output plays it to the end).
 
     Threading contract: the queue, the clock (``_until``) and the flags are used on the
     stage thread only; the timer runs on an event loop and only hands :meth:`_tick` back
@@ -56,6 +63,7 @@ class BotPlayout(FrameProcessor):
         self._queue: deque[Frame] = deque()
         self._until = 0.0  # time.monotonic() when the audio let out so far has played
         self._timer = False  # a tick is scheduled
+        self._paused_at: float | None = None  # time.monotonic() of the pause, while paused
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -63,16 +71,30 @@ class BotPlayout(FrameProcessor):
         self._loop = self.event_loop.loop
 
     def process(self, frame: Frame, direction: Direction) -> None:
+        kind = type(frame)
+        if kind is PauseOutputFrame and self._paused_at is None:
+            self._paused_at = time.monotonic()
         if direction is Direction.UPSTREAM or isinstance(frame, SystemFrame):
             self.push(frame, direction)
+            if kind is ResumeOutputFrame and self._paused_at is not None:
+                self._resume()
         elif self._queue or isinstance(frame, OutputAudioRawFrame):
             self._queue.append(frame)
             self._release()
         else:
             self.push(frame, direction)
 
+    def _resume(self) -> None:
+        # What had been let out and not played by the pause plays again from now.
+        now = time.monotonic()
+        self._until = now + max(0.0, self._until - self._paused_at)
+        self._paused_at = None
+        self._release()
+
     def _release(self) -> None:
         """Let out what is due, and set the timer for what comes next."""
+        if self._paused_at is not None:
+            return
         queue = self._queue
         now = time.monotonic()
         while queue:
@@ -91,7 +113,7 @@ class BotPlayout(FrameProcessor):
 
     def _tick(self) -> None:
         self._timer = False
-        if self._closed:
+        if self._closed or self._paused_at is not None:
             return
         if not self._queue and self.speaking and time.monotonic() >= self._until:
             self._set_speaking(False)
@@ -116,6 +138,7 @@ class BotPlayout(FrameProcessor):
         waiting = [f for f in self._queue if isinstance(f, ControlFrame)]
         self._queue.clear()  # the audio's slabs go back to the pool
         self._until = 0.0
+        self._paused_at = None
         for frame in waiting:
             self.push(frame)
         if self.speaking:
@@ -123,6 +146,7 @@ class BotPlayout(FrameProcessor):
 
     def on_end(self) -> None:
         self._closed = True
+        self._paused_at = None
         while self._queue:
             self.push(self._queue.popleft())
 
