@@ -2,8 +2,10 @@
 conversation graph, espeak-ng out at real time, for scripted conversations of several
 turns; each full reply is transcribed back by the same PocketSphinx workers. Barge-in is
 decided on the words: two words, or "goodbye", over the bot cut it off; one word is
-answered once the bot has finished; nothing said is lost. Also the playout that paces the
-bot and says when it speaks, and the transcript of what the caller heard."""
+answered once the bot has finished; nothing said is lost. The bot pauses as soon as the
+caller speaks over it, and a word that does not cut it off lets it play on, all of it.
+Also the playout that paces the bot and says when it speaks, and the transcript of what
+the caller heard."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from flowcat_ft import (
     CallClosedError,
     Direction,
     InterruptionFrame,
+    LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     OutputAudioRawFrame,
     PauseOutputFrame,
@@ -34,10 +37,15 @@ from flowcat_ft import (
     TTSAudioRawFrame,
     TTSTextFrame,
 )
+from flowcat_ft.observers import Observer
+from flowcat_ft.services.barge_in import BargeInGate
 from flowcat_ft.services.offline import (
     DEFAULT_GRAPH,
     BotPlayout,
+    EspeakTTS,
+    GraphLLM,
     SphinxPool,
+    SphinxSTT,
     TranscriptRecorder,
     load_graph,
     offline_agent_pipeline,
@@ -174,10 +182,14 @@ class Caller:
         self.lock = threading.Lock()
         self.frames = []  # everything but audio, in order
         self.replies = []  # the bot's audio, one array list per reply
+        self.pushed = []  # the gate's pauses and resumes, and the STT's words, in order
         self.rng = np.random.default_rng(1)
         self.clock = time.monotonic()
         self.call = runtime.open_call(
-            pipeline, self._output, start_frame=StartFrame(metadata=metadata)
+            pipeline,
+            self._output,
+            start_frame=StartFrame(metadata=metadata),
+            observers=[PausesAndWords(self)],
         )
 
     def _output(self, frame, direction):
@@ -213,6 +225,42 @@ class Caller:
             if not self._push(with_noise(np.zeros(320), seed=int(self.rng.integers(1 << 30)))):
                 return
         assert seconds is not None or until(), "timed out waiting for the bot"
+
+
+class PausesAndWords(Observer):
+    """Notes in ``caller.pushed``, in order, each pause and resume of the bot's output
+    ("pause", "resume") and each transcript the speech recogniser pushes (its words)."""
+
+    def __init__(self, caller):
+        self.caller = caller
+
+    def on_push(self, call, source, frame, direction):
+        kind = type(frame)
+        if kind in (PauseOutputFrame, ResumeOutputFrame) and isinstance(source, BargeInGate):
+            noted = "pause" if kind is PauseOutputFrame else "resume"
+        elif isinstance(frame, TranscriptionFrame) and isinstance(source, SphinxSTT):
+            noted = frame.text
+        else:
+            return
+        with self.caller.lock:
+            self.caller.pushed.append(noted)
+
+
+def greeting_samples(runtime, metadata):
+    """How many samples the agent's greeting has, said to the end: deterministic speech."""
+    graph = load_graph(DEFAULT_GRAPH, TOOLS)
+    call = runtime.open_call(
+        Pipeline([lambda: GraphLLM(graph), EspeakTTS]), start_frame=StartFrame(metadata=metadata)
+    )
+    samples = 0
+    for frame in call.frames(timeout=20):
+        if isinstance(frame, TTSAudioRawFrame):
+            samples += frame.num_frames
+            frame.release()
+        elif isinstance(frame, LLMFullResponseEndFrame):
+            break
+    call.close()
+    return samples
 
 
 def test_a_scripted_conversation_with_a_barge_in(runtime):
@@ -300,6 +348,12 @@ def test_goodbye_over_the_reply_cuts_it_off_and_ends_the_call(runtime):
     graph = load_graph(DEFAULT_GRAPH, TOOLS)
     assert [graph.match("welcome", text).to for text in heard] == ["goodbye"]
     assert sum(type(f) is InterruptionFrame for f in frames) == 1
+    # The bot paused as the caller started speaking, before any word was recognised (so
+    # the carrier's clear goes out then), and the word cut it off: it never resumed.
+    assert caller.pushed[0] == "pause" and len(caller.pushed) > 1
+    assert "resume" not in caller.pushed
+    kinds = [type(f) for f in frames]
+    assert kinds.index(PauseOutputFrame) < kinds.index(InterruptionFrame)
     slots = {**graph.slots, "caller": "Bob", **SLOTS}
     goodbye = graph.nodes["goodbye"].reply.format_map(slots)
     # The greeting was cut off where the caller spoke; the goodbye was heard in full.
@@ -312,6 +366,7 @@ def test_goodbye_over_the_reply_cuts_it_off_and_ends_the_call(runtime):
         Turn("user", heard[0]),
         Turn("assistant", goodbye),
     ]
+    assert wait_until(lambda: runtime.pool.in_use == 0)
 
 
 def test_one_word_over_the_reply_is_answered_after_it_and_two_words_cut_it_off(runtime):
@@ -342,6 +397,13 @@ def test_one_word_over_the_reply_is_answered_after_it_and_two_words_cut_it_off(r
     heard = [f.text for f in frames if type(f) is TranscriptionFrame]
     assert heard == ["weather", "help me", "goodbye"]
     assert sum(type(f) is InterruptionFrame for f in frames) == 1
+    # "Weather" paused the greeting as soon as it was heard to start, before its word;
+    # the turn ended without interrupting, and the greeting played on: all of it.
+    # "Help me" paused the next reply, and cut it off.
+    pushed = caller.pushed
+    assert pushed[0] == "pause" and pushed.index("resume") > pushed.index("weather")
+    assert [p for p in pushed if p in ("pause", "resume")] == ["pause", "resume", "pause"]
+    assert sum(map(len, caller.replies[0])) == greeting_samples(runtime, {"caller": "Eve"})
     graph = load_graph(DEFAULT_GRAPH, TOOLS)
     slots = {**graph.slots, "caller": "Eve", **SLOTS}
     greeting, abilities, goodbye = (
@@ -361,3 +423,4 @@ def test_one_word_over_the_reply_is_answered_after_it_and_two_words_cut_it_off(r
         Turn("user", "goodbye"),
         Turn("assistant", goodbye),
     ]
+    assert wait_until(lambda: runtime.pool.in_use == 0)

@@ -6,6 +6,7 @@ flowcat_ft.sip's Sans-I/O codecs."""
 from __future__ import annotations
 
 import itertools
+import re
 import socket
 import subprocess
 import time
@@ -16,7 +17,12 @@ from peers import need_program
 from sip_helpers import Heard, listening
 
 from flowcat_ft import FrameProcessor, Pipeline
-from flowcat_ft.frames import InputDTMFFrame, OutputAudioRawFrame
+from flowcat_ft.frames import (
+    InputDTMFFrame,
+    OutputAudioRawFrame,
+    PauseOutputFrame,
+    ResumeOutputFrame,
+)
 from flowcat_ft.sip.message import Headers, Request, Response, Uri, parse
 from flowcat_ft.sip.rtp import RtpPacket, dtmf_packets, parse_rtp, rtp_packet
 from flowcat_ft.sip.sdp import make_offer, parse_sdp
@@ -159,7 +165,7 @@ def test_a_caller_that_stops_sending_is_hung_up(sip_server):
 
 class Talker(FrameProcessor):
     """Key 1: three seconds of a loud tone at once (queued at the transport); key 2: an
-    interruption, as a barge-in would make."""
+    interruption, as a barge-in would make; keys 3 and 4: a pause and a resume."""
 
     def process(self, frame, direction):
         if type(frame) is InputDTMFFrame and frame.digit == "1":
@@ -168,6 +174,8 @@ class Talker(FrameProcessor):
                 self.push(OutputAudioRawFrame.from_bytes(self.call.pool, tone, 8000), direction)
         elif type(frame) is InputDTMFFrame and frame.digit == "2":
             self.interrupt()
+        elif type(frame) is InputDTMFFrame and frame.digit in "34":
+            self.push(PauseOutputFrame() if frame.digit == "3" else ResumeOutputFrame())
         self.push(frame, direction)
 
 
@@ -193,6 +201,27 @@ def test_a_barge_in_flushes_the_queued_audio_and_timestamps_run_on(sip_server):
     ]
     assert all(step > 0 and step % 160 == 0 for step in steps)
     assert steps.count(160) >= len(steps) * 3 // 4
+
+
+def test_a_pause_sends_silence_in_place_of_the_queued_audio_and_the_resume_plays_it(sip_server):
+    server = sip_server(Pipeline([Talker]))
+    caller = Caller(server)
+    caller.call()
+    caller.rtp.settimeout(0.005)
+    silent = b"\xff" * 160
+    caller.press("1", timestamp=1000)
+    stream = caller.packets(0.6)  # about 30 of the 150 loud packets
+    caller.press("3", timestamp=9000)
+    while stream[-1].payload != silent:  # paused: silence goes out
+        stream += caller.packets(0.1)
+    caller.press("4", timestamp=17000)
+    deadline = time.monotonic() + 10
+    while sum(p.payload != silent for p in stream) < 150 and time.monotonic() < deadline:
+        stream += caller.packets(0.2)
+    # Every loud packet, none lost: loud, then silence while paused, then loud to the end.
+    talk = "".join("s" if p.payload == silent else "t" for p in stream).strip("s")
+    assert talk.count("t") == 150 and re.fullmatch("t+s+t+", talk), talk
+    assert server.calls[0].media.pauses == 1
 
 
 def test_an_unsupported_require_is_420_naming_it(sip_server):
