@@ -234,6 +234,9 @@ class CallEdge:
             self._user_stopped_ns = frame.pts
             self._frame_out(frame)
         elif type(frame) in (EndFrame, CancelFrame):
+            if self.paused and type(frame) is EndFrame:  # no resume is coming: play it out
+                self.paused = False
+                self._resume()
             self._call_ended(frame)
         else:
             self._frame_out(frame)

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
 
 import numpy as np
 import websockets
 from carrier_messages import receive_until_quiet, twilio_dtmf, twilio_start
+from websockets.exceptions import ConnectionClosedOK
 
 from flowcat_ft import (
     Direction,
+    EndFrame,
     FrameProcessor,
     InputDTMFFrame,
     OutputAudioRawFrame,
@@ -35,7 +38,8 @@ def numbered(i: int) -> bytes:
 
 class KeypadBot(FrameProcessor):
     """Key 1: speak two seconds of audio, frames numbered. Key 2: interrupt, as a barge-in
-    would. Keys 3 and 4: pause the output and resume it, as a barge-in gate does."""
+    would. Keys 3 and 4: pause the output and resume it, as a barge-in gate does. Key 5:
+    end the call."""
 
     def process(self, frame, direction):
         if isinstance(frame, InputDTMFFrame) and frame.digit == "1":
@@ -47,6 +51,8 @@ class KeypadBot(FrameProcessor):
             self.interrupt()
         elif isinstance(frame, InputDTMFFrame) and frame.digit in "34":
             self.push(PauseOutputFrame() if frame.digit == "3" else ResumeOutputFrame())
+        elif isinstance(frame, InputDTMFFrame) and frame.digit == "5":
+            self.push(EndFrame(), Direction.UPSTREAM)
         self.push(frame, direction)
 
 
@@ -200,6 +206,29 @@ def test_a_pause_clears_the_carrier_and_the_resume_sends_again_what_it_dropped(s
     assert before[-1] - 5 <= after[0] <= before[-1] + 1
     assert after == list(range(after[0], 100))
     assert (sessions[0].pauses, sessions[0].clears, sessions[0].marks_sent) == (1, 0, 1)
+
+
+def test_a_call_that_ends_while_paused_plays_out_what_was_kept(serve):
+    server = serve(Pipeline([KeypadBot]))
+
+    async def call() -> None:
+        async with websockets.connect(f"ws://127.0.0.1:{server.port}/twilio") as ws:
+            await ws.send(twilio_start())
+            await ws.send(twilio_dtmf("1"))
+            messages.extend([await asyncio.wait_for(ws.recv(), 5) for _ in range(20)])
+            await ws.send(twilio_dtmf("3"))
+            while "clear" not in twilio_events(messages):
+                messages.append(await asyncio.wait_for(ws.recv(), 5))
+            await ws.send(twilio_dtmf("5"))
+            with contextlib.suppress(ConnectionClosedOK):  # once the audio is out
+                while True:
+                    messages.append(await asyncio.wait_for(ws.recv(), 5))
+
+    messages = []
+    asyncio.run(call())
+    media = [m for m in messages if json.loads(m)["event"] == "media"]
+    keys = {base64.b64decode(json.loads(m)["media"]["payload"])[:2] for m in media}
+    assert keys == {mulaw(numbered(i))[:2] for i in range(100)}
 
 
 def test_the_pacer_takes_back_what_has_not_played_when_it_pauses():
