@@ -15,7 +15,14 @@ from helpers import wait_until
 
 from flowcat_ft import FrameProcessor, Pipeline, Runtime
 from flowcat_ft.agents.echo import Echo, echo_pipeline
-from flowcat_ft.frames import Direction, EndFrame, InputDTMFFrame
+from flowcat_ft.frames import (
+    Direction,
+    EndFrame,
+    InputDTMFFrame,
+    OutputAudioRawFrame,
+    PauseOutputFrame,
+    ResumeOutputFrame,
+)
 from flowcat_ft.server.app import AgentServer
 from flowcat_ft.server.config import load_config
 from flowcat_ft.transports.audiosocket import AudioSocketServer
@@ -207,3 +214,38 @@ def test_served_by_flowcat_ft_serve(tmp_path):
         asterisk.send(0x00)
     finally:
         server.stop(grace=0)
+
+
+def test_a_pause_holds_the_agents_audio_and_the_resume_plays_all_of_it(audiosocket):
+    class Talker(FrameProcessor):
+        """Key 1: a second of audio, frames numbered; keys 3 and 4: pause and resume."""
+
+        def process(self, frame, direction):
+            if type(frame) is InputDTMFFrame and frame.digit == "1":
+                for i in range(50):
+                    pcm = np.full(160, 100 * i, "<i2").tobytes()
+                    self.push(OutputAudioRawFrame.from_bytes(self.pool, pcm, 8000))
+            elif type(frame) is InputDTMFFrame and frame.digit in "34":
+                self.push(PauseOutputFrame() if frame.digit == "3" else ResumeOutputFrame())
+            self.push(frame, direction)
+
+    def numbers(messages):
+        return [np.frombuffer(p, "<i2")[0] // 100 for kind, p in messages if kind == 0x10]
+
+    server = audiosocket(Pipeline([Talker]))
+    asterisk = Asterisk(server.port)
+    asterisk.send(0x01, asterisk.id.bytes)
+    asterisk.send(0x03, b"1")
+    heard = []
+    while len(heard) < 10:
+        heard += numbers(asterisk.receive(0.02))
+    asterisk.send(0x03, b"3")
+    paused = numbers(asterisk.receive(0.4))  # 20 frames' time: no more than a few on the way
+    asterisk.send(0x03, b"4")
+    resumed, deadline = [], time.monotonic() + 10
+    while len(heard + paused + resumed) < 50 and time.monotonic() < deadline:
+        resumed += numbers(asterisk.receive(0.1))
+    assert len(paused) <= 5, paused
+    # AudioSocket has no clear: what was sent played, and nothing is sent twice.
+    assert heard + paused + resumed == list(range(50))
+    assert server.sessions[0].pauses == 1
