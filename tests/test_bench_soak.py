@@ -159,7 +159,7 @@ def test_the_hiccup_meter_reports_a_stall_of_its_own_process():
         time.sleep(0.2)
         meter.send_signal(signal.SIGCONT)
         stalled = take()
-        assert stalled["max_ms"] >= 150 and stalled["wakeups"] > 0
+        assert stalled["max_ms"] >= 150
     finally:
         meter.stdin.close()
         meter.wait(10)

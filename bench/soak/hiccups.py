@@ -19,32 +19,39 @@ PERIOD = 0.001
 
 
 class Meter:
-    """The longest oversleep since :meth:`take` was last called.
+    """The longest oversleep since :meth:`take` was last called, a sleep still going on
+    included (a report may be asked for, and answered, before the sleeper wakes).
 
-    Threading contract: the sleeping thread writes ``_worst`` and ``_wakeups``; the
-    reporting thread swaps them out under ``_lock``, which the sleeper takes once per
-    wake-up (uncontended but for the moment of a report)."""
+    Threading contract: the sleeping thread writes ``_worst``, ``_wakeups`` and
+    ``_asleep_since``; the reporting thread reads and resets them; both under ``_lock``,
+    which the sleeper takes twice per wake-up (uncontended but for a report)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._worst = 0.0
         self._wakeups = 0
+        self._asleep_since = time.monotonic()
 
     def run(self) -> None:
         while True:
-            began = time.monotonic()
+            with self._lock:
+                self._asleep_since = time.monotonic()
             time.sleep(PERIOD)
-            late = time.monotonic() - began - PERIOD
             with self._lock:
                 self._wakeups += 1
-                if late > self._worst:
-                    self._worst = late
+                self._worst = max(self._worst, self._late(time.monotonic()))
 
     def take(self) -> dict[str, float]:
         with self._lock:
-            worst, wakeups = self._worst, self._wakeups
+            now = time.monotonic()
+            worst, wakeups = max(self._worst, self._late(now)), self._wakeups
             self._worst, self._wakeups = 0.0, 0
+            # A sleep still going on counts here, and from now on in the next report.
+            self._asleep_since = max(self._asleep_since, now - PERIOD)
         return {"max_ms": round(worst * 1000, 3), "wakeups": wakeups}
+
+    def _late(self, now: float) -> float:
+        return now - self._asleep_since - PERIOD
 
 
 def main() -> None:
