@@ -26,6 +26,7 @@ from flowcat_ft.frames import (
 from flowcat_ft.sip.message import Headers, Request, Response, Uri, parse
 from flowcat_ft.sip.rtp import RtpPacket, dtmf_packets, parse_rtp, rtp_packet
 from flowcat_ft.sip.sdp import make_offer, parse_sdp
+from flowcat_ft.transports.sip.media import MAX_READS, _read_all
 
 
 class Caller:
@@ -147,6 +148,22 @@ def test_reordered_duplicated_and_lost_packets_and_a_new_ssrc(sip_server):
     caller.send(bye)
     assert caller.receive().status == 200
     assert wait_until(lambda: server.runtime.pool.in_use == 0)
+
+
+def test_one_wake_up_reads_every_waiting_datagram_up_to_the_bound():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rtp:
+        rtp.bind(("127.0.0.1", 0))
+        rtp.setblocking(False)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            for n in range(MAX_READS + 3):
+                peer.sendto(n.to_bytes(2, "big"), rtp.getsockname())
+        read: list[bytes] = []
+        _read_all(rtp, lambda data, source: read.append(data))
+        assert read == [n.to_bytes(2, "big") for n in range(MAX_READS)]
+        _read_all(rtp, lambda data, source: read.append(data))  # the rest, next time
+        assert len(read) == MAX_READS + 3
+        _read_all(rtp, lambda data, source: read.append(data))  # nothing waits: returns
+        assert len(read) == MAX_READS + 3
 
 
 def test_a_caller_that_stops_sending_is_hung_up(sip_server):

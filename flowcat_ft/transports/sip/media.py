@@ -33,6 +33,13 @@ arrives, without the jitter buffer, and the agent's audio goes out as it comes, 
 per 20 ms chunk, with nothing sent in between (no silence, no DTMF events), so a round trip
 measures the runtime rather than the clocks.
 
+Reading: each RTP and RTCP socket is a reader of the loop (``add_reader``), and a wake-up
+reads every datagram waiting on it (up to :data:`MAX_READS`), not one per pass of the loop
+as asyncio's datagram transports do: cheaper per packet, and after a stall of the loop
+every packet that came meanwhile is in the jitter buffer before the ticks catch up.
+Sending is one ``sendto``; a datagram the socket cannot take now is dropped (a real-time
+stream does not wait).
+
 Symmetric RTP (RFC 4961): packets go to the SDP's address until the first packet comes,
 then to wherever that packet came from (the peer's NAT). RTCP: a sender report (or a
 receiver report, before we have sent) every :data:`RTCP_INTERVAL` seconds, with a report
@@ -93,6 +100,8 @@ OPUS_PIPELINE_RATE = 16000  # an Opus call's pipeline rate when the options name
 RTCP_INTERVAL = 5.0
 MAX_QUEUED_SECS = 20.0  # agent audio queued ahead of playout (more is dropped)
 MAX_DEPTH_MS = 1000  # packets further ahead of playout than this are dropped (a flood)
+MAX_READS = 64  # datagrams read from one socket per wake-up (the loop's other work goes on)
+MAX_DATAGRAM = 65535  # the largest UDP payload
 _CATCH_UP = 10  # ticks made up at once after the loop stalled; past that, skip ahead
 
 
@@ -157,8 +166,8 @@ class RtpSession(CallEdge):
         self.negotiated: Negotiated | None = None
         self._codec: RtpCodec | None = None  # the negotiated codec's state; None before
         self.port = 0
-        self._rtp: asyncio.DatagramTransport | None = None
-        self._rtcp: asyncio.DatagramTransport | None = None
+        self._rtp: socket.socket | None = None
+        self._rtcp: socket.socket | None = None
         self._remote: tuple[str, int] | None = None
         self._latched = False
         self._ssrc = secrets.randbits(32)
@@ -214,12 +223,12 @@ class RtpSession(CallEdge):
     # -- life ------------------------------------------------------------------------------
 
     async def bind(self, ports: RtpPorts, host: str) -> int:
-        """Bind the RTP and RTCP ports; returns the RTP port (``OSError``: none free)."""
-        rtp, rtcp = ports.bind(host)
-        loop = self._loop
-        self._rtp, _ = await loop.create_datagram_endpoint(lambda: _Rtp(self), sock=rtp)
-        self._rtcp, _ = await loop.create_datagram_endpoint(lambda: _Rtcp(self), sock=rtcp)
-        self.port = rtp.getsockname()[1]
+        """Bind the RTP and RTCP ports and read them, on the media loop; returns the RTP
+        port (``OSError``: none free)."""
+        self._rtp, self._rtcp = ports.bind(host)
+        self._loop.add_reader(self._rtp, _read_all, self._rtp, self.rtp_received)
+        self._loop.add_reader(self._rtcp, _read_all, self._rtcp, self.rtcp_received)
+        self.port = self._rtp.getsockname()[1]
         return self.port
 
     def open(self, negotiated: Negotiated | None, metadata: dict) -> None:
@@ -272,9 +281,10 @@ class RtpSession(CallEdge):
         self._ticker.discard(self, self._check)
         if self.call is not None and not self.call.done:
             self.call.cancel(reason)
-        for transport in (self._rtp, self._rtcp):
-            if transport is not None:
-                transport.close()
+        for sock in (self._rtp, self._rtcp):
+            if sock is not None:
+                self._loop.remove_reader(sock)
+                sock.close()
         if self.call is not None:
             logger.info(
                 "call ended: %s; RTP %d packets in, %d out, %d ignored",
@@ -369,7 +379,7 @@ class RtpSession(CallEdge):
         if self._srtp_out is not None:
             packet = self._srtp_out.protect(packet)
         self._seq = (self._seq + 1) & 0xFFFF
-        self._rtp.sendto(packet, self._remote)
+        _send(self._rtp, packet, self._remote)
         self.packets_out += 1
         self.octets_out += len(payload)
 
@@ -469,7 +479,7 @@ class RtpSession(CallEdge):
             packet = receiver_report(self._ssrc, block, self._cname)
         if self._srtp_out is not None:
             packet = self._srtp_out.protect_rtcp(packet)
-        self._rtcp.sendto(packet, (self._remote[0], self._remote[1] + 1))
+        _send(self._rtcp, packet, (self._remote[0], self._remote[1] + 1))
         self.rtcp_out += 1
 
     # -- the agent's output (CallEdge's hooks) ---------------------------------------------
@@ -516,17 +526,22 @@ class RtpSession(CallEdge):
         task.add_done_callback(self._tasks.discard)
 
 
-class _Rtp(asyncio.DatagramProtocol):
-    def __init__(self, session: RtpSession) -> None:
-        self.session = session
+def _read_all(sock: socket.socket, handle: Callable[[bytes, tuple], None]) -> None:
+    """Hand ``handle`` each datagram waiting on ``sock``, up to :data:`MAX_READS` (the
+    rest on the loop's next pass)."""
+    for _ in range(MAX_READS):
+        try:
+            data, source = sock.recvfrom(MAX_DATAGRAM)
+        except BlockingIOError:
+            return
+        except OSError:
+            continue  # an ICMP error of an earlier send (the peer not listening yet)
+        handle(data, source)
 
-    def datagram_received(self, data: bytes, addr: tuple) -> None:
-        self.session.rtp_received(data, addr)
 
-    def error_received(self, exc: Exception) -> None:
-        pass  # ICMP unreachable while the peer is not listening yet: keep sending
-
-
-class _Rtcp(_Rtp):
-    def datagram_received(self, data: bytes, addr: tuple) -> None:
-        self.session.rtcp_received(data, addr)
+def _send(sock: socket.socket, packet: bytes, address: tuple[str, int]) -> None:
+    """One datagram, or none: a full socket buffer or an ICMP error drops it."""
+    try:
+        sock.sendto(packet, address)
+    except OSError as error:
+        logger.debug("RTP datagram to %s not sent: %s", address, error)
