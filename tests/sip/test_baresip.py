@@ -24,27 +24,32 @@ from sip_helpers import Heard, free_port, listening
 from flowcat_ft.transports.sip import CallFailed
 
 
-def speech(folder) -> str:
-    """Two seconds of espeak-ng's speech, then three of silence, as 8 kHz 16-bit WAV."""
+def speech(folder, rate: int) -> str:
+    """Two seconds of espeak-ng's speech, then three of silence, as ``rate`` Hz 16-bit WAV
+    (baresip's aufile plays a file only at the codec's rate: 8 kHz for G.711, 48 kHz for
+    Opus; another rate fails the call with "No such device")."""
     spoken, path = folder / "spoken.wav", folder / "say.wav"
     espeak, sox = need_program("espeak-ng"), need_program("sox")
     subprocess.run([espeak, "-w", spoken, "hello agent, this is a test"], check=True)
-    convert = [sox, spoken, "-r", "8000", "-c", "1", "-b", "16", path, "pad", "0", "3"]
+    convert = [sox, spoken, "-r", str(rate), "-c", "1", "-b", "16", path, "pad", "0", "3"]
     subprocess.run(convert, check=True)
     return str(path)
 
 
 class Baresip:
     """baresip in ``folder``; ``config``: more lines of its config; ``account``: its
-    accounts line's parameters (after the address of record)."""
+    accounts line's parameters (after the address of record); ``rate``: its speech file's
+    sample rate (the codec's)."""
 
-    def __init__(self, folder, config: str = "", account: str = ";regint=0") -> None:
+    def __init__(
+        self, folder, config: str = "", account: str = ";regint=0", rate: int = 8000
+    ) -> None:
         self.folder = folder
         self.config = config
         self.account = account
         self.events: list[tuple[str, str]] = []
         self._data = b""
-        say = speech(folder)
+        say = speech(folder, rate)
         for _ in range(3):  # ports picked free may be taken by the time it binds them
             if self._start(say):
                 return
@@ -118,10 +123,20 @@ class Baresip:
         self.process.wait(5)
 
 
-def test_baresip_calls_speaks_hears_the_echo_and_dtmf_goes_both_ways(sip_server, tmp_path):
+OPUS = "module opus.so\nopus_stereo no\nopus_sprop_stereo no\n"
+"""baresip's config lines that add Opus to its offer (after G.711: we prefer Opus)."""
+
+
+@pytest.mark.parametrize(
+    ("codec", "codecs", "config", "rate"),
+    [("PCMU", ("PCMU", "PCMA"), "", 8000), ("opus", ("OPUS", "PCMU", "PCMA"), OPUS, 48000)],
+)
+def test_baresip_calls_speaks_hears_the_echo_and_dtmf_goes_both_ways(
+    sip_server, tmp_path, codec, codecs, config, rate
+):
     heard = Heard()
-    server = sip_server(listening(heard))
-    phone = Baresip(tmp_path)
+    server = sip_server(listening(heard), codecs=codecs)
+    phone = Baresip(tmp_path, config, rate=rate)
     try:
         phone.command("dial", f"sip:agent@127.0.0.1:{server.port}")
         phone.wait_for("CALL_ESTABLISHED")
@@ -141,6 +156,7 @@ def test_baresip_calls_speaks_hears_the_echo_and_dtmf_goes_both_ways(sip_server,
     assert wait_until(lambda: server.ended)
     call = server.ended[-1]
     assert call.end_reason == "the caller hung up"
+    assert call.media.negotiated.codec.name == codec
     assert call.media.rtcp_in >= 1 and call.media.rtcp_out >= 1  # its reports read, ours sent
     assert wait_until(lambda: server.runtime.pool.in_use == 0)
 
