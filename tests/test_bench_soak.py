@@ -91,9 +91,16 @@ def test_a_steady_run_meets_its_targets_and_a_leaking_one_does_not():
     summary = summarise(result(leaking, slabs_at_end=3))
     verdicts = dict((name, met) for name, _, met in summary["targets"])
     assert verdicts["RSS slope ≤ 1 MB/h after warm-up"] is False
-    assert verdicts["FDs flat"] is False
+    assert verdicts["FDs flat (less one per live call)"] is False
     assert verdicts["every slab back at the end"] is False
     assert verdicts["p99 in every interval ≤ 1.5x the first's"] is False
+
+
+def test_fds_are_flat_when_they_follow_the_calls_up():
+    rows = [row(t, 50.0, 2.0, fds=20 + 6 * (t == 120)) for t in (60, 120, 180, 240)]
+    rows[1]["calls_active"] += 6  # six more calls live, six more connections
+    verdicts = dict((name, met) for name, _, met in summarise(result(rows))["targets"])
+    assert verdicts["FDs flat (less one per live call)"] is True
 
 
 def test_the_tail_target_at_few_calls_is_judged_only_at_few_calls():

@@ -112,7 +112,8 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     slope = rss_slope(steady)
     p99s = [row["rtt_ms"]["p99"] for row in rows if row["rtt_ms"]["p99"] is not None]
     p99_ratio = max(p99s) / p99s[0] if p99s and p99s[0] else None
-    fds = [row["open_fds"] for row in steady]
+    # A live call holds one connection: what is flat, if nothing leaks, is the rest.
+    fds = [row["open_fds"] - row["calls_active"] for row in steady]
     threads = [row["threads"] for row in steady]
     pauses = end["gc_pauses"] - start["gc_pauses"]
     hiccups = [row["machine_hiccup_max_ms"] for row in rows if "machine_hiccup_max_ms" in row]
@@ -138,7 +139,7 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     }
     figures["targets"] = [
         ("RSS slope ≤ 1 MB/h after warm-up", _fmt(slope, "MB/h"), _le(slope, 1.0)),
-        ("FDs flat", _span(fds), _flat(fds)),
+        ("FDs flat (less one per live call)", _span(fds), _flat(fds)),
         ("threads flat", _span(threads), _flat(threads)),
         ("every slab back at the end", f"{end['slabs_in_use']} in use", end["slabs_in_use"] == 0),
         ("p99 in every interval ≤ 1.5x the first's", _fmt(p99_ratio, "x"), _le(p99_ratio, 1.5)),
