@@ -41,7 +41,7 @@ from bench._common import (
 from bench.agent import markdown, report, speech
 from bench.agent import providers as fakes
 from bench.agent.conversation import Conversations, Voices
-from bench.agent.measure import LABELS, OFFLINE_CONFIG, agent_server, measure
+from bench.agent.measure import LABELS, OFFLINE_CONFIG, agent_server, measure, shown
 from bench.echo import loadgen, servers
 from bench.echo.servers import Running
 
@@ -136,7 +136,7 @@ def main(args: argparse.Namespace) -> None:
         "period": args.period,
         "barge_in": args.barge_in,
         "questions": [p.name for p in voices.questions],
-        "config": str(config.relative_to(ROOT)) if config.is_relative_to(ROOT) else str(config),
+        "config": shown(config),
         "providers": provider_times,
         "turn_timeout_s": fakes.TURN_TIMEOUT if providers is not None else None,
         "runs": runs,
