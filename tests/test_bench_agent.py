@@ -156,6 +156,8 @@ def test_conversations_with_the_cloud_agent_on_the_fake_providers(tmp_path):
     assert s["questions"] >= 2 and s["replied"] == s["questions"]
     assert 0 < s["reply_latency_ms"]["p50"] < 10_000
     assert s["audible_s"]["p50"] > 1.0  # the fake TTS's reply: 0.3 s a word, 11 words
+    # The fake STT hears the short utterance as "goodbye"; the model calls end_call.
+    assert (s["goodbyes"], s["ended_by_agent"], s["dropped"]) == (2, 2, 0)
     assert times["llm_first_token_s"]["count"] >= s["replied"]
     assert times["tts_first_audio_s"]["count"] >= s["replied"]
 

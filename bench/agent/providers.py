@@ -10,10 +10,14 @@ timed), and take the time the real services take:
 
 - STT: speech is any 20 ms of audio louder than :data:`SPEECH_RMS`; once the caller has
   been quiet for the client's ``endpointing`` (its query parameter) the final result
-  (``is_final``, ``speech_final``) follows :data:`STT_FINALIZE` s later. Own time: from the
-  arrival of the last loud audio to the final result sent.
+  (``is_final``, ``speech_final``) follows :data:`STT_FINALIZE` s later. It hears no words,
+  only lengths: an utterance shorter than :data:`GOODBYE_SECS` is "goodbye" (the
+  benchmark's only short one), any other :data:`TRANSCRIPT`. Own time: from the arrival of
+  the last loud audio to the final result sent.
 - LLM: the first token :data:`LLM_FIRST_TOKEN` s after the request, then one token every
-  :data:`LLM_TOKEN` s. Own time: request to first token, and to the last.
+  :data:`LLM_TOKEN` s: :data:`REPLY`, or, where the caller said goodbye and the request
+  offers an ``end_call`` function, "Goodbye!" and a call of it (its answer to the call's
+  result says nothing more). Own time: request to first token, and to the last.
 - TTS: the first audio :data:`TTS_FIRST_AUDIO` s after a context's first request, then
   :data:`TTS_WORD` s of a tone per word, sent at twice real time. Own time: first request
   to first audio.
@@ -51,6 +55,7 @@ LLM_TOKEN = 0.03
 TTS_FIRST_AUDIO = 0.12
 TTS_WORD = 0.3
 TRANSCRIPT = "what is the weather"
+GOODBYE_SECS = 0.6
 REPLY = "The weather today is sunny and warm, with a light breeze."
 TURN_TIMEOUT = 0.8
 """The cloud agent's turn timeout (``agent.turns.timeout_secs``, the default): the silence
@@ -71,6 +76,7 @@ async def deepgram(ws: ServerConnection, stats: Stats) -> None:
     endpointing = query.get("endpointing", ["300"])[0]
     quiet_needed = int(endpointing) / 1000 if endpointing.isdigit() else 0.3
     speaking, quiet, last_loud = False, 0.0, 0.0
+    heard, speech = 0.0, 0.0  # seconds of audio received; of this utterance, to its last loud
     async for message in ws:
         if isinstance(message, str):
             kind = json.loads(message).get("type")
@@ -82,14 +88,19 @@ async def deepgram(ws: ServerConnection, stats: Stats) -> None:
         samples = np.frombuffer(message, "<i2").astype(np.float32)
         seconds = len(samples) / rate
         loud = len(samples) and math.sqrt(float(np.mean(samples * samples))) >= SPEECH_RMS
+        heard += seconds
         if loud:
+            if not speaking:
+                began = heard - seconds
             speaking, quiet, last_loud = True, 0.0, time.monotonic()
+            speech = heard - began
         elif speaking:
             quiet += seconds
             if quiet >= quiet_needed:
                 speaking = False
                 await asyncio.sleep(STT_FINALIZE)
-                await ws.send(_results(TRANSCRIPT, final=True))
+                text = "goodbye" if speech < GOODBYE_SECS else TRANSCRIPT
+                await ws.send(_results(text, final=True))
                 stats["stt_final_s"].append(time.monotonic() - last_loud)
 
 
@@ -171,7 +182,7 @@ async def http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stats
             headers = {
                 k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])
             }
-            await reader.readexactly(int(headers.get("content-length", "0")))
+            body = await reader.readexactly(int(headers.get("content-length", "0")))
             if method == "GET" and path == "/stats":
                 body = json.dumps(stats).encode()
                 writer.write(
@@ -179,7 +190,7 @@ async def http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stats
                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
                 )
             elif method == "POST" and path.endswith("/chat/completions"):
-                await _complete(writer, stats)
+                await _complete(writer, json.loads(body), stats)
             else:
                 writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
             await writer.drain()
@@ -189,8 +200,12 @@ async def http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stats
         writer.close()
 
 
-async def _complete(writer: asyncio.StreamWriter, stats: Stats) -> None:
+async def _complete(writer: asyncio.StreamWriter, request: dict[str, Any], stats: Stats) -> None:
     began = time.monotonic()
+    last = request["messages"][-1]
+    offered = {tool["function"]["name"] for tool in request.get("tools", ())}
+    hang_up = "end_call" in offered and "goodbye" in str(last.get("content")).lower()
+    reply = "" if last["role"] == "tool" else "Goodbye!" if hang_up else REPLY
     writer.write(
         b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
@@ -203,14 +218,18 @@ async def _complete(writer: asyncio.StreamWriter, stats: Stats) -> None:
 
     await asyncio.sleep(LLM_FIRST_TOKEN)
     writer.write(event({"role": "assistant", "content": ""}))
-    tokens = [word + " " for word in REPLY.split()]
+    tokens = [word + " " for word in reply.split()]
     for n, token in enumerate(tokens):
         writer.write(event({"content": token}))
         await writer.drain()
         if n == 0:
             stats["llm_first_token_s"].append(time.monotonic() - began)
         await asyncio.sleep(LLM_TOKEN)
-    writer.write(event({}, "stop"))
+    if hang_up:
+        function = {"name": "end_call", "arguments": "{}"}
+        call = {"index": 0, "id": "call_fake", "type": "function", "function": function}
+        writer.write(event({"tool_calls": [call]}))
+    writer.write(event({}, "tool_calls" if hang_up else "stop"))
     done = b"data: [DONE]\n\n"
     writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(done), done))
     stats["llm_last_token_s"].append(time.monotonic() - began)
@@ -324,7 +343,7 @@ def agent_config(providers: Providers, path: Path) -> Path:
         f"  turns: {{timeout_secs: {TURN_TIMEOUT}}}\n"
         f"  stt: {{engine: deepgram, url: {ws}/v1/listen, api_key_env: {KEY_ENV}}}\n"
         f"  llm: {{engine: openai, model: fake, base_url: http://127.0.0.1:"
-        f"{providers.http_port}/v1, api_key_env: {KEY_ENV}}}\n"
+        f"{providers.http_port}/v1, api_key_env: {KEY_ENV}, end_call: true}}\n"
         f"  tts: {{engine: cartesia, voice: fake, url: {ws}/tts/websocket, "
         f"api_key_env: {KEY_ENV}}}\n"
     )

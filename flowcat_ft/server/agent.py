@@ -42,6 +42,7 @@ from flowcat_ft.services.offline import (
 )
 from flowcat_ft.services.offline.sphinx_pool import find_worker_python
 from flowcat_ft.services.stt import DeepgramSTTService, OpenAISTTService
+from flowcat_ft.services.tools import ToolRegistry, end_call_tool
 from flowcat_ft.services.tts import CartesiaTTSService, ElevenLabsTTSService, OpenAITTSService
 from flowcat_ft.transports.session import MediaOptions
 
@@ -189,6 +190,7 @@ def _llm(llm: LLMConfig) -> ProcessorFactory:
                 base_url=llm.base_url,
                 api_key_env=llm.api_key_env,
                 params=_params(llm.temperature),
+                tools=_tools(llm.end_call),
             )
         case AnthropicLLMConfig():
             return partial(
@@ -198,12 +200,17 @@ def _llm(llm: LLMConfig) -> ProcessorFactory:
                 api_key_env=llm.api_key_env,
                 max_tokens=llm.max_tokens,
                 params=_params(llm.temperature),
+                tools=_tools(llm.end_call),
             )
     raise TypeError(f"not an LLM engine of a pipeline agent: {llm!r}")
 
 
 def _params(temperature: float | None) -> dict[str, float]:
     return {} if temperature is None else {"temperature": temperature}
+
+
+def _tools(end_call: bool) -> ToolRegistry | None:
+    return ToolRegistry([end_call_tool()]) if end_call else None
 
 
 def _tts(tts: TTSConfig, rate: int | None) -> ProcessorFactory:

@@ -439,7 +439,9 @@ class EchoLLMConfig:
 @dataclass(frozen=True, kw_only=True)
 class OpenAILLMConfig:
     """An OpenAI-compatible chat API. ``provider`` picks ``base_url`` and ``api_key_env``
-    where they are not given (ollama and vllm take no key)."""
+    where they are not given (ollama and vllm take no key). ``end_call``: offer the model
+    an ``end_call`` function, so that it hangs up after saying goodbye (the model must
+    support function calling)."""
 
     engine: Literal["openai"] = "openai"
     model: str
@@ -448,10 +450,13 @@ class OpenAILLMConfig:
     api_key_env: str | None = PROVIDERS["openai"].api_key_env
     system_prompt: str | None = None
     temperature: float | None = bounded(None, 0, 2)
+    end_call: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
 class AnthropicLLMConfig:
+    """Anthropic's Messages API; ``end_call`` as for ``openai``."""
+
     engine: Literal["anthropic"] = "anthropic"
     model: str
     base_url: str = _service_default(AnthropicLLMService, "base_url")
@@ -459,6 +464,7 @@ class AnthropicLLMConfig:
     system_prompt: str | None = None
     temperature: float | None = bounded(None, 0, 1)
     max_tokens: int = bounded(_service_default(AnthropicLLMService, "max_tokens"), 1)
+    end_call: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -2,11 +2,13 @@
 the calls it makes.
 
 A tool is a name, a description, a JSON schema for its arguments (an ``object``), a handler
-and two policies: ``cancel_on_interruption`` (True: a barge-in cancels the call with the
-rest of the response; False: the call runs on and its result still goes into the context)
-and ``timeout`` (seconds). A handler takes the arguments as a dict and returns any JSON
-value; it may be a coroutine function (run on the service's event loop, so it must not
-block) or a plain function (run in a worker thread)::
+and three policies: ``cancel_on_interruption`` (True: a barge-in cancels the call with the
+rest of the response; False: the call runs on and its result still goes into the context),
+``timeout`` (seconds) and ``ends_call`` (True: once the tool has run, the phone call ends
+after the reply being made has been said, as a person hangs up after saying goodbye;
+:func:`end_call_tool` is the ready-made one). A handler takes the arguments as a dict
+and returns any JSON value; it may be a coroutine function (run on the service's event
+loop, so it must not block) or a plain function (run in a worker thread)::
 
     tools = ToolRegistry()
 
@@ -43,7 +45,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Tool", "ToolCall", "ToolRegistry", "ToolResult", "validate"]
+__all__ = ["Tool", "ToolCall", "ToolRegistry", "ToolResult", "end_call_tool", "validate"]
 
 Handler = Callable[[dict[str, Any]], Any]
 
@@ -58,6 +60,7 @@ class Tool:
     parameters: dict[str, Any] = field(default_factory=lambda: dict(_EMPTY_OBJECT))
     cancel_on_interruption: bool = True
     timeout: float | None = 10.0
+    ends_call: bool = False
 
     def openai_schema(self) -> dict[str, Any]:
         """The tool as OpenAI's chat completions API lists it."""
@@ -82,6 +85,18 @@ class Tool:
             "description": self.description,
             "parameters": self.parameters,
         }
+
+
+def end_call_tool() -> Tool:
+    """A tool that lets the model hang up: ``end_call``, with no arguments, which ends the
+    call once the reply being made (the model's goodbye) has been said."""
+    return Tool(
+        "end_call",
+        lambda args: "The call ends once your reply has been said.",
+        "End the phone call. Call it when the caller says goodbye or asks to hang up, "
+        "together with your goodbye.",
+        ends_call=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -140,6 +155,7 @@ class ToolRegistry:
         parameters: dict[str, Any] | None = None,
         cancel_on_interruption: bool = True,
         timeout: float | None = 10.0,
+        ends_call: bool = False,
     ) -> Tool:
         return self.add(
             Tool(
@@ -149,6 +165,7 @@ class ToolRegistry:
                 parameters or dict(_EMPTY_OBJECT),
                 cancel_on_interruption,
                 timeout,
+                ends_call,
             )
         )
 
@@ -160,6 +177,7 @@ class ToolRegistry:
         parameters: dict[str, Any] | None = None,
         cancel_on_interruption: bool = True,
         timeout: float | None = 10.0,
+        ends_call: bool = False,
     ) -> Callable[[Handler], Handler]:
         """A decorator registering the function (under its own name unless given one)."""
 
@@ -171,6 +189,7 @@ class ToolRegistry:
                 parameters=parameters,
                 cancel_on_interruption=cancel_on_interruption,
                 timeout=timeout,
+                ends_call=ends_call,
             )
             return handler
 

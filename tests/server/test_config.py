@@ -544,6 +544,7 @@ def test_a_cloud_agent(keys):
         "https://api.openai.com/v1",
         {"temperature": 0.7},
     )
+    assert [tool.name for tool in llm.tools] == ["end_call"] and llm.tools.get("end_call").ends_call
     assert user.context.messages[0]["role"] == "system"
     assert "voice assistant" in user.context.messages[0]["content"]
     assert (tts.voice_id, tts.sample_rate) == ("a0e99841-438c-4a64-b679-ae501e7d6091", 16000)
@@ -560,6 +561,7 @@ def test_an_anthropic_agent(tmp_path, keys):
     )
     llm = build_agent(config).pipeline.make_processors()[4]
     assert isinstance(llm, AnthropicLLMService) and llm.model == "c"
+    assert llm.tools is None  # end_call is offered only where asked for
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from fake_providers import FakeCartesia, FakeHTTPServer, Recorder, openai_chunks
 from helpers import wait_until
 
 from flowcat_ft import (
+    EndFrame,
     LLMFullResponseEndFrame,
     Pipeline,
     TranscriptionFrame,
@@ -29,6 +30,7 @@ from flowcat_ft.services.aggregators import (
 from flowcat_ft.services.llm import OpenAILLMService
 from flowcat_ft.services.net.http import Timeouts
 from flowcat_ft.services.net.retry import RetryPolicy
+from flowcat_ft.services.tools import ToolRegistry, end_call_tool
 from flowcat_ft.services.tts import CartesiaTTSService
 
 FAST = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.05)
@@ -43,7 +45,7 @@ def providers():
     cartesia.close()
 
 
-def agent(http, cartesia, **pair_options):
+def agent(http, cartesia, tools=None, **pair_options):
     """The cloud agent without turns or STT (the tests push those frames) or a playout
     (the tests read the TTS's output as it comes)."""
     context = LLMContextAggregatorPair(system_prompt="You are a test agent.", **pair_options)
@@ -53,6 +55,7 @@ def agent(http, cartesia, **pair_options):
         api_key="sk-agent-1",
         retry=FAST,
         timeouts=Timeouts(1, 1, 1),
+        tools=tools,
     )
     tts = lambda: CartesiaTTSService(  # noqa: E731
         voice_id="v", url=cartesia.url, api_key="ck-agent-1", sample_rate=16000, retry=FAST
@@ -90,6 +93,28 @@ def test_a_turn_is_heard_in_full_and_recorded(runtime, providers):
     assert assistant.response_latency.count == 1
     assert 0 < assistant.response_latency.max < 2e9
     call.close()
+
+
+def test_the_model_hangs_up_after_its_goodbye_has_been_said(runtime, providers):
+    http, cartesia = providers
+    hang_up = {"id": "call_1", "name": "end_call", "arguments": "{}"}
+    http.routes["/v1/chat/completions"] = [
+        sse_handler(openai_chunks(["Goodbye", " then."], tool_calls=[hang_up])),
+        sse_handler(openai_chunks([" Take care."])),  # its answer to the call's result
+    ]
+    out = Recorder()
+    call = runtime.open_call(agent(http, cartesia, ToolRegistry([end_call_tool()])), out)
+    user_says(call, "goodbye")
+    assert call.wait(timeout=5), "the call did not end"
+    assert call.end_reason == "ended"
+    offered = http.requests[0].json()["tools"]
+    assert [tool["function"]["name"] for tool in offered] == ["end_call"]
+    assert http.requests[1].json()["messages"][-1]["role"] == "tool"
+    # The whole reply, the answer to the call's result included, was spoken before the end.
+    assert [f.text for f in out.of(TTSTextFrame)] == ["Goodbye", "then.", "Take", "care."]
+    kinds = [type(f) for f, _ in out.frames]
+    last_audio = max(i for i, kind in enumerate(kinds) if kind is TTSAudioRawFrame)
+    assert kinds.index(EndFrame) > last_audio
 
 
 def test_a_barge_in_leaves_only_the_words_heard_in_the_context(runtime, providers):

@@ -11,7 +11,9 @@ One response, as frames: :class:`~flowcat_ft.frames.LLMFullResponseStartFrame`, 
 response stays open (the bot keeps the turn): the calls run in parallel on the service's
 event loop (:class:`~flowcat_ft.services.tools.ToolRegistry`), their results are fed back
 and the model is asked again, up to ``max_tool_rounds`` times. The calls and their results
-go upstream as frames to the context aggregator, which records them.
+go upstream as frames to the context aggregator, which records them. A tool marked
+``ends_call`` (:func:`~flowcat_ft.services.tools.end_call_tool`) ends the call once it has
+run: the response is finished and said first (see the end, below).
 
 An interruption (or a newer context) cancels the response: the provider's stream is closed
 (the provider sees the client go away), the calls marked ``cancel_on_interruption`` are
@@ -42,6 +44,7 @@ from typing import Any
 
 from flowcat_ft.frames import (
     Direction,
+    EndFrame,
     ErrorFrame,
     Frame,
     LLMFullResponseEndFrame,
@@ -286,6 +289,12 @@ class LLMService(CloudService):
         )
         if not result.ok and self.tool_error_text:
             self.push(TTSSpeakFrame(self.tool_error_text))
+        tool = self.tools.get(call.name) if self.tools is not None else None
+        if result.ok and tool is not None and tool.ends_call:
+            # The call's EndFrame comes back down behind this response: this service
+            # drains (the model's answer to the result included), then the TTS and the
+            # output play what is left before the call closes.
+            self.push(EndFrame(), Direction.UPSTREAM)
 
     def _call_cancelled(self, call: ToolCall) -> None:
         error = "cancelled: the user interrupted"
