@@ -136,10 +136,17 @@ def ensure_pipecat_venv() -> str:
 
 
 def free_port() -> int:
-    """A TCP port of 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port number of 127.0.0.1 that nothing uses now, over TCP or UDP (a server under
+    test may answer SIP over UDP on its TCP port's number)."""
+    while True:
+        with socket.socket() as tcp, socket.socket(type=socket.SOCK_DGRAM) as udp:
+            tcp.bind(("127.0.0.1", 0))
+            port = tcp.getsockname()[1]
+            try:
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # an RTP or SIP socket of another test has it
+            return port
 
 
 def _stat(path: str) -> tuple[str, list[str]]:
