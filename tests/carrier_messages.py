@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import Callable
+
+import websockets
 
 
 def twilio_start(stream: str = "MZ1", call: str = "CA1", parameters: dict | None = None) -> str:
@@ -60,6 +63,41 @@ async def receive_until_quiet(ws, quiet: float = 0.5) -> list:
             got.append(await asyncio.wait_for(ws.recv(), quiet))
     except TimeoutError:
         return got
+
+
+async def receive_until(
+    ws, done: Callable[[list], bool], waiting_for: str, timeout: float = 10.0
+) -> list:
+    """What the server sends, read until ``done(messages read so far)`` is true.
+
+    Fails naming ``waiting_for`` if that takes over ``timeout`` seconds or the connection
+    closes first."""
+    got: list = []
+    try:
+        async with asyncio.timeout(timeout):
+            while not done(got):
+                got.append(await ws.recv())
+    except TimeoutError:
+        problem = f"no {waiting_for} within {timeout:g} s"
+    except websockets.ConnectionClosed as closed:
+        problem = f"the connection closed ({closed}) before {waiting_for}"
+    else:
+        return got
+    last = f", the last {got[-1]!r:.100}" if got else ""
+    raise AssertionError(f"{problem}: {len(got)} messages came{last}")
+
+
+def _audio_of(message: str | bytes) -> bytes | None:
+    """The audio an outgoing message carries, whichever carrier's shape it has."""
+    if isinstance(message, bytes):
+        return message  # Vonage and raw streams: binary audio
+    payload = (json.loads(message).get("media") or {}).get("payload")
+    return base64.b64decode(payload) if payload else None
+
+
+def payloads(messages: list) -> list[bytes]:
+    """The audio of each message that carries some, in order."""
+    return [audio for audio in map(_audio_of, messages) if audio]
 
 
 # -- every carrier: a start message and a way to wrap audio, as each one sends them --------
