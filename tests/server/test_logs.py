@@ -7,7 +7,7 @@ import json
 import logging
 
 import websockets
-from carrier_messages import receive_until_quiet, twilio_media, twilio_start
+from carrier_messages import payloads, receive_until, twilio_media, twilio_start
 from helpers import wait_until
 
 from flowcat_ft.server.logs import JsonFormatter, TextFormatter
@@ -49,7 +49,7 @@ def test_a_calls_log_lines_carry_its_ids(serve, caplog):
         async with websockets.connect(f"ws://127.0.0.1:{server.port}/twilio") as ws:
             await ws.send(twilio_start(call="CA42"))
             await ws.send(twilio_media(b"\xff" * 160, 0))
-            await receive_until_quiet(ws, 0.3)
+            await receive_until(ws, lambda got: len(payloads(got)) >= 1, "the echo")
             await ws.send("not json")  # closes the connection with 1007
             await ws.wait_closed()
 

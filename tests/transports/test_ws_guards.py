@@ -5,29 +5,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
-import json
 
 import websockets
-from carrier_messages import receive_until_quiet, twilio_media, twilio_start
+from carrier_messages import payloads, receive_until, twilio_media, twilio_start
 from helpers import wait_until
 
 from flowcat_ft.transports.http import HttpRequest, HttpResponse
 
 
-def handshake(port: int, path: str, messages: list[str] = (), **headers) -> int | list:
-    """The HTTP status that refused the handshake, or the audio echoed back."""
+def handshake(port: int, path: str, messages: list[str] = (), **headers) -> int | list[bytes]:
+    """The HTTP status that refused the handshake, or the audio echoed back (read until
+    as many frames came back as ``messages`` carry)."""
+    sent = len(payloads(messages))
 
-    async def run() -> int | list:
+    async def run() -> int | list[bytes]:
         try:
             async with websockets.connect(
                 f"ws://127.0.0.1:{port}{path}", additional_headers=headers
             ) as ws:
                 for message in messages:
                     await ws.send(message)
-                replies = await receive_until_quiet(ws)
+                replies = await receive_until(
+                    ws, lambda got: len(payloads(got)) >= sent, f"the echo of {sent} frames"
+                )
         except websockets.InvalidStatus as refused:
             return refused.response.status_code
-        return [m for m in replies if json.loads(m)["event"] == "media"]
+        return payloads(replies)
 
     return asyncio.run(run())
 
@@ -46,12 +49,13 @@ def closed_with(port: int, path: str, messages: list[str]) -> tuple[int, str]:
     return asyncio.run(run())
 
 
-CALL = [twilio_start(call="CA1"), *(twilio_media(b"\x55" * 160, n) for n in range(3))]
+AUDIO = [b"\x55" * 160] * 3
+CALL = [twilio_start(call="CA1"), *(twilio_media(frame, n) for n, frame in enumerate(AUDIO))]
 
 
 def test_a_media_route_serves_the_paths_one_segment_below_it(serve):
     server = serve()
-    assert len(handshake(server.port, "/twilio/some-token", CALL)) == 3
+    assert handshake(server.port, "/twilio/some-token", CALL) == AUDIO
     code, reason = closed_with(server.port, "/twilio/a/b", CALL)
     assert (code, reason.split(";")[0]) == (1008, "no media stream at /twilio/a/b")
     page = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
@@ -72,7 +76,7 @@ def test_a_media_routes_guard_runs_for_the_paths_below_it(serve):
     server = serve(guards={"/twilio": guard})
     assert handshake(server.port, "/twilio", CALL) == 403
     assert handshake(server.port, "/twilio/bad", CALL) == 403
-    assert len(handshake(server.port, "/twilio/good", CALL)) == 3
+    assert handshake(server.port, "/twilio/good", CALL) == AUDIO
     assert [r.path for r in seen] == ["/twilio", "/twilio/bad", "/twilio/good"]
     assert {r.client for r in seen} == {"127.0.0.1"}
     # Only the good one opened a call.
@@ -87,7 +91,7 @@ def test_a_guard_may_do_its_work_elsewhere_and_answer_later(serve):
 
     server = serve(guards={"/twilio": guard})
     assert handshake(server.port, "/twilio", CALL) == 403
-    assert len(handshake(server.port, "/twilio", CALL, **{"X-Ok": "1"})) == 3
+    assert handshake(server.port, "/twilio", CALL, **{"X-Ok": "1"}) == AUDIO
 
 
 def test_a_start_check_refuses_a_stream_before_its_call_opens(serve):
@@ -99,4 +103,4 @@ def test_a_start_check_refuses_a_stream_before_its_call_opens(serve):
     assert server.runtime.calls == []
     assert server.runtime.metrics()["calls"]["ended"] == 0  # no call was ever opened
     assert wait_until(lambda: server.runtime.pool.in_use == 0)
-    assert len(handshake(server.port, "/twilio/CA1", CALL)) == 3
+    assert handshake(server.port, "/twilio/CA1", CALL) == AUDIO

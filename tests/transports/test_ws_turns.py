@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import websockets
-from carrier_messages import receive_until_quiet, twilio_media, twilio_start
+from carrier_messages import payloads, receive_until, twilio_media, twilio_start
 from helpers import wait_until
 from processors import TurnEveryFiveFrames
 
@@ -20,7 +20,7 @@ def test_each_answered_turn_is_logged_once(serve):
             await ws.send(twilio_start())
             for n in range(10):
                 await ws.send(twilio_media(b"\xff" * 160, n))
-            await receive_until_quiet(ws)
+            await receive_until(ws, lambda got: len(payloads(got)) >= 10, "10 frames of echo")
             assert wait_until(lambda: len(server.sessions[0].turns) == 2)
 
     asyncio.run(call())
