@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import websockets
-from carrier_messages import receive_until_quiet, twilio_dtmf, twilio_start
+from carrier_messages import receive_until, twilio_dtmf, twilio_start
 from websockets.exceptions import ConnectionClosedOK
 
 from flowcat_ft import (
@@ -58,6 +58,15 @@ class KeypadBot(FrameProcessor):
 
 def twilio_events(messages: list) -> list[str]:
     return [json.loads(m)["event"] for m in messages]
+
+
+async def receive_until_closed(ws) -> list:
+    """What the server sends until it ends the call and closes the connection."""
+    messages = []
+    with contextlib.suppress(ConnectionClosedOK):
+        while True:
+            messages.append(await asyncio.wait_for(ws.recv(), 5))
+    return messages
 
 
 def test_bot_audio_is_paced_and_followed_by_a_mark(serve):
@@ -109,7 +118,10 @@ def test_an_interruption_sends_clear_and_stops_the_queued_audio(serve):
             first = [await asyncio.wait_for(ws.recv(), 5) for _ in range(10)]
             await ws.send(twilio_dtmf("2"))
             sessions.extend(server.sessions)
-            return first + await receive_until_quiet(ws, 0.5)
+            # Then end the call: the server closes once the audio still queued has played,
+            # so whatever the interruption left to play comes before the close.
+            await ws.send(twilio_dtmf("5"))
+            return first + await receive_until_closed(ws)
 
     sessions = []
     events = twilio_events(asyncio.run(call()))
@@ -129,12 +141,12 @@ def test_a_mark_an_interruption_drops_is_not_counted_as_sent(serve):
             await ws.send(twilio_dtmf("1"))  # two seconds of audio, then its mark...
             cut = [await asyncio.wait_for(ws.recv(), 5) for _ in range(10)]
             await ws.send(twilio_dtmf("2"))  # ...dropped from the pacer by the interruption
-            cut += await receive_until_quiet(ws, 0.5)
+            cut += await receive_until(ws, lambda got: "clear" in twilio_events(got), "clear")
             sessions.extend(server.sessions)
+            # A mark the interruption failed to drop would come after the clear, ahead of
+            # the next utterance's audio: the first mark heard would be that one.
             await ws.send(twilio_dtmf("1"))
-            heard = []
-            while "mark" not in twilio_events(heard):
-                heard.append(await asyncio.wait_for(ws.recv(), 5))
+            heard = await receive_until(ws, lambda got: "mark" in twilio_events(got), "a mark")
             played = {"name": json.loads(heard[-1])["mark"]["name"]}
             await ws.send(json.dumps({"event": "mark", "streamSid": "MZ1", "mark": played}))
             for _ in range(500):  # the server counts the mark on its own loop
@@ -220,9 +232,7 @@ def test_a_call_that_ends_while_paused_plays_out_what_was_kept(serve):
             while "clear" not in twilio_events(messages):
                 messages.append(await asyncio.wait_for(ws.recv(), 5))
             await ws.send(twilio_dtmf("5"))
-            with contextlib.suppress(ConnectionClosedOK):  # once the audio is out
-                while True:
-                    messages.append(await asyncio.wait_for(ws.recv(), 5))
+            messages.extend(await receive_until_closed(ws))  # once the audio is out
 
     messages = []
     asyncio.run(call())
