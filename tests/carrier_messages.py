@@ -55,16 +55,6 @@ def twilio_dtmf(digit: str, n: int = 0, stream: str = "MZ1") -> str:
     )
 
 
-async def receive_until_quiet(ws, quiet: float = 0.5) -> list:
-    """Everything the server sends until it has been quiet for ``quiet`` seconds."""
-    got = []
-    try:
-        while True:
-            got.append(await asyncio.wait_for(ws.recv(), quiet))
-    except TimeoutError:
-        return got
-
-
 async def receive_until(
     ws, done: Callable[[list], bool], waiting_for: str, timeout: float = 10.0
 ) -> list:
