@@ -68,7 +68,7 @@ async def receive_until(
             while not done(got):
                 got.append(await ws.recv())
     except TimeoutError:
-        problem = f"no {waiting_for} within {timeout:g} s"
+        problem = f"waited {timeout:g} s for {waiting_for}"
     except websockets.ConnectionClosed as closed:
         problem = f"the connection closed ({closed}) before {waiting_for}"
     else:
