@@ -13,6 +13,7 @@ import time
 import numpy as np
 import websockets
 from carrier_messages import receive_until, twilio_dtmf, twilio_start
+from helpers import wait_until
 from websockets.exceptions import ConnectionClosedOK
 
 from flowcat_ft import (
@@ -81,6 +82,7 @@ def test_bot_audio_is_paced_and_followed_by_a_mark(serve):
             while len(messages) < 101:
                 messages.append(await asyncio.wait_for(ws.recv(), 5))
                 times.append(time.monotonic() - start)
+            sessions.extend(server.sessions)
             await ws.send(
                 json.dumps(
                     {
@@ -91,8 +93,7 @@ def test_bot_audio_is_paced_and_followed_by_a_mark(serve):
                     }
                 )
             )
-            await asyncio.sleep(0.1)
-            sessions.extend(server.sessions)
+            await asyncio.to_thread(wait_until, lambda: sessions[0].marks_played)
             return times, messages
 
     sessions = []
@@ -149,10 +150,8 @@ def test_a_mark_an_interruption_drops_is_not_counted_as_sent(serve):
             heard = await receive_until(ws, lambda got: "mark" in twilio_events(got), "a mark")
             played = {"name": json.loads(heard[-1])["mark"]["name"]}
             await ws.send(json.dumps({"event": "mark", "streamSid": "MZ1", "mark": played}))
-            for _ in range(500):  # the server counts the mark on its own loop
-                if sessions[0].marks_played:
-                    break
-                await asyncio.sleep(0.01)
+            # The server counts the mark on its own loop.
+            await asyncio.to_thread(wait_until, lambda: sessions[0].marks_played)
             return cut, heard
 
     sessions = []
@@ -296,7 +295,7 @@ def test_dtmf_arrives_as_frames(serve):
             await ws.send(twilio_start())
             for i, digit in enumerate("12#*9"):
                 await ws.send(twilio_dtmf(digit, i))
-            await asyncio.sleep(0.3)
+            await asyncio.to_thread(wait_until, lambda: len(DtmfLog.digits) == 5)
 
     asyncio.run(call())
     assert DtmfLog.digits == list("12#*9")
