@@ -23,6 +23,11 @@ nothing for the collector to find. Libraries may still make cycles. The policy:
    also times every collection after start-up, whoever runs it (a library's
    ``gc.collect()`` counts as the last collection too).
 
+Reading the counters stops nothing: on 3.13t ``gc.get_freeze_count()`` stops every thread
+and walks the whole heap (a stop-the-world pause of milliseconds, growing with the heap),
+so the number frozen is counted once, when the policy freezes, and a metrics scrape or a
+status page reads that.
+
 The settings are process-wide (``gc.disable()``, ``gc.freeze()``): the first policy to
 start saves the embedding application's own (enabled or not, thresholds, whether it had
 frozen objects) and the last to stop restores them; in between every runtime's policy
@@ -49,9 +54,10 @@ __all__ = ["GcPolicy", "InterpreterGc"]
 class _ProcessGc:
     """The process-wide side of every running :class:`GcPolicy`.
 
-    Threading contract: ``users``, ``saved`` and the callback's registration change under
-    ``lock`` (policies start and stop on any thread, and each runtime's housekeeper
-    writes its count of live calls), and ``users`` is read under it too; ``baseline``
+    Threading contract: ``users``, ``saved``, ``frozen`` and the callback's registration
+    change under ``lock`` (policies start and stop on any thread, and each runtime's
+    housekeeper writes its count of live calls), and ``users`` is read under it too
+    (``frozen``, an int, is read without it); ``baseline``
     and ``last`` are written by the gc callback, which runs on whichever thread
     collects, with every other thread stopped (3.13t) or holding no GIL (GIL build), and
     read without the lock; ``pauses`` has that callback as its single writer.
@@ -61,6 +67,7 @@ class _ProcessGc:
         self.lock = threading.Lock()
         self.users: dict[GcPolicy, int] = {}  # running policies -> their live calls
         self.saved: tuple[bool, tuple[int, ...], bool] | None = None
+        self.frozen = 0  # objects frozen, counted when frozen at start-up
         self.baseline = 0  # gc.get_count()[0] after the last collection
         self.last = time.monotonic()  # when the last collection ended
         self.pauses = Histogram()  # every collection in the process after start-up
@@ -72,6 +79,7 @@ class _ProcessGc:
                 self.saved = (gc.isenabled(), gc.get_threshold(), gc.get_freeze_count() > 0)
                 policy.collect("start-up")
                 gc.freeze()
+                self.frozen = gc.get_freeze_count()
                 gc.disable()
                 self.baseline, self.last = gc.get_count()[0], time.monotonic()
                 gc.callbacks.append(self._on_gc)
@@ -182,7 +190,8 @@ class GcPolicy:
     def snapshot(self) -> dict[str, object]:
         """Counters for metrics: this policy's collections (start-up included), the pauses
         of every collection in the process since start-up, whoever ran it
-        (``process_pause``), and the garbage that may be waiting now."""
+        (``process_pause``), the garbage that may be waiting now, and the objects frozen
+        at start-up."""
         return {
             "automatic": gc.isenabled(),
             "collections": self.collections,
@@ -191,7 +200,7 @@ class GcPolicy:
             "pause": self.pauses.snapshot(),
             "process_pause": _process.pauses.snapshot(),
             "garbage": self.garbage,
-            "frozen": gc.get_freeze_count(),
+            "frozen": _process.frozen,
         }
 
 

@@ -52,6 +52,20 @@ def test_start_freezes_and_disables_automatic_collection_and_stop_restores():
     assert gc.get_freeze_count() == 0
 
 
+def test_reading_the_metrics_stops_no_thread(monkeypatch):
+    rt = Runtime(threads=1, slabs=16).start()
+    try:
+
+        def stops_the_world():  # on 3.13t: every thread stopped while it walks the heap
+            raise AssertionError("gc.get_freeze_count() called by a metrics read")
+
+        monkeypatch.setattr(gc, "get_freeze_count", stops_the_world)
+        assert rt.metrics()["gc"]["frozen"] > 0  # counted when it froze
+    finally:
+        monkeypatch.undo()
+        rt.stop()
+
+
 def test_the_applications_own_settings_come_back(app_gc):
     gc.set_threshold(1234, 7, 9)
     gc.disable()
