@@ -39,6 +39,8 @@ from flowcat_ft.frames import (
     TTSTextFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
 )
 from flowcat_ft.pipeline import ParallelPipeline, Pipeline
 from flowcat_ft.processor import FrameProcessor
@@ -88,4 +90,6 @@ __all__ = [
     "TranscriptionFrame",
     "UserStartedSpeakingFrame",
     "UserStoppedSpeakingFrame",
+    "VADUserStartedSpeakingFrame",
+    "VADUserStoppedSpeakingFrame",
 ]

@@ -3,7 +3,8 @@
 Three kinds, as in pipecat:
 
 - :class:`SystemFrame` is handled at once: it overtakes the same call's queued data frames
-  (start, cancel, interruption, the output's pause and resume, error);
+  (start, cancel, interruption, the output's pause and resume, the VAD's own speaking
+  events, error);
 - :class:`DataFrame` carries content in order (audio, text, transcriptions); an
   interruption drops the queued ones that are output (the caller's own audio and words stay);
 - :class:`ControlFrame` is ordered with data but survives interruptions (speaking events,
@@ -138,6 +139,21 @@ class PauseOutputFrame(SystemFrame):
 
 class ResumeOutputFrame(SystemFrame):
     """The speech that paused the output did not interrupt: play on what was kept."""
+
+    __slots__ = ()
+
+
+class VADUserStartedSpeakingFrame(SystemFrame):
+    """The voice activity analyzer hears the caller speaking, before a turn is confirmed
+    (the analyzer's ``start_secs``): enough to pause the bot on, not to take a turn on.
+    pipecat's name for the VAD's own event."""
+
+    __slots__ = ()
+
+
+class VADUserStoppedSpeakingFrame(SystemFrame):
+    """The speech a :class:`VADUserStartedSpeakingFrame` reported is over: the analyzer
+    is quiet again (having started a turn or not)."""
 
     __slots__ = ()
 

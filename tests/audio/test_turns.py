@@ -20,6 +20,8 @@ from flowcat_ft import (
     Pipeline,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
 )
 from flowcat_ft.audio.g711 import ulaw_encode
 from flowcat_ft.audio.processors import G711Decoder, Resampler
@@ -223,3 +225,53 @@ def test_speech_a_batched_analyzer_reports_only_as_stopping_still_starts_a_turn(
     events = play(runtime, Pipeline([detector]), frames)
     assert times(events, UserStartedSpeakingFrame) == [0.3]
     assert times(events, UserStoppedSpeakingFrame) == [0.7]
+
+
+@pytest.mark.parametrize(
+    ("states", "expected"),
+    [
+        # Speech that starts a turn: reported after 60 ms of it, 140 ms before the turn.
+        (
+            [VADState.QUIET] * 5 + [VADState.STARTING] * 10 + [VADState.SPEAKING] * 10,
+            [
+                (VADUserStartedSpeakingFrame, 0.14),
+                (UserStartedSpeakingFrame, 0.3),
+                (VADUserStoppedSpeakingFrame, 0.88),
+                (UserStoppedSpeakingFrame, 0.88),
+            ],
+        ),
+        # Speech too short for a turn (a cough), with a gap of two quiet windows in it
+        # (one onset): its end is reported once the analyzer has been quiet for the timeout.
+        (
+            [VADState.QUIET] * 5
+            + [VADState.STARTING] * 4
+            + [VADState.QUIET] * 3
+            + [VADState.STARTING] * 4,
+            [(VADUserStartedSpeakingFrame, 0.14), (VADUserStoppedSpeakingFrame, 0.7)],
+        ),
+        # Speech shorter than onset_secs: nothing.
+        ([VADState.QUIET] * 5 + [VADState.STARTING] * 2, []),
+    ],
+)
+def test_with_onset_secs_speech_is_reported_before_a_turn_starts(runtime, states, expected):
+    detector = lambda: TurnDetector(  # noqa: E731
+        lambda rate: Scripted(states),
+        turn_timeout_secs=0.4,
+        onset_secs=0.06,
+        interrupts=False,
+    )
+    frames = pcm_frames(runtime, np.zeros(16000 * 2, np.int16), 16000)
+    events = play(runtime, Pipeline([detector]), frames, before=[BotStartedSpeakingFrame()])
+    speech = (VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame)
+    turns = (UserStartedSpeakingFrame, UserStoppedSpeakingFrame)
+    assert [e for e in events if e[0] in speech + turns] == expected
+
+
+def test_without_onset_secs_no_speech_onset_is_reported(runtime):
+    states = [VADState.QUIET] * 5 + [VADState.STARTING] * 10 + [VADState.SPEAKING] * 10
+    detector = lambda: TurnDetector(lambda rate: Scripted(states), turn_timeout_secs=0.4)  # noqa: E731
+    frames = pcm_frames(runtime, np.zeros(16000 * 2, np.int16), 16000)
+    events = play(runtime, Pipeline([detector]), frames)
+    assert times(events, VADUserStartedSpeakingFrame) == []
+    assert times(events, VADUserStoppedSpeakingFrame) == []
+    assert len(times(events, UserStartedSpeakingFrame)) == 1
