@@ -93,6 +93,7 @@ def build_agent(config: Config, tracer: ProcessorFactory | None = None) -> Agent
         turn_timeout_secs=agent.turns.timeout_secs,
         min_barge_in_secs=agent.turns.min_barge_in_secs,
         interrupts=not by_words,
+        onset_secs=agent.turns.pause_after_secs,
     )
     pipeline = cloud_agent_pipeline(
         _llm(agent.llm),
@@ -103,6 +104,7 @@ def build_agent(config: Config, tracer: ProcessorFactory | None = None) -> Agent
             BargeInGate,
             min_words=agent.turns.min_barge_in_words,
             pause_on_speech=agent.turns.pause_on_speech,
+            pause_timeout_secs=agent.turns.pause_timeout_secs,
         )
         if by_words
         else None,
@@ -143,6 +145,8 @@ def _offline(
             min_barge_in_words=agent.turns.min_barge_in_words,
             min_barge_in_secs=agent.turns.min_barge_in_secs,
             pause_on_speech=agent.turns.pause_on_speech,
+            pause_after_secs=agent.turns.pause_after_secs,
+            pause_timeout_secs=agent.turns.pause_timeout_secs,
             analyzer=analyzer,
             stt_workers=agent.stt.workers,
             dictation=agent.stt.mode == "dictation",

@@ -45,6 +45,7 @@ from flowcat_ft.audio.vad import VADParams
 from flowcat_ft.server.access import MIN_TOKEN_CHARS
 from flowcat_ft.server.signatures import ed25519_public_key
 from flowcat_ft.server.yamlconfig import ConfigError, bounded, internal, load_yaml
+from flowcat_ft.services.barge_in import DEFAULT_PAUSE_AFTER_SECS, DEFAULT_PAUSE_TIMEOUT_SECS
 from flowcat_ft.services.llm.anthropic import AnthropicLLMService
 from flowcat_ft.services.llm.openai import PROVIDERS
 from flowcat_ft.services.offline import DEFAULT_GRAPH, VAD_PARAMS
@@ -378,14 +379,17 @@ class TurnsConfig:
     phrase that always interrupts ("stop", "goodbye", a graph's ``interrupts`` edges);
     what does not interrupt is answered when the bot has finished
     (:class:`~flowcat_ft.services.barge_in.BargeInGate`), and with ``pause_on_speech``
-    the bot's audio pauses as soon as the caller speaks over it, to resume if the words do
-    not interrupt. ``"speech"``: once it has lasted ``min_barge_in_secs``; shorter speech
-    is let go, untranscribed."""
+    the bot's audio pauses as soon as the caller speaks over it (once the VAD has heard
+    ``pause_after_secs`` of speech), to resume if the words do not interrupt, or after
+    ``pause_timeout_secs`` paused without a decision (None: no limit). ``"speech"``: once
+    it has lasted ``min_barge_in_secs``; shorter speech is let go, untranscribed."""
 
     timeout_secs: float = bounded(0.8, 0)
     barge_in: Literal["words", "speech"] = "words"
     min_barge_in_words: int = bounded(2, 1)
     pause_on_speech: bool = True
+    pause_after_secs: float = bounded(DEFAULT_PAUSE_AFTER_SECS, 0)
+    pause_timeout_secs: float | None = bounded(DEFAULT_PAUSE_TIMEOUT_SECS, above=0)
     min_barge_in_secs: float = bounded(0.5, 0)
 
 

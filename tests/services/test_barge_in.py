@@ -18,6 +18,8 @@ from flowcat_ft import (
     TranscriptionFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
 )
 from flowcat_ft.services.barge_in import BargeInGate
 
@@ -189,3 +191,64 @@ def test_a_paused_output_resumes_if_the_bot_stops_first_or_the_call_ends(runtime
         "UserStartedSpeakingFrame",
         "EndFrame",
     ]
+
+
+def test_the_vads_first_report_of_speech_pauses_the_bot_before_a_turn_starts(runtime):
+    call, out = gate_call(runtime, pause_on_speech=True)
+    # A cough over the bot: paused on the VAD's report, resumed on its end (no turn).
+    for frame in [BotStartedSpeakingFrame(), VADUserStartedSpeakingFrame()]:
+        call.push(frame)
+    assert wait_until(lambda: "PauseOutputFrame" in names(out))
+    call.push(VADUserStoppedSpeakingFrame())
+    assert wait_until(lambda: "ResumeOutputFrame" in names(out))
+    # "Thanks": paused on the VAD's report; its turn, once started, holds the pause past
+    # the VAD's end of speech, to the end of the turn.
+    for frame in [
+        VADUserStartedSpeakingFrame(),
+        UserStartedSpeakingFrame(),
+        VADUserStoppedSpeakingFrame(),
+        UserStoppedSpeakingFrame(),
+    ]:
+        call.push(frame)
+    assert wait_until(lambda: names(out).count("ResumeOutputFrame") == 2)
+    assert names(out) == [
+        "BotStartedSpeakingFrame",
+        "PauseOutputFrame",
+        "VADUserStartedSpeakingFrame",
+        "ResumeOutputFrame",
+        "VADUserStoppedSpeakingFrame",
+        "PauseOutputFrame",
+        "VADUserStartedSpeakingFrame",
+        "VADUserStoppedSpeakingFrame",  # the turn goes on: still paused
+        "ResumeOutputFrame",  # at the end of the turn (held, as the bot speaks on)
+    ]
+    assert call.processors[0].pauses == 2
+    call.close()
+
+
+def test_a_pause_with_no_decision_resumes_after_its_timeout(runtime):
+    # Speech over the bot whose turn never ends and whose words never come (endless line
+    # noise heard as speech, a stuck recogniser): the bot plays on after the timeout.
+    call, out = gate_call(runtime, pause_on_speech=True, pause_timeout_secs=0.05)
+    for frame in [BotStartedSpeakingFrame(), UserStartedSpeakingFrame()]:
+        call.push(frame)
+    assert wait_until(lambda: "ResumeOutputFrame" in names(out))
+    gate = call.processors[0]
+    assert (gate.pauses, gate.pause_timeouts) == (1, 1)
+    # The turn is still held, and its words may still interrupt.
+    call.push(InterimTranscriptionFrame("goodbye"))
+    assert wait_until(lambda: "InterimTranscriptionFrame:goodbye" in names(out))
+    assert names(out) == [
+        "BotStartedSpeakingFrame",
+        "PauseOutputFrame",
+        "ResumeOutputFrame",
+        "InterruptionFrame",
+        "UserStartedSpeakingFrame",
+        "InterimTranscriptionFrame:goodbye",
+    ]
+    call.close()
+
+
+def test_the_pause_timeout_must_be_positive():
+    with pytest.raises(ValueError, match="pause_timeout_secs"):
+        BargeInGate(pause_on_speech=True, pause_timeout_secs=0)

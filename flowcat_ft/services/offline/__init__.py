@@ -26,7 +26,12 @@ from flowcat_ft.audio.vad import EnergyVADAnalyzer, VADParams
 from flowcat_ft.audio.vad_processor import VADAnalyzer
 from flowcat_ft.pipeline import Pipeline
 from flowcat_ft.processor import FrameProcessor
-from flowcat_ft.services.barge_in import ALWAYS_INTERRUPT, BargeInGate
+from flowcat_ft.services.barge_in import (
+    ALWAYS_INTERRUPT,
+    DEFAULT_PAUSE_AFTER_SECS,
+    DEFAULT_PAUSE_TIMEOUT_SECS,
+    BargeInGate,
+)
 from flowcat_ft.services.offline.echo_llm import EchoLLM
 from flowcat_ft.services.offline.espeak_tts import EspeakTTS
 from flowcat_ft.services.offline.graph import ConversationGraph, GraphError, GraphLLM, load_graph
@@ -99,6 +104,8 @@ def offline_agent_pipeline(
     min_barge_in_words: int = 2,
     min_barge_in_secs: float = 0.5,
     pause_on_speech: bool = True,
+    pause_after_secs: float = DEFAULT_PAUSE_AFTER_SECS,
+    pause_timeout_secs: float | None = DEFAULT_PAUSE_TIMEOUT_SECS,
     analyzer: Callable[[int], VADAnalyzer] | None = None,
     dictation: bool = False,
     echo: bool = False,
@@ -124,7 +131,8 @@ def offline_agent_pipeline(
     graph's interrupting phrases ("stop", "goodbye"); anything else is answered when the
     bot has finished (:class:`~flowcat_ft.services.barge_in.BargeInGate`, after the
     speech recogniser); with *pause_on_speech* the bot's audio pauses as soon as the
-    caller speaks over it, and plays on if the words do not interrupt.
+    caller speaks over it (once the VAD has heard *pause_after_secs* of speech), and plays
+    on if the words do not interrupt, or after *pause_timeout_secs* paused with no decision.
     ``"speech"``: speech over the bot interrupts it once it has lasted
     *min_barge_in_secs*, and shorter speech is let go, untranscribed.
     *tracer* (a :class:`~flowcat_ft.telemetry.tracing.ConversationTracer` factory), placed
@@ -147,10 +155,14 @@ def offline_agent_pipeline(
         turn_timeout_secs=turn_timeout_secs,
         min_barge_in_secs=min_barge_in_secs,
         interrupts=not by_words,
+        onset_secs=pause_after_secs,
     )
     stt = lambda: SphinxSTT(phrases, pool_size=stt_workers)  # noqa: E731
     gate = lambda: BargeInGate(  # noqa: E731
-        min_words=min_barge_in_words, phrases=interrupt_phrases, pause_on_speech=pause_on_speech
+        min_words=min_barge_in_words,
+        phrases=interrupt_phrases,
+        pause_on_speech=pause_on_speech,
+        pause_timeout_secs=pause_timeout_secs,
     )
     traced = [turns, tracer] if tracer is not None else [turns]
     listen = [*traced, stt, gate] if by_words else [*traced, stt]
