@@ -1,5 +1,6 @@
 """The live status page: calls, stages, the slab pool, gc, CPU by part (each thread and
-worker process: :mod:`flowcat_ft.cpu`), and a chart of turn latency.
+worker process: :mod:`flowcat_ft.cpu`), the output's pauses for barge-in (in all, and
+how they ended), and a chart of turn latency.
 
 ``GET /status`` is a page that polls ``GET /status.json`` once a second; the JSON is a
 snapshot any monitoring script can read too. Building it only reads counters the runtime
@@ -54,6 +55,7 @@ def snapshot(
                 "frames_out": session.frames_out,
                 "dropped_in": session.dropped_in,
                 "interruptions": session.clears,
+                "pauses": session.pause_counts,
                 "last_latency_ms": round(turns[-1].latency_ms, 1) if turns else None,
             }
         )
@@ -79,6 +81,7 @@ def snapshot(
             "loops": server.loop_count,
         },
         "connections": server.stats(),
+        "pauses": server.pause_counts(),
         "calls": sorted(calls, key=lambda c: c["id"]),
         "stages": stages,
         "slabs": metrics["slabs"],

@@ -134,7 +134,21 @@ class CallEdge:
         self._turn_log = turn_log
         self._user_stopped_ns = 0  # pts of the user's last end of speech, until answered
         self.paused = False  # between a PauseOutputFrame and its resume or interruption
+        # The output's pauses: in all, and those that became an interruption or resumed.
         self.pauses = 0
+        self.pauses_interrupted = 0
+        self.pauses_resumed = 0
+
+    @property
+    def pause_counts(self) -> dict[str, int]:
+        """The output's pauses so far (``pauses``), and of those, the ones an interruption
+        ended (``interrupted``) and the ones that played on (``resumed``). Written on the
+        call's loop; read from another thread, a count may lag by one pause."""
+        return {
+            "pauses": self.pauses,
+            "interrupted": self.pauses_interrupted,
+            "resumed": self.pauses_resumed,
+        }
 
     def log_context(self, **fields: object) -> dict[str, object]:
         """The ``extra`` for a log line about this call (see flowcat_ft.server.logs)."""
@@ -217,7 +231,9 @@ class CallEdge:
             frame.release()  # the audio is on its way out: the slab comes back now
         elif type(frame) is InterruptionFrame:
             self._carry.clear()
-            self.paused = False
+            if self.paused:
+                self.paused = False
+                self.pauses_interrupted += 1
             self._clear()
         elif type(frame) is PauseOutputFrame:
             if not self.paused:
@@ -227,6 +243,7 @@ class CallEdge:
         elif type(frame) is ResumeOutputFrame:
             if self.paused:
                 self.paused = False
+                self.pauses_resumed += 1
                 self._resume()
         elif type(frame) is TTSStoppedFrame:
             self._tts_stopped()
@@ -236,6 +253,7 @@ class CallEdge:
         elif type(frame) in (EndFrame, CancelFrame):
             if self.paused and type(frame) is EndFrame:  # no resume is coming: play it out
                 self.paused = False
+                self.pauses_resumed += 1
                 self._resume()
             self._call_ended(frame)
         else:

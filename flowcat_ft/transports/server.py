@@ -155,12 +155,13 @@ class WebSocketServer:
     are refused only at ``max_calls`` and while draining).
 
     Threading contract: :meth:`start` and :meth:`stop` from any one thread; ``_active``
-    (the sessions open now, across all loops), ``close_codes``, ``refused`` and
-    ``refusals`` are written under ``_lock``, whose condition ``_calls_changed`` is notified
-    when a call ends; ``_draining`` is set once, under ``_lock``, by :meth:`drain`, and read
-    by the loops (under the lock where a call is admitted). ``_monitor`` is set once by
-    :meth:`start` (the loops may see None before: no verdict yet); its verdict is written by
-    its own thread (see :class:`~flowcat_ft.transports.load.LoadMonitor`).
+    (the sessions open now, across all loops), ``close_codes``, ``refused``,
+    ``refusals`` and ``_ended_pauses`` are written under ``_lock``, whose condition
+    ``_calls_changed`` is notified when a call ends; ``_draining`` is set once, under
+    ``_lock``, by :meth:`drain`, and read by the loops (under the lock where a call is
+    admitted). ``_monitor`` is set once by :meth:`start` (the loops may see None before: no
+    verdict yet); its verdict is written by its own thread (see
+    :class:`~flowcat_ft.transports.load.LoadMonitor`).
     """
 
     def __init__(
@@ -213,6 +214,7 @@ class WebSocketServer:
         self.refused = 0
         self.refusals: Counter[str] = Counter()  # calls refused, by reason (see _REFUSALS)
         self.close_codes: Counter[int] = Counter()  # how connections ended, by close code
+        self._ended_pauses: Counter[str] = Counter()  # the ended calls' pause_counts, summed
         self.turns = TurnLog(1000)  # every call's answered turns (from any loop)
         self._lock = threading.Lock()
         self._calls_changed = threading.Condition(self._lock)
@@ -434,6 +436,16 @@ class WebSocketServer:
             stats["limits"] = self.limits.stats()
         return stats
 
+    def pause_counts(self) -> dict[str, int]:
+        """The output's pauses over every call since the start, ended and live (see
+        :attr:`~flowcat_ft.transports.call_edge.CallEdge.pause_counts`)."""
+        with self._lock:
+            counts = self._ended_pauses.copy()
+            live = list(self._active)
+        for session in live:
+            counts.update(session.pause_counts)
+        return {key: counts[key] for key in ("pauses", "interrupted", "resumed")}
+
     async def _serve(
         self, ws: _Connection, io: EventLoopThread, ticker: Ticker, edge: LoopEdge
     ) -> None:
@@ -484,6 +496,7 @@ class WebSocketServer:
             with self._lock:
                 self._active.discard(session)
                 self.close_codes[session.close_code or 1006] += 1
+                self._ended_pauses.update(session.pause_counts)
                 self._calls_changed.notify_all()
 
     def drain(self) -> None:

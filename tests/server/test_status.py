@@ -8,11 +8,16 @@ import time
 import urllib.request
 
 import websockets
-from carrier_messages import payloads, receive_until, twilio_media, twilio_start
+from carrier_messages import payloads, receive_until, twilio_dtmf, twilio_media, twilio_start
 from helpers import FREE_THREADED, wait_until
 from processors import TurnEveryFiveFrames
 
-from flowcat_ft.frames import InputAudioRawFrame
+from flowcat_ft.frames import (
+    InputAudioRawFrame,
+    InputDTMFFrame,
+    PauseOutputFrame,
+    ResumeOutputFrame,
+)
 from flowcat_ft.pipeline import Pipeline
 from flowcat_ft.processor import FrameProcessor
 from flowcat_ft.server.status import status_pages
@@ -118,3 +123,44 @@ def test_status_json_shows_cpu_by_part_per_call(serve):
     assert status["calls"] > 0 and status["process"]["cpu_s"] >= busiest_stage["cpu_s"]
     assert "ended workers" in kinds
     assert b'id="cpu"' in get(server.port, "/status")[1]
+
+
+class PauseKeys(FrameProcessor):
+    """Key 3: pause the output, key 4: resume it (as a barge-in gate does), key 2:
+    interrupt."""
+
+    def process(self, frame, direction):
+        if isinstance(frame, InputDTMFFrame) and frame.digit in "34":
+            self.push(PauseOutputFrame() if frame.digit == "3" else ResumeOutputFrame())
+        elif isinstance(frame, InputDTMFFrame) and frame.digit == "2":
+            self.interrupt()
+        self.push(frame, direction)
+
+
+def test_status_json_counts_pauses_and_how_they_ended(serve):
+    server = serve(Pipeline([PauseKeys]))
+    server.pages.update(status_pages(server, server.runtime))
+
+    def status() -> dict:
+        return json.loads(get(server.port, "/status.json")[1])
+
+    async def call() -> dict:
+        async with websockets.connect(f"ws://127.0.0.1:{server.port}/twilio") as ws:
+            await ws.send(twilio_start(call="CA3"))
+            # Paused and resumed, then paused and interrupted: a clear for each but the
+            # resume, each waited for so that the keys' frames were all handled in order.
+            for digit in "3432":
+                await ws.send(twilio_dtmf(digit))
+                if digit != "4":
+                    while json.loads(await asyncio.wait_for(ws.recv(), 5))["event"] != "clear":
+                        pass
+            return await asyncio.to_thread(status)
+
+    live = asyncio.run(call())
+    counts = {"pauses": 2, "interrupted": 1, "resumed": 1}
+    [call_status] = live["calls"]
+    assert call_status["pauses"] == counts and call_status["interruptions"] == 1
+    assert live["pauses"] == counts
+    # Once the call has ended, the server's totals keep its pauses.
+    assert wait_until(lambda: status()["calls"] == [])
+    assert status()["pauses"] == counts
