@@ -313,6 +313,8 @@ def test_values_out_of_range(tmp_path):
     assert error.message == "must be more than 0, got 0"
     error, _ = mistakes(tmp_path, "agent: {vad: {confidence: 1.5}}")
     assert error.field == "agent.vad.confidence"
+    error, _ = mistakes(tmp_path, "agent: {turns: {pause_timeout_secs: 0}}")
+    assert error.message == "must be more than 0, got 0"
 
 
 def test_an_option_the_engine_does_not_take(tmp_path, keys):
@@ -468,7 +470,8 @@ def test_the_offline_agent(tmp_path):
             limits: {idle_timeout: 9, max_frames_per_second: 70}
             agent:
               vad: {engine: energy, stop_secs: 0.3}
-              turns: {timeout_secs: 1.1, min_barge_in_words: 3}
+              turns: {timeout_secs: 1.1, min_barge_in_words: 3, pause_after_secs: 0.1,
+                      pause_timeout_secs: 2.5}
               stt: {workers: 3}
               tts: {voice: en-gb, rate_wpm: 150}
             """,
@@ -492,9 +495,11 @@ def test_the_offline_agent(tmp_path):
     ]
     assert (turns.turn_timeout_secs, turns.interrupts) == (1.1, False)
     assert gate.min_words == 3 and "goodbye" in gate.phrases and "stop" in gate.phrases
-    assert gate.pause_on_speech
+    assert gate.pause_on_speech and (turns.onset_secs, gate.pause_timeout_secs) == (0.1, 2.5)
     steady = load_config(write(tmp_path, "agent: {turns: {pause_on_speech: false}}"))
     assert not build_agent(steady).pipeline.make_processors()[2].pause_on_speech
+    endless = load_config(write(tmp_path, "agent: {turns: {pause_timeout_secs: null}}"))
+    assert build_agent(endless).pipeline.make_processors()[2].pause_timeout_secs is None
     assert stt.pool_size == 3
     analyzer = turns.analyzer_factory(16000)
     assert isinstance(analyzer, EnergyVADAnalyzer)

@@ -195,21 +195,20 @@ def test_a_paused_output_resumes_if_the_bot_stops_first_or_the_call_ends(runtime
 
 def test_the_vads_first_report_of_speech_pauses_the_bot_before_a_turn_starts(runtime):
     call, out = gate_call(runtime, pause_on_speech=True)
+    # (Each step waits for the one before: a system frame overtakes the control frames
+    # queued ahead of it, as the VAD's reports do, coming long after the bot started.)
+    call.push(BotStartedSpeakingFrame())
+    assert wait_until(lambda: "BotStartedSpeakingFrame" in names(out))
     # A cough over the bot: paused on the VAD's report, resumed on its end (no turn).
-    for frame in [BotStartedSpeakingFrame(), VADUserStartedSpeakingFrame()]:
-        call.push(frame)
+    call.push(VADUserStartedSpeakingFrame())
     assert wait_until(lambda: "PauseOutputFrame" in names(out))
     call.push(VADUserStoppedSpeakingFrame())
     assert wait_until(lambda: "ResumeOutputFrame" in names(out))
-    # "Thanks": paused on the VAD's report; its turn, once started, holds the pause past
-    # the VAD's end of speech, to the end of the turn.
-    for frame in [
-        VADUserStartedSpeakingFrame(),
-        UserStartedSpeakingFrame(),
-        VADUserStoppedSpeakingFrame(),
-        UserStoppedSpeakingFrame(),
-    ]:
-        call.push(frame)
+    # "Thanks": its turn holds the pause past the VAD's end of speech, to the turn's end.
+    call.push(UserStartedSpeakingFrame())
+    assert wait_until(lambda: names(out).count("PauseOutputFrame") == 2)
+    call.push(VADUserStoppedSpeakingFrame())
+    call.push(UserStoppedSpeakingFrame())
     assert wait_until(lambda: names(out).count("ResumeOutputFrame") == 2)
     assert names(out) == [
         "BotStartedSpeakingFrame",
@@ -218,7 +217,6 @@ def test_the_vads_first_report_of_speech_pauses_the_bot_before_a_turn_starts(run
         "ResumeOutputFrame",
         "VADUserStoppedSpeakingFrame",
         "PauseOutputFrame",
-        "VADUserStartedSpeakingFrame",
         "VADUserStoppedSpeakingFrame",  # the turn goes on: still paused
         "ResumeOutputFrame",  # at the end of the turn (held, as the bot speaks on)
     ]
