@@ -19,7 +19,9 @@ Definitions (all at the caller, on the load generator's clock):
 - *ended by the agent*: the server closed the call (or sent a Twilio ``stop``) after the
   caller began saying goodbye; *dropped*: it ended the call before.
 - *barge-in*: a goodbye said over a reply; *clear*: from its first frame to the carrier's
-  ``clear``; *acted on*: a clear came and the agent ended the call.
+  ``clear``, that is from the caller's speech onset (the clips are trimmed of the silence
+  before the words: :mod:`bench.agent.speech`); *acted on*: a clear came and the agent
+  ended the call.
 """
 
 from __future__ import annotations
