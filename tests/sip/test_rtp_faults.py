@@ -26,7 +26,8 @@ from flowcat_ft.frames import (
 from flowcat_ft.sip.message import Headers, Request, Response, Uri, parse
 from flowcat_ft.sip.rtp import RtpPacket, dtmf_packets, parse_rtp, rtp_packet
 from flowcat_ft.sip.sdp import make_offer, parse_sdp
-from flowcat_ft.transports.sip.media import MAX_READS, _read_all
+from flowcat_ft.transports.sip.datagrams import read_datagrams
+from flowcat_ft.transports.sip.media import MAX_READS
 
 
 class Caller:
@@ -158,11 +159,15 @@ def test_one_wake_up_reads_every_waiting_datagram_up_to_the_bound():
             for n in range(MAX_READS + 3):
                 peer.sendto(n.to_bytes(2, "big"), rtp.getsockname())
         read: list[bytes] = []
-        _read_all(rtp, lambda data, source: read.append(data))
+
+        def wake_up() -> None:
+            read_datagrams(rtp, lambda data, source: read.append(data), MAX_READS)
+
+        wake_up()
         assert read == [n.to_bytes(2, "big") for n in range(MAX_READS)]
-        _read_all(rtp, lambda data, source: read.append(data))  # the rest, next time
+        wake_up()  # the rest, next time
         assert len(read) == MAX_READS + 3
-        _read_all(rtp, lambda data, source: read.append(data))  # nothing waits: returns
+        wake_up()  # nothing waits: returns
         assert len(read) == MAX_READS + 3
 
 

@@ -16,6 +16,11 @@ TLS on the connection the request came on; over UDP to the source address and po
 top Via has ``rport`` (which we fill in, with ``received``), else to the source address and
 the Via's port.
 
+UDP is read as RTP is (:mod:`~flowcat_ft.transports.sip.datagrams`): a wake-up of the
+socket reads every datagram waiting, up to :data:`MAX_READS`, not one per pass of the loop,
+so a burst of requests is taken in one go; and a datagram the socket cannot take now is
+dropped (and counted), for the retransmissions of SIP over UDP to make up.
+
 Threading contract: everything here runs on the endpoint's event loop; other threads
 reach it through ``io.submit`` or ``loop.call_soon_threadsafe``.
 """
@@ -44,6 +49,7 @@ from flowcat_ft.sip.message import (
     parse,
 )
 from flowcat_ft.sip.transaction import ClientTransaction, ServerTransaction
+from flowcat_ft.transports.sip.datagrams import bind, read_datagrams, send_datagram
 from flowcat_ft.transports.sip.locate import Locator
 
 if TYPE_CHECKING:
@@ -57,6 +63,12 @@ UDP_RECEIVE_BUFFER = 4 << 20
 """SO_RCVBUF asked for the SIP UDP socket (the kernel caps it at ``net.core.rmem_max``):
 a burst of INVITEs that comes while the loop is busy waits rather than being dropped
 (Linux's default, about 200 KiB, holds some 90 INVITEs)."""
+
+MAX_READS = 8
+"""SIP datagrams read from the UDP socket per wake-up. Each is parsed and handled there and
+then (an OPTIONS took about 0.5 ms on a busy 2-core machine, an INVITE more), so a flood
+holds the loop, which also carries calls' RTP, for a few ms before its other work runs;
+the rest are read on its next pass."""
 
 
 def new_branch() -> str:
@@ -127,7 +139,7 @@ class SipEndpoint:
         self.tls_client = tls_client
         self._locator = Locator(self.transports, nameservers)
         self._on_request = on_request
-        self._udp: asyncio.DatagramTransport | None = None
+        self._udp: socket.socket | None = None
         self._tcp_server: asyncio.Server | None = None
         self._tls_server: asyncio.Server | None = None
         self._connections: dict[Peer, _TcpConnection] = {}
@@ -164,12 +176,10 @@ class SipEndpoint:
     async def _listen(self, port: int) -> int:
         """Bind UDP, then TCP to the same port (0: UDP's pick); the port bound."""
         if "UDP" in self.transports:
-            self._udp, _ = await self.loop.create_datagram_endpoint(
-                lambda: _UdpProtocol(self), local_addr=(self.host, port)
-            )
-            sock = self._udp.get_extra_info("socket")
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
-            port = self._udp.get_extra_info("sockname")[1]
+            udp = self._udp = bind(self.host, port)
+            udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
+            self.loop.add_reader(udp, read_datagrams, udp, self._datagram_received, MAX_READS)
+            port = udp.getsockname()[1]
         if "TCP" in self.transports:
             self._tcp_server = await self.loop.create_server(
                 lambda: _TcpConnection(self), self.host, port, reuse_address=True
@@ -185,6 +195,7 @@ class SipEndpoint:
 
     def _close_udp_tcp(self) -> None:
         if self._udp is not None:
+            self.loop.remove_reader(self._udp)
             self._udp.close()
             self._udp = None
         if self._tcp_server is not None:
@@ -232,6 +243,9 @@ class SipEndpoint:
         return NameAddr(Uri("sip", user, self.local_address(peer), port, params))
 
     # -- receiving -------------------------------------------------------------------------
+
+    def _datagram_received(self, data: bytes, source: tuple) -> None:
+        self.received(data, Peer("UDP", source[0], source[1]))
 
     def received(self, data: bytes, peer: Peer) -> None:
         """One datagram (UDP) or one framed message (TCP) from ``peer``."""
@@ -340,8 +354,8 @@ class SipEndpoint:
                 logger.warning("no %s connection to %s for a SIP message", peer.transport, peer)
                 return
             connection.transport.write(data)
-        elif self._udp is not None:
-            self._udp.sendto(data, (peer.host, peer.port))
+        elif self._udp is not None and not send_datagram(self._udp, data, (peer.host, peer.port)):
+            self.counts["dropped"] += 1
 
     async def connect(self, peer: Peer) -> None:
         """Make sure a TCP or TLS connection to ``peer`` is open (no-op for UDP); TLS
@@ -430,17 +444,6 @@ class SipEndpoint:
     def _disconnected(self, connection: _TcpConnection) -> None:
         if self._connections.get(connection.peer) is connection:
             del self._connections[connection.peer]
-
-
-class _UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, endpoint: SipEndpoint) -> None:
-        self.endpoint = endpoint
-
-    def datagram_received(self, data: bytes, addr: tuple) -> None:
-        self.endpoint.received(data, Peer("UDP", addr[0], addr[1]))
-
-    def error_received(self, exc: Exception) -> None:  # ICMP port unreachable and such
-        logger.debug("SIP UDP error: %s", exc)
 
 
 class _TcpConnection(asyncio.Protocol):

@@ -33,12 +33,12 @@ arrives, without the jitter buffer, and the agent's audio goes out as it comes, 
 per 20 ms chunk, with nothing sent in between (no silence, no DTMF events), so a round trip
 measures the runtime rather than the clocks.
 
-Reading: each RTP and RTCP socket is a reader of the loop (``add_reader``), and a wake-up
-reads every datagram waiting on it (up to :data:`MAX_READS`), not one per pass of the loop
-as asyncio's datagram transports do: cheaper per packet, and after a stall of the loop
-every packet that came meanwhile is in the jitter buffer before the ticks catch up.
-Sending is one ``sendto``; a datagram the socket cannot take now is dropped (a real-time
-stream does not wait).
+Reading: each RTP and RTCP socket is a reader of the loop, and a wake-up reads every
+datagram waiting on it (up to :data:`MAX_READS`), not one per pass of the loop as asyncio's
+datagram transports do (:mod:`~flowcat_ft.transports.sip.datagrams`): cheaper per packet,
+and after a stall of the loop every packet that came meanwhile is in the jitter buffer
+before the ticks catch up. Sending is one ``sendto``; a datagram the socket cannot take now
+is dropped (a real-time stream does not wait).
 
 Symmetric RTP (RFC 4961): packets go to the SDP's address until the first packet comes,
 then to wherever that packet came from (the peer's NAT). RTCP: a sender report (or a
@@ -81,6 +81,7 @@ from flowcat_ft.sip.rtp import (
 from flowcat_ft.sip.srtp import SUITES, SrtpContext, SrtpError
 from flowcat_ft.transports.call_edge import CallEdge, TurnLog
 from flowcat_ft.transports.sip.codecs import RtpCodec, rtp_codec
+from flowcat_ft.transports.sip.datagrams import bind, read_datagrams, send_datagram
 
 if TYPE_CHECKING:
     from flowcat_ft.loops import EventLoopThread
@@ -101,7 +102,6 @@ RTCP_INTERVAL = 5.0
 MAX_QUEUED_SECS = 20.0  # agent audio queued ahead of playout (more is dropped)
 MAX_DEPTH_MS = 1000  # packets further ahead of playout than this are dropped (a flood)
 MAX_READS = 64  # datagrams read from one socket per wake-up (the loop's other work goes on)
-MAX_DATAGRAM = 65535  # the largest UDP payload
 _CATCH_UP = 10  # ticks made up at once after the loop stalled; past that, skip ahead
 
 
@@ -120,24 +120,21 @@ class RtpPorts:
 
     def bind(self, host: str) -> tuple[socket.socket, socket.socket]:
         """Two bound, non-blocking UDP sockets; ``OSError`` when the range is full."""
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         for _ in range((self.high - self.low) // 2):
             with self._lock:
                 port = next(self._next)
-            rtp = socket.socket(family, socket.SOCK_DGRAM)
-            rtcp = socket.socket(family, socket.SOCK_DGRAM)
             try:
-                rtp.bind((host, port))
-                rtcp.bind((host, port + 1))
+                rtp = bind(host, port)
             except OSError as error:
-                rtp.close()
-                rtcp.close()
                 if error.errno == errno.EADDRINUSE:
                     continue
                 raise
-            rtp.setblocking(False)
-            rtcp.setblocking(False)
-            return rtp, rtcp
+            try:
+                return rtp, bind(host, port + 1)
+            except OSError as error:
+                rtp.close()
+                if error.errno != errno.EADDRINUSE:
+                    raise
         raise OSError(errno.EADDRINUSE, f"no free RTP ports in {self.low}-{self.high}")
 
 
@@ -226,8 +223,8 @@ class RtpSession(CallEdge):
         """Bind the RTP and RTCP ports and read them, on the media loop; returns the RTP
         port (``OSError``: none free)."""
         self._rtp, self._rtcp = ports.bind(host)
-        self._loop.add_reader(self._rtp, _read_all, self._rtp, self.rtp_received)
-        self._loop.add_reader(self._rtcp, _read_all, self._rtcp, self.rtcp_received)
+        self._loop.add_reader(self._rtp, read_datagrams, self._rtp, self.rtp_received, MAX_READS)
+        self._loop.add_reader(self._rtcp, read_datagrams, self._rtcp, self.rtcp_received, MAX_READS)
         self.port = self._rtp.getsockname()[1]
         return self.port
 
@@ -379,7 +376,7 @@ class RtpSession(CallEdge):
         if self._srtp_out is not None:
             packet = self._srtp_out.protect(packet)
         self._seq = (self._seq + 1) & 0xFFFF
-        _send(self._rtp, packet, self._remote)
+        send_datagram(self._rtp, packet, self._remote)
         self.packets_out += 1
         self.octets_out += len(payload)
 
@@ -479,7 +476,7 @@ class RtpSession(CallEdge):
             packet = receiver_report(self._ssrc, block, self._cname)
         if self._srtp_out is not None:
             packet = self._srtp_out.protect_rtcp(packet)
-        _send(self._rtcp, packet, (self._remote[0], self._remote[1] + 1))
+        send_datagram(self._rtcp, packet, (self._remote[0], self._remote[1] + 1))
         self.rtcp_out += 1
 
     # -- the agent's output (CallEdge's hooks) ---------------------------------------------
@@ -524,24 +521,3 @@ class RtpSession(CallEdge):
         task = self._loop.create_task(after_playout())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def _read_all(sock: socket.socket, handle: Callable[[bytes, tuple], None]) -> None:
-    """Hand ``handle`` each datagram waiting on ``sock``, up to :data:`MAX_READS` (the
-    rest on the loop's next pass)."""
-    for _ in range(MAX_READS):
-        try:
-            data, source = sock.recvfrom(MAX_DATAGRAM)
-        except BlockingIOError:
-            return
-        except OSError:
-            continue  # an ICMP error of an earlier send (the peer not listening yet)
-        handle(data, source)
-
-
-def _send(sock: socket.socket, packet: bytes, address: tuple[str, int]) -> None:
-    """One datagram, or none: a full socket buffer or an ICMP error drops it."""
-    try:
-        sock.sendto(packet, address)
-    except OSError as error:
-        logger.debug("RTP datagram to %s not sent: %s", address, error)
