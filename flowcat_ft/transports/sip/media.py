@@ -31,7 +31,8 @@ With ``MediaOptions(pace_output=False)`` (benchmarks, like the WebSocket session
 there is no playout clock on either side: each audio packet goes to the pipeline as it
 arrives, without the jitter buffer, and the agent's audio goes out as it comes, one packet
 per 20 ms chunk, with nothing sent in between (no silence, no DTMF events), so a round trip
-measures the runtime rather than the clocks.
+measures the runtime rather than the clocks. Nor is the session ticked every 20 ms (an
+unpaced WebSocket session's playout is not either): only its once-a-second checks run.
 
 Reading: each RTP and RTCP socket is a reader of the loop, and a wake-up reads every
 datagram waiting on it (up to :data:`MAX_READS`), not one per pass of the loop as asyncio's
@@ -242,7 +243,8 @@ class RtpSession(CallEdge):
         self._out_clock = now
         self._last_packet = now
         self._next_rtcp = now + RTCP_INTERVAL / 2  # RFC 3550 6.2: the first at half
-        self._ticker.add(self)
+        if self.options.pace_output:
+            self._ticker.add(self)
         self._ticker.every_second(self._check)
         logger.info("call started", extra=self.log_context())
 
@@ -309,8 +311,8 @@ class RtpSession(CallEdge):
     # -- the 20 ms tick --------------------------------------------------------------------
 
     def tick(self, now: float) -> bool:
-        """Called by the ticker every 20 ms: the pipeline's next frame in, our next packet
-        out. True while the session is open (to be ticked again)."""
+        """Called by the ticker every 20 ms, when output is paced: the pipeline's next frame
+        in, our next packet out. True while the session is open (to be ticked again)."""
         if self.closed:
             return False
         if self._in_clock is not None:
@@ -325,8 +327,7 @@ class RtpSession(CallEdge):
             self._out_clock += skipped * FRAME_SECS
             self._skipped = True  # the next packet's marker tells the peer to resync
         while self._out_clock <= now:
-            if self.options.pace_output:
-                self._next_output()
+            self._next_output()
             self._out_clock += FRAME_SECS
         return True
 
