@@ -160,6 +160,8 @@ def _offline(
 
 
 def _stt(stt: STTConfig) -> ProcessorFactory:
+    # Nothing after a cloud STT in the pipeline agent uses the caller's audio: it ends
+    # there rather than travel every later stage and back to the transport.
     match stt:
         case SphinxSTTConfig():
             # Dictation: a pipeline agent has no graph to make a grammar.
@@ -171,6 +173,7 @@ def _stt(stt: STTConfig) -> ProcessorFactory:
                 language=stt.language,
                 url=stt.url,
                 api_key_env=stt.api_key_env,
+                audio_passthrough=False,
             )
         case OpenAISTTConfig():
             return partial(
@@ -180,6 +183,7 @@ def _stt(stt: STTConfig) -> ProcessorFactory:
                 prompt=stt.prompt,
                 base_url=stt.base_url,
                 api_key_env=stt.api_key_env,
+                audio_passthrough=False,
             )
     raise TypeError(f"not an STT engine: {stt!r}")
 

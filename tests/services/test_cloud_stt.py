@@ -134,6 +134,20 @@ def test_deepgram_keepalive_finalize_and_an_interruption_that_does_not_stop_it(r
     call.close()
 
 
+def test_deepgram_without_audio_passthrough_keeps_the_callers_audio(runtime, deepgram):
+    out = Recorder()
+    stt = deepgram_stt(deepgram, audio_passthrough=False)
+    call = runtime.open_call(Pipeline([stt]), out)
+    push_speech(call, 0.5)
+    call.push(UserStoppedSpeakingFrame())
+    assert wait_until(lambda: finals(out) == ["turn on the lights"])
+    assert deepgram.wait_for(lambda: deepgram.audio_bytes == 25 * FRAME)
+    assert out.of(InputAudioRawFrame) == []
+    assert UserStoppedSpeakingFrame in [type(f) for f, _ in out.frames]  # the rest goes on
+    assert wait_until(lambda: runtime.pool.in_use == 0)  # every slab came back
+    call.close()
+
+
 @pytest.mark.parametrize(("mode", "expected"), [("garbage", "not JSON"), ("error", "bad audio")])
 def test_deepgram_bad_messages_are_reported_and_listening_goes_on(
     runtime, deepgram, mode, expected

@@ -2,7 +2,10 @@
 
 An STT service listens for the whole call: an interruption (the caller barging in on the
 bot) does not cancel what it is doing, since that is when it matters most. Audio frames go
-on downstream after the service has taken its copy. Transcripts are pushed as they come:
+on downstream after the service has taken its copy, unless ``audio_passthrough`` is off:
+then the frame (and its slab) ends here, which spares every later stage and the transport's
+event loop a frame 50 times a second per call when nothing after the service uses the
+caller's audio. Transcripts are pushed as they come:
 :class:`~flowcat_ft.frames.InterimTranscriptionFrame` (may still change) and
 :class:`~flowcat_ft.frames.TranscriptionFrame` (final). Where the provider detects the end
 of an utterance, an :class:`~flowcat_ft.services.llm.frames.UtteranceEndFrame` follows the
@@ -49,7 +52,8 @@ def now_iso() -> str:
 class STTService(CloudService):
     """Base of the STT services; subclasses implement :meth:`send_audio` (on the stage
     thread: hand the bytes to the loop, never block) and push transcripts with
-    :meth:`transcript` (from any thread).
+    :meth:`transcript` (from any thread). *audio_passthrough* (as in pipecat): the caller's
+    audio goes on downstream; off, it ends here (see the module docstring).
 
     Threading contract: ``_utterance`` and ``_heard`` (the span of the utterance being
     transcribed, and its final transcripts) are used on the stage thread only.
@@ -62,12 +66,14 @@ class STTService(CloudService):
         self,
         *,
         user_id: str = "",
+        audio_passthrough: bool = True,
         name: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
         ca_file: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__(name=name, ssl_context=ssl_context, ca_file=ca_file)
         self.user_id = user_id
+        self.audio_passthrough = audio_passthrough
         self.sample_rate = 16000
         self._stopped_ns: int | None = None
         self._utterance: JobSpan | None = None
@@ -80,6 +86,9 @@ class STTService(CloudService):
         if direction is Direction.DOWNSTREAM:
             if isinstance(frame, InputAudioRawFrame):
                 self.send_audio(frame)
+                if not self.audio_passthrough:
+                    frame.release()
+                    return
             elif isinstance(frame, UserStartedSpeakingFrame):
                 self._end_utterance()
                 self._utterance = self.job_span()

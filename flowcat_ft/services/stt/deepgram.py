@@ -169,11 +169,18 @@ class DeepgramSTTService(STTService):
         max_reconnects: int = 3,
         retry: RetryPolicy | None = None,
         user_id: str = "",
+        audio_passthrough: bool = True,
         name: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
         ca_file: str | os.PathLike[str] | None = None,
     ) -> None:
-        super().__init__(user_id=user_id, name=name, ssl_context=ssl_context, ca_file=ca_file)
+        super().__init__(
+            user_id=user_id,
+            audio_passthrough=audio_passthrough,
+            name=name,
+            ssl_context=ssl_context,
+            ca_file=ca_file,
+        )
         self.model = model
         self.language = language
         self.url = url
