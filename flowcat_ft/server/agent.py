@@ -173,6 +173,7 @@ def _stt(stt: STTConfig) -> ProcessorFactory:
                 language=stt.language,
                 url=stt.url,
                 api_key_env=stt.api_key_env,
+                chunk_ms=stt.chunk_ms,
                 audio_passthrough=False,
             )
         case OpenAISTTConfig():

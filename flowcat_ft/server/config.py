@@ -406,11 +406,16 @@ class SphinxSTTConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class DeepgramSTTConfig:
+    """Deepgram's live transcription. ``chunk_ms``: how much of the caller's audio goes
+    up in one message (20 to 250 ms, as Deepgram takes it; see
+    :class:`~flowcat_ft.services.stt.DeepgramSTTService`)."""
+
     engine: Literal["deepgram"] = "deepgram"
     model: str = _service_default(DeepgramSTTService, "model")
     language: str = _service_default(DeepgramSTTService, "language")
     url: str = _service_default(DeepgramSTTService, "url")
     api_key_env: str = _service_default(DeepgramSTTService, "api_key_env")
+    chunk_ms: int = bounded(_service_default(DeepgramSTTService, "chunk_ms"), 20, 250)
 
 
 @dataclass(frozen=True, kw_only=True)

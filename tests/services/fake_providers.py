@@ -684,8 +684,10 @@ class FakeWSServer(_Threaded):
 class FakeDeepgram(FakeWSServer):
     """Deepgram live: interim results as audio arrives, a final (is_final, speech_final)
     once ``final_after`` seconds of audio came or on Finalize; KeepAlive, Finalize and
-    CloseStream recorded. With ``utterance_end``, the final is not ``speech_final`` and an
-    ``UtteranceEnd`` message follows it (as when noise keeps endpointing from firing).
+    CloseStream recorded, and in ``received`` every message in order (an audio message as
+    its length in bytes, a control message as its type). With ``utterance_end``, the final
+    is not ``speech_final`` and an ``UtteranceEnd`` message follows it (as when noise
+    keeps endpointing from firing).
     ``mode``: "normal", "garbage" (a non-JSON message first), "error" (an Error message
     first), "drop" (close with 1011 after the first result), "silent" (take the audio,
     answer nothing, until the mode changes), "stall" (the same on this connection for
@@ -706,6 +708,7 @@ class FakeDeepgram(FakeWSServer):
         self.utterance_end = False
         self.audio_bytes = 0
         self.controls: list[str] = []
+        self.received: list[int | str] = []
         self._modes: dict[ServerConnection, str] = {}  # each connection's, as it opened
 
     def _results(self, text: str, final: bool, start: float) -> str:
@@ -746,6 +749,7 @@ class FakeDeepgram(FakeWSServer):
         async for message in ws:
             if isinstance(message, bytes):
                 self.audio_bytes += len(message)
+                self.received.append(len(message))
                 if mode == "stall" or self.mode == "silent":
                     self.notify()
                     continue
@@ -764,6 +768,7 @@ class FakeDeepgram(FakeWSServer):
                 continue
             kind = json.loads(message).get("type")
             self.controls.append(kind)
+            self.received.append(kind)
             if kind == "Finalize" and heard > 0:  # flush the final for the audio so far
                 await self._final(ws)
                 heard = -(10**12)

@@ -134,6 +134,22 @@ def test_deepgram_keepalive_finalize_and_an_interruption_that_does_not_stop_it(r
     call.close()
 
 
+def test_deepgram_sends_audio_in_chunks_and_what_is_held_back_when_the_user_stops(
+    runtime, deepgram
+):
+    deepgram.final_after = 10.0  # no final of its own: only the messages matter here
+    out = Recorder()
+    call = runtime.open_call(Pipeline([deepgram_stt(deepgram, chunk_ms=100)]), out)
+    assert deepgram.wait_for(lambda: deepgram.connections == 1)
+    push_speech(call, 0.5)  # 25 frames of 20 ms: five 100 ms messages
+    push_speech(call, 0.06)  # 3 frames, held back
+    assert deepgram.wait_for(lambda: len(deepgram.received) == 5)
+    call.push(UserStoppedSpeakingFrame())
+    assert deepgram.wait_for(lambda: "Finalize" in deepgram.received)
+    assert deepgram.received == [5 * FRAME] * 5 + [3 * FRAME, "Finalize"]
+    call.close()
+
+
 def test_deepgram_without_audio_passthrough_keeps_the_callers_audio(runtime, deepgram):
     out = Recorder()
     stt = deepgram_stt(deepgram, audio_passthrough=False)
