@@ -148,10 +148,10 @@ class DeepgramSTTService(STTService):
     delivered results resets the count); up to
     ``buffer_secs`` of audio waits while it connects. ``chunk_ms``: how much of the
     caller's audio goes up in one message (Deepgram takes 20 to 250 ms): 100 ms sends a
-    fifth of the messages 20 ms frames would, and each costs the loop as much CPU as a
-    frame's whole trip through the pipeline; the audio held back is sent at once when the
-    user stops speaking, with the ``Finalize`` that follows, so only interim results can
-    come up to ``chunk_ms`` later. ``utterance_end_ms`` asks for ``UtteranceEnd`` messages
+    fifth of the messages 20 ms frames would (each one cost the event loop some 25 µs of
+    CPU on 3.13t); the audio held back is sent at once when the user stops speaking,
+    before the ``Finalize`` that follows, so only interim results can come up to
+    ``chunk_ms`` later. ``utterance_end_ms`` asks for ``UtteranceEnd`` messages
     (with interim results only; None: not at all); ``stall_timeout``: how long audio may
     go unanswered (None: for ever). ``options`` add to or override the query parameters.
 
