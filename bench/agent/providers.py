@@ -86,22 +86,24 @@ async def deepgram(ws: ServerConnection, stats: Stats) -> None:
                 return
             continue
         samples = np.frombuffer(message, "<i2").astype(np.float32)
-        seconds = len(samples) / rate
-        loud = len(samples) and math.sqrt(float(np.mean(samples * samples))) >= SPEECH_RMS
-        heard += seconds
-        if loud:
-            if not speaking:
-                began = heard - seconds
-            speaking, quiet, last_loud = True, 0.0, time.monotonic()
-            speech = heard - began
-        elif speaking:
-            quiet += seconds
-            if quiet >= quiet_needed:
-                speaking = False
-                await asyncio.sleep(STT_FINALIZE)
-                text = "goodbye" if speech < GOODBYE_SECS else TRANSCRIPT
-                await ws.send(_results(text, final=True))
-                stats["stt_final_s"].append(time.monotonic() - last_loud)
+        step = rate // 50  # judged 20 ms at a time, however the client chunks its audio
+        for piece in (samples[i : i + step] for i in range(0, len(samples), step)):
+            seconds = len(piece) / rate
+            loud = math.sqrt(float(np.mean(piece * piece))) >= SPEECH_RMS
+            heard += seconds
+            if loud:
+                if not speaking:
+                    began = heard - seconds
+                speaking, quiet, last_loud = True, 0.0, time.monotonic()
+                speech = heard - began
+            elif speaking:
+                quiet += seconds
+                if quiet >= quiet_needed:
+                    speaking = False
+                    await asyncio.sleep(STT_FINALIZE)
+                    text = "goodbye" if speech < GOODBYE_SECS else TRANSCRIPT
+                    await ws.send(_results(text, final=True))
+                    stats["stt_final_s"].append(time.monotonic() - last_loud)
 
 
 def _results(text: str, final: bool) -> str:
