@@ -14,7 +14,7 @@ from peers import missing
 
 from bench._common import ROOT
 from bench.echo import loadgen
-from bench.soak.summary import markdown, rss_slope, summarise
+from bench.soak.summary import markdown, memory_slope, summarise
 
 
 def row(t: float, rss_mb: float, p99: float, fds: int = 20, threads: int = 6) -> dict:
@@ -76,8 +76,26 @@ def result(rows: list[dict], slabs_at_end: int = 0) -> dict:
 
 def test_rss_slope_is_the_least_squares_growth_per_hour():
     rows = [row(t, 50 + t / 3600 * 2.0, 1.0) for t in (60, 120, 180, 240)]
-    assert rss_slope(rows) == pytest.approx(2.0, rel=1e-3)
-    assert rss_slope(rows[:1]) is None
+    assert memory_slope(rows) == pytest.approx(2.0, rel=1e-3)
+    assert memory_slope(rows[:1]) is None
+    assert memory_slope(rows, "traced_bytes") is None  # a run without --trace-memory
+
+
+def test_a_traced_run_shows_python_memory_beside_rss():
+    rows = [row(t, 50 + t / 3600 * 2.0, 1.0) for t in (60, 120, 180, 240)]
+    for r in rows:
+        r["traced_bytes"] = 30_000_000  # flat: the growth is the allocator's
+    traced = {**result(rows), "trace_memory": True}
+    summary = summarise(traced)
+    assert summary["traced_slope_mb_per_h"] == 0.0 and summary["rss_slope_mb_per_h"] > 1.5
+    shown = dict((name, (shown, met)) for name, shown, met in summary["targets"])
+    assert shown["Python objects' memory slope (tracemalloc)"] == ("0.00 MB/h", None)
+    traced["summary"] = summary
+    assert "| RSS MB | traced MB | FDs |" in markdown(traced, None)
+
+    untraced = result([row(t, 50.0, 1.0) for t in (60, 120)])
+    untraced["summary"] = summarise(untraced)
+    assert "traced" not in markdown(untraced, None)
 
 
 def test_a_steady_run_meets_its_targets_and_a_leaking_one_does_not():

@@ -17,7 +17,10 @@ file descriptors and threads, slabs in use, garbage collections and their pauses
 meanwhile, the CPU time the hypervisor stole, and the machine's worst hiccup: how late a
 separate process that only sleeps 1 ms at a time was woken (``bench.soak.hiccups``), so a
 round-trip stall that the machine caused shows as one. At the end it waits for the server
-to have no call and checks every slab is back. It writes
+to have no call and checks every slab is back. ``--trace-memory`` runs the server with
+``tracemalloc`` on (``PYTHONTRACEMALLOC=1``: it slows every allocation, so judge latency
+without it) and samples the memory Python's objects hold beside RSS: RSS that grows while
+that stays flat is the allocator keeping pages, not objects kept. It writes
 ``bench/results/DATE-Nc-soak[-quick][-Ncalls].{json,md,png}`` (``-Ncalls`` with
 ``--capacity``; the plot with matplotlib on the GIL venv, as the echo kit's); the last
 line of output is the JSON result.
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -67,7 +71,7 @@ def latest_echo_capacity() -> tuple[int, str]:
 class Server:
     """``flowcat-ft serve`` with the echo agent on a free port of 127.0.0.1."""
 
-    def __init__(self, log: Path) -> None:
+    def __init__(self, log: Path, trace_memory: bool = False) -> None:
         self.port = free_port()
         config = LOGS / "soak-agent.yaml"
         config.write_text(
@@ -85,9 +89,10 @@ class Server:
             "--agent",
             "echo",
         ]
+        env = {**os.environ, "PYTHONTRACEMALLOC": "1"} if trace_memory else None
         with log.open("w") as out:
             self.proc = subprocess.Popen(
-                self.command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True
+                self.command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True
             )
 
     def get(self, path: str) -> bytes:
@@ -188,6 +193,7 @@ class Sampler:
             "machine_hiccup_max_ms": hiccup["max_ms"],
             "calls_active": len(status["calls"]),
             "rss_bytes": status["process"]["rss_bytes"],
+            "traced_bytes": status["process"]["traced_bytes"],
             "open_fds": status["process"]["open_fds"],
             "threads": status["process"]["threads"],
             "slabs_in_use": status["slabs"]["in_use"],
@@ -222,7 +228,7 @@ def main(args: Any) -> None:
         flush=True,
     )
     LOGS.mkdir(parents=True, exist_ok=True)
-    server = Server(LOGS / "soak-server.log")
+    server = Server(LOGS / "soak-server.log", args.trace_memory)
     hiccups = Hiccups()
     try:
         server.wait_ready()
@@ -254,6 +260,7 @@ def main(args: Any) -> None:
         "load": args.load,
         "calls": calls,
         "call_length_median_s": args.call_length,
+        "trace_memory": args.trace_memory,
         "start": start,
         "rows": sampler.rows,
         "end": end,
@@ -303,6 +310,9 @@ if __name__ == "__main__":
     p.add_argument("--call-length", type=float, default=30.0, help="median call, s (30)")
     p.add_argument("--interval", type=float, default=60.0, help="seconds per row (60)")
     p.add_argument("--no-write", action="store_true", help="write no files in bench/results")
+    p.add_argument(
+        "--trace-memory", action="store_true", help="sample tracemalloc's figure beside RSS"
+    )
     parsed = p.parse_args()
     parsed.command = "python -m bench.soak " + " ".join(sys.argv[1:])
     if not math.isfinite(parsed.load) or not 0 < parsed.load <= 2:

@@ -1,6 +1,7 @@
-"""Plot a soak result over time: round trip (p50, p99, p99.9, max), RSS, open FDs and
-threads, slabs in use, and gc pauses, a point per interval. Run on the GIL venv, where
-matplotlib has a wheel::
+"""Plot a soak result over time: round trip (p50, p99, p99.9, max), RSS (with
+``--trace-memory``, the memory tracemalloc counts beside it), open FDs and threads, slabs
+in use, and gc pauses, a point per interval. Run on the GIL venv, where matplotlib has a
+wheel::
 
     .venv-gil/bin/python -m bench.soak.plot RESULT.json OUT.png
 """
@@ -30,6 +31,10 @@ def main(result_path: Path, png: Path) -> None:
     rtt.legend(fontsize=8)
     rss.plot(minutes, [row["rss_bytes"] / 1e6 for row in rows], "o-", color="C4")
     rss.set_ylabel("server RSS, MB")
+    if result.get("trace_memory"):  # Python's objects (tracemalloc), on their own scale
+        traced = rss.twinx()
+        traced.plot(minutes, [row["traced_bytes"] / 1e6 for row in rows], "s--", color="C5")
+        traced.set_ylabel("traced by tracemalloc, MB", color="C5")
     fds.plot(minutes, [row["open_fds"] for row in rows], "o-", label="open FDs")
     fds.plot(minutes, [row["threads"] for row in rows], "s-", label="threads")
     fds.plot(minutes, [row["calls_up"] for row in rows], "x:", label="calls up")

@@ -68,9 +68,20 @@ def _ms(value: float | None) -> float:
     return math.nan if value is None else value
 
 
+def _mb(value: int | None) -> float:
+    return math.nan if value is None else round(value / 1e6, 1)
+
+
 def table_text(result: dict[str, Any]) -> str:
+    """A row per interval; with ``--trace-memory``, tracemalloc's figure beside RSS."""
     interval = result["interval_s"]
-    return table(COLUMNS, [cells(row, interval) for row in result["rows"]])
+    columns, rows = list(COLUMNS), [cells(row, interval) for row in result["rows"]]
+    if result.get("trace_memory"):
+        at = columns.index("RSS MB") + 1
+        columns.insert(at, "traced MB")
+        for shown, row in zip(rows, result["rows"], strict=True):
+            shown.insert(at, _mb(row["traced_bytes"]))
+    return table(columns, rows)
 
 
 def line(row: Row) -> str:
@@ -81,15 +92,17 @@ def line(row: Row) -> str:
         f"max {_ms(rtt['max']):.2f} ms, RSS {row['rss_bytes'] / 1e6:.1f} MB, "
         f"{row['open_fds']} FDs, {row['threads']} threads, {row['slabs_in_use']} slabs, "
         f"{row['gc_pauses']} gc pauses"
+        + ("" if row.get("traced_bytes") is None else f", traced {_mb(row['traced_bytes'])} MB")
     )
 
 
-def rss_slope(rows: Sequence[Row]) -> float | None:
-    """Least-squares growth of RSS in MB per hour over ``rows`` (None under 2 rows)."""
-    if len(rows) < 2:
+def memory_slope(rows: Sequence[Row], key: str = "rss_bytes") -> float | None:
+    """Least-squares growth of ``key`` (RSS; ``"traced_bytes"``: tracemalloc's figure) in
+    MB per hour over ``rows`` (None under 2 rows, or where a row has no figure)."""
+    if len(rows) < 2 or any(row.get(key) is None for row in rows):
         return None
     xs = [row["at_s"] / 3600 for row in rows]
-    ys = [row["rss_bytes"] / 1e6 for row in rows]
+    ys = [row[key] / 1e6 for row in rows]
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
     spread = sum((x - mx) ** 2 for x in xs)
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / spread
@@ -109,7 +122,8 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     """The run's figures and its targets (``met``: True, False, or None where unknown)."""
     rows, start, end, totals = result["rows"], result["start"], result["end"], result["totals"]
     steady = rows[warmup_rows(rows) :]
-    slope = rss_slope(steady)
+    slope = memory_slope(steady)
+    traced_slope = memory_slope(steady, "traced_bytes")
     p99s = [row["rtt_ms"]["p99"] for row in rows if row["rtt_ms"]["p99"] is not None]
     p99_ratio = max(p99s) / p99s[0] if p99s and p99s[0] else None
     # A live call holds one connection: what is flat, if nothing leaks, is the rest.
@@ -120,6 +134,7 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     hiccup_max = max(hiccups) if hiccups else None
     figures = {
         "rss_slope_mb_per_h": None if slope is None else round(slope, 2),
+        "traced_slope_mb_per_h": None if traced_slope is None else round(traced_slope, 2),
         "rss_mb": [round(rows[0]["rss_bytes"] / 1e6, 1), round(end["rss_bytes"] / 1e6, 1)]
         if rows
         else None,
@@ -145,6 +160,10 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
         ("p99 in every interval ≤ 1.5x the first's", _fmt(p99_ratio, "x"), _le(p99_ratio, 1.5)),
         ("gc pauses reported", f"{pauses}, longest {end['gc_max_pause_ms']:.2f} ms", None),
     ]
+    if traced_slope is not None:
+        figures["targets"].append(
+            ("Python objects' memory slope (tracemalloc)", _fmt(traced_slope, "MB/h"), None)
+        )
     if result["calls"] <= FEW_CALLS:
         rtt_max = totals["rtt_ms"]["max"]
         shown = _fmt(rtt_max, "ms")

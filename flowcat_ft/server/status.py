@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Mapping
 from importlib import resources
 
@@ -104,10 +105,12 @@ def snapshot(
     }
 
 
-def process_usage() -> dict[str, int]:
+def process_usage() -> dict[str, int | None]:
     """This process's resident memory (bytes), open file descriptors and threads: what a
     long run watches for leaks (``bench.soak``). Read from ``/proc`` (Linux); ``-1`` where
-    there is none."""
+    there is none. ``traced_bytes``: the memory Python's objects hold now, as
+    :mod:`tracemalloc` counts it while it traces (``PYTHONTRACEMALLOC=1``), else None;
+    RSS growing while it stays flat is the allocator keeping memory, not a leak."""
     try:
         with open("/proc/self/statm") as statm:
             rss = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -115,7 +118,8 @@ def process_usage() -> dict[str, int]:
         threads = len(os.listdir("/proc/self/task"))
     except OSError:
         rss, fds, threads = -1, -1, threading.active_count()
-    return {"rss_bytes": rss, "open_fds": fds, "threads": threads}
+    traced = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else None
+    return {"rss_bytes": rss, "open_fds": fds, "threads": threads, "traced_bytes": traced}
 
 
 def status_pages(

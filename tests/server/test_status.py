@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import tracemalloc
 import urllib.request
 
 import websockets
@@ -20,7 +21,7 @@ from flowcat_ft.frames import (
 )
 from flowcat_ft.pipeline import Pipeline
 from flowcat_ft.processor import FrameProcessor
-from flowcat_ft.server.status import status_pages
+from flowcat_ft.server.status import process_usage, status_pages
 
 
 def get(port: int, path: str) -> tuple[str, bytes]:
@@ -164,3 +165,15 @@ def test_status_json_counts_pauses_and_how_they_ended(serve):
     # Once the call has ended, the server's totals keep its pauses.
     assert wait_until(lambda: status()["calls"] == [])
     assert status()["pauses"] == counts
+
+
+def test_process_usage_shows_tracemalloc_figure_only_while_it_traces():
+    assert not tracemalloc.is_tracing()
+    assert process_usage()["traced_bytes"] is None
+    tracemalloc.start()
+    try:
+        kept = [bytearray(1_000_000)]
+        assert process_usage()["traced_bytes"] >= 1_000_000
+    finally:
+        tracemalloc.stop()
+    del kept
