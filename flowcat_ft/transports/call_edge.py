@@ -241,23 +241,25 @@ class CallEdge:
                 self.pauses += 1
                 self._pause()
         elif type(frame) is ResumeOutputFrame:
-            if self.paused:
-                self.paused = False
-                self.pauses_resumed += 1
-                self._resume()
+            self._play_on()
         elif type(frame) is TTSStoppedFrame:
             self._tts_stopped()
         elif type(frame) is UserStoppedSpeakingFrame:
             self._user_stopped_ns = frame.pts
             self._frame_out(frame)
         elif type(frame) in (EndFrame, CancelFrame):
-            if self.paused and type(frame) is EndFrame:  # no resume is coming: play it out
-                self.paused = False
-                self.pauses_resumed += 1
-                self._resume()
+            if type(frame) is EndFrame:  # no resume is coming: play out what is paused
+                self._play_on()
             self._call_ended(frame)
         else:
             self._frame_out(frame)
+
+    def _play_on(self) -> None:
+        """Let paused output play on (a pause counted as resumed)."""
+        if self.paused:
+            self.paused = False
+            self.pauses_resumed += 1
+            self._resume()
 
     def _audio_out(self, frame: AudioRawFrame) -> None:
         if self._user_stopped_ns:
