@@ -279,6 +279,7 @@ class Stage(threading.Thread):
         self.kernels: list[Callable[[Batch], None] | None] = [None] * len(positions)
         self.queued = [False] * len(positions)
         self.batching = False  # this pass took MIN_BATCH data frames or more
+        self._system_handled = 0  # system frames this pass handled, wherever it met them
         self._down: list[list[Frame]] = [[] for _ in positions]
         self._up: list[list[Frame]] = [[] for _ in positions]
         # The list _one_by_one is delivering, and how far it got (for _purge).
@@ -407,7 +408,9 @@ class Stage(threading.Thread):
         for link in (out_down, out_up):
             if link is not None and (link.pending_data or link.pending_system):
                 link.flush()
-        handled = self._handle_system() + self._run_soon()
+        self._system_handled = 0
+        self._handle_system()
+        handled = self._run_soon()
         taken = 0  # data frames: whether the pass batches
         # Data flowing upstream, unless what we already sent that way is still pending.
         in_up = self.in_up
@@ -419,9 +422,7 @@ class Stage(threading.Thread):
         # Data flowing downstream, likewise.
         if not (out_down is not None and out_down.pending_data):
             if self.entry is not None:
-                system, data = self._take_entry()
-                handled += system
-                taken += data
+                taken += self._take_entry()
             else:
                 frames = self.in_down.data.pop_many(self.batch)
                 if frames:
@@ -432,7 +433,7 @@ class Stage(threading.Thread):
             self._sweep()
         finally:
             self.batching = False
-        handled += taken
+        handled += taken + self._system_handled
         for link in (out_down, out_up):
             if link is not None:
                 link.ring_consumer()
@@ -559,8 +560,9 @@ class Stage(threading.Thread):
         self.metrics.dropped_stale += dropped
         route.dropped[self.index] += dropped
 
-    def _handle_system(self) -> int:
-        """Handle every system frame waiting, from any direction."""
+    def _handle_system(self) -> None:
+        """Handle every system frame waiting, from any direction (counted in the pass's
+        ``_system_handled``: a sweep calls this too, between frames)."""
         handled = 0
         entry = self.entry
         if entry is not None:
@@ -575,7 +577,7 @@ class Stage(threading.Thread):
             for frame in self.in_up.system.pop_many(self.batch):
                 self._from_downstream_stage(frame)
                 handled += 1
-        return handled
+        self._system_handled += handled
 
     def _run_soon(self) -> int:
         """Run the callbacks other threads handed to this stage's processors."""
@@ -666,15 +668,14 @@ class Stage(threading.Thread):
         if kind is CancelFrame:
             route.done[0] = True
 
-    def _take_entry(self) -> tuple[int, int]:
+    def _take_entry(self) -> int:
         """Queue up to ``quantum`` frames from each ready call, round-robin, until the
-        ready calls are drained or ``cap`` frames are queued. Returns how many system
-        frames it handled on the way, and how many frames it queued."""
+        ready calls are drained or ``cap`` frames are queued; returns how many it queued."""
         entry = self.entry
         ready = entry.ready
         queue = self._down[0]
         quantum = self.quantum
-        system = taken = 0
+        taken = 0
         cap = self.cap
         while ready and taken < cap:
             try:
@@ -685,7 +686,7 @@ class Stage(threading.Thread):
             # above all) may have arrived after _handle_system last looked. They were
             # appended before the call was scheduled, so popping the call makes them seen.
             if entry.system:
-                system += self._handle_system()
+                self._handle_system()
             if route.input_closed:
                 _discard(route)
             else:
@@ -707,7 +708,7 @@ class Stage(threading.Thread):
                 route.scheduled = False
                 if len(route.input) and not route.scheduled:
                     entry.schedule(route)
-        return system, taken
+        return taken
 
 
 class Shard:

@@ -218,6 +218,33 @@ def test_system_frames_overtake_queued_data(runtime):
     assert [k for k in kinds if k.endswith("+")] == [f"{i}+" for i in range(20)]
 
 
+def test_a_stage_counts_the_system_frames_it_meets_between_data_frames(runtime):
+    at_a, pinged, started = threading.Event(), threading.Event(), threading.Event()
+
+    class Hold(FrameProcessor):
+        def process(self, frame, direction):
+            if isinstance(frame, StartFrame):
+                started.wait(5)  # until "a" and "b" wait behind, to be taken in one pass
+            elif isinstance(frame, TextFrame) and frame.text == "a":
+                at_a.set()
+                pinged.wait(5)  # until the ping waits, to be met before "b"
+            self.push(frame, direction)
+
+    call = runtime.open_call(Pipeline([Hold]))
+    call.push(TextFrame("a"))
+    call.push(TextFrame("b"))
+    started.set()
+    assert at_a.wait(5)
+    call.push(Ping())
+    pinged.set()
+    stage = runtime._runners_now()[0].shard.stages[0]
+    # start, a, ping, b: the ping handled mid-sweep counts like the others.
+    assert wait_until(lambda: stage.metrics.frames >= 4)
+    call.end()
+    kinds = [f.text if isinstance(f, TextFrame) else type(f).__name__ for f in call.frames(5)]
+    assert kinds[1:4] == ["a", "Ping", "b"]
+
+
 def test_frames_pushed_upstream_leave_at_the_input_end(runtime):
     seen: list[tuple[str, Direction]] = []
     done = threading.Event()
