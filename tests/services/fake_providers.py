@@ -683,11 +683,11 @@ class FakeWSServer(_Threaded):
 
 class FakeDeepgram(FakeWSServer):
     """Deepgram live: interim results as audio arrives, a final (is_final, speech_final)
-    once ``final_after`` seconds of audio came or on Finalize; KeepAlive, Finalize and
-    CloseStream recorded, and in ``received`` every message in order (an audio message as
-    its length in bytes, a control message as its type). With ``utterance_end``, the final
-    is not ``speech_final`` and an ``UtteranceEnd`` message follows it (as when noise
-    keeps endpointing from firing).
+    once ``final_after`` seconds of audio came or on Finalize, and an empty final for each
+    message of audio after it; KeepAlive, Finalize and CloseStream recorded, and in
+    ``received`` every message in order (an audio message as its length in bytes, a control
+    message as its type). With ``utterance_end``, the final is not ``speech_final`` and an
+    ``UtteranceEnd`` message follows it (as when noise keeps endpointing from firing).
     ``mode``: "normal", "garbage" (a non-JSON message first), "error" (an Error message
     first), "drop" (close with 1011 after the first result), "silent" (take the audio,
     answer nothing, until the mode changes), "stall" (the same on this connection for
@@ -764,6 +764,8 @@ class FakeDeepgram(FakeWSServer):
                 if heard >= self.final_after * self.rate * 2 and shown >= 0:
                     await self._final(ws)
                     heard = -(10**12)  # one final per connection
+                elif heard < 0:  # audio after it is answered, as Deepgram answers silence
+                    await ws.send(self._results("", True, 0.0))
                 self.notify()
                 continue
             kind = json.loads(message).get("type")
