@@ -8,7 +8,7 @@ import pytest
 from helpers import wait_until
 from peers import missing, need_program
 
-from bench.echo import loadgen, report
+from bench.echo import loadgen, report, servers
 from bench.echo.flowcat_server import start, start_sip
 from bench.sip import __main__ as sip_bench
 from bench.sip import sipp
@@ -135,3 +135,26 @@ def test_sipp_sets_calls_up_at_a_rate(sip_server):
     assert result["completed_rate"] is not None
     assert 0 <= result["setup_ms"]["p50"] <= result["setup_ms"]["p99"]
     assert wait_until(lambda: not sip_server.calls and sip_server.runtime.pool.in_use == 0, 10)
+
+
+class Busy:
+    """A server's CPU clock: ``busy_reads`` reads 1 s apart each, then idle."""
+
+    def __init__(self, busy_reads: int) -> None:
+        self.reads, self.busy_reads, self.cpu = 0, busy_reads, 0.0
+
+    def cpu_seconds(self) -> float:
+        self.reads += 1
+        if self.reads <= self.busy_reads:
+            self.cpu += 1.0
+        return self.cpu
+
+
+def test_a_point_of_calls_held_waits_for_the_calls_a_failed_rate_left_behind():
+    assert servers.wait_quiet(Busy(4), seconds=0.01, limit=1.0) is not None
+    assert servers.wait_quiet(Busy(10**6), seconds=0.01, limit=0.05) is None
+    run = {"calls": 100, "opened": 100, "closed": 0, "received": 5, "expected": 5,
+           "rtt_ms": {"p50": 1, "p99": 2, "max": 3}, "setup_ms": {"p99": 4},
+           "server_cpu_cores": 0.1, "server_cpu_us_per_packet": 40, "held": True}  # fmt: skip
+    assert [row[1] for row in sip_bench.held_rows([{**run, "drained_s": 3.0}])] == [3.0]
+    assert [row[1] for row in sip_bench.held_rows([{**run, "drained_s": None}])] == ["busy"]

@@ -339,12 +339,14 @@ def machine_busy() -> tuple[float, float]:
     return (sum(values) - idle) / TICK, sum(values) / TICK
 
 
-def wait_quiet(running: Running, seconds: float = 1.0, limit: float = 10.0) -> None:
+def wait_quiet(running: Running, seconds: float = 1.0, limit: float = 10.0) -> float | None:
     """Let a server drain what a previous run left it (until it uses under 5% of a core
-    for ``seconds``, ``limit`` s at most)."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
+    for ``seconds``, ``limit`` s at most). Returns the seconds it waited, or None if the
+    server was still busy at the limit."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
         before = running.cpu_seconds()
         time.sleep(seconds)
         if running.cpu_seconds() - before < 0.05 * seconds:
-            return
+            return round(time.monotonic() - start, 1)
+    return None

@@ -13,6 +13,8 @@ jitter buffer and one packet every 20 ms, the 7-processor echo pipeline), starte
    itself) holds N calls, each sending PCMU RTP at 50 packets/s for ``--seconds`` s; a
    point holds when every call was set up and every packet of the window came back (the
    echo's round trip is reported too). The ladder stops after the first point that loses.
+   Each point starts once the server is quiet (*quiet after*: the seconds that took), so
+   calls a failed rate left behind are not measured with it.
 
 Each run records the server's CPU per call set up (or per echoed packet). Writes
 ``bench/results/DATE-Nc-sip[-quick].{json,md}``. ``--quick``: rates 10 and 50, 50 and 100
@@ -43,6 +45,11 @@ QUICK_CALLS = (50, 100)
 MIN_COMPLETED = 0.95
 """A rate holds only if set-ups completed at this share of it or more."""
 RESULTS = ROOT / "bench" / "results"
+DRAIN_LIMIT = 80.0
+"""Seconds a point of calls held waits for the server to go quiet first. A rate that
+failed leaves calls SIPp gave up on, which the server keeps until its 200 OK goes 32 s
+unacknowledged or their RTP is silent for 30 s; measured beside them, a point would be
+judged on their load too."""
 LOGS = RESULTS / "tmp"
 SETUP_TARGET = 50
 HELD_TARGET = 300
@@ -122,7 +129,7 @@ def measure_rate(running: Running, plan: Plan, rate: int) -> dict[str, Any]:
 
 
 def measure_calls(running: Running, plan: Plan, calls: int) -> dict[str, Any]:
-    servers.wait_quiet(running)
+    drained = servers.wait_quiet(running, limit=DRAIN_LIMIT)
     marks: dict[str, float] = {}
 
     def on_progress(line: str) -> None:
@@ -137,6 +144,7 @@ def measure_calls(running: Running, plan: Plan, calls: int) -> dict[str, Any]:
     run["server_cpu_cores"] = round(cpu / seconds, 3)
     received = run["received"]
     run["server_cpu_us_per_packet"] = round(cpu * 1e6 / received, 1) if received else None
+    run["drained_s"] = drained
     print(
         f"  {calls:>5} calls  {run['opened']} set up, {run['closed']} closed  "
         f"{received}/{run['expected']} packets back  p99 {run['rtt_ms']['p99']} ms",
@@ -179,8 +187,9 @@ def _verdict(value: int, runs: Sequence[dict[str, Any]], target: int) -> bool | 
 
 RATE_HEADERS = ("calls/s", "calls", "ok", "failed", "completed/s", "set-up p50 ms",
                 "p99 ms", "max ms", "server CPU ms/call", "held")  # fmt: skip
-HELD_HEADERS = ("calls", "set up", "closed", "packets back", "p50 ms", "p99 ms", "max ms",
-                "set-up p99 ms", "server cores", "CPU µs/packet", "held")  # fmt: skip
+HELD_HEADERS = ("calls", "quiet after s", "set up", "closed", "packets back", "p50 ms",
+                "p99 ms", "max ms", "set-up p99 ms", "server cores", "CPU µs/packet",
+                "held")  # fmt: skip
 
 
 def rate_rows(runs: Sequence[dict[str, Any]]) -> list[tuple[object, ...]]:
@@ -199,7 +208,8 @@ def _failed(run: dict[str, Any]) -> str:
 
 def held_rows(runs: Sequence[dict[str, Any]]) -> list[tuple[object, ...]]:
     return [
-        (r["calls"], r["opened"], r["closed"], f"{r['received']}/{r['expected']}",
+        (r["calls"], "busy" if r["drained_s"] is None else r["drained_s"], r["opened"],
+         r["closed"], f"{r['received']}/{r['expected']}",
          r["rtt_ms"]["p50"], r["rtt_ms"]["p99"], r["rtt_ms"]["max"], r["setup_ms"]["p99"],
          r["server_cpu_cores"], r["server_cpu_us_per_packet"], "yes" if r["held"] else "no")
         for r in runs
@@ -228,6 +238,9 @@ def markdown(result: dict[str, Any]) -> str:
         *md(RATE_HEADERS, rate_rows(result["rates"])),
         "",
         f"## Concurrent calls with RTP, 50 packets/s each ({result['seconds']:g} s per point)",
+        "",
+        "Each point starts once the server has used under 5% of a core for 1 s (*quiet "
+        f"after*, {DRAIN_LIMIT:g} s at most: *busy*).",
         "",
         *md(HELD_HEADERS, held_rows(result["held"])),
         "",
