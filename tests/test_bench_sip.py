@@ -158,3 +158,8 @@ def test_a_point_of_calls_held_waits_for_the_calls_a_failed_rate_left_behind():
            "server_cpu_cores": 0.1, "server_cpu_us_per_packet": 40, "held": True}  # fmt: skip
     assert [row[1] for row in sip_bench.held_rows([{**run, "drained_s": 3.0}])] == [3.0]
     assert [row[1] for row in sip_bench.held_rows([{**run, "drained_s": None}])] == ["busy"]
+
+
+def test_a_run_with_the_server_split_as_asked_is_written_apart():
+    assert sip_bench.shape_suffix(None, None) == ""
+    assert sip_bench.shape_suffix(2, 1) == "-2loops-1threads"

@@ -17,7 +17,8 @@ jitter buffer and one packet every 20 ms, the 7-processor echo pipeline), starte
    calls a failed rate left behind are not measured with it.
 
 Each run records the server's CPU per call set up (or per echoed packet). Writes
-``bench/results/DATE-Nc-sip[-quick].{json,md}``. ``--quick``: rates 10 and 50, 50 and 100
+``bench/results/DATE-Nc-sip[-quick].{json,md}`` (with ``--loops``/``--threads``, the
+server's shape in the name: ``-2loops-1threads``). ``--quick``: rates 10 and 50, 50 and 100
 calls, 3 s each.
 """
 
@@ -265,7 +266,7 @@ def main(args: Any) -> None:
         hold=args.hold,
         quick=args.quick,
     )
-    server = servers.flowcat("ft", sip="paced")
+    server = servers.flowcat("ft", args.loops, args.threads, sip="paced")
     with Running(server, LOGS / "sip-server.log") as running:
         print(f"  {server.name}: {running.wait_ready()} on port {running.port}", flush=True)
         print("call set-ups (SIPp)", flush=True)
@@ -280,6 +281,7 @@ def main(args: Any) -> None:
         "cores": cores(),
         "machine_cores": os.cpu_count(),
         "server": server.description,
+        "shape": shape_suffix(args.loops, args.threads),
         "sipp": sipp.version(),
         "seconds": plan.seconds,
         "hold": plan.hold,
@@ -299,10 +301,17 @@ def main(args: Any) -> None:
     finish(result, args)
 
 
+def shape_suffix(loops: int | None, threads: int | None) -> str:
+    """``-2loops-1threads`` for a server split as asked; empty for the server's own split."""
+    if loops is None and threads is None:
+        return ""
+    return f"-{loops or 'default'}loops-{threads or 'default'}threads"
+
+
 def write(result: dict[str, Any]) -> None:
-    """``bench/results/DATE-Nc-sip[-quick].json`` and ``.md``."""
+    """``bench/results/DATE-Nc-sip[-Lloops-Tthreads][-quick].json`` and ``.md``."""
     quick = "-quick" if result["quick"] else ""
-    stem = RESULTS / f"{result['date']}-{result['cores']}c-sip{quick}"
+    stem = RESULTS / f"{result['date']}-{result['cores']}c-sip{result['shape']}{quick}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     stem.with_suffix(".md").write_text(markdown(result))
     print(f"wrote {stem}.json, .md", flush=True)
@@ -319,4 +328,6 @@ if __name__ == "__main__":
     )
     p.add_argument("--seconds", type=float, help="seconds per rate and per point (10; quick: 3)")
     p.add_argument("--hold", type=float, default=0.5, help="seconds each set-up call lasts (0.5)")
+    p.add_argument("--loops", type=int, help="the server's event-loop threads (its own split)")
+    p.add_argument("--threads", type=int, help="the server's stage threads (its own split)")
     main(p.parse_args())
