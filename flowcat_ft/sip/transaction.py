@@ -157,18 +157,23 @@ class ClientTransaction:
 
     def _timed_out(self) -> None:
         if self.final is None:
-            self._repeat.stop()
+            on_timeout = self._on_timeout
             self._finish()
-            self._on_timeout()
+            on_timeout()
 
     def _finish(self) -> None:
+        self.cancel_timers()
+        self._on_response, self._on_timeout = _ignore, _nothing
         self._on_done(self)
 
     def cancel_timers(self) -> None:
-        """Stop every timer (the endpoint is shutting down)."""
+        """Stop every timer (the transaction is over, or the endpoint is shutting down).
+        A handle that has fired is cancelled too: that drops its callback, a bound method
+        of this transaction, which would otherwise hold it in a cycle for the collector."""
         self._repeat.stop()
         if self._linger is not None:
             self._linger.cancel()
+            self._linger = None
 
 
 class ServerTransaction:
@@ -239,14 +244,27 @@ class ServerTransaction:
 
     def _timed_out(self) -> None:
         if not self.acked:
+            on_timeout = self.on_timeout
             self._finish()
-            self.on_timeout()
+            on_timeout()
 
     def _finish(self) -> None:
+        self.cancel_timers()
+        self.on_timeout = _nothing  # often a method of the dialog, which holds us
         self._on_done(self)
 
     def cancel_timers(self) -> None:
+        """Stop every timer (see :meth:`ClientTransaction.cancel_timers`)."""
         if self._repeat is not None:
             self._repeat.stop()
         if self._linger is not None:
             self._linger.cancel()
+            self._linger = None
+
+
+def _nothing() -> None:
+    """A finished transaction's timeout callback."""
+
+
+def _ignore(response: Response) -> None:
+    """A finished client transaction's response callback."""

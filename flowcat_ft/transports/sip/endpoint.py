@@ -147,6 +147,12 @@ class SipEndpoint:
         self._client_transactions: dict[tuple, ClientTransaction] = {}
         self.counts: Counter[str] = Counter()  # requests, responses, bad, dropped...
 
+    @property
+    def transactions(self) -> int:
+        """Transactions not yet over, both ways (those lingering to absorb repeats too).
+        Read from any thread: the tables' lengths are read atomically."""
+        return len(self._server_transactions) + len(self._client_transactions)
+
     # -- life ------------------------------------------------------------------------------
 
     async def start(self) -> None:

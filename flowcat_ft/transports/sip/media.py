@@ -277,6 +277,7 @@ class RtpSession(CallEdge):
         if self.closed:
             return
         self.closed = True
+        self.on_hangup = _no_hangup  # the dialog's: it holds this session (no cycle)
         self._ticker.discard(self, self._check)
         if self.call is not None and not self.call.done:
             self.call.cancel(reason)
@@ -522,3 +523,7 @@ class RtpSession(CallEdge):
         task = self._loop.create_task(after_playout())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _no_hangup(reason: str) -> None:
+    """A closed session's ``on_hangup``."""
