@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import fcntl
+import gc
+import math
 import socket
 import struct
 import termios
@@ -11,7 +13,7 @@ import uuid
 
 import numpy as np
 import pytest
-from helpers import wait_until
+from helpers import reference_cycles, wait_until
 
 from flowcat_ft import FrameProcessor, Pipeline, Runtime
 from flowcat_ft.agents.echo import Echo, echo_pipeline
@@ -23,6 +25,7 @@ from flowcat_ft.frames import (
     PauseOutputFrame,
     ResumeOutputFrame,
 )
+from flowcat_ft.gcpolicy import GcPolicy
 from flowcat_ft.server.app import AgentServer
 from flowcat_ft.server.config import load_config
 from flowcat_ft.transports.audiosocket import AudioSocketServer
@@ -249,3 +252,36 @@ def test_a_pause_holds_the_agents_audio_and_the_resume_plays_all_of_it(audiosock
     # AudioSocket has no clear: what was sent played, and nothing is sent twice.
     assert heard + paused + resumed == list(range(50))
     assert server.sessions[0].pauses == 1
+
+
+def test_ended_calls_leave_no_cycle_for_the_collector():
+    """With collection off (the runtime's policy here never collects), a session and its
+    playout must not hold each other once the connection is gone."""
+    policy = GcPolicy(threshold=1 << 62, idle_after=math.inf)
+    runtime = Runtime(threads=1, slabs=512, gc_policy=policy).start()
+    server = AudioSocketServer(
+        runtime, Pipeline([Echo]), port=0, options=MediaOptions(sample_rate=None)
+    ).start()
+    try:
+        for n in range(6):
+            asterisk = Asterisk(server.port)
+            asterisk.send(0x01, asterisk.id.bytes)
+            for _ in range(5):
+                asterisk.send(0x10, b"\x01\x00" * 160)
+            assert asterisk.receive(0.2)  # echoed
+            if n % 2:  # Asterisk hangs up; else the connection just closes
+                asterisk.send(0x00)
+            asterisk.sock.close()
+        assert wait_until(lambda: not server.sessions and runtime.pool.in_use == 0)
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            gc.collect()
+            cycles = reference_cycles(gc.garbage)
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+        ours = [c for c in cycles if any(type(o).__module__.startswith("flowcat_ft") for o in c)]
+        assert ours == []
+    finally:
+        server.stop(grace=0)
+        runtime.stop()

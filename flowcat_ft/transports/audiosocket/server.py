@@ -106,6 +106,7 @@ class AudioSocketSession(CallEdge, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._ticker.discard(self._playout, self._check_idle)
+        self._playout.stop()  # it lets go of our _send: no cycle left for the collector
         if self.call is not None and not self.call.done:
             self.call.cancel(self.end_reason or "connection closed")
         self.server._closed(self)
