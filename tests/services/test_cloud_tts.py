@@ -5,6 +5,7 @@ the provider's work and drop the audio, and bad input."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 
@@ -18,7 +19,7 @@ from fake_providers import (
     status_handler,
     tone,
 )
-from helpers import wait_until
+from helpers import reference_cycles, wait_until
 
 from flowcat_ft import (
     Direction,
@@ -410,3 +411,38 @@ def test_requests_carry_what_the_docs_ask(cartesia):
     )
     assert request["voice"] == {"mode": "id", "id": "v"} and request["add_timestamps"] is True
     assert json.loads(cancel_request("ctx")) == {"context_id": "ctx", "cancel": True}
+
+
+async def background_tasks() -> list[asyncio.Task]:
+    """The services' background tasks still running on this loop."""
+    return [t for t in asyncio.all_tasks() if "run_background" in t.get_coro().__qualname__]
+
+
+def test_a_cancelled_reply_leaves_no_cycle_through_its_background_task(runtime, cartesia):
+    """A background task cancelled with its call keeps its CancelledError, whose traceback
+    holds the task's frames: none of them may still refer to the task."""
+    cartesia.delay = 0.05
+    gc.set_debug(gc.DEBUG_SAVEALL)  # whoever collects meanwhile, what it finds is kept
+    try:
+        for _ in range(3):
+            out = Recorder()
+            call = runtime.open_call(Pipeline([cartesia_tts(cartesia)]), out)
+            respond(call)
+            assert wait_until(lambda out=out: out.of(TTSAudioRawFrame))
+            call.cancel("hung up")
+            assert call.wait(5)
+        loop = call.processors[0].event_loop
+        del call, out
+        assert wait_until(lambda: not loop.submit(background_tasks()).result(5))
+        gc.collect()
+        cycles = reference_cycles(gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    tasks = [
+        task
+        for cycle in cycles
+        for task in cycle
+        if isinstance(task, asyncio.Task) and "run_background" in task.get_coro().__qualname__
+    ]
+    assert tasks == []

@@ -101,6 +101,9 @@ class CloudService(AsyncService):
                 self.report_error(f"{type(error).__name__}: {error}")
             finally:
                 self._background.discard(task)
+                # A cancelled task keeps its CancelledError, whose traceback holds this
+                # frame: without this, the frame's ``task`` would close a cycle.
+                del task
 
         return self.event_loop.submit(guarded())
 
