@@ -14,7 +14,7 @@ import gc
 import math
 
 import pytest
-from helpers import reference_cycles, wait_until
+from helpers import cycles_of_ours, reference_cycles, wait_until
 from processors import Raise, Tag
 
 from flowcat_ft import FrameProcessor, Pipeline, Runtime, TextFrame
@@ -116,19 +116,7 @@ def test_a_thousand_ended_calls_leave_no_garbage_and_every_slab_back(never_colle
     assert runtime.gc.snapshot()["process_pause"]["count"] == collections
     assert not gc.isenabled()
 
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        gc.collect()
-        cycles = reference_cycles(gc.garbage)
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-    ours = [cycle for cycle in cycles if any(is_ours(obj) for obj in cycle)]
-    assert ours == []
-
-
-def is_ours(obj: object) -> bool:
-    return type(obj).__module__.startswith("flowcat_ft")
+    assert cycles_of_ours() == []
 
 
 def test_an_ended_call_held_by_its_embedder_still_works(never_collecting):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import gc
 import math
 import socket
 import struct
@@ -13,7 +12,7 @@ import uuid
 
 import numpy as np
 import pytest
-from helpers import reference_cycles, wait_until
+from helpers import cycles_of_ours, wait_until
 
 from flowcat_ft import FrameProcessor, Pipeline, Runtime
 from flowcat_ft.agents.echo import Echo, echo_pipeline
@@ -273,15 +272,7 @@ def test_ended_calls_leave_no_cycle_for_the_collector():
                 asterisk.send(0x00)
             asterisk.sock.close()
         assert wait_until(lambda: not server.sessions and runtime.pool.in_use == 0)
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        try:
-            gc.collect()
-            cycles = reference_cycles(gc.garbage)
-        finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
-        ours = [c for c in cycles if any(type(o).__module__.startswith("flowcat_ft") for o in c)]
-        assert ours == []
+        assert cycles_of_ours() == []
     finally:
         server.stop(grace=0)
         runtime.stop()

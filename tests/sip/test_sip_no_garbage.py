@@ -12,12 +12,11 @@ then one collection, saving what it finds, finds no cycle through the project's 
 
 from __future__ import annotations
 
-import gc
 import math
 import time
 
 import pytest
-from helpers import reference_cycles, wait_until
+from helpers import cycles_of_ours, wait_until
 from sip_helpers import Heard, finished, free_port, listening, sipp
 
 from flowcat_ft import Runtime
@@ -72,12 +71,4 @@ def test_sip_calls_that_end_every_way_leave_no_cycle(server, phone):
     ends = [c.end_reason for c in server.ended]  # tries before SIPp listened among them
     assert ends[:3] == ["the caller hung up", "the caller cancelled", "the caller hung up"]
     assert ends[-1] == "hung up by the application"
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        gc.collect()
-        cycles = reference_cycles(gc.garbage)
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-    ours = [c for c in cycles if any(type(o).__module__.startswith("flowcat_ft") for o in c)]
-    assert ours == []
+    assert cycles_of_ours() == []

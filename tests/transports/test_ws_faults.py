@@ -13,7 +13,6 @@ the calls go on once the pool recovers.
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import math
 import socket
@@ -22,7 +21,7 @@ from collections.abc import Awaitable
 
 import websockets
 from carrier_messages import twilio_media, twilio_start
-from helpers import reference_cycles, wait_until
+from helpers import cycles_of_ours, wait_until
 from websockets.exceptions import ConnectionClosed
 
 from flowcat_ft import InputDTMFFrame, OutputAudioRawFrame, Pipeline
@@ -163,15 +162,7 @@ def test_faults_end_only_their_own_calls(serve):
     assert wait_until(lambda: server.runtime.calls == [], 10)
     assert wait_until(lambda: server.runtime.pool.in_use == 0, 10)
 
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        gc.collect()
-        cycles = reference_cycles(gc.garbage)
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-    ours = [c for c in cycles if any(type(o).__module__.startswith("flowcat_ft") for o in c)]
-    assert ours == []
+    assert cycles_of_ours() == []
 
 
 class Hoarder(FrameProcessor):
