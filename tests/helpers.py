@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import math
 import subprocess
 import sys
 import time
@@ -14,6 +15,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from peers import need_program
+
+from flowcat_ft.gcpolicy import GcPolicy
 
 FREE_THREADED = not sys._is_gil_enabled()
 
@@ -78,6 +81,11 @@ def reference_cycles(objects: Iterable[object]) -> list[list[object]]:
                     parent = work[-1][0]
                     low[parent] = min(low[parent], low[node])
     return found
+
+
+def never_collecting_policy() -> GcPolicy:
+    """A gc policy that never collects: whatever garbage calls make stays, to be found."""
+    return GcPolicy(threshold=1 << 62, idle_after=math.inf)
 
 
 def cycles_of_ours() -> list[list[object]]:

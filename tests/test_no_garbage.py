@@ -11,17 +11,15 @@ cycle through any of the project's objects.
 from __future__ import annotations
 
 import gc
-import math
 
 import pytest
-from helpers import cycles_of_ours, reference_cycles, wait_until
+from helpers import cycles_of_ours, never_collecting_policy, reference_cycles, wait_until
 from processors import Raise, Tag
 
 from flowcat_ft import FrameProcessor, Pipeline, Runtime, TextFrame
 from flowcat_ft.agents.echo import Echo
 from flowcat_ft.aio import AsyncCall
 from flowcat_ft.frames import InputAudioRawFrame
-from flowcat_ft.gcpolicy import GcPolicy
 from flowcat_ft.loops import LoopBridge
 
 AUDIO = b"\x01\x00" * 160  # 10 ms of 16 kHz PCM
@@ -90,8 +88,7 @@ async def run_async_calls(runtime: Runtime, bridge: LoopBridge, count: int) -> i
 @pytest.fixture
 def never_collecting():
     """A runtime whose policy never collects: whatever garbage calls make stays."""
-    policy = GcPolicy(threshold=1 << 62, idle_after=math.inf)
-    runtime = Runtime(threads=2, slabs=4096, gc_policy=policy).start()
+    runtime = Runtime(threads=2, slabs=4096, gc_policy=never_collecting_policy()).start()
     try:
         yield runtime
     finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import math
 import socket
 import struct
 import termios
@@ -12,7 +11,7 @@ import uuid
 
 import numpy as np
 import pytest
-from helpers import cycles_of_ours, wait_until
+from helpers import cycles_of_ours, never_collecting_policy, wait_until
 
 from flowcat_ft import FrameProcessor, Pipeline, Runtime
 from flowcat_ft.agents.echo import Echo, echo_pipeline
@@ -35,8 +34,8 @@ from flowcat_ft.transports.session import MediaOptions
 def audiosocket():
     started = []
 
-    def start(pipeline: Pipeline) -> AudioSocketServer:
-        runtime = Runtime(threads=1, slabs=512)
+    def start(pipeline: Pipeline, gc_policy: GcPolicy | None = None) -> AudioSocketServer:
+        runtime = Runtime(threads=1, slabs=512, gc_policy=gc_policy)
         server = AudioSocketServer(
             runtime, pipeline, port=0, options=MediaOptions(sample_rate=None)
         ).start()
@@ -253,26 +252,18 @@ def test_a_pause_holds_the_agents_audio_and_the_resume_plays_all_of_it(audiosock
     assert server.sessions[0].pauses == 1
 
 
-def test_ended_calls_leave_no_cycle_for_the_collector():
+def test_ended_calls_leave_no_cycle_for_the_collector(audiosocket):
     """With collection off (the runtime's policy here never collects), a session and its
     playout must not hold each other once the connection is gone."""
-    policy = GcPolicy(threshold=1 << 62, idle_after=math.inf)
-    runtime = Runtime(threads=1, slabs=512, gc_policy=policy).start()
-    server = AudioSocketServer(
-        runtime, Pipeline([Echo]), port=0, options=MediaOptions(sample_rate=None)
-    ).start()
-    try:
-        for n in range(6):
-            asterisk = Asterisk(server.port)
-            asterisk.send(0x01, asterisk.id.bytes)
-            for _ in range(5):
-                asterisk.send(0x10, b"\x01\x00" * 160)
-            assert wait_until(lambda asterisk=asterisk: asterisk.receive(0.05))  # echoed
-            if n % 2:  # Asterisk hangs up; else the connection just closes
-                asterisk.send(0x00)
-            asterisk.sock.close()
-        assert wait_until(lambda: not server.sessions and runtime.pool.in_use == 0)
-        assert cycles_of_ours() == []
-    finally:
-        server.stop(grace=0)
-        runtime.stop()
+    server = audiosocket(Pipeline([Echo]), never_collecting_policy())
+    for n in range(6):
+        asterisk = Asterisk(server.port)
+        asterisk.send(0x01, asterisk.id.bytes)
+        for _ in range(5):
+            asterisk.send(0x10, b"\x01\x00" * 160)
+        assert wait_until(lambda asterisk=asterisk: asterisk.receive(0.05))  # echoed
+        if n % 2:  # Asterisk hangs up; else the connection just closes
+            asterisk.send(0x00)
+        asterisk.sock.close()
+    assert wait_until(lambda: not server.sessions and server.runtime.pool.in_use == 0)
+    assert cycles_of_ours() == []

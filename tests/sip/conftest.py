@@ -11,17 +11,25 @@ from peers import need_program
 from sip_helpers import SCENARIOS, free_port
 
 from flowcat_ft import Pipeline, Runtime
+from flowcat_ft.gcpolicy import GcPolicy
 from flowcat_ft.transports.session import MediaOptions
 from flowcat_ft.transports.sip import SipOptions, SipServer
 
 
 @pytest.fixture
 def sip_server():
-    """``sip_server(pipeline, **SipOptions fields)``: a started server on 127.0.0.1."""
+    """``sip_server(pipeline, **SipOptions fields)``: a started server on 127.0.0.1
+    (``gc_policy``: its runtime's, the default if None)."""
     started: list[tuple[Runtime, SipServer]] = []
 
-    def start(pipeline: Pipeline, *, max_calls: int | None = None, **options) -> SipServer:
-        runtime = Runtime(threads=1, slabs=1024, max_calls=max_calls)
+    def start(
+        pipeline: Pipeline,
+        *,
+        max_calls: int | None = None,
+        gc_policy: GcPolicy | None = None,
+        **options,
+    ) -> SipServer:
+        runtime = Runtime(threads=1, slabs=1024, max_calls=max_calls, gc_policy=gc_policy)
         low = free_port(even=True) // 2 * 2
         options.setdefault("rtp_ports", (low, low + 40))
         server = SipServer(

@@ -12,31 +12,12 @@ then one collection, saving what it finds, finds no cycle through the project's 
 
 from __future__ import annotations
 
-import math
 import time
 
-import pytest
-from helpers import cycles_of_ours, wait_until
-from sip_helpers import Heard, finished, free_port, listening, sipp
+from helpers import cycles_of_ours, never_collecting_policy, wait_until
+from sip_helpers import Heard, finished, listening, sipp
 
-from flowcat_ft import Runtime
-from flowcat_ft.gcpolicy import GcPolicy
-from flowcat_ft.transports.session import MediaOptions
-from flowcat_ft.transports.sip import CallFailed, SipOptions, SipServer
-
-
-@pytest.fixture
-def server():
-    runtime = Runtime(
-        threads=1, slabs=1024, gc_policy=GcPolicy(threshold=1 << 62, idle_after=math.inf)
-    )
-    low = free_port(even=True) // 2 * 2
-    options = SipOptions(host="127.0.0.1", port=0, rtp_ports=(low, low + 40), ring_secs=0.5)
-    sip = SipServer(runtime, listening(Heard()), options, media=MediaOptions(sample_rate=None))
-    sip.start()
-    yield sip
-    sip.stop(grace=0)
-    runtime.stop()
+from flowcat_ft.transports.sip import CallFailed, SipServer
 
 
 def dial_when_listening(server: SipServer, uri: str):
@@ -60,7 +41,8 @@ def call_out_and_hang_up(server: SipServer, phone) -> None:
     finished(process)
 
 
-def test_sip_calls_that_end_every_way_leave_no_cycle(server, phone):
+def test_sip_calls_that_end_every_way_leave_no_cycle(sip_server, phone):
+    server = sip_server(listening(Heard()), gc_policy=never_collecting_policy(), ring_secs=0.5)
     for scenario in ("call.xml", "cancel.xml", "call.xml"):  # hold, DTMF, caller's BYE
         status, log = sipp(server, scenario, transport="t1")
         assert status == 0, log

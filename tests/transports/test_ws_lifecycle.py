@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import socket
 import weakref
 
 import pytest
 import websockets
 from carrier_messages import twilio_media, twilio_start
-from helpers import wait_until
+from helpers import never_collecting_policy, wait_until
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from flowcat_ft import EndFrame, FrameProcessor, InputDTMFFrame, Pipeline, Runtime
 from flowcat_ft.agents.echo import Echo, echo_pipeline
-from flowcat_ft.gcpolicy import GcPolicy
 from flowcat_ft.loops import running_loops
 from flowcat_ft.transports.server import WebSocketServer
 from flowcat_ft.transports.session import MediaOptions
@@ -50,7 +48,7 @@ def test_closing_the_connection_cancels_the_call_and_returns_slabs(serve):
 def test_ended_connections_go_by_reference_counting_closed_or_dropped():
     """A server runs for weeks with automatic collection off: a connection and the
     library's protocol under it must be freed when it ends, however it ends."""
-    runtime = Runtime(threads=2, gc_policy=GcPolicy(threshold=1 << 62, idle_after=math.inf))
+    runtime = Runtime(threads=2, gc_policy=never_collecting_policy())
     server = WebSocketServer(runtime.start(), echo_pipeline(), port=0, loops=2).start()
     protocols: list[weakref.ref] = []
 
